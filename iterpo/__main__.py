@@ -1,0 +1,5 @@
+import sys
+
+from iterpo.cli import main
+
+sys.exit(main())

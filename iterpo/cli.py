@@ -1,0 +1,143 @@
+"""The ``iterpo`` command.
+
+Exit codes: 0 success, 2 invalid input (config, data, arguments, run
+directory) with a one-paragraph message, 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from iterpo.errors import UserInputError
+
+
+def _cmd_run(args) -> None:
+    from iterpo.config import load_config
+
+    config = load_config(args.config, args.set or [])
+    _execute(config, force=args.force)
+
+
+def _cmd_resume(args) -> None:
+    from iterpo.config import load_config
+    from iterpo.store import RunStore
+
+    store = RunStore.existing(args.run_dir)
+    config = load_config(store.config_path, args.set or [])
+    config.run.dir = str(store.root)
+    _execute(config, force=args.force)
+
+
+def _execute(config, force: bool) -> None:
+    from iterpo.loop import RoundDriver
+    from iterpo.progress import console
+    from iterpo.store import RunStore
+
+    store = RunStore.open(config, force=force)
+    console.print(f"iterpo: run directory [bold]{store.root}[/bold] (config {store.config_path})")
+    RoundDriver(config, store).run()
+    console.print(f"done: everything is in {store.root}")
+
+
+def _cmd_status(args) -> None:
+    from iterpo.config import load_config
+    from iterpo.loop import round_summary
+    from iterpo.progress import console, round_table
+    from iterpo.store import RunStore
+
+    store = RunStore.existing(args.run_dir)
+    config = load_config(store.config_path)
+    rows = [round_summary(store, r) for r in range(0, config.run.rounds + 1)]
+    console.print(round_table(rows))
+    done = [r["round"] for r in rows[1:] if store.path(r["round"], "train.jsonl").exists()]
+    console.print(f"{len(done)} of {config.run.rounds} rounds trained; config fingerprint {config.fingerprint()}")
+
+
+def _cmd_losses(args) -> None:
+    from iterpo.losses import LOSSES, list_losses, loss_hyperparameters
+
+    for name in list_losses():
+        doc = (LOSSES.get(name).__doc__ or "").strip().splitlines()[0]
+        hp = ", ".join(f"{k}={v}" for k, v in loss_hyperparameters(name).items())
+        print(f"{name:<12} {doc}  [{hp}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iterpo", description="Iterative preference optimization of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the loop (with no config: the built-in default)")
+    run.add_argument("config", nargs="?", help="YAML config file (default: the built-in default)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. train.lr=1e-5")
+    run.add_argument("--force", action="store_true", help="continue a run directory made with a different config")
+    run.set_defaults(fn=_cmd_run)
+
+    resume = sub.add_parser("resume", help="continue a run from where it stopped")
+    resume.add_argument("run_dir")
+    resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    resume.add_argument("--force", action="store_true", help="accept overrides that change the config")
+    resume.set_defaults(fn=_cmd_resume)
+
+    status = sub.add_parser("status", help="show a run's rounds so far")
+    status.add_argument("run_dir")
+    status.set_defaults(fn=_cmd_status)
+
+    losses = sub.add_parser("losses", help="list the registered preference losses")
+    losses.set_defaults(fn=_cmd_losses)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """iterpo shows its own progress bars; silence transformers' per-load bars and hints."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _load_plugins() -> None:
+    """Import the modules named in ITERPO_PLUGINS (comma-separated).
+
+    A plugin registers its own losses, judges, pairing strategies or tasks with
+    the registries' decorators, and the config can then name them.
+    """
+    import importlib
+    import os
+
+    for name in filter(None, (x.strip() for x in os.environ.get("ITERPO_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UserInputError(f"ITERPO_PLUGINS: cannot import plugin module {name!r}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse exits with 2 on bad arguments
+    _quiet_libraries()
+    try:
+        _load_plugins()
+        args.fn(args)
+    except UserInputError as exc:
+        print("iterpo: error: " + textwrap.fill(str(exc), width=100, break_long_words=False), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iterpo: interrupted; `iterpo resume RUN_DIR` continues from the last finished stage", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The run config: one typed, validated section per stage.
+
+Every field is documented once, here. A YAML file gives any subset of fields;
+``--set section.field=value`` overrides apply on top; the fully resolved config
+is saved with the run as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from iterpo.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    dir: Optional[str] = None
+    """Run directory. Default: runs/<config name> ('runs/default' for the built-in default)."""
+    seed: int = 0
+    """Run seed; every sample's seed derives from (seed, round, prompt id, sample index)."""
+    rounds: int = Field(3, ge=1)
+    """Number of sample -> judge -> pair -> train rounds."""
+    save_every: int = Field(1, ge=1)
+    """Save the policy every k rounds (and always after the last round)."""
+    threads: Optional[int] = Field(None, ge=1)
+    """torch CPU threads; None leaves torch's default."""
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1)
+    """LoRA rank."""
+    alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Module names that get adapters."""
+    save_merged: bool = False
+    """Also save a merged full copy of the model with each checkpoint."""
+
+
+class ModelSection(Section):
+    path: str = "smollm2-135m-instruct"
+    """The built-in model name, a local Hugging Face directory, a .gguf file, or a hub id."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter dtype for training and sampling."""
+    system_prompt: Optional[str] = None
+    """Replaces the chat template's default system prompt when set."""
+    lora: Optional[LoraSection] = None
+    """Train LoRA adapters instead of all weights (reference = adapters disabled)."""
+
+
+class TaskSection(Section):
+    name: str = "arithmetic"
+    """Built-in task ('arithmetic') or 'file' for prompts read from train_file / eval_file."""
+    train_size: int = Field(64, ge=1)
+    """Number of training prompts (for 'file': at most this many, in file order)."""
+    eval_size: int = Field(100, ge=1)
+    """Number of held-out prompts."""
+    digits: int = Field(2, ge=1, le=6)
+    """arithmetic: digits per operand."""
+    operations: list[Literal["+", "-", "*"]] = ["+"]
+    """arithmetic: operations to draw from."""
+    train_file: Optional[str] = None
+    """file: JSONL or parquet with 'prompt' or 'messages', optional 'answer'."""
+    eval_file: Optional[str] = None
+    """file: held-out prompts in the same format (optional)."""
+
+    @model_validator(mode="after")
+    def _file_task_needs_file(self):
+        if self.name == "file" and not self.train_file:
+            raise ValueError("task 'file' needs task.train_file")
+        if not self.operations:
+            raise ValueError("task.operations must name at least one of +, -, *")
+        return self
+
+
+class SamplingSection(Section):
+    samples_per_prompt: int = Field(4, ge=1)
+    """K responses sampled per training prompt each round."""
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
+    """Sequences generated together."""
+    shard_size: int = Field(16, ge=1)
+    """Prompts per shard; a finished shard survives a crash."""
+
+
+class JudgeSection(Section):
+    name: str = "exact_answer"
+    """Registered judge; 'exact_answer' compares the last number with the answer."""
+
+
+class PairingSection(Section):
+    strategy: str = "correct_vs_incorrect"
+    """Registered pairing strategy."""
+    pairs_per_prompt: int = Field(1, ge=1)
+    """At most this many pairs per prompt."""
+
+
+class ReferenceSection(Section):
+    policy: Literal["initial", "previous"] = "previous"
+    """'initial': the starting model, fixed; 'previous': the policy each round starts from."""
+
+
+class LossSection(Section):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = "dpo"
+    """Registered loss; the other keys of this section are its hyperparameters."""
+
+    def hyperparams(self) -> dict:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _known_loss(self):
+        from iterpo.losses import get_loss
+
+        get_loss(self.name, **self.hyperparams())  # raises ConfigError on unknown names
+        return self
+
+
+class TrainSection(Section):
+    lr: float = Field(5e-6, gt=0)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(4, ge=1)
+    """Pairs per optimizer micro-batch."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step."""
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class EvalSection(Section):
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class Config(Section):
+    run: RunSection = RunSection()
+    model: ModelSection = ModelSection()
+    task: TaskSection = TaskSection()
+    sampling: SamplingSection = SamplingSection()
+    judge: JudgeSection = JudgeSection()
+    pairing: PairingSection = PairingSection()
+    reference: ReferenceSection = ReferenceSection()
+    loss: LossSection = LossSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+
+    def to_dict(self) -> dict:
+        data = self.model_dump(mode="json")
+        # Save the loss with every hyperparameter resolved, defaults included.
+        from iterpo.losses import loss_hyperparameters
+
+        data["loss"] = {"name": self.loss.name, **loss_hyperparameters(self.loss.name), **self.loss.hyperparams()}
+        return data
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not the run directory)."""
+        data = self.to_dict()
+        data["run"] = {k: v for k, v in data["run"].items() if k not in ("dir", "threads")}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err else ""
+        parts.append(f"field '{field}': {msg}{got}")
+    return f"invalid config ({source}): " + "; ".join(parts) + "."
+
+
+def _apply_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected section.field=value, e.g. train.lr=1e-5")
+    key, raw = assignment.split("=", 1)
+    path = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({exc})") from exc
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: '{part}' is not a section")
+    node[path[-1]] = value
+
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or the built-in default), apply overrides, validate."""
+    data: dict = {}
+    source = "built-in default"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"invalid config ({source}): {exc}") from None
+    if config.run.dir is None:
+        name = path.stem if path is not None else "default"
+        config.run.dir = str(Path("runs") / name)
+    return config
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,259 @@
+"""The round driver: stages in order, each persisted before the next starts.
+
+Round r (1-based) samples from the policy left by round r-1, judges, pairs,
+scores the pairs under the reference, trains, saves and evaluates. round-000
+holds the evaluation of the starting model. A stage whose output file exists
+is skipped, so a run killed at any moment resumes where it stopped and writes
+what an uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+
+import pyarrow as pa
+import torch
+
+from iterpo.config import Config
+from iterpo.judges import build_judge
+from iterpo.losses import get_loss
+from iterpo.models.chat import encode_prompt
+from iterpo.models.loading import (add_lora, is_lora, load_model, load_policy_checkpoint, load_tokenizer,
+                                   resolve_model_path, save_policy)
+from iterpo.models.logprobs import score_responses
+from iterpo.pairing import build_pairs, build_strategy
+from iterpo.progress import bar, console, round_table
+from iterpo.records import Judgement, Preference, RefLogp, Rollout, from_table, to_table
+from iterpo.sampling import derive_seed, generate
+from iterpo.store import RunStore, read_json, read_parquet, write_json, write_parquet, write_text
+from iterpo.tasks import build_task
+from iterpo.training import TrainPair, train_on_pairs
+
+
+class RoundDriver:
+    def __init__(self, config: Config, store: RunStore):
+        self.config, self.store = config, store
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        self.task = build_task(config.task, config.run.seed)
+        self.train_prompts = self.task.train_prompts()
+        self.eval_prompts = self.task.eval_prompts()
+        self.judge = build_judge(config.judge)
+        self.strategy = build_strategy(config.pairing)
+        self.loss_fn = get_loss(config.loss.name, **config.loss.hyperparams())
+        self.base_path = resolve_model_path(config.model.path)
+        self.tokenizer = load_tokenizer(self.base_path)
+        self.pad_id = self.tokenizer.pad_token_id
+        self._prompt_ids: dict[str, list[int]] = {}
+        self._policy, self._policy_round = None, None  # the model in memory and the round it ended
+
+    # ------------------------------------------------------------------ driver
+
+    def run(self) -> list[dict]:
+        cfg = self.config.run
+        if self.eval_prompts and not self.store.path(0, "eval.json").exists():
+            self._timed(0, "eval", lambda: self.evaluate(0))
+        console.print(round_table([self.round_summary(0)]))
+        for r in range(1, cfg.rounds + 1):
+            console.rule(f"round {r} of {cfg.rounds}")
+            for stage, out, fn in [
+                ("sample", "rollouts.parquet", self.sample),
+                ("judge", "judgements.parquet", self.judge_rollouts),
+                ("pair", "preferences.parquet", self.pair),
+                ("reference", "ref_logps.parquet", self.reference),
+                ("train", "train.jsonl", self.train),
+                ("eval", "eval.json", self.evaluate),
+            ]:
+                if stage == "reference" and not self.loss_fn.needs_reference:
+                    continue
+                if stage == "eval" and not self.eval_prompts:
+                    continue
+                if not self.store.path(r, out).exists():
+                    self._timed(r, stage, lambda fn=fn: fn(r))
+            console.print(round_table([self.round_summary(i) for i in range(0, r + 1)]))
+        return [self.round_summary(i) for i in range(0, cfg.rounds + 1)]
+
+    def _timed(self, r: int, stage: str, fn) -> None:
+        start = time.perf_counter()
+        info = fn() or {}
+        self.store.record_stage(r, stage, time.perf_counter() - start, **info)
+
+    # ------------------------------------------------------------------ policy
+
+    def policy_after(self, r: int):
+        """The policy as it was at the end of round r (0 = the starting model)."""
+        if self._policy_round == r:
+            return self._policy
+        ckpt = self.store.path(r, "checkpoint")
+        lora = self.config.model.lora
+        if r == 0:
+            model = load_model(self.base_path, self.config.model.dtype)
+            model = add_lora(model, lora) if lora else model
+        elif ckpt.exists():
+            model = load_policy_checkpoint(ckpt, self.base_path, self.config.model.dtype, lora)
+        else:  # a round whose checkpoint was not kept (save_every > 1): replay its training
+            self.policy_after(r - 1)
+            self.train(r)
+            return self._policy
+        self._policy, self._policy_round = model, r
+        return model
+
+    def prompt_ids(self, prompt) -> list[int]:
+        if prompt.prompt_id not in self._prompt_ids:
+            self._prompt_ids[prompt.prompt_id] = encode_prompt(self.tokenizer, prompt.messages, self.config.model.system_prompt)
+        return self._prompt_ids[prompt.prompt_id]
+
+    # ------------------------------------------------------------------ stages
+
+    def sample(self, r: int) -> dict:
+        """K samples per training prompt, written shard by shard."""
+        s = self.config.sampling
+        K, size = s.samples_per_prompt, s.shard_size
+        shards = [self.train_prompts[i : i + size] for i in range(0, len(self.train_prompts), size)]
+        rows: list[Rollout] = []
+        new_tokens = 0
+        start = time.perf_counter()
+        with bar("sampling", len(self.train_prompts) * K) as advance:
+            for n, shard in enumerate(shards):
+                path = self.store.shard_path(r, "rollouts", n)
+                if path.exists():
+                    rows += from_table(read_parquet(path), Rollout)
+                    advance(len(shard) * K)
+                    continue
+                seeds = [[derive_seed(self.config.run.seed, r, p.prompt_id, k) for k in range(K)] for p in shard]
+                outs = generate(self.policy_after(r - 1), self.tokenizer, [self.prompt_ids(p) for p in shard], seeds,
+                                s.temperature, s.top_p, s.max_new_tokens, s.batch_size, advance)
+                shard_rows = [
+                    Rollout(p.prompt_id, k, r, seeds[i][k], self.tokenizer.decode(ids, skip_special_tokens=True), ids, reason)
+                    for i, p in enumerate(shard) for k, (ids, reason) in enumerate(outs[i])
+                ]
+                new_tokens += sum(len(x.token_ids) for x in shard_rows)
+                write_parquet(path, to_table(shard_rows, Rollout))
+                rows += shard_rows
+        write_parquet(self.store.path(r, "rollouts.parquet"), to_table(rows, Rollout))
+        shutil.rmtree(self.store.round_dir(r) / "rollouts", ignore_errors=True)
+        seconds = time.perf_counter() - start
+        return {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1)}
+
+    def rollouts(self, r: int) -> list[Rollout]:
+        return from_table(read_parquet(self.store.path(r, "rollouts.parquet")), Rollout)
+
+    def judge_rollouts(self, r: int) -> dict:
+        by_prompt: dict[str, list[Rollout]] = {}
+        for x in self.rollouts(r):
+            by_prompt.setdefault(x.prompt_id, []).append(x)
+        judgements: list[Judgement] = []
+        with bar("judging", len(self.train_prompts)) as advance:
+            for p in self.train_prompts:
+                judgements += self.judge.judge(p, by_prompt[p.prompt_id])
+                advance(1)
+        write_parquet(self.store.path(r, "judgements.parquet"), to_table(judgements, Judgement))
+        return {}
+
+    def pair(self, r: int) -> dict:
+        judgements = from_table(read_parquet(self.store.path(r, "judgements.parquet")), Judgement)
+        result = build_pairs(self.strategy, self.train_prompts, self.rollouts(r), judgements)
+        write_parquet(self.store.path(r, "preferences.parquet"), to_table(result.preferences, Preference))
+        return {"pairs": len(result.preferences), "skipped": dict(result.skipped)}
+
+    def preferences(self, r: int) -> list[Preference]:
+        return from_table(read_parquet(self.store.path(r, "preferences.parquet")), Preference)
+
+    def reference(self, r: int) -> dict:
+        """Reference log-probs of every response that appears in a pair, once per round."""
+        rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
+        prompts = {p.prompt_id: p for p in self.train_prompts}
+        keys = sorted({(p.prompt_id, i) for p in self.preferences(r) for i in (p.chosen_idx, p.rejected_idx)})
+        prompt_ids = [self.prompt_ids(prompts[pid]) for pid, _ in keys]
+        responses = [rollouts[k].token_ids for k in keys]
+        with bar("reference", len(keys)) as advance:
+            values = self._reference_logps(r, prompt_ids, responses, advance)
+        rows = [RefLogp(pid, idx, v) for (pid, idx), v in zip(keys, values)]
+        write_parquet(self.store.path(r, "ref_logps.parquet"), to_table(rows, RefLogp))
+        return {}
+
+    def _reference_logps(self, r, prompt_ids, responses, advance) -> list[float]:
+        batch = self.config.eval.batch_size
+        if self.config.reference.policy == "previous":
+            return score_responses(self.policy_after(r - 1), prompt_ids, responses, batch, self.pad_id, advance)
+        policy = self.policy_after(r - 1)
+        if is_lora(policy):  # the initial model is the same weights with adapters off
+            with policy.disable_adapter():
+                return score_responses(policy, prompt_ids, responses, batch, self.pad_id, advance)
+        initial = load_model(self.base_path, self.config.model.dtype)
+        return score_responses(initial, prompt_ids, responses, batch, self.pad_id, advance)
+
+    def train(self, r: int) -> dict:
+        model = self.policy_after(r - 1)
+        rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
+        prompts = {p.prompt_id: p for p in self.train_prompts}
+        ref = {}
+        if self.loss_fn.needs_reference:
+            ref = {(x.prompt_id, x.sample_idx): x.ref_logp
+                   for x in from_table(read_parquet(self.store.path(r, "ref_logps.parquet")), RefLogp)}
+        pairs = [
+            TrainPair(self.prompt_ids(prompts[p.prompt_id]),
+                      rollouts[(p.prompt_id, p.chosen_idx)].token_ids,
+                      rollouts[(p.prompt_id, p.rejected_idx)].token_ids,
+                      ref.get((p.prompt_id, p.chosen_idx)), ref.get((p.prompt_id, p.rejected_idx)))
+            for p in self.preferences(r)
+        ]
+        seed = derive_seed(self.config.run.seed, r, "train")
+        torch.manual_seed(seed)
+        with bar("training", len(pairs) * self.config.train.epochs) as advance:
+            log = train_on_pairs(model, pairs, self.loss_fn, self.config.train, seed, self.pad_id, advance)
+        self._policy_round = r
+        cfg = self.config.run
+        if r % cfg.save_every == 0 or r == cfg.rounds:
+            lora = self.config.model.lora
+            save_policy(model, self.tokenizer, self.store.path(r, "checkpoint"), bool(lora and lora.save_merged))
+        write_text(self.store.path(r, "train.jsonl"), "".join(json.dumps(x) + "\n" for x in log))
+        return {"steps": len(log)}
+
+    def evaluate(self, r: int) -> dict:
+        """Greedy accuracy of the policy after round r on the held-out prompts."""
+        model = self.policy_after(r)
+        e = self.config.eval
+        with bar("evaluation", len(self.eval_prompts)) as advance:
+            outs = generate(model, self.tokenizer, [self.prompt_ids(p) for p in self.eval_prompts], None,
+                            max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, progress=advance)
+        items = []
+        for p, [(ids, reason)] in zip(self.eval_prompts, outs):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            j = self.judge.judge(p, [Rollout(p.prompt_id, 0, r, 0, text, ids, reason)])[0]
+            items.append({"prompt_id": p.prompt_id, "response": text, "score": j.score, "detail": j.detail})
+        accuracy = sum(x["score"] for x in items) / len(items)
+        write_json(self.store.path(r, "eval.json"), {"round": r, "accuracy": accuracy, "n": len(items), "items": items})
+        return {"accuracy": accuracy}
+
+    # ------------------------------------------------------------------ report
+
+    def round_summary(self, r: int) -> dict:
+        return round_summary(self.store, r)
+
+
+def round_summary(store: RunStore, r: int) -> dict:
+    """One row of the round table, read from the run directory (missing parts are None)."""
+    row = {"round": r, "accuracy": None, "mean_reward": None, "pairs": None, "skipped": None,
+           "mean_loss": None, "reward_margin": None, "times": store.stage_seconds(r)}
+    if store.path(r, "eval.json").exists():
+        row["accuracy"] = read_json(store.path(r, "eval.json"))["accuracy"]
+    if store.path(r, "judgements.parquet").exists():
+        scores = read_parquet(store.path(r, "judgements.parquet")).column("score").to_pylist()
+        row["mean_reward"] = sum(scores) / max(1, len(scores))
+    if store.path(r, "preferences.parquet").exists():
+        prefs = read_parquet(store.path(r, "preferences.parquet"))
+        row["pairs"] = prefs.num_rows
+        if store.path(r, "judgements.parquet").exists():
+            prompts = set(read_parquet(store.path(r, "judgements.parquet")).column("prompt_id").to_pylist())
+            row["skipped"] = len(prompts - set(prefs.column("prompt_id").to_pylist()))
+    if store.path(r, "train.jsonl").exists():
+        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines() if x.strip()]
+        if log:
+            row["mean_loss"] = sum(x["loss"] for x in log) / len(log)
+            margins = [x["reward_margin"] for x in log if "reward_margin" in x]
+            row["reward_margin"] = sum(margins) / len(margins) if margins else None
+    return row

@@ -1,0 +1,44 @@
+"""Progress bars and the per-round table, with rich."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+# Wide enough for the round table when output goes to a file or a CI log.
+console = Console(highlight=False, width=None if Console().is_terminal else 120)
+
+
+@contextmanager
+def bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar; yields advance(n)."""
+    columns = (TextColumn("  {task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+STAGES = ["sample", "judge", "pair", "reference", "train", "eval"]
+
+
+def round_table(rows: list[dict]) -> Table:
+    """rows: one dict per round as built by loop.round_summary."""
+    table = Table(title="iterpo: rounds", show_lines=False)
+    for col in ["round", "held-out acc", "mean reward", "pairs / skipped", "mean loss", "reward margin"]:
+        table.add_column(col, justify="right")
+    table.add_column("seconds: " + " / ".join(STAGES), justify="left")
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    for r in rows:
+        times = " / ".join(f"{r['times'][k]:.0f}" if k in r["times"] else "-" for k in STAGES)
+        pairs = "-" if r["pairs"] is None else f"{r['pairs']} / {r['skipped']}"
+        table.add_row(str(r["round"]), fmt(r["accuracy"], ".3f"), fmt(r["mean_reward"], ".3f"), pairs,
+                      fmt(r["mean_loss"], ".4f"), fmt(r["reward_margin"], ".4f"), times)
+    return table

@@ -1,0 +1,41 @@
+"""A tiny name -> object registry used for losses, judges, pairing strategies and tasks.
+
+Entries register themselves with a decorator (``@LOSSES.register("dpo")``), so
+adding a method is adding one module; lookups of unknown names fail with the
+list of known ones.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+from iterpo.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind  # e.g. "loss", used in error messages
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            known = ", ".join(sorted(self._entries))
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries

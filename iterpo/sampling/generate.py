@@ -1,0 +1,153 @@
+"""Batched generation with one random stream per sample.
+
+Every sample owns a seed derived from (run seed, round, prompt id, sample
+index) and its own torch.Generator. Sampling uses the Gumbel-max trick:
+argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T), so the
+random draws of a sample depend only on its seed. Each prompt is prefilled
+once and its KV cache forked for its K samples; rows leave the batch as they
+stop. Batches
+are formed inside a fixed shard of prompts, so a resumed run rebuilds the same
+batches and reproduces every sample bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Optional
+
+import torch
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ids: stable across processes and machines."""
+    blob = "/".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+class SeededSampler:
+    """Temperature, top-p, then Gumbel noise drawn from each row's own generator."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, rows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """rows: (n,) which of the seeded rows are still decoding; scores: (n, V)."""
+        scores = scores / self.temperature
+        if self.top_p < 1.0:
+            scores = _top_p_filter(scores, self.top_p)
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=self.generators[r]) for r in rows.tolist()])  # (n, V)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
+        return scores + gumbel
+
+
+def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches top_p (at least one)."""
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = (cum - sorted_scores.softmax(dim=-1)) >= top_p  # mass before this token already >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed forward's ``past_key_values`` to ``cache``; use whichever exists."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+@torch.no_grad()
+def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[list[int]]:
+    """Prefill each prompt once, fork it ``repeats`` times, decode until EOS or the limit.
+
+    ids, mask: (U, T) left-padded prompts. Returns U * repeats token lists, the
+    ``repeats`` samples of prompt u at rows u*repeats ... u*repeats + repeats-1.
+    Finished rows are dropped from the batch as they stop.
+    """
+    cache_kw = _cache_kwarg(model)
+    cache = _new_cache(model)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)  # (U, T) positions ignoring left padding
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{cache_kw: cache})
+    logits = out.logits[:, -1].float()  # (U, V)
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+        logits, mask, pos = (x.repeat_interleave(repeats, dim=0) for x in (logits, mask, pos))
+    N = logits.shape[0]
+    alive = torch.arange(N)  # (n,) original row of each row still decoding
+    next_pos = pos[:, -1:] + 1  # (n, 1)
+    tokens: list[list[int]] = [[] for _ in range(N)]
+    for step in range(max_new_tokens):
+        scores = sampler(alive, logits) if sampler is not None else logits
+        nxt = scores.argmax(dim=-1)  # (n,)
+        for row, tok in zip(alive.tolist(), nxt.tolist()):
+            tokens[row].append(tok)
+        keep = nxt != eos
+        if step == max_new_tokens - 1 or not keep.any():
+            break
+        if not keep.all():  # drop finished rows from every tensor and the cache
+            idx = keep.nonzero().squeeze(-1)
+            cache.batch_select_indices(idx)
+            alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
+                    **{cache_kw: cache})
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    return tokens
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    seeds: Optional[list[list[int]]],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[list[tuple[list[int], str]]]:
+    """Generate responses for each prompt; seeds=None means one greedy response.
+
+    seeds[i] lists one seed per sample wanted for prompt i (all prompts the same
+    number). Returns, per prompt, a list of (token_ids, finish_reason): token_ids
+    include the EOS token when the response stopped ("stop"), else it hit
+    max_new_tokens ("length"). Prompts are batched by length to limit padding,
+    with at most batch_size sequences decoding together.
+    """
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    repeats = len(seeds[0]) if seeds is not None else 1
+    per_batch = max(1, batch_size // repeats)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list = [None] * len(prompts)
+    for start in range(0, len(order), per_batch):
+        idx = order[start : start + per_batch]
+        T = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)  # (U, T) left-padded
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, T - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, T - len(prompts[i]) :] = 1
+        sampler = None
+        if seeds is not None:
+            sampler = SeededSampler([s for i in idx for s in seeds[i]], temperature, top_p)
+        tokens = _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos)
+        for row, i in enumerate(idx):
+            results[i] = [(t, "stop" if t[-1] == eos else "length") for t in tokens[row * repeats : (row + 1) * repeats]]
+        if progress is not None:
+            progress(len(idx) * repeats)
+    return results

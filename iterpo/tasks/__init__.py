@@ -1,0 +1,12 @@
+"""Built-in prompt suites with verifiable answers, plus prompts from files."""
+
+from iterpo.tasks.base import TASKS, Task, register_task
+from iterpo.tasks import arithmetic, files  # noqa: F401  (register the tasks)
+from iterpo.tasks.files import read_prompts
+
+
+def build_task(config, seed: int) -> Task:
+    return TASKS.get(config.name)(config, seed)
+
+
+__all__ = ["TASKS", "Task", "build_task", "read_prompts", "register_task"]

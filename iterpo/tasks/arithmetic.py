@@ -1,0 +1,72 @@
+"""The built-in ``arithmetic`` task: procedurally generated questions with exact answers.
+
+Questions come in several phrasings so the model learns the arithmetic rather
+than one template. Held-out prompts use a fixed seed (the same for every run,
+so runs are comparable); training prompts use the run seed and exclude every
+question that appears in the held-out set.
+"""
+
+from __future__ import annotations
+
+import random
+
+from iterpo.config import TaskSection
+from iterpo.errors import ConfigError
+from iterpo.records import Prompt
+from iterpo.tasks.base import Task, register_task
+
+EVAL_SEED = 1_000_003  # fixed: the held-out set does not move with the run seed
+
+TEMPLATES = [
+    "What is {a} {op} {b}? Answer with just the number.",
+    "Compute {a} {op} {b}. Reply with only the result.",
+    "Calculate: {a} {op} {b} = ? Give just the number.",
+    "What do you get from {a} {op} {b}? Answer with a single number.",
+    "Solve {a} {op} {b}. Respond with the number only.",
+]
+
+_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@register_task("arithmetic")
+class Arithmetic(Task):
+    default_judge = "exact_answer"
+
+    def __init__(self, config: TaskSection, seed: int):
+        self.config = config
+        self.seed = seed
+        self._eval = self._generate("eval", config.eval_size, EVAL_SEED, exclude=set())
+        held_out = {p.metadata for p in self._eval}
+        self._train = self._generate("train", config.train_size, seed, exclude=held_out)
+
+    def _generate(self, split: str, n: int, seed: int, exclude: set) -> list["_Question"]:
+        rng = random.Random(f"arithmetic/{split}/{seed}")
+        lo, hi = 10 ** (self.config.digits - 1), 10**self.config.digits - 1
+        if self.config.digits == 1:
+            lo = 0
+        space = (hi - lo + 1) ** 2 * len(self.config.operations)
+        if n + len(exclude) > space:
+            raise ConfigError(f"task.train_size/eval_size: asked for {n} {split} questions but only {space - len(exclude)} distinct arithmetic questions exist with these digits and operations")
+        seen, out = set(exclude), []
+        while len(out) < n:
+            a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(self.config.operations)
+            if (a, op, b) in seen:
+                continue
+            seen.add((a, op, b))
+            template = rng.choice(TEMPLATES)
+            out.append(_Question(f"arith-{split}-{len(out):05d}", template.format(a=a, op=op, b=b), _APPLY[op](a, b), (a, op, b)))
+        return out
+
+    def train_prompts(self) -> list[Prompt]:
+        return [q.prompt() for q in self._train]
+
+    def eval_prompts(self) -> list[Prompt]:
+        return [q.prompt() for q in self._eval]
+
+
+class _Question:
+    def __init__(self, prompt_id: str, text: str, answer: int, metadata: tuple):
+        self.prompt_id, self.text, self.answer, self.metadata = prompt_id, text, answer, metadata
+
+    def prompt(self) -> Prompt:
+        return Prompt(self.prompt_id, [{"role": "user", "content": self.text}], str(self.answer))

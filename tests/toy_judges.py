@@ -1,0 +1,18 @@
+"""A judge for tests, registered like any plugin (ITERPO_PLUGINS=toy_judges)."""
+
+from iterpo.judges import Judge, register_judge
+from iterpo.records import Judgement
+
+
+@register_judge("first_token_parity")
+class FirstTokenParity(Judge):
+    """A response is 'correct' when its first token id is even.
+
+    A random tiny model never solves arithmetic, but this splits its samples
+    about half and half, so pairing and training have data.
+    """
+
+    name = "first_token_parity"
+
+    def judge(self, prompt, rollouts):
+        return [Judgement(r.prompt_id, r.sample_idx, self.name, float(r.token_ids[0] % 2 == 0), "") for r in rollouts]

@@ -35,9 +35,10 @@ def _execute(config, force: bool) -> None:
     from iterpo.progress import console
     from iterpo.store import RunStore
 
-    store = RunStore.open(config, force=force)
+    driver = RoundDriver(config)  # reads prompts and model first: bad input fails before anything is written
+    driver.store = store = RunStore.open(config, force=force)
     console.print(f"iterpo: run directory [bold]{store.root}[/bold] (config {store.config_path})")
-    RoundDriver(config, store).run()
+    driver.run()
     console.print(f"done: everything is in {store.root}")
 
 

@@ -34,7 +34,8 @@ from iterpo.training import TrainPair, train_on_pairs
 
 
 class RoundDriver:
-    def __init__(self, config: Config, store: RunStore):
+    def __init__(self, config: Config, store: RunStore | None = None):
+        """Load everything the run needs (so bad input fails before the run directory is touched)."""
         self.config, self.store = config, store
         if config.run.threads:
             torch.set_num_threads(config.run.threads)

@@ -31,6 +31,7 @@ def test_missing_prompt_file_exits_2(capsys, tmp_path):
     assert main(["run", "--set", "task.name=file", "--set", f"task.train_file={missing}",
                  "--set", f"run.dir={tmp_path / 'run'}"]) == 2
     assert str(missing) in _error(capsys)
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
 def test_malformed_jsonl_line_exits_2(capsys, tmp_path):

@@ -55,7 +55,8 @@ def _cache_kwarg(model) -> str:
     """transformers renamed forward's ``past_key_values`` to ``cache``; use whichever exists."""
     import inspect
 
-    params = inspect.signature(model.forward).parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps with **kwargs
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -84,7 +84,7 @@ class TaskSection(Section):
 
 
 class SamplingSection(Section):
-    samples_per_prompt: int = Field(4, ge=1)
+    samples_per_prompt: int = Field(8, ge=1)
     """K responses sampled per training prompt each round."""
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)

@@ -92,7 +92,9 @@ class RoundDriver:
         lora = self.config.model.lora
         if r == 0:
             model = load_model(self.base_path, self.config.model.dtype)
-            model = add_lora(model, lora) if lora else model
+            if lora:  # adapter init draws random numbers: seed it so a resumed run gets the same adapter
+                torch.manual_seed(derive_seed(self.config.run.seed, "lora-init"))
+                model = add_lora(model, lora)
         elif ckpt.exists():
             model = load_policy_checkpoint(ckpt, self.base_path, self.config.model.dtype, lora)
         else:  # a round whose checkpoint was not kept (save_every > 1): replay its training

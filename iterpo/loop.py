@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections import Counter
 
-import pyarrow as pa
 import torch
 
 from iterpo.config import Config
@@ -41,6 +39,7 @@ class RoundDriver:
             torch.set_num_threads(config.run.threads)
         self.task = build_task(config.task, config.run.seed)
         self.train_prompts = self.task.train_prompts()
+        self.prompts_by_id = {p.prompt_id: p for p in self.train_prompts}
         self.eval_prompts = self.task.eval_prompts()
         self.judge = build_judge(config.judge)
         self.strategy = build_strategy(config.pairing)
@@ -57,7 +56,7 @@ class RoundDriver:
         cfg = self.config.run
         if self.eval_prompts and not self.store.path(0, "eval.json").exists():
             self._timed(0, "eval", lambda: self.evaluate(0))
-        console.print(round_table([self.round_summary(0)]))
+        console.print(round_table([round_summary(self.store, 0)]))
         for r in range(1, cfg.rounds + 1):
             console.rule(f"round {r} of {cfg.rounds}")
             for stage, out, fn in [
@@ -74,8 +73,8 @@ class RoundDriver:
                     continue
                 if not self.store.path(r, out).exists():
                     self._timed(r, stage, lambda fn=fn: fn(r))
-            console.print(round_table([self.round_summary(i) for i in range(0, r + 1)]))
-        return [self.round_summary(i) for i in range(0, cfg.rounds + 1)]
+            console.print(round_table([round_summary(self.store, i) for i in range(0, r + 1)]))
+        return [round_summary(self.store, i) for i in range(0, cfg.rounds + 1)]
 
     def _timed(self, r: int, stage: str, fn) -> None:
         start = time.perf_counter()
@@ -168,9 +167,8 @@ class RoundDriver:
     def reference(self, r: int) -> dict:
         """Reference log-probs of every response that appears in a pair, once per round."""
         rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
-        prompts = {p.prompt_id: p for p in self.train_prompts}
         keys = sorted({(p.prompt_id, i) for p in self.preferences(r) for i in (p.chosen_idx, p.rejected_idx)})
-        prompt_ids = [self.prompt_ids(prompts[pid]) for pid, _ in keys]
+        prompt_ids = [self.prompt_ids(self.prompts_by_id[pid]) for pid, _ in keys]
         responses = [rollouts[k].token_ids for k in keys]
         with bar("reference", len(keys)) as advance:
             values = self._reference_logps(r, prompt_ids, responses, advance)
@@ -192,13 +190,12 @@ class RoundDriver:
     def train(self, r: int) -> dict:
         model = self.policy_after(r - 1)
         rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
-        prompts = {p.prompt_id: p for p in self.train_prompts}
         ref = {}
         if self.loss_fn.needs_reference:
             ref = {(x.prompt_id, x.sample_idx): x.ref_logp
                    for x in from_table(read_parquet(self.store.path(r, "ref_logps.parquet")), RefLogp)}
         pairs = [
-            TrainPair(self.prompt_ids(prompts[p.prompt_id]),
+            TrainPair(self.prompt_ids(self.prompts_by_id[p.prompt_id]),
                       rollouts[(p.prompt_id, p.chosen_idx)].token_ids,
                       rollouts[(p.prompt_id, p.rejected_idx)].token_ids,
                       ref.get((p.prompt_id, p.chosen_idx)), ref.get((p.prompt_id, p.rejected_idx)))
@@ -231,11 +228,6 @@ class RoundDriver:
         accuracy = sum(x["score"] for x in items) / len(items)
         write_json(self.store.path(r, "eval.json"), {"round": r, "accuracy": accuracy, "n": len(items), "items": items})
         return {"accuracy": accuracy}
-
-    # ------------------------------------------------------------------ report
-
-    def round_summary(self, r: int) -> dict:
-        return round_summary(self.store, r)
 
 
 def round_summary(store: RunStore, r: int) -> dict:

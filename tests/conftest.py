@@ -6,7 +6,6 @@ two small layers, so a whole loop runs in seconds on a CPU.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -23,23 +23,17 @@ def _cli(*args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _kill_when(proc, ready, timeout=240.0):
-    """SIGKILL proc as soon as ready() holds; fail if it ends first."""
+def _kill_when(proc, ready, delay=0.0, timeout=240.0):
+    """SIGKILL proc `delay` seconds after ready() first holds; fail if it ends first."""
     start = time.time()
     while not ready():
         assert proc.poll() is None, "the run finished before the kill point:\n" + proc.stdout.read()
         assert time.time() - start < timeout
         time.sleep(0.02)
+    time.sleep(delay)
+    assert proc.poll() is None, "the run finished before the kill point:\n" + proc.stdout.read()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-
-
-def _after(seconds: float, _start={}) -> bool:
-    """True once `seconds` have passed since the first call (training starts right after
-    the reference log-probs are written, so this lands inside it)."""
-    now = time.time()
-    _start.setdefault("t", now)
-    return now - _start["t"] >= seconds
 
 
 def _config(tiny_model_dir, run_dir, tmp_path, name):
@@ -81,7 +75,8 @@ def test_sigkill_during_sampling_and_training_then_resume_matches(tiny_model_dir
     assert not (r1 / "rollouts.parquet").exists()
     # 2. resumed, then killed in the middle of round 1's training
     proc = _cli("resume", str(crash_dir))
-    _kill_when(proc, lambda: (r1 / "ref_logps.parquet").exists() and _after(1.0))
+    # training starts right after the reference log-probs are written; 1 s later it is under way
+    _kill_when(proc, lambda: (r1 / "ref_logps.parquet").exists(), delay=1.0)
     assert not (r1 / "train.jsonl").exists()
     # 3. resumed to the end
     proc = _cli("resume", str(crash_dir))

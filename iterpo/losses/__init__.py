@@ -1,22 +1,33 @@
-"""One registry of preference objectives: ``get_loss(name, **hyperparams)``."""
+"""One registry of preference objectives: ``get_loss(name, **hyperparams)``.
+
+One module per family; importing this package registers them all.
+"""
 
 from iterpo.losses.base import (
     LOSSES,
+    NEEDS,
+    Loss,
     LossOutput,
     PairwiseLoss,
     PreferenceBatch,
+    RankedBatch,
+    UnpairedBatch,
     get_loss,
     list_losses,
     loss_hyperparameters,
     register_loss,
 )
-from iterpo.losses import dpo  # noqa: F401  (registers the DPO family)
+from iterpo.losses import dpo, exploration, listwise, reference_free, selfplay, token, unpaired  # noqa: F401,E402
 
 __all__ = [
     "LOSSES",
+    "NEEDS",
+    "Loss",
     "LossOutput",
     "PairwiseLoss",
     "PreferenceBatch",
+    "RankedBatch",
+    "UnpairedBatch",
     "get_loss",
     "list_losses",
     "loss_hyperparameters",

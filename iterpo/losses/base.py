@@ -1,4 +1,4 @@
-"""The loss contract: a PreferenceBatch goes in, a LossOutput comes out.
+"""The loss contract: a batch of log-probabilities goes in, a LossOutput comes out.
 
 Losses are pure functions of log-probabilities. Each one is a small dataclass
 whose fields are its hyperparameters, registered by name:
@@ -11,12 +11,21 @@ whose fields are its hyperparameters, registered by name:
 
 ``get_loss("dpo", beta=0.5)`` builds one; an unknown name or hyperparameter
 raises ConfigError listing what exists, so a bad run config fails at load.
+
+A loss declares what it consumes, and the training loop computes exactly that:
+
+- ``data_shape``: "pairs" (PreferenceBatch), "unpaired" (UnpairedBatch: single
+  responses labelled desirable or not) or "ranked" (RankedBatch: groups of
+  responses ordered by score);
+- ``needs``: the optional inputs beyond the policy's sequence log-probs, drawn
+  from NEEDS below. A reference-free loss needs nothing, and the loop then
+  computes no reference log-probs at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 import torch
@@ -24,28 +33,86 @@ import torch
 from iterpo.errors import ConfigError
 from iterpo.registry import Registry
 
+NEEDS = {
+    "reference": "sequence log-probs under the reference policy",
+    "previous": "sequence log-probs under the policy the round started from (pi_t)",
+    "win_rate": "estimates of P(y beats the current policy) for chosen and rejected",
+    "soft_label": "an empirical probability that the chosen response is preferred",
+    "aux_samples": "log-probs of extra samples per prompt (from the reference, or the policy's own)",
+    "token_stats": "per-token log-probs, reference log-probs and KL(ref || policy), from a live reference model",
+}
+
 
 @dataclass
 class PreferenceBatch:
-    """Per-pair tensors for pairwise losses. B = number of pairs."""
+    """Per-pair tensors for pairwise losses. B = pairs, T = longest response, k = aux samples.
+
+    Only the fields the loss declares in ``needs`` are filled; the rest stay None.
+    """
 
     chosen_logps: torch.Tensor  # (B,) sum of policy token log-probs of the chosen response
     rejected_logps: torch.Tensor  # (B,) same for the rejected response
-    ref_chosen_logps: Optional[torch.Tensor] = None  # (B,) under the reference policy
+    ref_chosen_logps: Optional[torch.Tensor] = None  # (B,) under the reference policy   [reference]
     ref_rejected_logps: Optional[torch.Tensor] = None  # (B,)
-    chosen_lengths: Optional[torch.Tensor] = None  # (B,) response lengths in tokens
+    chosen_lengths: Optional[torch.Tensor] = None  # (B,) response lengths in tokens (always filled by the loop)
     rejected_lengths: Optional[torch.Tensor] = None  # (B,)
+    prev_chosen_logps: Optional[torch.Tensor] = None  # (B,) under the round's starting policy pi_t   [previous]
+    prev_rejected_logps: Optional[torch.Tensor] = None  # (B,)
+    chosen_win_rate: Optional[torch.Tensor] = None  # (B,) estimate of P(y_w beats pi_t)   [win_rate]
+    rejected_win_rate: Optional[torch.Tensor] = None  # (B,) estimate of P(y_l beats pi_t)
+    soft_label: Optional[torch.Tensor] = None  # (B,) estimate of P(y_w beats y_l)   [soft_label]
+    aux_logps: Optional[torch.Tensor] = None  # (B, k) policy log-probs of extra samples for the prompt   [aux_samples]
+    ref_aux_logps: Optional[torch.Tensor] = None  # (B, k) their reference log-probs
+    chosen_token_logps: Optional[torch.Tensor] = None  # (B, T) policy log-prob per response token   [token_stats]
+    rejected_token_logps: Optional[torch.Tensor] = None  # (B, T)
+    ref_chosen_token_logps: Optional[torch.Tensor] = None  # (B, T)
+    ref_rejected_token_logps: Optional[torch.Tensor] = None  # (B, T)
+    chosen_token_kl: Optional[torch.Tensor] = None  # (B, T) KL(pi_ref || pi_theta) over the vocabulary at each position
+    rejected_token_kl: Optional[torch.Tensor] = None  # (B, T)
+    chosen_mask: Optional[torch.Tensor] = None  # (B, T) bool, True on real response tokens
+    rejected_mask: Optional[torch.Tensor] = None  # (B, T)
+    ref_chosen_hidden: Optional[torch.Tensor] = None  # (B, T, H) reference last-layer states at response positions
+    ref_rejected_hidden: Optional[torch.Tensor] = None  # (B, T, H)
+
+
+@dataclass
+class UnpairedBatch:
+    """Single responses labelled desirable or undesirable (KTO). B = responses.
+
+    The KL fields hold each response's prompt paired with another example's
+    response (x_i, y_j), the mismatched pairs KTO uses to estimate its reference
+    point z0.
+    """
+
+    logps: torch.Tensor  # (B,) policy log-prob of the response
+    desirable: torch.Tensor  # (B,) bool label
+    ref_logps: Optional[torch.Tensor] = None  # (B,)
+    kl_logps: Optional[torch.Tensor] = None  # (B,) policy log-prob of the mismatched response
+    ref_kl_logps: Optional[torch.Tensor] = None  # (B,)
+    lengths: Optional[torch.Tensor] = None  # (B,)
+
+
+@dataclass
+class RankedBatch:
+    """Groups of responses to one prompt, best first. B = groups, n = largest group."""
+
+    logps: torch.Tensor  # (B, n) policy log-probs, padded with 0 where mask is False
+    scores: torch.Tensor  # (B, n) judge scores, non-increasing along each row
+    mask: torch.Tensor  # (B, n) bool, True for real responses
+    lengths: torch.Tensor  # (B, n) response lengths in tokens (1 where padded)
+    ref_logps: Optional[torch.Tensor] = None  # (B, n)
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # () mean over the batch, the value to backpropagate
-    losses: torch.Tensor  # (B,) one value per pair
+    losses: torch.Tensor  # (B,) one value per example
     chosen_rewards: Optional[torch.Tensor] = None  # (B,) implicit reward, detached
     rejected_rewards: Optional[torch.Tensor] = None  # (B,)
+    extra: dict[str, float] = field(default_factory=dict)  # method-specific metrics (z0, mask sparsity, ...)
 
     def metrics(self) -> dict[str, float]:
-        """Scalar metrics to log: loss, rewards, margin, reward accuracy."""
+        """Scalar metrics to log: loss, rewards, margin, reward accuracy, and the method's own."""
         out = {"loss": float(self.loss.detach())}
         if self.chosen_rewards is not None and self.rejected_rewards is not None:
             margin = self.chosen_rewards - self.rejected_rewards
@@ -53,21 +120,34 @@ class LossOutput:
             out["reward_rejected"] = float(self.rejected_rewards.mean())
             out["reward_margin"] = float(margin.mean())
             out["reward_accuracy"] = float((margin > 0).float().mean())
+        out.update(self.extra)
         return out
 
 
-class PairwiseLoss:
-    """Base for losses on (chosen, rejected) pairs.
-
-    ``needs_reference`` tells the training loop whether to compute reference
-    log-probs at all: a reference-free loss (SimPO, ORPO) sets it False.
-    """
+class Loss:
+    """Base of every registered loss; see the module docstring for the contract."""
 
     data_shape: ClassVar[str] = "pairs"
-    needs_reference: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset({"reference"})
+    aux_source: ClassVar[Optional[str]] = None  # "reference" or "policy": where aux samples must come from
 
-    def __call__(self, batch: PreferenceBatch) -> LossOutput:  # pragma: no cover
+    @property
+    def needs_reference(self) -> bool:
+        return "reference" in self.needs
+
+    def start(self, model=None) -> None:
+        """Called when training on a round's data begins: reset running statistics, build any heads."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters the loss owns (SparsePO's mask head); trained with the policy."""
+        return []
+
+    def __call__(self, batch) -> LossOutput:  # pragma: no cover
         raise NotImplementedError
+
+
+class PairwiseLoss(Loss):
+    data_shape: ClassVar[str] = "pairs"
 
 
 LOSSES: Registry[type] = Registry("loss")
@@ -77,10 +157,10 @@ register_loss = LOSSES.register
 def loss_hyperparameters(name: str) -> dict[str, object]:
     """Hyperparameter names of a registered loss with their defaults."""
     cls = LOSSES.get(name)
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.init}
 
 
-def get_loss(name: str, **hyperparams) -> PairwiseLoss:
+def get_loss(name: str, **hyperparams) -> Loss:
     """Build the registered loss ``name``; unknown hyperparameters raise ConfigError."""
     known = loss_hyperparameters(name)
     unknown = sorted(set(hyperparams) - set(known))
@@ -97,3 +177,41 @@ def get_loss(name: str, **hyperparams) -> PairwiseLoss:
 
 def list_losses() -> list[str]:
     return LOSSES.names()
+
+
+# ---------------------------------------------------------------- helpers shared by the loss modules
+
+
+def log_ratios(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(l(y_w), l(y_l)) = policy minus reference log-probs, each (B,)."""
+    if batch.ref_chosen_logps is None or batch.ref_rejected_logps is None:
+        raise ValueError("this loss needs reference log-probs in the batch")
+    return batch.chosen_logps - batch.ref_chosen_logps, batch.rejected_logps - batch.ref_rejected_logps
+
+
+def require(value, what: str):
+    if value is None:
+        raise ValueError(f"this loss needs {what} in the batch")
+    return value
+
+
+def check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def check_range(name: str, value: float, lo: float, hi: float, hi_open: bool = True) -> None:
+    ok = lo <= value < hi if hi_open else lo <= value <= hi
+    if not ok:
+        raise ValueError(f"{name} must be in [{lo}, {hi}{')' if hi_open else ']'}, got {value}")
+
+
+def pair_output(losses: torch.Tensor, chosen_rewards, rejected_rewards, **extra: float) -> LossOutput:
+    """LossOutput for per-pair losses, rewards detached."""
+    return LossOutput(
+        loss=losses.mean(),
+        losses=losses,
+        chosen_rewards=None if chosen_rewards is None else chosen_rewards.detach(),
+        rejected_rewards=None if rejected_rewards is None else rejected_rewards.detach(),
+        extra={k: float(v) for k, v in extra.items()},
+    )

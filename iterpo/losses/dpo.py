@@ -1,32 +1,20 @@
-"""The DPO family of pairwise losses on sequence log-probs.
+"""The DPO family: pairwise losses on the log-ratios against a reference.
 
 Notation (ALGORITHMS.md): l(y) = log pi(y|x) - log pi_ref(y|x) summed over the
-response tokens, and delta = l(y_w) - l(y_l).
+response tokens, and delta = l(y_w) - l(y_l). The implicit reward of a response
+is beta * l(y) unless a docstring says otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from iterpo.losses.base import LossOutput, PairwiseLoss, PreferenceBatch, register_loss
-
-
-def _log_ratios(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(l(y_w), l(y_l)), each (B,)."""
-    if batch.ref_chosen_logps is None or batch.ref_rejected_logps is None:
-        raise ValueError("this loss needs reference log-probs in the batch")
-    return (
-        batch.chosen_logps - batch.ref_chosen_logps,
-        batch.rejected_logps - batch.ref_rejected_logps,
-    )
-
-
-def _check_beta(beta: float) -> None:
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+from iterpo.losses.base import (PairwiseLoss, PreferenceBatch, check_positive, check_range, log_ratios,
+                                pair_output, register_loss, require)
 
 
 @register_loss("dpo")
@@ -34,22 +22,318 @@ def _check_beta(beta: float) -> None:
 class DPO(PairwiseLoss):
     """Direct Preference Optimization (Rafailov et al. 2023, eq. 7).
 
-    loss = -log sigmoid(beta * delta). The implicit reward of a response is
-    beta * l(y). Same definition as TRL's ``loss_type="sigmoid"`` without label
-    smoothing.
+    loss = -log sigmoid(beta * delta). Same definition as TRL's ``sigmoid``.
     """
 
     beta: float = 0.1
 
     def __post_init__(self):
-        _check_beta(self.beta)
+        check_positive("beta", self.beta)
 
-    def __call__(self, batch: PreferenceBatch) -> LossOutput:
-        chosen, rejected = _log_ratios(batch)  # (B,), (B,)
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)  # (B,), (B,)
         losses = F.softplus(-self.beta * (chosen - rejected))  # = -log sigmoid(beta*delta)
-        return LossOutput(
-            loss=losses.mean(),
-            losses=losses,
-            chosen_rewards=(self.beta * chosen).detach(),
-            rejected_rewards=(self.beta * rejected).detach(),
-        )
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
+@register_loss("cdpo")
+@dataclass
+class ConservativeDPO(PairwiseLoss):
+    """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences"): DPO with label smoothing.
+
+    loss = (1 - eps) * -log sigmoid(beta*delta) + eps * -log sigmoid(-beta*delta).
+    The gradient vanishes at beta*delta = log((1 - eps) / eps), so margins stay
+    bounded instead of growing without limit.
+    """
+
+    beta: float = 0.1
+    label_smoothing: float = 0.1
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        z = self.beta * (chosen - rejected)
+        eps = self.label_smoothing
+        losses = (1 - eps) * F.softplus(-z) + eps * F.softplus(z)
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
+@register_loss("rdpo")
+@dataclass
+class RobustDPO(PairwiseLoss):
+    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"; the unbiased loss of their Sec. 3).
+
+    loss = [(1 - eps) * -log sigmoid(beta*delta) - eps * -log sigmoid(-beta*delta)] / (1 - 2 eps)
+    with eps = flip_rate, the probability that a label was flipped. Unbiased:
+    (1 - eps) L(z) + eps L(-z) = -log sigmoid(z). A single pair's loss can be
+    negative (it is unbounded below), which is expected. Same as TRL's ``robust``
+    with label_smoothing = flip_rate.
+    """
+
+    beta: float = 0.1
+    flip_rate: float = 0.1
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+        check_range("flip_rate", self.flip_rate, 0.0, 0.5)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        z = self.beta * (chosen - rejected)
+        eps = self.flip_rate
+        losses = ((1 - eps) * F.softplus(-z) - eps * F.softplus(z)) / (1 - 2 * eps)
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
+@register_loss("ipo")
+@dataclass
+class IPO(PairwiseLoss):
+    """Identity Preference Optimization (Azar et al. 2024, eq. 17).
+
+    loss = (delta - 1 / (2 beta))^2, beta playing the role of the paper's tau.
+    ``length_normalize`` replaces each l(y) by l(y) / |y| (what TRL's ``ipo``
+    does, as its authors confirmed to TRL); off by default, as in the paper's
+    equation.
+    """
+
+    beta: float = 0.1
+    length_normalize: bool = False
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        if self.length_normalize:
+            chosen = chosen / require(batch.chosen_lengths, "response lengths").clamp(min=1)
+            rejected = rejected / require(batch.rejected_lengths, "response lengths").clamp(min=1)
+        losses = (chosen - rejected - 1 / (2 * self.beta)) ** 2
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
+@register_loss("hinge")
+@dataclass
+class Hinge(PairwiseLoss):
+    """SLiC hinge loss on the DPO margin (Zhao et al. 2023, SLiC-HF, calibration loss; as TRL's ``hinge``).
+
+    loss = max(0, 1 - beta * delta).
+    """
+
+    beta: float = 0.1
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        losses = torch.relu(1 - self.beta * (chosen - rejected))
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
+@register_loss("rpo")
+@dataclass
+class RPO(PairwiseLoss):
+    """Regularized Preference Optimization (Liu et al. 2024, "Provably mitigating overoptimization
+    in RLHF: your SFT loss is implicitly an adversarial regularizer", the DPO+SFT objective).
+
+    loss = -log sigmoid(beta*delta) + sft_weight * (-log pi(y_w|x)), the NLL summed
+    over the chosen response's tokens. The reference code writes the weight as
+    eta * beta (eta = 0.005 in the paper's runs); sft_weight is that product.
+    Not TRL's ``rpo_alpha``, which follows a different paper (Pang et al.).
+    """
+
+    beta: float = 0.1
+    sft_weight: float = 5e-4
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+        check_range("sft_weight", self.sft_weight, 0.0, math.inf)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        nll = -batch.chosen_logps
+        losses = F.softplus(-self.beta * (chosen - rejected)) + self.sft_weight * nll
+        return pair_output(losses, self.beta * chosen, self.beta * rejected, nll_chosen=nll.detach().mean())
+
+
+@register_loss("nca")
+@dataclass
+class NCA(PairwiseLoss):
+    """Noise Contrastive Alignment, pairwise form (Chen et al. 2024, NCA eq. for K=2; TRL's ``nca_pair``).
+
+    With r = beta * l(y): loss = -log sigmoid(r_w) - 0.5 log sigmoid(-r_w) - 0.5 log sigmoid(-r_l).
+    Unlike DPO it acts on each response's reward, not only on the margin.
+    """
+
+    beta: float = 0.1
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        rw, rl = self.beta * chosen, self.beta * rejected
+        losses = F.softplus(-rw) + 0.5 * F.softplus(rw) + 0.5 * F.softplus(rl)
+        return pair_output(losses, rw, rl)
+
+
+@register_loss("exo")
+@dataclass
+class EXO(PairwiseLoss):
+    """Efficient Exact Optimization, pairwise (Ji et al. 2024, eq. 16; TRL's ``exo_pair``).
+
+    KL(q || p) between q = softmax(beta * [l_w, l_l]) and the smoothed label
+    p = [1 - eps, eps]: loss = q_w (log q_w - log(1-eps)) + q_l (log q_l - log eps).
+    """
+
+    beta: float = 0.1
+    epsilon: float = 1e-3
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+        check_range("epsilon", self.epsilon, 0.0, 0.5)
+        check_positive("epsilon", self.epsilon)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        z = self.beta * (chosen - rejected)
+        losses = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-self.epsilon))
+                  + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(self.epsilon)))
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
+@register_loss("bco")
+@dataclass
+class BCO(PairwiseLoss):
+    """Binary Classifier Optimization, pairwise (Jung et al. 2024, eq. 8 with the reward shift of Sec. 3.3).
+
+    With r = beta * l(y): loss = -log sigmoid(r_w - delta) - log sigmoid(-(r_l - delta)),
+    delta = running mean of all rewards seen so far in the round (updated with
+    the current batch before use, detached). ``reward_shift: false`` sets
+    delta = 0, which is exactly TRL 1.16's ``bco_pair``.
+    """
+
+    beta: float = 0.1
+    reward_shift: bool = True
+    _mean: float = field(default=0.0, init=False, repr=False)
+    _count: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def start(self, model=None) -> None:
+        self._mean, self._count = 0.0, 0
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        rw, rl = self.beta * chosen, self.beta * rejected
+        delta = 0.0
+        if self.reward_shift:
+            rewards = torch.cat([rw, rl]).detach()
+            n = rewards.numel()
+            self._mean += (float(rewards.mean()) - self._mean) * n / (self._count + n)
+            self._count += n
+            delta = self._mean
+        losses = F.softplus(-(rw - delta)) + F.softplus(rl - delta)
+        return pair_output(losses, rw, rl, reward_shift=delta)
+
+
+@register_loss("apo_zero")
+@dataclass
+class APOZero(PairwiseLoss):
+    """Anchored Preference Optimization, zero variant (D'Oosterlinck et al. 2024, eq. 7; TRL's ``apo_zero``).
+
+    loss = (1 - sigmoid(beta * l_w)) + sigmoid(beta * l_l): push the chosen
+    likelihood up and the rejected down, each anchored at the reference.
+    """
+
+    beta: float = 0.1
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        losses = (1 - torch.sigmoid(self.beta * chosen)) + torch.sigmoid(self.beta * rejected)
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
+@register_loss("apo_down")
+@dataclass
+class APODown(PairwiseLoss):
+    """Anchored Preference Optimization, down variant (D'Oosterlinck et al. 2024, eq. 8; TRL's ``apo_down``).
+
+    loss = sigmoid(beta * l_w) + (1 - sigmoid(beta * (l_w - l_l))): lower both
+    likelihoods, the rejected more, for data whose chosen answers are worse
+    than the model's own.
+    """
+
+    beta: float = 0.1
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        losses = torch.sigmoid(self.beta * chosen) + (1 - torch.sigmoid(self.beta * (chosen - rejected)))
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
+@register_loss("irepo")
+@dataclass
+class IREPO(PairwiseLoss):
+    """iREPO (2024, "implicit reward pairwise difference regression"): regress the implicit
+    reward margin onto the logit of the empirical preference probability.
+
+    loss = (beta * delta - logit(p))^2 with p = soft_label, the fraction of
+    judgements preferring y_w, clipped to [clip, 1 - clip] so hard labels give a
+    finite target. The squared form follows the paper's summary (ALGORITHMS.md
+    §19); the paper's equation number was not verified here.
+    """
+
+    beta: float = 0.1
+    clip: float = 0.01
+
+    needs = frozenset({"reference", "soft_label"})
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+        check_range("clip", self.clip, 0.0, 0.5)
+        check_positive("clip", self.clip)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        p = require(batch.soft_label, "soft labels").clamp(self.clip, 1 - self.clip)
+        target = torch.log(p) - torch.log1p(-p)
+        losses = (self.beta * (chosen - rejected) - target) ** 2
+        return pair_output(losses, self.beta * chosen, self.beta * rejected, target_margin=target.mean())
+
+
+@register_loss("soft_dpo")
+@dataclass
+class SoftDPO(PairwiseLoss):
+    """DPO with smoothed soft labels, after SmPO (Lu et al. 2025, smoothed preference loss).
+
+    loss = -log sigmoid((2 p - gamma) * beta * delta), p = soft_label (the
+    judged probability that y_w is better). With gamma = 1 a confident label
+    (p near 1) gives plain DPO, a tie (p = 1/2) gives no gradient, and a
+    reversed label pushes the other way. SmPO computes its alpha from a reward
+    model on images; taking p from the judge's scores is this port's choice.
+    """
+
+    beta: float = 0.1
+    gamma: float = 1.0
+
+    needs = frozenset({"reference", "soft_label"})
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        weight = 2 * require(batch.soft_label, "soft labels") - self.gamma
+        losses = F.softplus(-weight * self.beta * (chosen - rejected))
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)

@@ -59,10 +59,12 @@ def _cmd_status(args) -> None:
 def _cmd_losses(args) -> None:
     from iterpo.losses import LOSSES, list_losses, loss_hyperparameters
 
+    print(f"{'name':<11} {'data':<8} {'hyperparameters (defaults)':<42} method (paper)")
     for name in list_losses():
-        doc = (LOSSES.get(name).__doc__ or "").strip().splitlines()[0]
-        hp = ", ".join(f"{k}={v}" for k, v in loss_hyperparameters(name).items())
-        print(f"{name:<12} {doc}  [{hp}]")
+        cls = LOSSES.get(name)
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        hp = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in loss_hyperparameters(name).items()) or "-"
+        print(f"{name:<11} {cls.data_shape:<8} {hp:<42} {summary}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,10 +101,15 @@ class JudgeSection(Section):
 
 
 class PairingSection(Section):
-    strategy: str = "correct_vs_incorrect"
-    """Registered pairing strategy."""
+    strategy: Optional[str] = None
+    """Registered pairing strategy. Default: the one for the loss's data shape
+    ('correct_vs_incorrect' for pairs, 'labelled' for KTO, 'ranked' for PRO/TPO)."""
     pairs_per_prompt: int = Field(1, ge=1)
-    """At most this many pairs per prompt."""
+    """At most this many pairs per prompt (for 'labelled': responses of each label)."""
+    threshold: float = 1.0
+    """A response scoring at least this is good (chosen / desirable)."""
+    group_size: int = Field(4, ge=2)
+    """ranked: responses per ranked group."""
 
 
 class ReferenceSection(Section):
@@ -157,6 +162,20 @@ class Config(Section):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
 
+    @model_validator(mode="after")
+    def _loss_fits_the_loop(self):
+        from iterpo.losses import get_loss
+        from iterpo.pairing import build_strategy
+
+        loss = get_loss(self.loss.name, **self.loss.hyperparams())
+        build_strategy(self.pairing, loss.data_shape)  # raises if the strategy's data shape does not fit
+        if loss.aux_source == "reference" and self.reference.policy == "initial":
+            raise ValueError(
+                f"loss {self.loss.name!r} needs samples from the reference policy; with reference.policy 'initial' "
+                "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous."
+            )
+        return self
+
     def to_dict(self) -> dict:
         data = self.model_dump(mode="json")
         # Save the loss with every hyperparameter resolved, defaults included.
@@ -179,10 +198,13 @@ class Config(Section):
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+        if not field:  # a check across sections: the message says it all
+            parts.append(msg)
+            continue
         got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err else ""
         parts.append(f"field '{field}': {msg}{got}")
     return f"invalid config ({source}): " + "; ".join(parts) + "."

@@ -9,6 +9,7 @@ what an uninterrupted run would have written.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -22,13 +23,17 @@ from iterpo.models.chat import encode_prompt
 from iterpo.models.loading import (add_lora, is_lora, load_model, load_policy_checkpoint, load_tokenizer,
                                    resolve_model_path, save_policy)
 from iterpo.models.logprobs import score_responses
-from iterpo.pairing import build_pairs, build_strategy
+from iterpo.pairing import RECORD_TYPE, build_examples, build_strategy
 from iterpo.progress import bar, console, round_table
-from iterpo.records import Judgement, Preference, RefLogp, Rollout, from_table, to_table
+from iterpo.records import Judgement, RefLogp, Rollout, from_table, to_table
 from iterpo.sampling import derive_seed, generate
 from iterpo.store import RunStore, read_json, read_parquet, write_json, write_parquet, write_text
 from iterpo.tasks import build_task
-from iterpo.training import TrainPair, train_on_pairs
+from iterpo.training import LiveReference, train
+from iterpo.training.assemble import responses_to_score, training_examples
+
+AUX_SAMPLES = 2  # extra samples per prompt for losses with a term on them (XPO, VPO, HyPO)
+SCORED_NEEDS = frozenset({"reference", "previous"})  # needs the reference stage computes
 
 
 class RoundDriver:
@@ -42,8 +47,8 @@ class RoundDriver:
         self.prompts_by_id = {p.prompt_id: p for p in self.train_prompts}
         self.eval_prompts = self.task.eval_prompts()
         self.judge = build_judge(config.judge)
-        self.strategy = build_strategy(config.pairing)
         self.loss_fn = get_loss(config.loss.name, **config.loss.hyperparams())
+        self.strategy = build_strategy(config.pairing, self.loss_fn.data_shape)
         self.base_path = resolve_model_path(config.model.path)
         self.tokenizer = load_tokenizer(self.base_path)
         self.pad_id = self.tokenizer.pad_token_id
@@ -67,7 +72,7 @@ class RoundDriver:
                 ("train", "train.jsonl", self.train),
                 ("eval", "eval.json", self.evaluate),
             ]:
-                if stage == "reference" and not self.loss_fn.needs_reference:
+                if stage == "reference" and not self.loss_fn.needs & SCORED_NEEDS:
                     continue
                 if stage == "eval" and not self.eval_prompts:
                     continue
@@ -156,23 +161,37 @@ class RoundDriver:
         return {}
 
     def pair(self, r: int) -> dict:
+        """Judged rollouts -> the training records the loss's data shape needs."""
         judgements = from_table(read_parquet(self.store.path(r, "judgements.parquet")), Judgement)
-        result = build_pairs(self.strategy, self.train_prompts, self.rollouts(r), judgements)
-        write_parquet(self.store.path(r, "preferences.parquet"), to_table(result.preferences, Preference))
-        return {"pairs": len(result.preferences), "skipped": dict(result.skipped)}
+        result = build_examples(self.strategy, self.train_prompts, self.rollouts(r), judgements)
+        if "aux_samples" in self.loss_fn.needs:  # the first k samples of the prompt: i.i.d. draws, unselected
+            k = min(AUX_SAMPLES, self.config.sampling.samples_per_prompt)
+            for x in result.examples:
+                x.aux_idxs = list(range(k))
+        write_parquet(self.store.path(r, "preferences.parquet"), to_table(result.examples, RECORD_TYPE[result.data_shape]))
+        return {"examples": len(result.examples), "skipped": dict(result.skipped)}
 
-    def preferences(self, r: int) -> list[Preference]:
-        return from_table(read_parquet(self.store.path(r, "preferences.parquet")), Preference)
+    def records(self, r: int) -> list:
+        return from_table(read_parquet(self.store.path(r, "preferences.parquet")), RECORD_TYPE[self.loss_fn.data_shape])
 
     def reference(self, r: int) -> dict:
-        """Reference log-probs of every response that appears in a pair, once per round."""
+        """Reference (and previous-policy) log-probs of every response the loss will use, once per round."""
         rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
-        keys = sorted({(p.prompt_id, i) for p in self.preferences(r) for i in (p.chosen_idx, p.rejected_idx)})
-        prompt_ids = [self.prompt_ids(self.prompts_by_id[pid]) for pid, _ in keys]
-        responses = [rollouts[k].token_ids for k in keys]
-        with bar("reference", len(keys)) as advance:
-            values = self._reference_logps(r, prompt_ids, responses, advance)
-        rows = [RefLogp(pid, idx, v) for (pid, idx), v in zip(keys, values)]
+        keys = responses_to_score(self.records(r))
+        prompt_ids = [self.prompt_ids(self.prompts_by_id[pid]) for pid, _, _ in keys]
+        responses = [rollouts[(rpid, idx)].token_ids for _, rpid, idx in keys]
+        needs, batch = self.loss_fn.needs, self.config.eval.batch_size
+        ref = prev = [None] * len(keys)
+        if "reference" in needs:
+            with bar("reference", len(keys)) as advance:
+                ref = self._reference_logps(r, prompt_ids, responses, advance)
+        if "previous" in needs:
+            if "reference" in needs and self.config.reference.policy == "previous":
+                prev = ref  # the same model: score once
+            else:
+                with bar("previous policy", len(keys)) as advance:
+                    prev = score_responses(self.policy_after(r - 1), prompt_ids, responses, batch, self.pad_id, advance)
+        rows = [RefLogp(pid, rpid, idx, a, b) for (pid, rpid, idx), a, b in zip(keys, ref, prev)]
         write_parquet(self.store.path(r, "ref_logps.parquet"), to_table(rows, RefLogp))
         return {}
 
@@ -187,24 +206,29 @@ class RoundDriver:
         initial = load_model(self.base_path, self.config.model.dtype)
         return score_responses(initial, prompt_ids, responses, batch, self.pad_id, advance)
 
+    def _live_reference(self, policy) -> LiveReference:
+        """The reference as a model for token-level losses, taken before the policy starts changing."""
+        if self.config.reference.policy == "previous":
+            return LiveReference(copy.deepcopy(policy))
+        if is_lora(policy):
+            return LiveReference(policy, adapters_off=True)
+        return LiveReference(load_model(self.base_path, self.config.model.dtype))
+
     def train(self, r: int) -> dict:
         model = self.policy_after(r - 1)
+        needs = self.loss_fn.needs
+        scored = []
+        if needs & SCORED_NEEDS:
+            scored = from_table(read_parquet(self.store.path(r, "ref_logps.parquet")), RefLogp)
         rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
-        ref = {}
-        if self.loss_fn.needs_reference:
-            ref = {(x.prompt_id, x.sample_idx): x.ref_logp
-                   for x in from_table(read_parquet(self.store.path(r, "ref_logps.parquet")), RefLogp)}
-        pairs = [
-            TrainPair(self.prompt_ids(self.prompts_by_id[p.prompt_id]),
-                      rollouts[(p.prompt_id, p.chosen_idx)].token_ids,
-                      rollouts[(p.prompt_id, p.rejected_idx)].token_ids,
-                      ref.get((p.prompt_id, p.chosen_idx)), ref.get((p.prompt_id, p.rejected_idx)))
-            for p in self.preferences(r)
-        ]
+        examples = training_examples(self.records(r), rollouts, lambda pid: self.prompt_ids(self.prompts_by_id[pid]),
+                                     scored, needs)
+        reference = self._live_reference(model) if "token_stats" in needs else None
         seed = derive_seed(self.config.run.seed, r, "train")
         torch.manual_seed(seed)
-        with bar("training", len(pairs) * self.config.train.epochs) as advance:
-            log = train_on_pairs(model, pairs, self.loss_fn, self.config.train, seed, self.pad_id, advance)
+        with bar("training", len(examples) * self.config.train.epochs) as advance:
+            log = train(model, examples, self.loss_fn, self.config.train, seed, self.pad_id, advance, reference)
+        del reference
         self._policy_round = r
         cfg = self.config.run
         if r % cfg.save_every == 0 or r == cfg.rounds:

@@ -7,7 +7,7 @@ One row is one item with a stable id: a prompt is ``prompt_id``; a rollout is
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 import pyarrow as pa
@@ -55,13 +55,44 @@ class Preference:
     rejected: str
     chosen_score: float
     rejected_score: float
+    soft_label: float = 1.0  # estimated P(chosen beats rejected), sigmoid(score difference)
+    chosen_win_rate: float = 0.5  # estimated P(chosen beats the policy that sampled it), among the K samples
+    rejected_win_rate: float = 0.5
+    aux_idxs: list[int] = field(default_factory=list)  # extra samples of the prompt, for losses that need them
+
+
+@dataclass
+class LabelledResponse:
+    """One response labelled desirable or not (KTO's data; TRL's prompt/completion/label layout)."""
+
+    prompt_id: str
+    sample_idx: int
+    prompt: str
+    completion: str
+    label: bool  # desirable
+    score: float
+    kl_prompt_id: str  # the response paired with this prompt for KTO's reference point: another prompt's ...
+    kl_sample_idx: int  # ... sample, so (x, y') is a mismatched pair
+
+
+@dataclass
+class RankedGroup:
+    """Responses to one prompt, best first (PRO and TPO's data)."""
+
+    prompt_id: str
+    prompt: str
+    sample_idxs: list[int]
+    responses: list[str]
+    scores: list[float]  # non-increasing
 
 
 @dataclass
 class RefLogp:
-    prompt_id: str
+    prompt_id: str  # the prompt the response is scored after
+    response_prompt_id: str  # the prompt the response was sampled for (differs for KTO's mismatched pairs)
     sample_idx: int
-    ref_logp: float  # sum of reference token log-probs of the response
+    ref_logp: Optional[float]  # sum of reference token log-probs of the response (None when not needed)
+    prev_logp: Optional[float] = None  # the same under the policy the round started from
 
 
 SCHEMAS = {
@@ -95,10 +126,36 @@ SCHEMAS = {
             ("rejected", pa.string()),
             ("chosen_score", pa.float64()),
             ("rejected_score", pa.float64()),
+            ("soft_label", pa.float64()),
+            ("chosen_win_rate", pa.float64()),
+            ("rejected_win_rate", pa.float64()),
+            ("aux_idxs", pa.list_(pa.int32())),
+        ]
+    ),
+    LabelledResponse: pa.schema(
+        [
+            ("prompt_id", pa.string()),
+            ("sample_idx", pa.int32()),
+            ("prompt", pa.string()),
+            ("completion", pa.string()),
+            ("label", pa.bool_()),
+            ("score", pa.float64()),
+            ("kl_prompt_id", pa.string()),
+            ("kl_sample_idx", pa.int32()),
+        ]
+    ),
+    RankedGroup: pa.schema(
+        [
+            ("prompt_id", pa.string()),
+            ("prompt", pa.string()),
+            ("sample_idxs", pa.list_(pa.int32())),
+            ("responses", pa.list_(pa.string())),
+            ("scores", pa.list_(pa.float64())),
         ]
     ),
     RefLogp: pa.schema(
-        [("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("ref_logp", pa.float64())]
+        [("prompt_id", pa.string()), ("response_prompt_id", pa.string()), ("sample_idx", pa.int32()),
+         ("ref_logp", pa.float64()), ("prev_logp", pa.float64())]
     ),
     Prompt: pa.schema([("prompt_id", pa.string()), ("messages", pa.string()), ("answer", pa.string())]),
 }

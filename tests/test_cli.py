@@ -60,6 +60,11 @@ def test_unknown_argument_exits_2():
     assert info.value.code == 2
 
 
-def test_losses_lists_dpo(capsys):
+def test_losses_lists_every_loss_with_its_hyperparameters(capsys):
+    from iterpo.losses import list_losses
+
     assert main(["losses"]) == 0
-    assert "dpo" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == list_losses()
+    kto = next(line for line in lines if line.startswith("kto "))
+    assert "unpaired" in kto and "desirable_weight=1" in kto and "Ethayarajh" in kto

@@ -234,7 +234,7 @@ def test_sparsepo_with_unit_masks_is_token_level_dpo():
     learned.start(type("M", (), {"config": type("C", (), {"hidden_size": 4})})())
     batch.ref_chosen_hidden, batch.ref_rejected_hidden = torch.randn(1, T, 4), torch.randn(1, T, 4)
     out2 = learned(batch)
-    assert float(out2.loss) == pytest.approx(sp(-0.5 * (u - d)) + 0.01 * 5 + 0.02 * 5, abs=1e-6)
+    assert out2.loss.item() == pytest.approx(sp(-0.5 * (u - d)) + 0.01 * 5 + 0.02 * 5, abs=1e-6)
     assert out2.metrics()["mask_sparsity_u"] == 0.0
     out2.loss.backward()
     assert all(p.grad is not None for p in learned.parameters())

@@ -64,7 +64,7 @@ class ConservativeDPO(PairwiseLoss):
 @register_loss("rdpo")
 @dataclass
 class RobustDPO(PairwiseLoss):
-    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"; the unbiased loss of their Sec. 3).
+    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"; their unbiased loss, equation number not verified).
 
     loss = [(1 - eps) * -log sigmoid(beta*delta) - eps * -log sigmoid(-beta*delta)] / (1 - 2 eps)
     with eps = flip_rate, the probability that a label was flipped. Unbiased:
@@ -208,7 +208,7 @@ class EXO(PairwiseLoss):
 @register_loss("bco")
 @dataclass
 class BCO(PairwiseLoss):
-    """Binary Classifier Optimization, pairwise (Jung et al. 2024, eq. 8 with the reward shift of Sec. 3.3).
+    """Binary Classifier Optimization, pairwise (Jung et al. 2024, the BCO loss with its reward shift delta).
 
     With r = beta * l(y): loss = -log sigmoid(r_w - delta) - log sigmoid(-(r_l - delta)),
     delta = running mean of all rewards seen so far in the round (updated with
@@ -285,8 +285,8 @@ class APODown(PairwiseLoss):
 @register_loss("irepo")
 @dataclass
 class IREPO(PairwiseLoss):
-    """iREPO (2024, "implicit reward pairwise difference regression"): regress the implicit
-    reward margin onto the logit of the empirical preference probability.
+    """iREPO (2024): regress the implicit reward margin onto the logit of an empirical preference
+    probability.
 
     loss = (beta * delta - logit(p))^2 with p = soft_label, the fraction of
     judgements preferring y_w, clipped to [clip, 1 - clip] so hard labels give a
@@ -315,7 +315,7 @@ class IREPO(PairwiseLoss):
 @register_loss("soft_dpo")
 @dataclass
 class SoftDPO(PairwiseLoss):
-    """DPO with smoothed soft labels, after SmPO (Lu et al. 2025, smoothed preference loss).
+    """DPO with smoothed soft labels, after SmPO-Diffusion (2025, its smoothed-preference loss).
 
     loss = -log sigmoid((2 p - gamma) * beta * delta), p = soft_label (the
     judged probability that y_w is better). With gamma = 1 a confident label

@@ -19,7 +19,7 @@ def _best_and_worst(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
 @register_loss("pro")
 @dataclass
 class PRO(Loss):
-    """Preference Ranking Optimization (Song et al. 2023, eqs. 4-6; AlibabaResearch/DAMO-ConvAI PRO code).
+    """Preference Ranking Optimization (Song et al. 2023; checked against AlibabaResearch/DAMO-ConvAI PRO code).
 
     With s_i = lp(y_i)/|y_i| (no reference model) and scores r_1 >= ... >= r_n:
         L_rank = sum_k -log[ exp(s_k T_kk) / (exp(s_k T_kk) + sum_{i>k} exp(s_i T_ki)) ],

@@ -20,7 +20,7 @@ def _mean_logps(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
 @register_loss("simpo")
 @dataclass
 class SimPO(PairwiseLoss):
-    """Simple Preference Optimization (Meng et al. 2024, eq. 6).
+    """Simple Preference Optimization (Meng et al. 2024, the SimPO objective).
 
     loss = -log sigmoid(beta * lp(y_w)/|y_w| - beta * lp(y_l)/|y_l| - gamma).
     The implicit reward is beta times the mean token log-prob; gamma is the
@@ -46,7 +46,7 @@ class SimPO(PairwiseLoss):
 @register_loss("orpo")
 @dataclass
 class ORPO(PairwiseLoss):
-    """Odds Ratio Preference Optimization (Hong et al. 2024, eqs. 6-7).
+    """Odds Ratio Preference Optimization (Hong et al. 2024, L_SFT + lambda * L_OR).
 
     loss = NLL(y_w) / |y_w| + weight * -log sigmoid(log odds(y_w) - log odds(y_l)),
     odds(y) = P / (1 - P) with P = exp(lp(y) / |y|), the per-token geometric

@@ -14,7 +14,7 @@ from iterpo.losses.base import PairwiseLoss, PreferenceBatch, check_positive, ch
 @register_loss("sparsepo")
 @dataclass
 class SparsePO(PairwiseLoss):
-    """Sparse Preference Optimization (Christopoulou et al. 2024, eqs. 6-8; huawei-noah/HEBO SparsePO code).
+    """Sparse Preference Optimization (Christopoulou et al. 2024; checked against huawei-noah/HEBO SparsePO code).
 
     Per response token t, with l_t the token log-ratio and KL_t = KL(pi_ref || pi)
     over the vocabulary at that position:

@@ -12,7 +12,7 @@ from iterpo.losses.base import Loss, LossOutput, UnpairedBatch, check_positive, 
 @register_loss("kto")
 @dataclass
 class KTO(Loss):
-    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024, eqs. 7-8; TRL's KTOTrainer ``kto``).
+    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024, eq. 7 as TRL cites it; TRL's KTOTrainer ``kto``).
 
     With r = l(y) and the reference point z0 = max(0, mean over the batch of
     l(y'|x)) on mismatched (prompt, response) pairs, detached:

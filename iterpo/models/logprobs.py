@@ -1,4 +1,4 @@
-"""Sequence log-probabilities of responses given prompts.
+"""Log-probabilities of responses given prompts.
 
 Only response tokens matter to preference losses, so the output layer (a
 49k-wide matrix for SmolLM2, a large share of the compute) is applied only to
@@ -7,6 +7,9 @@ the prompt's logits are never built.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -22,27 +25,52 @@ def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
+@dataclass
+class TokenStats:
+    """Per-response-token quantities, aligned so column k is response token k. N rows, R = longest response."""
+
+    logps: torch.Tensor  # (N, R) log pi(token | prefix), 0 where mask is False
+    mask: torch.Tensor  # (N, R) bool, True on real response tokens
+    log_dist: Optional[torch.Tensor] = None  # (N, R, V) full log-softmax at each position (when asked)
+    hidden: Optional[torch.Tensor] = None  # (N, R, H) last-layer state at each predicting position (when asked)
+
+
+def response_token_stats(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0,
+                         full_distribution: bool = False, hidden_states: bool = False) -> TokenStats:
+    """Per-token log-probs of each response (with gradients when grad is enabled)."""
+    assert len(prompts) == len(responses) and all(len(r) > 0 for r in responses)
+    seqs = [p + r for p, r in zip(prompts, responses)]
+    ids, attn = _pad_right(seqs, pad_id)  # (N, T)
+    # Position t predicts token t+1; response token k of row i is predicted at position P_i - 1 + k.
+    starts = torch.tensor([len(p) - 1 for p in prompts])  # (N,) first predicting position per row
+    ends = torch.tensor([len(s) - 1 for s in seqs])  # (N,) one past the last predicting position
+    lo, hi = int(starts.min()), int(ends.max())
+    keep = torch.arange(lo, hi)  # (L,) positions whose logits we need
+    out = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep, output_hidden_states=hidden_states)
+    logp = torch.log_softmax(out.logits.float(), dim=-1)  # (N, L, V)
+    targets = ids[:, lo + 1 : hi + 1]  # (N, L) the token each kept position predicts
+    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N, L)
+    lengths = torch.tensor([len(r) for r in responses])
+    R = int(lengths.max())
+    col = torch.arange(R).unsqueeze(0)  # (1, R)
+    mask = col < lengths.unsqueeze(1)  # (N, R)
+    idx = ((starts - lo).unsqueeze(1) + col).clamp(max=hi - lo - 1)  # (N, R) kept-position index of token k
+    stats = TokenStats(logps=token_logp.gather(1, idx) * mask, mask=mask)
+    if full_distribution:
+        stats.log_dist = logp.gather(1, idx.unsqueeze(-1).expand(-1, -1, logp.shape[-1]))  # (N, R, V)
+    if hidden_states:
+        h = out.hidden_states[-1]  # (N, T, H), after the final norm
+        stats.hidden = h.gather(1, (idx + lo).unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (N, R, H)
+    return stats
+
+
 def response_logps(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0) -> torch.Tensor:
     """Sum of log pi(response token | prefix) per sequence: (N,) float32.
 
     Gradients flow when called with grad enabled (training); wrap in
     torch.no_grad() for reference scoring.
     """
-    assert len(prompts) == len(responses) and all(len(r) > 0 for r in responses)
-    seqs = [p + r for p, r in zip(prompts, responses)]
-    ids, mask = _pad_right(seqs, pad_id)  # (N, T)
-    # Position t predicts token t+1; response token k of row i sits at P_i + k.
-    starts = torch.tensor([len(p) - 1 for p in prompts])  # first predicting position per row
-    ends = torch.tensor([len(s) - 1 for s in seqs])  # one past the last predicting position
-    lo, hi = int(starts.min()), int(ends.max())
-    keep = torch.arange(lo, hi)  # (L,) positions whose logits we need
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # (N, L, V)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    targets = ids[:, lo + 1 : hi + 1]  # (N, L) the token each kept position predicts
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N, L)
-    pos = keep.unsqueeze(0)  # (1, L)
-    in_response = (pos >= starts.unsqueeze(1)) & (pos < ends.unsqueeze(1))  # (N, L)
-    return (token_logp * in_response).sum(dim=1)
+    return response_token_stats(model, prompts, responses, pad_id).logps.sum(dim=1)
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
-"""The optimizer loop: preference pairs in, an updated policy out."""
+"""The optimizer loop: training examples in, an updated policy out."""
 
-from iterpo.training.trainer import TrainPair, train_on_pairs
+from iterpo.training.examples import GroupExample, PairExample, UnpairedExample
+from iterpo.training.trainer import LiveReference, train
 
-__all__ = ["TrainPair", "train_on_pairs"]
+__all__ = ["GroupExample", "LiveReference", "PairExample", "UnpairedExample", "train"]

@@ -1,71 +1,67 @@
-"""iterpo's own PyTorch training loop for pairwise preference losses.
+"""iterpo's own PyTorch training loop for preference losses of every data shape.
 
-AdamW, linear warm-up, gradient accumulation and clipping. Chosen and rejected
-responses of a micro-batch go through the model in one forward pass; the
-reference log-probs were computed once for the round and come in with the pairs.
+AdamW, linear warm-up, gradient accumulation and clipping. Every sequence of a
+micro-batch goes through the model in one forward pass (see examples.py); the
+reference log-probs were computed once for the round and come in with the
+examples, except for token-level losses, which run a live reference model.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Optional
 
 import torch
 
-from iterpo.losses import PairwiseLoss, PreferenceBatch
-from iterpo.models.logprobs import response_logps
+from iterpo.losses import Loss
+from iterpo.training.examples import COLLATE
 
 
-@dataclass
-class TrainPair:
-    prompt_ids: list[int]  # (P,) prompt tokens
-    chosen_ids: list[int]  # (Tc,) chosen response tokens
-    rejected_ids: list[int]  # (Tr,) rejected response tokens
-    ref_chosen_logp: Optional[float] = None  # reference log-prob of the chosen response
-    ref_rejected_logp: Optional[float] = None
+class LiveReference:
+    """The reference policy as a model run during training, without gradients.
+
+    ``adapters_off``: the reference is the policy itself with its LoRA adapters
+    disabled (the initial model), so no second copy is held.
+    """
+
+    def __init__(self, model, adapters_off: bool = False):
+        self.model, self.adapters_off = model, adapters_off
+
+    @contextmanager
+    def active(self):
+        with torch.no_grad(), (self.model.disable_adapter() if self.adapters_off else nullcontext()):
+            yield self.model
 
 
-def _batch_inputs(model, pairs: list[TrainPair], pad_id: int) -> PreferenceBatch:
-    B = len(pairs)
-    logps = response_logps(
-        model,
-        [p.prompt_ids for p in pairs] * 2,
-        [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
-        pad_id,
-    )  # (2B,): chosen first, then rejected
-    ref = None
-    if pairs[0].ref_chosen_logp is not None:
-        ref = (
-            torch.tensor([p.ref_chosen_logp for p in pairs], dtype=torch.float32),
-            torch.tensor([p.ref_rejected_logp for p in pairs], dtype=torch.float32),
-        )
-    return PreferenceBatch(
-        chosen_logps=logps[:B],
-        rejected_logps=logps[B:],
-        ref_chosen_logps=ref[0] if ref else None,
-        ref_rejected_logps=ref[1] if ref else None,
-        chosen_lengths=torch.tensor([len(p.chosen_ids) for p in pairs]),
-        rejected_lengths=torch.tensor([len(p.rejected_ids) for p in pairs]),
-    )
+def _batch_metrics(batch) -> dict[str, float]:
+    """Mean policy log-probs of chosen and rejected responses (ALGORITHMS.md's lp(y_w), lp(y_l))."""
+    out = {}
+    if getattr(batch, "chosen_logps", None) is not None:
+        out["logps_chosen"] = float(batch.chosen_logps.detach().mean())
+        out["logps_rejected"] = float(batch.rejected_logps.detach().mean())
+    return out
 
 
-def train_on_pairs(
+def train(
     model,
-    pairs: list[TrainPair],
-    loss_fn: PairwiseLoss,
+    examples: list,
+    loss_fn: Loss,
     config,  # TrainSection
     seed: int,
     pad_id: int = 0,
     progress: Optional[Callable[[int], None]] = None,
+    reference: Optional[LiveReference] = None,
 ) -> list[dict]:
-    """Train model in place; return one log record per optimizer step."""
-    if not pairs:
+    """Train model in place on examples of loss_fn.data_shape; return one log record per optimizer step."""
+    if not examples:
         return []
-    params = [p for p in model.parameters() if p.requires_grad]
+    collate = COLLATE[loss_fn.data_shape]
+    loss_fn.start(model)
+    params = [p for p in model.parameters() if p.requires_grad] + loss_fn.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     micro = config.batch_size
-    steps_per_epoch = math.ceil(math.ceil(len(pairs) / micro) / config.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / micro) / config.grad_accum)
     warmup = config.warmup_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
     generator = torch.Generator().manual_seed(seed)
@@ -74,17 +70,18 @@ def train_on_pairs(
     model.train()
     try:
         for epoch in range(config.epochs):
-            order = torch.randperm(len(pairs), generator=generator).tolist()
+            order = torch.randperm(len(examples), generator=generator).tolist()
             batches = [order[i : i + micro] for i in range(0, len(order), micro)]
             for s in range(steps_per_epoch):
                 group = batches[s * config.grad_accum : (s + 1) * config.grad_accum]
-                n_pairs = sum(len(b) for b in group)
+                n = sum(len(b) for b in group)
                 metrics: dict[str, float] = {}
                 for idx in group:
-                    out = loss_fn(_batch_inputs(model, [pairs[i] for i in idx], pad_id))
-                    (out.loss * len(idx) / n_pairs).backward()  # mean over the pairs of the step
-                    for k, v in out.metrics().items():
-                        metrics[k] = metrics.get(k, 0.0) + v * len(idx) / n_pairs
+                    batch = collate(model, [examples[i] for i in idx], loss_fn, pad_id, reference)
+                    out = loss_fn(batch)
+                    (out.loss * len(idx) / n).backward()  # mean over the examples of the step
+                    for k, v in {**out.metrics(), **_batch_metrics(batch)}.items():
+                        metrics[k] = metrics.get(k, 0.0) + v * len(idx) / n
                 grad_norm = None
                 if config.max_grad_norm is not None:
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
@@ -93,10 +90,9 @@ def train_on_pairs(
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                log.append({"step": step, "epoch": epoch, "pairs": n_pairs, "lr": lr,
-                            "grad_norm": grad_norm, **metrics})
+                log.append({"step": step, "epoch": epoch, "examples": n, "lr": lr, "grad_norm": grad_norm, **metrics})
                 if progress is not None:
-                    progress(n_pairs)
+                    progress(n)
     finally:
         model.eval()
     return log

@@ -1,0 +1,155 @@
+"""Training examples of each data shape, and how a micro-batch of them becomes a loss batch.
+
+A collate function runs the policy once over every sequence the batch needs
+(chosen and rejected, extra samples, KTO's mismatched pairs, a whole ranked
+group) and fills exactly the fields the loss declares in ``needs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from iterpo.losses import Loss, PreferenceBatch, RankedBatch, UnpairedBatch
+from iterpo.models.logprobs import response_logps, response_token_stats
+
+
+@dataclass
+class PairExample:
+    prompt_ids: list[int]  # (P,) prompt tokens
+    chosen_ids: list[int]  # (Tc,) chosen response tokens
+    rejected_ids: list[int]  # (Tr,) rejected response tokens
+    ref_logps: Optional[tuple[float, float]] = None  # (chosen, rejected) under the reference
+    prev_logps: Optional[tuple[float, float]] = None  # (chosen, rejected) under the round's starting policy
+    win_rates: Optional[tuple[float, float]] = None  # (chosen, rejected) estimated P(y beats pi_t)
+    soft_label: Optional[float] = None  # estimated P(chosen beats rejected)
+    aux_ids: list[list[int]] = field(default_factory=list)  # k extra responses to the same prompt
+    ref_aux_logps: Optional[list[float]] = None  # (k,) their reference log-probs
+
+
+@dataclass
+class UnpairedExample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    desirable: bool
+    kl_response_ids: list[int]  # another prompt's response: (x, y') for KTO's reference point
+    ref_logp: Optional[float] = None
+    ref_kl_logp: Optional[float] = None
+
+
+@dataclass
+class GroupExample:
+    prompt_ids: list[int]
+    responses: list[list[int]]  # best first
+    scores: list[float]  # non-increasing
+    ref_logps: Optional[list[float]] = None
+
+
+def _t(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def collate_pairs(model, examples: list[PairExample], loss: Loss, pad_id: int, reference=None) -> PreferenceBatch:
+    B = len(examples)
+    needs = loss.needs
+    prompts = [e.prompt_ids for e in examples]
+    responses = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
+    k = len(examples[0].aux_ids) if "aux_samples" in needs else 0
+    if k:
+        responses += [a for e in examples for a in e.aux_ids]
+    all_prompts = prompts * 2 + [p for p in prompts for _ in range(k)]
+    batch = PreferenceBatch(
+        chosen_logps=torch.empty(0), rejected_logps=torch.empty(0),
+        chosen_lengths=_t([len(e.chosen_ids) for e in examples]),
+        rejected_lengths=_t([len(e.rejected_ids) for e in examples]),
+    )
+    if "token_stats" in needs:
+        s = _token_stats(model, reference, prompts * 2, responses[: 2 * B], pad_id, loss)  # rows: chosen, then rejected
+        batch.chosen_token_logps, batch.rejected_token_logps = s["token_logps"][:B], s["token_logps"][B:]
+        batch.ref_chosen_token_logps, batch.ref_rejected_token_logps = s["ref_token_logps"][:B], s["ref_token_logps"][B:]
+        batch.chosen_token_kl, batch.rejected_token_kl = s["token_kl"][:B], s["token_kl"][B:]
+        batch.chosen_mask, batch.rejected_mask = s["mask"][:B], s["mask"][B:]
+        if "ref_hidden" in s:
+            batch.ref_chosen_hidden, batch.ref_rejected_hidden = s["ref_hidden"][:B], s["ref_hidden"][B:]
+        batch.chosen_logps, batch.rejected_logps = batch.chosen_token_logps.sum(1), batch.rejected_token_logps.sum(1)
+    else:
+        logps = response_logps(model, all_prompts, responses, pad_id)  # (2B + Bk,): chosen, rejected, aux
+        batch.chosen_logps, batch.rejected_logps = logps[:B], logps[B : 2 * B]
+        if k:
+            batch.aux_logps = logps[2 * B :].view(B, k)
+    if "reference" in needs:
+        batch.ref_chosen_logps = _t([e.ref_logps[0] for e in examples])
+        batch.ref_rejected_logps = _t([e.ref_logps[1] for e in examples])
+        if k:
+            batch.ref_aux_logps = _t([e.ref_aux_logps for e in examples])  # (B, k)
+    if "previous" in needs:
+        batch.prev_chosen_logps = _t([e.prev_logps[0] for e in examples])
+        batch.prev_rejected_logps = _t([e.prev_logps[1] for e in examples])
+    if "win_rate" in needs:
+        batch.chosen_win_rate = _t([e.win_rates[0] for e in examples])
+        batch.rejected_win_rate = _t([e.win_rates[1] for e in examples])
+    if "soft_label" in needs:
+        batch.soft_label = _t([e.soft_label for e in examples])
+    return batch
+
+
+def _token_stats(model, reference, prompts, responses, pad_id, loss) -> dict[str, torch.Tensor]:
+    """Per-token policy and reference log-probs, KL(ref || policy) per position, masks (and reference states)."""
+    if reference is None:
+        raise ValueError(f"{type(loss).__name__} needs a live reference model during training")
+    hidden = getattr(loss, "needs_hidden_states", False)
+    pol = response_token_stats(model, prompts, responses, pad_id, full_distribution=True)
+    with reference.active() as ref_model:
+        ref = response_token_stats(ref_model, prompts, responses, pad_id, full_distribution=True, hidden_states=hidden)
+    # KL(ref || pi) at each position = sum_v p_ref(v) (log p_ref(v) - log pi(v)): (N, R)
+    kl = (ref.log_dist.exp() * (ref.log_dist - pol.log_dist)).sum(-1) * pol.mask
+    out = {"token_logps": pol.logps, "ref_token_logps": ref.logps, "token_kl": kl, "mask": pol.mask}
+    if hidden:
+        out["ref_hidden"] = ref.hidden
+    return out
+
+
+def collate_unpaired(model, examples: list[UnpairedExample], loss: Loss, pad_id: int, reference=None) -> UnpairedBatch:
+    B = len(examples)
+    prompts = [e.prompt_ids for e in examples]
+    responses = [e.response_ids for e in examples] + [e.kl_response_ids for e in examples]
+    logps = response_logps(model, prompts * 2, responses, pad_id)  # (2B,): matched, then mismatched
+    batch = UnpairedBatch(
+        logps=logps[:B], desirable=torch.tensor([e.desirable for e in examples]),
+        kl_logps=logps[B:].detach(),  # KTO's reference point gets no gradient
+        lengths=_t([len(e.response_ids) for e in examples]),
+    )
+    if "reference" in loss.needs:
+        batch.ref_logps = _t([e.ref_logp for e in examples])
+        batch.ref_kl_logps = _t([e.ref_kl_logp for e in examples])
+    return batch
+
+
+def collate_groups(model, examples: list[GroupExample], loss: Loss, pad_id: int, reference=None) -> RankedBatch:
+    B, n = len(examples), max(len(e.responses) for e in examples)
+    prompts = [e.prompt_ids for e in examples for _ in e.responses]
+    responses = [r for e in examples for r in e.responses]
+    flat = response_logps(model, prompts, responses, pad_id)  # (sum of group sizes,)
+    logps = torch.zeros(B, n)
+    mask = torch.zeros(B, n, dtype=torch.bool)
+    scores, lengths, ref = torch.zeros(B, n), torch.ones(B, n), torch.zeros(B, n)
+    rows, cols = [], []
+    for b, e in enumerate(examples):
+        m = len(e.responses)
+        rows += [b] * m
+        cols += list(range(m))
+        mask[b, :m] = True
+        scores[b, :m] = _t(e.scores)
+        # a padded slot repeats the group's lowest score so it never outranks a real response
+        scores[b, m:] = e.scores[-1]
+        lengths[b, :m] = _t([len(r) for r in e.responses])
+        if e.ref_logps is not None:
+            ref[b, :m] = _t(e.ref_logps)
+    logps = logps.index_put((torch.tensor(rows), torch.tensor(cols)), flat)  # keeps the graph to flat
+    return RankedBatch(logps=logps, scores=scores, mask=mask, lengths=lengths,
+                       ref_logps=ref if "reference" in loss.needs else None)
+
+
+COLLATE = {"pairs": collate_pairs, "unpaired": collate_unpaired, "ranked": collate_groups}

@@ -67,6 +67,37 @@ def _cmd_losses(args) -> None:
         print(f"{name:<11} {cls.data_shape:<8} {hp:<42} {summary}")
 
 
+def _cmd_games(args) -> None:
+    from pathlib import Path
+
+    from iterpo.games.report import METHODS, convergence_table, format_convergence, format_sampled, sampled_table
+
+    kinds = args.game or ["random", "rps", "cyclic", "bt"]
+    for kind in kinds:
+        if kind not in ("random", "rps", "cyclic", "bt") and not Path(kind).is_file():
+            raise UserInputError(f"--game {kind!r}: not a game family (random, rps, cyclic, bt) nor an existing file")
+    betas = args.beta or [0.1, 0.01]
+    if any(not b > 0 for b in betas):
+        raise UserInputError("--beta must be > 0")
+    methods = [m for m in METHODS if not args.algorithm or m.algorithm in args.algorithm]
+    if not methods:
+        from iterpo.games import ALGORITHMS
+
+        raise UserInputError(f"--algorithm: none of {args.algorithm} is known; known: {', '.join(ALGORITHMS.names())}")
+    rows = convergence_table(kinds, betas, args.seeds, args.iterations, args.target, methods,
+                             Path(args.plots) if args.plots else None)
+    print(format_convergence(rows, args.target))
+    if args.sampled:
+        for kind in kinds:
+            for beta in betas:
+                its = min(args.iterations, 1000)
+                srows = sampled_table(kind, beta, args.seeds, its, args.sampled, methods)
+                print()
+                print(format_sampled(srows, kind, beta, args.sampled, its))
+    if args.plots:
+        print(f"\nplots written to {args.plots}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iterpo", description="Iterative preference optimization of language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     losses = sub.add_parser("losses", help="list the registered preference losses")
     losses.set_defaults(fn=_cmd_losses)
+
+    games = sub.add_parser("games", help="run the iterative algorithms on exactly solvable preference games")
+    games.add_argument("--game", action="append", metavar="KIND",
+                       help="random (EGPO's random games), rps, cyclic, bt (Bradley-Terry), or a .npy/.csv matrix file; "
+                            "repeatable (default: random, rps, cyclic, bt)")
+    games.add_argument("--beta", action="append", type=float, help="regularisation (repeatable; default 0.1 and 0.01)")
+    games.add_argument("--seeds", type=int, default=10, help="random games per family (default 10)")
+    games.add_argument("--iterations", type=int, default=3000, help="iteration cap (default 3000)")
+    games.add_argument("--target", type=float, default=1e-6, help="duality gap to reach (default 1e-6)")
+    games.add_argument("--algorithm", action="append", help="only these algorithms (default: all)")
+    games.add_argument("--sampled", type=int, metavar="S",
+                       help="also run with S sampled preferences per query and report final gaps with 95%% intervals")
+    games.add_argument("--plots", metavar="DIR", help="write SVG convergence plots to DIR")
+    games.set_defaults(fn=_cmd_games)
     return parser
 
 

@@ -23,7 +23,7 @@ from iterpo.config import load_config
 from iterpo.loop import RoundDriver
 from iterpo.store import RunStore, read_json
 
-DEFAULT_LOSSES = "dpo,cdpo,rdpo,ipo,hinge,nca,apo_zero,simpo,orpo,kto,pro,tpo,sppo_hard,online_ipo"
+DEFAULT_LOSSES = "dpo,cdpo,ipo,nca,apo_zero,simpo,orpo,kto,pro,tpo,sppo_hard"
 
 
 def main() -> None:

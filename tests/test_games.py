@@ -271,3 +271,22 @@ def test_games_command_rejects_bad_input(tmp_path, capsys):
     assert main(["games", "--game", str(bad), "--iterations", "5"]) == 2
     assert "must equal 1" in " ".join(capsys.readouterr().err.split())  # the message is wrapped
     assert main(["games", "--algorithm", "nope", "--iterations", "5"]) == 2
+
+
+def test_iterative_dpo_round_is_what_training_with_the_dpo_loss_converges_to():
+    from iterpo.games.sgd import dpo_fit
+
+    rng = np.random.default_rng(7)
+    P, ref, beta = games.random_game(6, rng), games.random_policy(6, rng), 0.5
+    closed = games.run("iterative_dpo", P, beta, ref, 1, 1.0)[1]
+    trained = np.exp(dpo_fit(np.log(ref), ref[:, None] * ref[None, :] * P, beta))
+    assert np.abs(trained - closed).max() < 1e-6
+
+
+def test_metrics_of_the_equilibrium():
+    P, ref = _game(0)
+    star = games.regularized_nash(P, 0.1, ref)
+    m = games.metrics(P, 0.1, star, ref)
+    assert m["kl_to_nash"] < 1e-12 and m["duality_gap"] < 1e-12
+    assert m["win_rate_vs_nash"] == pytest.approx(0.5)  # any policy ties itself
+    assert m["win_rate_vs_ref"] > 0.5  # the equilibrium beats the reference it started from

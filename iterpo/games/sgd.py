@@ -31,3 +31,33 @@ def online_ipo_sgd_step(x: np.ndarray, w: np.ndarray, log_ref: np.ndarray, beta:
     with torch.no_grad():
         new = theta - lr * theta.grad
         return torch.log_softmax(new, dim=-1).numpy()
+
+
+def dpo_fit(x: np.ndarray, A: np.ndarray, beta: float, iterations: int = 500) -> np.ndarray:
+    """Tabular logits trained to convergence with iterpo's ``dpo`` loss, reference = pi_t = exp(x).
+
+    A[i, j] weighs the pair (chosen i, rejected j) (for the population loss,
+    pi_t(i) pi_t(j) P[i, j]). L-BFGS on the weighted sum of per-pair losses;
+    returns the new log-policy, which iterative DPO's closed form must match.
+    """
+    n = x.shape[-1]
+    theta = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    y, y2 = (t.flatten() for t in torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"))
+    ref = torch.tensor(x, dtype=torch.float64)
+    weight = torch.tensor(A, dtype=torch.float64).flatten() / float(A.sum())
+    loss_fn = get_loss("dpo", beta=beta)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iterations, tolerance_grad=1e-14, tolerance_change=1e-16,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logp = torch.log_softmax(theta, dim=-1)
+        out = loss_fn(PreferenceBatch(chosen_logps=logp[y], rejected_logps=logp[y2],
+                                      ref_chosen_logps=ref[y], ref_rejected_logps=ref[y2]))
+        total = (out.losses * weight).sum()
+        total.backward()
+        return total
+
+    opt.step(closure)
+    with torch.no_grad():
+        return torch.log_softmax(theta, dim=-1).numpy()

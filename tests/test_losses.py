@@ -316,6 +316,21 @@ def test_pairwise_losses_match_trl(trl_type, ours, hyper, trl_smoothing):
         assert float(loss(batch).loss) == pytest.approx(want, abs=1e-6, rel=1e-6)
 
 
+def test_kto_auto_weight_balances_desirable_and_undesirable():
+    from types import SimpleNamespace
+
+    loss = get_loss("kto")  # desirable_weight: auto
+    loss.start(None, [SimpleNamespace(desirable=d) for d in [True, False, False, False]])
+    batch = UnpairedBatch(t([-1.0, -2.0]), torch.tensor([True, False]), t([-1.0, -2.0]), t([-1.0, -1.0]), t([-1.0, -1.0]))
+    out = loss(batch)
+    assert out.metrics()["desirable_weight"] == pytest.approx(3.0)  # 3 undesirable per desirable in the round
+    assert out.losses.tolist() == pytest.approx([3.0 * 0.5, 0.5])
+    fresh = get_loss("kto")(batch)  # not started: balances the batch itself
+    assert fresh.metrics()["weighted_desirable_ratio"] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="desirable_weight"):
+        get_loss("kto", desirable_weight="sometimes")
+
+
 def test_kto_matches_trl():
     g = torch.Generator().manual_seed(1)
     for _ in range(5):

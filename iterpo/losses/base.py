@@ -135,7 +135,7 @@ class Loss:
     def needs_reference(self) -> bool:
         return "reference" in self.needs
 
-    def start(self, model=None) -> None:
+    def start(self, model=None, examples=None) -> None:
         """Called when training on a round's data begins: reset running statistics, build any heads."""
 
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -224,7 +224,7 @@ class BCO(PairwiseLoss):
     def __post_init__(self):
         check_positive("beta", self.beta)
 
-    def start(self, model=None) -> None:
+    def start(self, model=None, examples=None) -> None:
         self._mean, self._count = 0.0, 0
 
     def __call__(self, batch: PreferenceBatch):

@@ -49,7 +49,7 @@ class SparsePO(PairwiseLoss):
     def needs_hidden_states(self) -> bool:
         return self.mask == "learned"
 
-    def start(self, model=None) -> None:
+    def start(self, model=None, examples=None) -> None:
         if self.mask == "learned":
             hidden = model.config.hidden_size
             self._head = torch.nn.Linear(hidden, 2)  # outputs (m_u, m_d) per token

@@ -57,7 +57,7 @@ def train(
     if not examples:
         return []
     collate = COLLATE[loss_fn.data_shape]
-    loss_fn.start(model)
+    loss_fn.start(model, examples)
     params = [p for p in model.parameters() if p.requires_grad] + loss_fn.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     micro = config.batch_size

@@ -6,8 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from iterpo.judges.sandbox import SandboxLimits, check_sandbox, run_python
 
 LIMITS = SandboxLimits(wall_seconds=6, cpu_seconds=3, memory_mb=256, max_processes=16)

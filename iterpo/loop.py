@@ -180,39 +180,38 @@ class RoundDriver:
         keys = responses_to_score(self.records(r))
         prompt_ids = [self.prompt_ids(self.prompts_by_id[pid]) for pid, _, _ in keys]
         responses = [rollouts[(rpid, idx)].token_ids for _, rpid, idx in keys]
-        needs, batch = self.loss_fn.needs, self.config.eval.batch_size
+        needs = self.loss_fn.needs
         ref = prev = [None] * len(keys)
         if "reference" in needs:
             with bar("reference", len(keys)) as advance:
-                ref = self._reference_logps(r, prompt_ids, responses, advance)
+                ref = self._score(self._reference(r), prompt_ids, responses, advance)
         if "previous" in needs:
             if "reference" in needs and self.config.reference.policy == "previous":
                 prev = ref  # the same model: score once
             else:
                 with bar("previous policy", len(keys)) as advance:
-                    prev = score_responses(self.policy_after(r - 1), prompt_ids, responses, batch, self.pad_id, advance)
+                    prev = self._score(LiveReference(self.policy_after(r - 1)), prompt_ids, responses, advance)
         rows = [RefLogp(pid, rpid, idx, a, b) for (pid, rpid, idx), a, b in zip(keys, ref, prev)]
         write_parquet(self.store.path(r, "ref_logps.parquet"), to_table(rows, RefLogp))
         return {}
 
-    def _reference_logps(self, r, prompt_ids, responses, advance) -> list[float]:
-        batch = self.config.eval.batch_size
-        if self.config.reference.policy == "previous":
-            return score_responses(self.policy_after(r - 1), prompt_ids, responses, batch, self.pad_id, advance)
-        policy = self.policy_after(r - 1)
-        if is_lora(policy):  # the initial model is the same weights with adapters off
-            with policy.disable_adapter():
-                return score_responses(policy, prompt_ids, responses, batch, self.pad_id, advance)
-        initial = load_model(self.base_path, self.config.model.dtype)
-        return score_responses(initial, prompt_ids, responses, batch, self.pad_id, advance)
+    def _reference(self, r: int, frozen_copy: bool = False) -> LiveReference:
+        """The reference policy of round r as a model run without gradients.
 
-    def _live_reference(self, policy) -> LiveReference:
-        """The reference as a model for token-level losses, taken before the policy starts changing."""
+        'previous' is the policy the round starts from (a frozen copy when it must
+        outlive training's updates); 'initial' is the same weights with LoRA
+        adapters off, or the base model loaded again.
+        """
+        policy = self.policy_after(r - 1)
         if self.config.reference.policy == "previous":
-            return LiveReference(copy.deepcopy(policy))
+            return LiveReference(copy.deepcopy(policy) if frozen_copy else policy)
         if is_lora(policy):
             return LiveReference(policy, adapters_off=True)
         return LiveReference(load_model(self.base_path, self.config.model.dtype))
+
+    def _score(self, reference: LiveReference, prompt_ids, responses, advance) -> list[float]:
+        with reference.active() as model:
+            return score_responses(model, prompt_ids, responses, self.config.eval.batch_size, self.pad_id, advance)
 
     def train(self, r: int) -> dict:
         model = self.policy_after(r - 1)
@@ -223,7 +222,7 @@ class RoundDriver:
         rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
         examples = training_examples(self.records(r), rollouts, lambda pid: self.prompt_ids(self.prompts_by_id[pid]),
                                      scored, needs)
-        reference = self._live_reference(model) if "token_stats" in needs else None
+        reference = self._reference(r, frozen_copy=True) if "token_stats" in needs else None
         seed = derive_seed(self.config.run.seed, r, "train")
         torch.manual_seed(seed)
         with bar("training", len(examples) * self.config.train.epochs) as advance:

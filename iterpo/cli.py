@@ -70,11 +70,12 @@ def _cmd_losses(args) -> None:
 def _cmd_games(args) -> None:
     from pathlib import Path
 
-    from iterpo.games.report import METHODS, convergence_table, format_convergence, format_sampled, sampled_table
+    from iterpo.games.report import (GAME_FAMILIES, METHODS, convergence_table, format_convergence, format_sampled,
+                                     sampled_table)
 
-    kinds = args.game or ["random", "rps", "cyclic", "bt"]
+    kinds = args.game or list(GAME_FAMILIES)
     for kind in kinds:
-        if kind not in ("random", "rps", "cyclic", "bt") and not Path(kind).is_file():
+        if kind not in GAME_FAMILIES and not Path(kind).is_file():
             raise UserInputError(f"--game {kind!r}: not a game family (random, rps, cyclic, bt) nor an existing file")
     betas = args.beta or [0.1, 0.01]
     if any(not b > 0 for b in betas):

@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from iterpo.games.algorithms import ALGORITHMS, Oracle, Step, log_normalize, register_algorithm
-from iterpo.games.core import (best_response, bradley_terry, check_game, duality_gap, kl, random_cyclic, random_game,
+from iterpo.games.algorithms import ALGORITHMS, Oracle, Step, register_algorithm
+from iterpo.games.core import (best_response, bradley_terry, check_game, duality_gap, kl, log_normalize, random_cyclic, random_game,
                                random_policy, read_game, regularized_nash, rock_paper_scissors, softmax, win_rates)
 
 

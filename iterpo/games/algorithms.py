@@ -18,13 +18,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from iterpo.games.core import log_normalize
 from iterpo.registry import Registry
-
-
-def log_normalize(x: np.ndarray) -> np.ndarray:
-    """x - logsumexp(x) over the last axis: a log-policy."""
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 @dataclass

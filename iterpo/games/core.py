@@ -94,6 +94,13 @@ def softmax(logits) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def log_normalize(x) -> np.ndarray:
+    """x - logsumexp(x) over the last axis: a log-policy."""
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
 def random_policy(n: int, rng: np.random.Generator, contexts: int | None = None) -> np.ndarray:
     """A softmax policy with N(0, 1) logits (EGPO's random reference)."""
     return softmax(rng.normal(size=(n,) if contexts is None else (contexts, n)))
@@ -129,9 +136,7 @@ def duality_gap(P, beta: float, pi, ref) -> np.ndarray:
     for small beta, where BR underflows in probability space).
     """
     pi = np.asarray(pi, dtype=np.float64)
-    z = np.log(ref) + win_rates(P, pi) / beta
-    m = z.max(axis=-1, keepdims=True)
-    log_br = z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+    log_br = log_normalize(np.log(ref) + win_rates(P, pi) / beta)
     with np.errstate(divide="ignore"):
         terms = np.where(pi > 0, pi * (np.log(np.where(pi > 0, pi, 1.0)) - log_br), 0.0)
     return np.maximum(2.0 * beta * terms.sum(axis=-1), 0.0)  # rounding can leave -1e-17 at the equilibrium
@@ -154,12 +159,12 @@ def regularized_nash(P, beta: float, ref, tol: float = 1e-13, max_iter: int = 20
     log_ref = np.log(ref)
     n = len(ref)
     # Mirror prox with step 2 beta contracts KL(pi* || pi_k) by 1/(1 + 2 beta) per step: a safe start.
-    x = log_ref.copy()
-    a = 1.0 / (1.0 + 2.0 * beta)
+    from iterpo.games.algorithms import Oracle, Step, nash_mp  # (algorithms builds on this module)
+
+    step = Step(P, beta, log_ref, 2.0 * beta, Oracle(P), np.random.default_rng(0))
+    x = log_normalize(log_ref)
     for _ in range(min(500, int(20 / min(1.0, 2 * beta)))):
-        pi = softmax(x)
-        half = a * x + (1 - a) * (log_ref + P @ pi / beta)
-        x = a * x + (1 - a) * (log_ref + P @ softmax(half) / beta)
+        x = nash_mp(x, None, step)
     x = x - x.max()
 
     def residual(x):

@@ -39,6 +39,9 @@ METHODS = [
 ]
 
 
+GAME_FAMILIES = ("random", "rps", "cyclic", "bt")
+
+
 def make_game(kind: str, seed: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """(P, ref) for a game family: random (EGPO's), rps, cyclic, bt (Bradley-Terry), or a file path."""
     rng = np.random.default_rng(seed)

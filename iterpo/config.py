@@ -96,11 +96,17 @@ class SamplingSection(Section):
 
 
 class JudgeSection(Section):
-    name: str = "exact_answer"
-    """Registered judge; 'exact_answer' compares the last number with the answer."""
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: Optional[str] = None
+    """Registered judge (`iterpo judges` lists them); the other keys of this section are its options.
+    Default: the task's own judge ('exact_answer' for arithmetic)."""
+
+    def options(self) -> dict:
+        return dict(self.model_extra or {})
 
 
 class PairingSection(Section):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
     strategy: Optional[str] = None
     """Registered pairing strategy. Default: the one for the loss's data shape
     ('correct_vs_incorrect' for pairs, 'labelled' for KTO, 'ranked' for PRO/TPO)."""
@@ -110,6 +116,14 @@ class PairingSection(Section):
     """A response scoring at least this is good (chosen / desirable)."""
     group_size: int = Field(4, ge=2)
     """ranked: responses per ranked group."""
+    length_penalty: float = Field(0.0, ge=0)
+    """Subtracted from each score per response token, against length exploitation (0: off)."""
+    prefer_shorter: bool = False
+    """Among equally scored responses choose the shortest as chosen and the longest as rejected."""
+
+    def options(self) -> dict:
+        """The strategy's own options: the keys of this section not listed above."""
+        return dict(self.model_extra or {})
 
 
 class ReferenceSection(Section):
@@ -148,6 +162,8 @@ class TrainSection(Section):
 class EvalSection(Section):
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(64, ge=1)
+    judge: Optional[str] = None
+    """Judge of held-out accuracy. Default: the training judge when it is a verifier, else the task's judge."""
 
 
 class Config(Section):
@@ -167,8 +183,16 @@ class Config(Section):
         from iterpo.losses import get_loss
         from iterpo.pairing import build_strategy
 
+        from iterpo.judges import JUDGES, make_judge
+        from iterpo.tasks import TASKS
+
         loss = get_loss(self.loss.name, **self.loss.hyperparams())
         build_strategy(self.pairing, loss.data_shape)  # raises if the strategy's data shape does not fit
+        task = TASKS.get(self.task.name)
+        make_judge(self.judge.name or task.default_judge, self.judge.options())  # raises on unknown options
+        if self.eval.judge is not None and not JUDGES.get(self.eval.judge).verifier:
+            raise ValueError(f"eval.judge {self.eval.judge!r} is not a verifier; held-out accuracy needs one, "
+                             "e.g. exact_answer")
         if loss.aux_source == "reference" and self.reference.policy == "initial":
             raise ValueError(
                 f"loss {self.loss.name!r} needs samples from the reference policy; with reference.policy 'initial' "
@@ -182,6 +206,10 @@ class Config(Section):
         from iterpo.losses import loss_hyperparameters
 
         data["loss"] = {"name": self.loss.name, **loss_hyperparameters(self.loss.name), **self.loss.hyperparams()}
+        if self.judge.name is None:  # name the judge the task picks, so the saved config says what ran
+            from iterpo.tasks import TASKS
+
+            data["judge"]["name"] = TASKS.get(self.task.name).default_judge
         return data
 
     def fingerprint(self) -> str:

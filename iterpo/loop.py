@@ -13,11 +13,12 @@ import copy
 import json
 import shutil
 import time
+from collections import Counter
 
 import torch
 
 from iterpo.config import Config
-from iterpo.judges import build_judge
+from iterpo.judges import JudgeCache, JudgeContext, judge_with_cache, make_judge
 from iterpo.losses import get_loss
 from iterpo.models.chat import encode_prompt
 from iterpo.models.loading import (add_lora, is_lora, load_model, load_policy_checkpoint, load_tokenizer,
@@ -46,7 +47,10 @@ class RoundDriver:
         self.train_prompts = self.task.train_prompts()
         self.prompts_by_id = {p.prompt_id: p for p in self.train_prompts}
         self.eval_prompts = self.task.eval_prompts()
-        self.judge = build_judge(config.judge)
+        self.judge = make_judge(config.judge.name or self.task.default_judge, config.judge.options())
+        # Held-out accuracy needs a verifier: the training judge if it is one, else the task's own judge.
+        eval_judge = config.eval.judge or (self.judge.name if self.judge.verifier else self.task.default_judge)
+        self.eval_judge = self.judge if eval_judge == self.judge.name else make_judge(eval_judge, {})
         self.loss_fn = get_loss(config.loss.name, **config.loss.hyperparams())
         self.strategy = build_strategy(config.pairing, self.loss_fn.data_shape)
         self.base_path = resolve_model_path(config.model.path)
@@ -149,27 +153,41 @@ class RoundDriver:
         return from_table(read_parquet(self.store.path(r, "rollouts.parquet")), Rollout)
 
     def judge_rollouts(self, r: int) -> dict:
+        """One verdict per rollout; verdicts go through the run's cache, flushed every shard of prompts."""
         by_prompt: dict[str, list[Rollout]] = {}
         for x in self.rollouts(r):
             by_prompt.setdefault(x.prompt_id, []).append(x)
+        cache = JudgeCache(self.store.root / "judge-cache")
+        self.judge.setup(JudgeContext(r, self.config.run.seed, cache, lambda: self.policy_after(r - 1), self.tokenizer,
+                                      self.config.model.system_prompt))
         judgements: list[Judgement] = []
         with bar("judging", len(self.train_prompts)) as advance:
-            for p in self.train_prompts:
-                judgements += self.judge.judge(p, by_prompt[p.prompt_id])
+            for n, p in enumerate(self.train_prompts, start=1):
+                judgements += judge_with_cache(self.judge, p, by_prompt[p.prompt_id], cache)
                 advance(1)
+                if n % self.config.sampling.shard_size == 0:
+                    cache.flush()
+        cache.flush()
         write_parquet(self.store.path(r, "judgements.parquet"), to_table(judgements, Judgement))
-        return {}
+        failed = Counter(j.detail for j in judgements if j.failed)
+        return {"cache_hits": cache.hits, "cache_misses": cache.misses, "failed": sum(failed.values()),
+                "failure_reasons": dict(failed.most_common(5))}
 
     def pair(self, r: int) -> dict:
         """Judged rollouts -> the training records the loss's data shape needs."""
         judgements = from_table(read_parquet(self.store.path(r, "judgements.parquet")), Judgement)
-        result = build_examples(self.strategy, self.train_prompts, self.rollouts(r), judgements)
+        initial = None
+        if self.strategy.uses_initial:  # round 1's samples are the initial model's
+            initial = (self.rollouts(1), from_table(read_parquet(self.store.path(1, "judgements.parquet")), Judgement))
+        result = build_examples(self.strategy, self.train_prompts, self.rollouts(r), judgements,
+                                derive_seed(self.config.run.seed, r, "pair"), initial)
         if "aux_samples" in self.loss_fn.needs:  # the first k samples of the prompt: i.i.d. draws, unselected
             k = min(AUX_SAMPLES, self.config.sampling.samples_per_prompt)
             for x in result.examples:
                 x.aux_idxs = list(range(k))
         write_parquet(self.store.path(r, "preferences.parquet"), to_table(result.examples, RECORD_TYPE[result.data_shape]))
-        return {"examples": len(result.examples), "skipped": dict(result.skipped)}
+        return {"examples": len(result.examples), "skipped": dict(result.skipped),
+                "failed_judgements": result.failed_judgements}
 
     def records(self, r: int) -> list:
         return from_table(read_parquet(self.store.path(r, "preferences.parquet")), RECORD_TYPE[self.loss_fn.data_shape])
@@ -246,7 +264,7 @@ class RoundDriver:
         items = []
         for p, [(ids, reason)] in zip(self.eval_prompts, outs):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            j = self.judge.judge(p, [Rollout(p.prompt_id, 0, r, 0, text, ids, reason)])[0]
+            j = self.eval_judge.judge(p, [Rollout(p.prompt_id, 0, r, 0, text, ids, reason)])[0]
             items.append({"prompt_id": p.prompt_id, "response": text, "score": j.score, "detail": j.detail})
         accuracy = sum(x["score"] for x in items) / len(items)
         write_json(self.store.path(r, "eval.json"), {"round": r, "accuracy": accuracy, "n": len(items), "items": items})

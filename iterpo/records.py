@@ -41,8 +41,13 @@ class Judgement:
     prompt_id: str
     sample_idx: int
     judge: str  # judge name
-    score: float  # 1.0 correct / 0.0 incorrect for verifiers
-    detail: str  # what the judge extracted or why it failed
+    score: float  # 1.0 correct / 0.0 incorrect for verifiers; higher is better for every judge
+    detail: str  # what the judge extracted, its rationale, or why it failed
+    failed: bool = False  # the judge could not judge this response (detail says why); pairing leaves it out
+    uncertainty: Optional[float] = None  # e.g. ensemble disagreement, or MC-dropout BALD
+    win_rate: Optional[float] = None  # pairwise judges: estimated P(this response beats the sampling policy)
+    beats: list[float] = field(default_factory=list)  # pairwise judges: (K,) P(this beats sample j); NaN when unknown
+    samples: list[float] = field(default_factory=list)  # (S,) per-pass scores (MC-dropout passes, ensemble members)
 
 
 @dataclass
@@ -114,6 +119,11 @@ SCHEMAS = {
             ("judge", pa.string()),
             ("score", pa.float64()),
             ("detail", pa.string()),
+            ("failed", pa.bool_()),
+            ("uncertainty", pa.float64()),
+            ("win_rate", pa.float64()),
+            ("beats", pa.list_(pa.float64())),
+            ("samples", pa.list_(pa.float64())),
         ]
     ),
     Preference: pa.schema(

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from iterpo.config import JudgeSection
 from iterpo.errors import DataError
 from iterpo.judges import build_judge
 from iterpo.judges.constraints import chosen_option
@@ -9,11 +10,9 @@ from iterpo.records import Prompt, Rollout
 
 
 def _judge(name, answer, texts):
-    from types import SimpleNamespace
-
     prompt = Prompt("p", [{"role": "user", "content": "q"}], answer)
     rollouts = [Rollout("p", i, 1, 0, t, [1], "stop") for i, t in enumerate(texts)]
-    return build_judge(SimpleNamespace(name=name)).judge(prompt, rollouts)
+    return build_judge(JudgeSection(name=name)).judge(prompt, rollouts)
 
 
 def test_chosen_option_reads_the_committed_letter():

@@ -122,7 +122,7 @@ def test_python_tests_judge_scores_and_explains(tmp_path):
     texts = ["Here:\n```python\ndef add(a, b):\n    return a + b\n```", "```python\ndef add(a, b):\n    return a - b\n```",
              "def add(a, b):\n    while True: pass", "I cannot do that."]
     rollouts = [Rollout("p0", i, 1, 0, t, [1], "stop") for i, t in enumerate(texts)]
-    judgements = PythonTests(LIMITS).judge(prompt, rollouts)
+    judgements = PythonTests(wall_seconds=6, cpu_seconds=3, memory_mb=256).judge(prompt, rollouts)
     assert [j.score for j in judgements] == [1.0, 0.0, 0.0, 0.0]
     assert judgements[0].detail == "passed" and "AssertionError" in judgements[1].detail
     assert extract_code("a\n```py\nx = 1\n```\nb\n```python\ny = 2\n```") == "y = 2\n"

@@ -1,13 +1,62 @@
-"""The judge contract: (prompt, rollouts) -> one Judgement per rollout."""
+"""The judge contract: (prompt, rollouts) -> one Judgement per rollout.
+
+A judge is a dataclass registered by name; its fields are its options, given in
+the run config beside ``name`` (``judge: {name: reward_model, path: ./rm}``).
+Unknown or invalid options fail when the config loads. Heavy state (models,
+connections) is created lazily, on first use, so checking a config is cheap.
+
+Judges that compare responses with each other (pairwise judges, the policy
+judging itself) read the round's context: the policy, the tokenizer, a seed
+and the run's judgement cache (``setup``). Judges that score each response
+alone are ``pointwise``: the driver caches their verdicts per (judge identity,
+prompt, response) and calls them only on responses it has not seen.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
+
+from iterpo.errors import ConfigError
 from iterpo.records import Judgement, Prompt, Rollout
 from iterpo.registry import Registry
 
 
+@dataclass
+class JudgeContext:
+    """What a judge may use in a round, beyond the prompt and responses."""
+
+    round: int
+    seed: int  # the run seed; judges derive their own seeds from it
+    cache: Any  # JudgeCache: judges that cache their own units (comparisons) use it
+    policy: Optional[Callable[[], Any]] = None  # () -> the policy being judged (the model that sampled the round)
+    tokenizer: Any = None
+    system_prompt: Optional[str] = None
+
+
 class Judge:
-    name: str = "judge"
+    name: ClassVar[str] = "judge"
+    pointwise: ClassVar[bool] = True  # a response's verdict depends only on (prompt, response)
+    verifier: ClassVar[bool] = False  # checks against the prompt's reference answer (usable as the eval metric)
+    uses_policy: ClassVar[bool] = False  # judges with the policy itself (its identity changes every round)
+    volatile_options: ClassVar[tuple[str, ...]] = ()  # options that do not change verdicts (timeouts, concurrency)
+    context: Optional[JudgeContext] = None
+
+    def setup(self, context: JudgeContext) -> None:
+        """Called before a round's judging with that round's context."""
+        self.context = context
+
+    def identity(self) -> str:
+        """Names the judge and every option that can change a verdict: the cache key's first part."""
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.volatile_options} \
+            if dataclasses.is_dataclass(self) else {}
+        ident = f"{self.name}:{json.dumps(options, sort_keys=True, default=str)}"
+        if self.uses_policy and self.context is not None:
+            ident += f"@policy-after-round-{self.context.round - 1}"
+        return ident
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:  # pragma: no cover
         raise NotImplementedError
@@ -17,5 +66,60 @@ JUDGES: Registry[type] = Registry("judge")
 register_judge = JUDGES.register
 
 
+def make_judge(name: str, options: dict) -> Judge:
+    """The judge ``name`` with ``options``; ConfigError names an unknown or invalid option."""
+    cls = JUDGES.get(name)
+    known = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"judge {name!r} has no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {', '.join(known) or 'none'}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"judge {name!r}: {exc}") from None
+
+
 def build_judge(config) -> Judge:
-    return JUDGES.get(config.name)()
+    """The judge a JudgeSection (or any object with ``name`` and ``options()``) describes."""
+    options = config.options() if hasattr(config, "options") else {}
+    return make_judge(config.name, options)
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """Everything about a prompt a judge may read: its messages and reference answer."""
+    return json.dumps([prompt.messages, prompt.answer], sort_keys=True)
+
+
+def cache_key(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"option {name} must lie in [{lo}, {hi}], got {value!r}")
+
+
+def judge_with_cache(judge: Judge, prompt: Prompt, rollouts: list[Rollout], cache) -> list[Judgement]:
+    """The judge's verdicts on rollouts, asking it only about responses the cache has not seen.
+
+    Pointwise verdicts are cached here by (identity, prompt, response text);
+    other judges cache their own units (e.g. one comparison) through their context.
+    """
+    if not judge.pointwise:
+        return judge.judge(prompt, rollouts)
+    ident, pkey = judge.identity(), prompt_key(prompt)
+    keys = {r.sample_idx: cache_key(ident, pkey, r.text) for r in rollouts}
+    found: dict[int, Judgement] = {}
+    for r in rollouts:
+        hit = cache.get(keys[r.sample_idx])
+        if hit is not None:
+            found[r.sample_idx] = Judgement(r.prompt_id, r.sample_idx, judge.name, **hit)
+    todo = [r for r in rollouts if r.sample_idx not in found]
+    if todo:
+        for j in judge.judge(prompt, todo):
+            found[j.sample_idx] = j
+            if not j.failed:
+                cache.put(keys[j.sample_idx], {"score": j.score, "detail": j.detail, "uncertainty": j.uncertainty,
+                                               "samples": list(j.samples)})
+    return [found[r.sample_idx] for r in rollouts]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from iterpo.errors import DataError
 from iterpo.judges.base import Judge, register_judge
@@ -19,6 +20,7 @@ def extract_code(text: str) -> str:
 
 
 @register_judge("python_tests")
+@dataclass
 class PythonTests(Judge):
     """Score 1.0 when the response's code passes the prompt's tests (its ``answer``: Python asserts), else 0.0.
 
@@ -29,9 +31,18 @@ class PythonTests(Judge):
     """
 
     name = "python_tests"
+    verifier = True
+    wall_seconds: float = 10.0
+    """Wall-clock limit per response, in seconds."""
+    cpu_seconds: int = 5
+    """CPU-time limit per response."""
+    memory_mb: int = 512
+    """Address-space limit per response."""
 
-    def __init__(self, limits: SandboxLimits = SandboxLimits()):
-        self.limits = limits
+    def __post_init__(self):
+        if self.wall_seconds <= 0 or self.cpu_seconds < 1 or self.memory_mb < 16:
+            raise ValueError("wall_seconds must be > 0, cpu_seconds >= 1 and memory_mb >= 16")
+        self.limits = SandboxLimits(wall_seconds=self.wall_seconds, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb)
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         if not prompt.answer:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from dataclasses import dataclass
+
 from iterpo.errors import DataError
 from iterpo.judges.base import Judge, register_judge
 from iterpo.records import Judgement, Prompt, Rollout
@@ -21,10 +23,12 @@ def chosen_option(text: str) -> str | None:
 
 
 @register_judge("multiple_choice")
+@dataclass
 class MultipleChoice(Judge):
     """Score 1.0 when the response's chosen option letter equals the prompt's answer (e.g. "B")."""
 
     name = "multiple_choice"
+    verifier = True
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         want = (prompt.answer or "").strip().strip("()").upper()
@@ -91,6 +95,7 @@ def parse_constraints(prompt: Prompt) -> dict:
 
 
 @register_judge("constraints")
+@dataclass
 class Constraints(Judge):
     """Score = the fraction of the prompt's constraints the response meets (1.0 = all).
 
@@ -100,6 +105,7 @@ class Constraints(Judge):
     """
 
     name = "constraints"
+    verifier = True
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         spec = parse_constraints(prompt)

@@ -6,6 +6,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Optional
 
+from dataclasses import dataclass
+
 from iterpo.errors import DataError
 from iterpo.judges.base import Judge, register_judge
 from iterpo.records import Judgement, Prompt, Rollout
@@ -26,10 +28,12 @@ def last_number(text: str) -> Optional[Decimal]:
 
 
 @register_judge("exact_answer")
+@dataclass
 class ExactAnswer(Judge):
     """Score 1.0 when the last number in the response equals the reference answer, else 0.0."""
 
     name = "exact_answer"
+    verifier = True
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         if prompt.answer is None:

@@ -1,0 +1,58 @@
+"""The run's judgement cache: verdicts keyed by (judge identity, prompt, response[s]).
+
+Resuming a run, re-pairing a round, or meeting the same response again in a
+later round never asks a judge twice. Entries live in ``RUN_DIR/judge-cache/``
+as parquet shards (key, JSON value); ``flush`` writes the entries added since
+the last flush as one new shard, atomically, so a crash loses at most the
+verdicts of the prompts judged since then. Failed verdicts are not cached: a
+resumed run asks again (a timeout or a server error may not recur).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+
+from iterpo.store import read_parquet, write_parquet
+
+SCHEMA = pa.schema([("key", pa.string()), ("value", pa.string())])
+
+
+class JudgeCache:
+    def __init__(self, directory: Optional[str | Path] = None):
+        self.directory = Path(directory) if directory is not None else None  # None: in memory only
+        self._entries: dict[str, dict] = {}
+        self._new: dict[str, dict] = {}
+        self.hits = self.misses = 0
+        if self.directory is not None and self.directory.is_dir():
+            for shard in sorted(self.directory.glob("shard-*.parquet")):
+                table = read_parquet(shard)
+                for key, value in zip(table.column("key").to_pylist(), table.column("value").to_pylist()):
+                    self._entries[key] = json.loads(value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Optional[dict]:
+        value = self._entries.get(key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def put(self, key: str, value: dict) -> None:
+        self._entries[key] = value
+        self._new[key] = value
+
+    def flush(self) -> None:
+        if not self._new or self.directory is None:
+            self._new.clear()
+            return
+        n = len(list(self.directory.glob("shard-*.parquet"))) if self.directory.is_dir() else 0
+        table = pa.Table.from_pylist([{"key": k, "value": json.dumps(v)} for k, v in self._new.items()], schema=SCHEMA)
+        write_parquet(self.directory / f"shard-{n:06d}.parquet", table)
+        self._new.clear()

@@ -1,0 +1,134 @@
+"""A pairwise judge behind any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, TGI, hosted APIs).
+
+Requests run concurrently (at most ``concurrency`` at once), each with a
+timeout; timeouts, connection errors, 429 and 5xx answers are retried with
+exponential backoff. A reply that names neither response clearly is recorded
+as unparseable (never guessed); the other order's answer then stands alone.
+A wrong key, URL or model (401, 403, 404) stops the run with a clear error
+before anything more is written: every comparison would fail the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+from iterpo.errors import UserInputError
+from iterpo.judges.base import register_judge
+from iterpo.judges.pairwise import PairwiseJudge, fill
+
+_BRACKETED = re.compile(r"\[\[\s*([AB])\s*\]\]")  # MT-Bench style "[[A]]"
+_ALONE = re.compile(r"\W*(?:(?:response|answer|output|assistant)\s*)?\(?([AB])\)?\W*", re.IGNORECASE)
+_NAMED = re.compile(r"\b(?:response|answer|output|assistant|verdict|choice)\s*(?:is\s*)?:?\s*\(?([AB])\)?(?![\w'])",
+                    re.IGNORECASE)
+
+
+def parse_verdict(reply: str) -> Optional[str]:
+    """'A' or 'B' when the reply clearly picks one, else None."""
+    text = reply.strip()
+    for found in (_BRACKETED.findall(text), [m.group(1)] if (m := _ALONE.fullmatch(text)) else [],
+                  _NAMED.findall(text)):
+        letters = {x.upper() for x in found}
+        if len(letters) == 1:
+            return letters.pop()
+        if len(letters) > 1:
+            return None  # names both: ambiguous
+    return None
+
+
+class EndpointError(UserInputError):
+    """The endpoint refuses every request (bad key, URL or model)."""
+
+
+@register_judge("pairwise_http")
+@dataclass
+class PairwiseHTTP(PairwiseJudge):
+    """Ask an OpenAI-compatible ``/chat/completions`` endpoint which of two responses is better."""
+
+    name = "pairwise_http"
+    base_url: str = ""
+    """The API root, e.g. http://localhost:8000/v1 (requests go to BASE_URL/chat/completions)."""
+    model: str = ""
+    """The model name the endpoint serves."""
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    """Environment variable holding the key (sent as a Bearer token); null: send no key."""
+    temperature: float = 0.0
+    max_tokens: int = 16
+    """Reply length; the template asks for one letter."""
+    timeout_s: float = 60.0
+    """Per-request timeout."""
+    max_retries: int = 3
+    """Retries after a timeout, a connection error, 429 or 5xx."""
+    backoff_s: float = 1.0
+    """First retry waits this long; each next one twice as long."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    volatile_options = ("api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not re.match(r"https?://", self.base_url):
+            raise ValueError(f"option base_url must be an http(s) URL, got {self.base_url!r}")
+        if not self.model:
+            raise ValueError("option model is required (the model name the endpoint serves)")
+        if self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0 or self.concurrency < 1:
+            raise ValueError("options need timeout_s > 0, max_retries >= 0, backoff_s >= 0, concurrency >= 1")
+
+    def _headers(self) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise EndpointError(f"judge pairwise_http: environment variable {self.api_key_env} (api_key_env) is not "
+                                    "set; set it, or set judge.api_key_env: null for an endpoint without a key")
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _request(self, content: str, headers: dict) -> str:
+        """The reply text, after retries; raises EndpointError on 401/403/404, RuntimeError when retries run out."""
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": content}],
+                           "temperature": self.temperature, "max_tokens": self.max_tokens}).encode()
+        url = self.base_url.rstrip("/") + "/chat/completions"
+        last = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    data = json.loads(resp.read())
+                return data["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as exc:
+                if exc.code in (401, 403, 404):
+                    raise EndpointError(f"judge pairwise_http: {url} answered {exc.code} {exc.reason}; check base_url, "
+                                        f"model ({self.model!r}) and the key in {self.api_key_env}") from None
+                last = f"HTTP {exc.code}"
+                if exc.code != 429 and exc.code < 500:
+                    break  # this request is refused; retrying will not help
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                last = "timeout" if isinstance(getattr(exc, "reason", exc), TimeoutError) else f"connection error: {exc}"
+            except (ValueError, KeyError, IndexError, TypeError):
+                last = "malformed response body"
+        raise RuntimeError(last)
+
+    def _one(self, prompt, a: str, b: str, headers: dict) -> tuple[Optional[float], str]:
+        try:
+            reply = self._request(fill(self.template, prompt, a, b), headers)
+        except RuntimeError as exc:
+            return None, f"request failed after {self.max_retries} retries: {exc}"
+        letter = parse_verdict(reply)
+        if letter is None:
+            return None, f"unparseable reply: {reply[:80]!r}"
+        return (1.0 if letter == "A" else 0.0), f"reply {letter}"
+
+    def ask(self, prompt, pairs):
+        headers = self._headers()
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda ab: self._one(prompt, ab[0], ab[1], headers), pairs))

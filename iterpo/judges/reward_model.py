@@ -1,0 +1,110 @@
+"""A reward model: any Hugging Face sequence-classification model in a local directory.
+
+Each (prompt, response) is rendered with the reward model's own tokenizer and
+chat template, scored in batches, and cached by the driver. The score is the
+model's single logit (or, for a two-label classifier, the log-odds of label 1).
+
+With ``mc_dropout: T`` the judge also reports its uncertainty (UPO, Wang et
+al. 2024): dropout is applied T times to the pooled final hidden state before
+the linear score head, giving T scores per response (``samples``); pairing
+turns them into the BALD of each pair. One forward pass serves all T.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iterpo.errors import DataError
+from iterpo.judges.base import Judge, register_judge
+from iterpo.records import Judgement, Prompt, Rollout
+
+
+@register_judge("reward_model")
+@dataclass
+class RewardModel(Judge):
+    name = "reward_model"
+    path: str = ""
+    """Local directory of a Hugging Face sequence-classification model and its tokenizer."""
+    batch_size: int = 16
+    max_length: int = 1024
+    """Longer inputs keep their last max_length tokens (the response's end)."""
+    mc_dropout: int = 0
+    """Dropout passes for an uncertainty estimate (0: off; UPO used 30)."""
+    dropout: float = 0.1
+    """Dropout rate of those passes."""
+    seed: int = 0
+    """Seed of the dropout masks."""
+    volatile_options = ("batch_size",)
+
+    def __post_init__(self):
+        if not self.path or not Path(self.path).is_dir():
+            raise ValueError(f"option path must be a local model directory, got {self.path!r}")
+        if self.batch_size < 1 or self.max_length < 8 or self.mc_dropout < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("options need batch_size >= 1, max_length >= 8, mc_dropout >= 0 and 0 <= dropout < 1")
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(self.path)
+                model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"judge reward_model: {self.path} is not a sequence-classification model: {exc}") from None
+            if model.config.num_labels not in (1, 2):
+                raise DataError(f"judge reward_model: {self.path} has {model.config.num_labels} labels; a reward model "
+                                "has 1 (a score) or 2 (bad/good)")
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            tok.truncation_side = "left"
+            model.config.pad_token_id = tok.pad_token_id
+            self._head = next((m for n in ("score", "classifier") if isinstance(m := getattr(model, n, None), torch.nn.Linear)), None)
+            if self.mc_dropout and self._head is None:
+                raise DataError(f"judge reward_model: mc_dropout needs a linear head named 'score' or 'classifier'; "
+                                f"{type(model).__name__} has neither")
+            self._tok, self._model = tok, model.eval()
+        return self._model, self._tok
+
+    def text(self, prompt: Prompt, response: str) -> str:
+        messages = prompt.messages + [{"role": "assistant", "content": response}]
+        if self._tok.chat_template:
+            return self._tok.apply_chat_template(messages, tokenize=False)
+        return "\n".join(m["content"] for m in messages)
+
+    def _reward(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., num_labels) -> (...,) the score: the logit, or the log-odds of label 1."""
+        return logits[..., 0] if logits.shape[-1] == 1 else logits[..., 1] - logits[..., 0]
+
+    @torch.no_grad()
+    def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+        model, tok = self._load()
+        gen = torch.Generator().manual_seed(self.seed)
+        out = []
+        for start in range(0, len(rollouts), self.batch_size):
+            batch = rollouts[start : start + self.batch_size]
+            enc = tok([self.text(prompt, r.text) for r in batch], return_tensors="pt", padding=True, truncation=True,
+                      max_length=self.max_length, add_special_tokens=not tok.chat_template)
+            res = model(**enc, output_hidden_states=bool(self.mc_dropout))
+            scores = self._reward(res.logits.float())  # (B,)
+            passes = [[] for _ in batch]
+            if self.mc_dropout:
+                # the pooled state: the last real token's final hidden state (the head's input), (B, H)
+                last = enc["attention_mask"].sum(1) - 1 if tok.padding_side == "right" else torch.full((len(batch),), enc["input_ids"].shape[1] - 1)
+                pooled = res.hidden_states[-1][torch.arange(len(batch)), last].float()
+                keep = (torch.rand((self.mc_dropout,) + pooled.shape, generator=gen) >= self.dropout).float()
+                dropped = pooled * keep / (1 - self.dropout)  # (T, B, H)
+                passes = self._reward(self._head(dropped.to(self._head.weight.dtype)).float()).T.tolist()  # (B, T)
+            for r, s, ss in zip(batch, scores.tolist(), passes):
+                uncertainty = statistics.pstdev(ss) if ss else None
+                detail = f"reward {s:.3f}" + (f" ± {uncertainty:.3f}" if ss else "")
+                if not math.isfinite(s):
+                    out.append(Judgement(r.prompt_id, r.sample_idx, self.name, 0.0, "non-finite reward", failed=True))
+                    continue
+                out.append(Judgement(r.prompt_id, r.sample_idx, self.name, s, detail, uncertainty=uncertainty, samples=ss))
+        return out

@@ -70,3 +70,124 @@ def test_ranked_groups_span_the_ranking():
 def test_strategy_must_fit_the_loss_data_shape():
     with pytest.raises(ConfigError, match="produces pairs, but the loss needs ranked"):
         _strategy("ranked", strategy="correct_vs_incorrect")
+
+
+def test_best_vs_worst_drops_ties_and_pairs_inward():
+    prompts, rollouts, judgements = _data({"a": [0.2, 0.9, 0.5, 0.1], "b": [0.5, 0.5]})
+    result = build_examples(_strategy(strategy="best_vs_worst", pairs_per_prompt=3), prompts, rollouts, judgements)
+    assert [(p.chosen_idx, p.rejected_idx) for p in result.examples] == [(1, 3), (2, 0)]
+    assert dict(result.skipped) == {"all responses scored the same": 1}
+
+
+def test_best_vs_random_is_seeded_and_only_lower():
+    prompts, rollouts, judgements = _data({"a": [0.2, 0.9, 0.5, 0.1, 0.9]})
+    s = _strategy(strategy="best_vs_random", pairs_per_prompt=2)
+    runs = [[(p.chosen_idx, p.rejected_idx) for p in build_examples(s, prompts, rollouts, judgements, seed=k).examples]
+            for k in range(8)]
+    assert runs[0] == [(p.chosen_idx, p.rejected_idx) for p in build_examples(s, prompts, rollouts, judgements, seed=0).examples]
+    assert all(c == 1 and r in (0, 2, 3) for run in runs for c, r in run)  # never the tied best (4)
+    assert len({tuple(run) for run in runs}) > 1  # the seed matters
+
+
+def test_margin_pairs_largest_gaps_first():
+    prompts, rollouts, judgements = _data({"a": [0.0, 1.0, 0.6, 0.2]})
+    result = build_examples(_strategy(strategy="margin", margin=0.5, pairs_per_prompt=10), prompts, rollouts, judgements)
+    assert [(p.chosen_idx, p.rejected_idx) for p in result.examples] == [(1, 0), (1, 3), (2, 0)]
+    with pytest.raises(ConfigError, match="margin must be > 0"):
+        _strategy(strategy="margin", margin=0)
+    with pytest.raises(ConfigError, match="no option 'beta'"):
+        _strategy(strategy="margin", beta=1)
+
+
+def test_length_control():
+    prompts, rollouts, judgements = _data({"a": [1, 1, 0, 0]})
+    for r, n in zip(rollouts, [5, 2, 1, 7]):
+        r.token_ids = list(range(100 * r.sample_idx, 100 * r.sample_idx + n))
+    plain = build_examples(_strategy(strategy="best_vs_worst"), prompts, rollouts, judgements).examples[0]
+    short = build_examples(_strategy(strategy="best_vs_worst", prefer_shorter=True), prompts, rollouts, judgements).examples[0]
+    assert (plain.chosen_idx, plain.rejected_idx) == (0, 2)
+    assert (short.chosen_idx, short.rejected_idx) == (1, 3)  # shortest good, longest bad
+    # a length penalty turns a long correct response into the worse one
+    penal = build_examples(_strategy(strategy="best_vs_worst", length_penalty=0.2), prompts, rollouts, judgements).examples[0]
+    assert (penal.chosen_idx, penal.rejected_idx) == (1, 3) and penal.chosen_score == pytest.approx(1 - 0.4)
+
+
+def test_rso_accepts_by_estimated_optimal_policy():
+    from iterpo.pairing import Candidate, RejectionSampling
+
+    prompts, rollouts, judgements = _data({"a": [0.0, 1.0, 2.0, 3.0]})
+    cands = [Candidate(r, j, j.score, 0.5) for r, j in zip(rollouts, judgements)]
+    first = {beta: [0] * 4 for beta in (0.05, 1.0, 1000.0)}
+    for beta in first:
+        s = _strategy(strategy="rso", beta=beta, accept=2)
+        assert isinstance(s, RejectionSampling)
+        for k in range(3000):
+            accepted = s.accepted(cands, __import__("random").Random(k))
+            assert len(accepted) == 2 and len({c.idx for c in accepted}) == 2
+            first[beta][accepted[0].idx] += 1
+    assert first[0.05] == [0, 0, 0, 3000]  # small beta: the best is always accepted first
+    assert first[1.0][3] > first[1.0][2] > first[1.0][1] > first[1.0][0] > 0  # better responses are kept more often
+    assert [c / 3000 for c in first[1000.0]] == pytest.approx([0.25] * 4, abs=0.03)  # large beta: uniform
+    # one sweep accepts each candidate with probability exp((r - r_max) / beta)
+    s = _strategy(strategy="rso", beta=1.0, accept=4)
+    hits = [0] * 4
+    for k in range(3000):
+        rng = __import__("random").Random(k)
+        s.accept = 4
+        remaining = list(cands)
+        rng.shuffle(remaining)
+        for c in remaining:
+            hits[c.idx] += rng.random() < math.exp(c.score - 3.0)
+    assert [h / 3000 for h in hits] == pytest.approx([math.exp(r - 3.0) for r in range(4)], abs=0.03)
+    # accepted responses pair in acceptance order, labelled by score
+    result = build_examples(_strategy(strategy="rso", beta=1000.0, accept=4, pairs_per_prompt=2), prompts, rollouts, judgements)
+    assert len(result.examples) == 2 and all(p.chosen_score > p.rejected_score for p in result.examples)
+    assert {p.chosen_idx for p in result.examples} | {p.rejected_idx for p in result.examples} == {0, 1, 2, 3}
+
+
+def test_bald_and_upo_prefer_certain_pairs():
+    from iterpo.pairing import bald
+
+    assert bald([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]) == pytest.approx(0.0, abs=1e-12)  # all passes agree
+    assert 0 < bald([3.0, -3.0], [0.0, 0.0]) <= math.log(2)
+    prompts, rollouts, judgements = _data({"a": [3.0, 2.0, 0.0]})
+    judgements[0].samples, judgements[1].samples, judgements[2].samples = [3.0, 3.0], [2.0, 2.0], [4.0, -4.0]
+    easy = [build_examples(_strategy(strategy="upo"), prompts, rollouts, judgements, seed=k).examples[0] for k in range(200)]
+    hard = [build_examples(_strategy(strategy="upo", mode="hard"), prompts, rollouts, judgements, seed=k).examples[0] for k in range(200)]
+    certain = lambda ps: sum((p.chosen_idx, p.rejected_idx) == (0, 1) for p in ps)  # noqa: E731  (the pair the passes agree on)
+    # easy: P(pair) ∝ 1 - BALD/log 2, so the pair the passes agree on (weight 1) is drawn most
+    w = [1.0, 1 - bald([3.0, 3.0], [4.0, -4.0]) / math.log(2), 1 - bald([2.0, 2.0], [4.0, -4.0]) / math.log(2)]
+    assert certain(easy) / 200 == pytest.approx(w[0] / sum(w), abs=0.08) and certain(easy) > 200 / 3
+    assert certain(hard) == 0  # hard: ∝ BALD, which is 0 for that pair
+    judgements[2].samples = []
+    with pytest.raises(ConfigError, match="per-pass scores"):
+        build_examples(_strategy(strategy="upo"), prompts, rollouts, judgements)
+
+
+def test_anchored_rejection_takes_the_initial_models_worst():
+    prompts, rollouts, judgements = _data({"a": [0.5, 0.9, 0.6], "b": [0.2, 0.3]})
+    first_r, first_j = _data({"a": [0.4, 0.1, 0.7], "b": [0.5, 0.9]})[1:]
+    for r in first_r:
+        r.round, r.token_ids = 1, [900 + r.sample_idx]
+    result = build_examples(_strategy(strategy="anchored"), prompts, rollouts, judgements, initial=(first_r, first_j))
+    (pair,) = result.examples
+    assert (pair.prompt_id, pair.chosen_idx, pair.rejected_idx, pair.rejected_score) == ("a", 1, 1, 0.1)
+    assert pair.rejected == "a-1" and dict(result.skipped) == {"best response no better than the initial model's worst": 1}
+
+
+def test_failed_verdicts_are_left_out_and_counted():
+    prompts, rollouts, judgements = _data({"a": [1, 0, 0], "b": [1, 0]})
+    judgements[1].failed = True
+    judgements[3].failed = judgements[4].failed = True
+    result = build_examples(_strategy(strategy="best_vs_worst"), prompts, rollouts, judgements)
+    assert [(p.prompt_id, p.chosen_idx, p.rejected_idx) for p in result.examples] == [("a", 0, 2)]
+    assert dict(result.skipped) == {"judge failed on every response": 1} and result.failed_judgements == 3
+
+
+def test_pairwise_judgements_give_win_rates_and_soft_labels():
+    prompts, rollouts, judgements = _data({"a": [0.75, 0.5, 0.25]})
+    beats = [[math.nan, 0.8, 0.7], [0.2, math.nan, 0.55], [0.3, 0.45, math.nan]]
+    for j, row in zip(judgements, beats):
+        j.beats, j.win_rate = row, j.score
+    (pair,) = build_examples(_strategy(strategy="best_vs_worst"), prompts, rollouts, judgements).examples
+    assert pair.soft_label == 0.7 and (pair.chosen_win_rate, pair.rejected_win_rate) == (0.75, 0.25)

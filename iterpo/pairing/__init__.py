@@ -206,9 +206,10 @@ class RejectionSampling(Strategy):
 
     Treats the K samples as draws from the policy and keeps a subsample
     distributed as the estimated optimal policy pi*(y) ∝ pi(y) exp(r(y)/beta):
-    visit candidates in random order and accept each with probability
-    exp((r(y) - r_max) / beta), until ``accept`` are accepted or none are
-    left; repeat over the remaining candidates if too few were accepted.
+    visit the candidates in random order and accept each with probability
+    exp((r(y) - r_max) / beta), r_max the best remaining reward, until
+    ``accept`` are accepted; sweep the remaining ones again while too few are
+    (the procedure of the paper's reference code).
     The accepted responses are paired in acceptance order, (1st, 2nd),
     (3rd, 4th), ..., each labelled by its scores; ties give no pair.
     """
@@ -224,9 +225,10 @@ class RejectionSampling(Strategy):
             raise ValueError(f"options beta > 0 and accept >= 2 are required, got beta={self.beta}, accept={self.accept}")
 
     def accepted(self, cands: list[Candidate], rng: random.Random) -> list[Candidate]:
-        r_max = max(c.score for c in cands)
+        """Sweeps over the remaining candidates in random order; each sweep measures against its best remaining reward."""
         remaining, out = list(cands), []
         while remaining and len(out) < self.accept:
+            r_max = max(c.score for c in remaining)
             rng.shuffle(remaining)
             kept = []
             for c in remaining:

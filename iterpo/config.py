@@ -60,7 +60,8 @@ class ModelSection(Section):
 
 class TaskSection(Section):
     name: str = "arithmetic"
-    """Built-in task ('arithmetic') or 'file' for prompts read from train_file / eval_file."""
+    """Built-in task ('arithmetic', 'word_problems', 'code', 'constraints'), or 'file' for prompts read
+    from train_file / eval_file. Each task names its default judge."""
     train_size: int = Field(64, ge=1)
     """Number of training prompts (for 'file': at most this many, in file order)."""
     eval_size: int = Field(100, ge=1)

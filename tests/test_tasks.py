@@ -60,3 +60,100 @@ def test_malformed_prompt_files_name_file_and_line(tmp_path, content, fragment):
 def test_missing_prompt_file():
     with pytest.raises(DataError, match="does not exist"):
         read_prompts("/nonexistent/prompts.jsonl")
+
+
+@pytest.mark.parametrize("name,judge", [("word_problems", "exact_answer"), ("code", "python_tests"),
+                                        ("constraints", "constraints")])
+def test_generated_tasks_have_fixed_disjoint_splits(name, judge):
+    task = build_task(TaskSection(name=name, train_size=64, eval_size=100), seed=0)
+    train, held_out = task.train_prompts(), task.eval_prompts()
+    assert task.default_judge == judge and len(train) == 64 and len(held_out) == 100
+    assert len({p.text for p in train + held_out}) == 164  # distinct, and the splits never overlap
+    other = build_task(TaskSection(name=name, train_size=64, eval_size=100), seed=1)
+    assert [p.text for p in other.eval_prompts()] == [p.text for p in held_out]
+    assert [p.text for p in other.train_prompts()] != [p.text for p in train]
+    if name == "code":  # the smallest problem space
+        with pytest.raises(ConfigError, match="distinct"):
+            build_task(TaskSection(name=name, train_size=100000, eval_size=10), seed=0)
+
+
+def test_word_problem_answers_are_exact():
+    import re
+
+    task = build_task(TaskSection(name="word_problems", train_size=300, eval_size=10), seed=0)
+    checked = 0
+    for p in task.train_prompts():
+        n = [int(x) for x in re.findall(r"\d+", p.text)]
+        if "km per hour" in p.text:
+            assert int(p.answer) == n[0] * n[1] + n[2] * n[3]
+        elif "shared equally" in p.text:
+            assert int(p.answer) == (n[0] - n[1]) / n[2]
+        elif "pages" in p.text:
+            assert int(p.answer) == n[0] - n[1] * n[2]
+        elif "dollars per hour" in p.text:
+            assert int(p.answer) == n[0] * n[1] * n[2] - n[3]
+        else:
+            continue
+        checked += 1
+    assert checked > 100 and all(int(p.answer) > 0 for p in task.train_prompts())
+
+
+SOLUTIONS = {  # correct solutions for some code families, keyed by the function name's prefix
+    "add_": "def {f}(x):\n    return x + {k}",
+    "divisible_by_": "def {f}(n):\n    return n % {k} == 0",
+    "nth_multiple_of_": "def {f}(n):\n    return n * {k}",
+    "sum_multiples_of_": "def {f}(n):\n    return sum(range({k}, max(n, 0), {k}))",
+}
+
+
+def test_code_tests_pass_correct_solutions_and_fail_wrong_ones():
+    import re
+
+    from iterpo.judges import make_judge
+    from iterpo.records import Rollout
+
+    task = build_task(TaskSection(name="code", train_size=80, eval_size=10), seed=0)
+    judge = make_judge("python_tests", {})
+    checked = 0
+    for p in task.train_prompts():
+        f = re.search(r"`(\w+)\(", p.text).group(1)
+        assert f.isidentifier() and f"{f}(" in p.answer
+        prefix = next((x for x in SOLUTIONS if f.startswith(x) and f[len(x):].isdigit()), None)
+        if prefix is None or checked >= 6:
+            continue
+        good = "```python\n" + SOLUTIONS[prefix].format(f=f, k=f[len(prefix):]) + "\n```"
+        bad = "```python\n" + SOLUTIONS[prefix].format(f=f, k=int(f[len(prefix):]) + 1) + "\n```"
+        verdicts = judge.judge(p, [Rollout(p.prompt_id, 0, 1, 0, good, [1], "stop"), Rollout(p.prompt_id, 1, 1, 0, bad, [1], "stop")])
+        assert [v.score for v in verdicts] == [1.0, 0.0], (p.text, verdicts)
+        checked += 1
+    assert checked == 6
+
+
+def _satisfying(spec: dict) -> str:
+    """A response meeting every constraint of spec."""
+    words = ["calm", "waves", "roll", "in", "with", "the", "tide"]
+    words += [w for w in spec.get("must_include", []) if w not in words]
+    words += ["again"] * max(0, spec.get("min_words", 0) - len(words))
+    body = " ".join(words)
+    if spec.get("starts_with"):
+        body = spec["starts_with"] + " " + body
+    if spec.get("ends_with"):
+        body = body + " " + spec["ends_with"]
+    if spec.get("lowercase"):
+        body = body.lower()
+    if spec.get("json"):
+        body = json.dumps({"text": body})
+    return body
+
+
+def test_constraint_prompts_can_be_met():
+    from iterpo.judges import make_judge
+    from iterpo.records import Rollout
+
+    task = build_task(TaskSection(name="constraints", train_size=100, eval_size=10), seed=0)
+    judge = make_judge("constraints", {})
+    for p in task.train_prompts():
+        spec = json.loads(p.answer)
+        assert 1 <= len(spec) <= 3
+        (ok,) = judge.judge(p, [Rollout(p.prompt_id, 0, 1, 0, _satisfying(spec), [1], "stop")])
+        assert ok.score == 1.0, (p.text, ok.detail)

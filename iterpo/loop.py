@@ -10,6 +10,7 @@ what an uninterrupted run would have written.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -35,6 +36,7 @@ from iterpo.training.assemble import responses_to_score, training_examples
 
 AUX_SAMPLES = 2  # extra samples per prompt for losses with a term on them (XPO, VPO, HyPO)
 SCORED_NEEDS = frozenset({"reference", "previous"})  # needs the reference stage computes
+INITIAL_IDX = 1_000_000  # records name the initial model's (round 1's) responses as sample_idx + INITIAL_IDX
 
 
 class RoundDriver:
@@ -176,9 +178,7 @@ class RoundDriver:
     def pair(self, r: int) -> dict:
         """Judged rollouts -> the training records the loss's data shape needs."""
         judgements = from_table(read_parquet(self.store.path(r, "judgements.parquet")), Judgement)
-        initial = None
-        if self.strategy.uses_initial:  # round 1's samples are the initial model's
-            initial = (self.rollouts(1), from_table(read_parquet(self.store.path(1, "judgements.parquet")), Judgement))
+        initial = self.initial_responses() if self.strategy.uses_initial else None
         result = build_examples(self.strategy, self.train_prompts, self.rollouts(r), judgements,
                                 derive_seed(self.config.run.seed, r, "pair"), initial)
         if "aux_samples" in self.loss_fn.needs:  # the first k samples of the prompt: i.i.d. draws, unselected
@@ -189,12 +189,26 @@ class RoundDriver:
         return {"examples": len(result.examples), "skipped": dict(result.skipped),
                 "failed_judgements": result.failed_judgements}
 
+    def initial_responses(self) -> tuple[list[Rollout], list[Judgement]]:
+        """The initial model's judged responses (round 1's samples), renumbered from INITIAL_IDX on."""
+        rollouts = [dataclasses.replace(x, sample_idx=x.sample_idx + INITIAL_IDX) for x in self.rollouts(1)]
+        judgements = [dataclasses.replace(j, sample_idx=j.sample_idx + INITIAL_IDX)
+                      for j in from_table(read_parquet(self.store.path(1, "judgements.parquet")), Judgement)]
+        return rollouts, judgements
+
+    def responses(self, r: int) -> dict[tuple[str, int], Rollout]:
+        """Every response round r's records may name, by (prompt_id, sample_idx)."""
+        out = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
+        if self.strategy.uses_initial:
+            out.update({(x.prompt_id, x.sample_idx): x for x in self.initial_responses()[0]})
+        return out
+
     def records(self, r: int) -> list:
         return from_table(read_parquet(self.store.path(r, "preferences.parquet")), RECORD_TYPE[self.loss_fn.data_shape])
 
     def reference(self, r: int) -> dict:
         """Reference (and previous-policy) log-probs of every response the loss will use, once per round."""
-        rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
+        rollouts = self.responses(r)
         keys = responses_to_score(self.records(r))
         prompt_ids = [self.prompt_ids(self.prompts_by_id[pid]) for pid, _, _ in keys]
         responses = [rollouts[(rpid, idx)].token_ids for _, rpid, idx in keys]
@@ -237,7 +251,7 @@ class RoundDriver:
         scored = []
         if needs & SCORED_NEEDS:
             scored = from_table(read_parquet(self.store.path(r, "ref_logps.parquet")), RefLogp)
-        rollouts = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
+        rollouts = self.responses(r)
         examples = training_examples(self.records(r), rollouts, lambda pid: self.prompt_ids(self.prompts_by_id[pid]),
                                      scored, needs)
         reference = self._reference(r, frozen_copy=True) if "token_stats" in needs else None

@@ -16,3 +16,13 @@ class FirstTokenParity(Judge):
 
     def judge(self, prompt, rollouts):
         return [Judgement(r.prompt_id, r.sample_idx, self.name, float(r.token_ids[0] % 2 == 0), "") for r in rollouts]
+
+
+@register_judge("token_sum")
+class TokenSum(Judge):
+    """A graded score in {0, 0.25, ..., 1} read off the response's tokens: varied scores from a random model."""
+
+    name = "token_sum"
+
+    def judge(self, prompt, rollouts):
+        return [Judgement(r.prompt_id, r.sample_idx, self.name, (sum(r.token_ids) % 5) / 4, "") for r in rollouts]

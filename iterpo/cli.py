@@ -67,6 +67,41 @@ def _cmd_losses(args) -> None:
         print(f"{name:<11} {cls.data_shape:<8} {hp:<42} {summary}")
 
 
+def _options(cls) -> str:
+    """A registered dataclass's options with their defaults, long texts abbreviated."""
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else []:
+        value = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "?")
+        text = f"{value:.4g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+        out.append(f"{f.name}={text if len(text) <= 24 else '<text>'}")
+    return ", ".join(out) or "-"
+
+
+def _summary(cls) -> str:
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def _cmd_judges(args) -> None:
+    from iterpo.judges import JUDGES
+
+    for name in JUDGES.names():
+        cls = JUDGES.get(name)
+        print(f"{name:<16} {_summary(cls)}\n{'':<16} options: {_options(cls)}")
+
+
+def _cmd_pairing(args) -> None:
+    from iterpo.pairing import PAIRING
+
+    print(f"{'name':<21} {'data':<8} {'options (defaults)':<26} what it builds")
+    for name in PAIRING.names():
+        cls = PAIRING.get(name)
+        print(f"{name:<21} {cls.data_shape:<8} {_options(cls):<26} {_summary(cls)}")
+    print("\nEvery strategy also reads pairing.pairs_per_prompt, threshold, group_size, length_penalty, prefer_shorter.")
+
+
 def _cmd_games(args) -> None:
     from pathlib import Path
 
@@ -121,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     losses = sub.add_parser("losses", help="list the registered preference losses")
     losses.set_defaults(fn=_cmd_losses)
+
+    judges = sub.add_parser("judges", help="list the registered judges and their options")
+    judges.set_defaults(fn=_cmd_judges)
+
+    pairing = sub.add_parser("pairing", help="list the registered pairing strategies and their options")
+    pairing.set_defaults(fn=_cmd_pairing)
 
     games = sub.add_parser("games", help="run the iterative algorithms on exactly solvable preference games")
     games.add_argument("--game", action="append", metavar="KIND",

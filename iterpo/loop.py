@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from iterpo.training.assemble import responses_to_score, training_examples
 AUX_SAMPLES = 2  # extra samples per prompt for losses with a term on them (XPO, VPO, HyPO)
 SCORED_NEEDS = frozenset({"reference", "previous"})  # needs the reference stage computes
 INITIAL_IDX = 1_000_000  # records name the initial model's (round 1's) responses as sample_idx + INITIAL_IDX
+FUTURE_IDX = 2_000_000  # ... and a look-ahead model's responses (future-guided chosen) from here on
 
 
 class RoundDriver:
@@ -160,8 +162,7 @@ class RoundDriver:
         for x in self.rollouts(r):
             by_prompt.setdefault(x.prompt_id, []).append(x)
         cache = JudgeCache(self.store.root / "judge-cache")
-        self.judge.setup(JudgeContext(r, self.config.run.seed, cache, lambda: self.policy_after(r - 1), self.tokenizer,
-                                      self.config.model.system_prompt))
+        self.judge.setup(self._judge_context(r, cache))
         judgements: list[Judgement] = []
         with bar("judging", len(self.train_prompts)) as advance:
             for n, p in enumerate(self.train_prompts, start=1):
@@ -181,13 +182,61 @@ class RoundDriver:
         initial = self.initial_responses() if self.strategy.uses_initial else None
         result = build_examples(self.strategy, self.train_prompts, self.rollouts(r), judgements,
                                 derive_seed(self.config.run.seed, r, "pair"), initial)
+        replaced = self.future_guided(r, result.examples) if self.strategy.look_ahead() and result.examples else None
         if "aux_samples" in self.loss_fn.needs:  # the first k samples of the prompt: i.i.d. draws, unselected
             k = min(AUX_SAMPLES, self.config.sampling.samples_per_prompt)
             for x in result.examples:
                 x.aux_idxs = list(range(k))
         write_parquet(self.store.path(r, "preferences.parquet"), to_table(result.examples, RECORD_TYPE[result.data_shape]))
-        return {"examples": len(result.examples), "skipped": dict(result.skipped),
+        info = {"examples": len(result.examples), "skipped": dict(result.skipped),
                 "failed_judgements": result.failed_judgements}
+        return info if replaced is None else {**info, "future_chosen": replaced}
+
+    def future_guided(self, r: int, pairs: list) -> int:
+        """Temporal Self-Rewarding's future-guided chosen; returns how many chosen responses it replaced.
+
+        A look-ahead copy of the policy trains on this round's pairs, answers
+        each paired prompt K times, and the round's judge scores its answers;
+        where the best of them beats a pair's chosen, it becomes the chosen.
+        Its answers are kept as ``future_rollouts.parquet`` (sample_idx from
+        FUTURE_IDX on), so later stages find them.
+        """
+        scored = self._ref_rows(r, pairs) if self.loss_fn.needs & SCORED_NEEDS else []
+        future = copy.deepcopy(self.policy_after(r - 1))
+        self._fit(future, r, pairs, scored, "look-ahead")
+        s, K = self.config.sampling, self.config.sampling.samples_per_prompt
+        prompts = [self.prompts_by_id[pid] for pid in dict.fromkeys(p.prompt_id for p in pairs)]
+        seeds = [[derive_seed(self.config.run.seed, r, "future", p.prompt_id, k) for k in range(K)] for p in prompts]
+        with bar("look-ahead samples", len(prompts) * K) as advance:
+            outs = generate(future, self.tokenizer, [self.prompt_ids(p) for p in prompts], seeds, s.temperature, s.top_p,
+                            s.max_new_tokens, s.batch_size, advance)
+        del future
+        answers = [Rollout(p.prompt_id, FUTURE_IDX + k, r, seeds[i][k], self.tokenizer.decode(ids, skip_special_tokens=True),
+                           ids, reason) for i, p in enumerate(prompts) for k, (ids, reason) in enumerate(outs[i])]
+        cache = JudgeCache(self.store.root / "judge-cache")
+        self.judge.setup(self._judge_context(r, cache))
+        best: dict[str, tuple[float, Rollout]] = {}
+        with bar("judging look-ahead", len(prompts)) as advance:
+            for p in prompts:
+                mine = [a for a in answers if a.prompt_id == p.prompt_id]
+                for a, j in zip(mine, judge_with_cache(self.judge, p, mine, cache)):
+                    if not j.failed and (p.prompt_id not in best or j.score > best[p.prompt_id][0]):
+                        best[p.prompt_id] = (j.score, a)
+                advance(1)
+        cache.flush()
+        write_parquet(self.store.path(r, "future_rollouts.parquet"), to_table(answers, Rollout))
+        replaced = 0
+        for x in pairs:
+            if x.prompt_id in best and best[x.prompt_id][0] > x.chosen_score:
+                score, a = best[x.prompt_id]
+                x.chosen_idx, x.chosen, x.chosen_score = a.sample_idx, a.text, score
+                x.soft_label = 1 / (1 + math.exp(-(score - x.rejected_score)))
+                replaced += 1
+        return replaced
+
+    def _judge_context(self, r: int, cache: JudgeCache) -> JudgeContext:
+        return JudgeContext(r, self.config.run.seed, cache, lambda: self.policy_after(r - 1), self.tokenizer,
+                            self.config.model.system_prompt)
 
     def initial_responses(self) -> tuple[list[Rollout], list[Judgement]]:
         """The initial model's judged responses (round 1's samples), renumbered from INITIAL_IDX on."""
@@ -201,6 +250,9 @@ class RoundDriver:
         out = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
         if self.strategy.uses_initial:
             out.update({(x.prompt_id, x.sample_idx): x for x in self.initial_responses()[0]})
+        if self.store.path(r, "future_rollouts.parquet").exists():
+            out.update({(x.prompt_id, x.sample_idx): x
+                        for x in from_table(read_parquet(self.store.path(r, "future_rollouts.parquet")), Rollout)})
         return out
 
     def records(self, r: int) -> list:
@@ -208,8 +260,12 @@ class RoundDriver:
 
     def reference(self, r: int) -> dict:
         """Reference (and previous-policy) log-probs of every response the loss will use, once per round."""
+        write_parquet(self.store.path(r, "ref_logps.parquet"), to_table(self._ref_rows(r, self.records(r)), RefLogp))
+        return {}
+
+    def _ref_rows(self, r: int, records: list) -> list[RefLogp]:
         rollouts = self.responses(r)
-        keys = responses_to_score(self.records(r))
+        keys = responses_to_score(records)
         prompt_ids = [self.prompt_ids(self.prompts_by_id[pid]) for pid, _, _ in keys]
         responses = [rollouts[(rpid, idx)].token_ids for _, rpid, idx in keys]
         needs = self.loss_fn.needs
@@ -223,9 +279,7 @@ class RoundDriver:
             else:
                 with bar("previous policy", len(keys)) as advance:
                     prev = self._score(LiveReference(self.policy_after(r - 1)), prompt_ids, responses, advance)
-        rows = [RefLogp(pid, rpid, idx, a, b) for (pid, rpid, idx), a, b in zip(keys, ref, prev)]
-        write_parquet(self.store.path(r, "ref_logps.parquet"), to_table(rows, RefLogp))
-        return {}
+        return [RefLogp(pid, rpid, idx, a, b) for (pid, rpid, idx), a, b in zip(keys, ref, prev)]
 
     def _reference(self, r: int, frozen_copy: bool = False) -> LiveReference:
         """The reference policy of round r as a model run without gradients.
@@ -247,19 +301,10 @@ class RoundDriver:
 
     def train(self, r: int) -> dict:
         model = self.policy_after(r - 1)
-        needs = self.loss_fn.needs
         scored = []
-        if needs & SCORED_NEEDS:
+        if self.loss_fn.needs & SCORED_NEEDS:
             scored = from_table(read_parquet(self.store.path(r, "ref_logps.parquet")), RefLogp)
-        rollouts = self.responses(r)
-        examples = training_examples(self.records(r), rollouts, lambda pid: self.prompt_ids(self.prompts_by_id[pid]),
-                                     scored, needs)
-        reference = self._reference(r, frozen_copy=True) if "token_stats" in needs else None
-        seed = derive_seed(self.config.run.seed, r, "train")
-        torch.manual_seed(seed)
-        with bar("training", len(examples) * self.config.train.epochs) as advance:
-            log = train(model, examples, self.loss_fn, self.config.train, seed, self.pad_id, advance, reference)
-        del reference
+        log = self._fit(model, r, self.records(r), scored, "train")
         self._policy_round = r
         cfg = self.config.run
         if r % cfg.save_every == 0 or r == cfg.rounds:
@@ -267,6 +312,17 @@ class RoundDriver:
             save_policy(model, self.tokenizer, self.store.path(r, "checkpoint"), bool(lora and lora.save_merged))
         write_text(self.store.path(r, "train.jsonl"), "".join(json.dumps(x) + "\n" for x in log))
         return {"steps": len(log)}
+
+    def _fit(self, model, r: int, records: list, scored: list[RefLogp], purpose: str) -> list[dict]:
+        """Train model in place on round r's records with the configured loss; the log, one row per step."""
+        needs = self.loss_fn.needs
+        examples = training_examples(records, self.responses(r), lambda pid: self.prompt_ids(self.prompts_by_id[pid]),
+                                     scored, needs)
+        reference = self._reference(r, frozen_copy=True) if "token_stats" in needs else None
+        seed = derive_seed(self.config.run.seed, r, purpose)
+        torch.manual_seed(seed)
+        with bar("training" if purpose == "train" else purpose, len(examples) * self.config.train.epochs) as advance:
+            return train(model, examples, self.loss_fn, self.config.train, seed, self.pad_id, advance, reference)
 
     def evaluate(self, r: int) -> dict:
         """Greedy accuracy of the policy after round r on the held-out prompts."""

@@ -68,3 +68,17 @@ def test_losses_lists_every_loss_with_its_hyperparameters(capsys):
     assert [line.split()[0] for line in lines] == list_losses()
     kto = next(line for line in lines if line.startswith("kto "))
     assert "unpaired" in kto and "desirable_weight=1" in kto and "Ethayarajh" in kto
+
+
+def test_judges_and_pairing_list_every_entry_with_options(capsys):
+    from iterpo.judges import JUDGES
+    from iterpo.pairing import PAIRING
+
+    assert main(["judges"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n{name} " in "\n" + out for name in JUDGES.names() if name not in ("first_token_parity", "token_sum"))
+    assert "mc_dropout=0" in out and "concurrency=8" in out
+    assert main(["pairing"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in lines[: len(PAIRING.names())]] == PAIRING.names()
+    assert any(line.startswith("rso ") and "beta=0.5, accept=4" in line for line in lines)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from iterpo.config import load_config
-from iterpo.loop import INITIAL_IDX, RoundDriver
+from iterpo.loop import FUTURE_IDX, INITIAL_IDX, RoundDriver
 from iterpo.store import RunStore
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -80,11 +80,24 @@ def test_self_rewarding_recipes(name, tiny_model_dir, tmp_path, scoring_policy):
         assert (store.path(r, "train.jsonl")).stat().st_size > 0 and rows[r]["accuracy"] is not None
     # the judge is the policy of each round: round 2's verdicts come from the model round 1 trained
     assert _stage(store, 2, "judge")["cache_hits"] == 0
-    if name == "temporal_self_rewarding":  # anchored: round 2's rejected responses are the initial model's
+    if name == "temporal_self_rewarding":
+        # anchored: round 2's rejected responses are the initial model's
         first = {(x["prompt_id"], x["sample_idx"]): x["text"] for x in _table(store, 1, "rollouts.parquet")}
         for p in _table(store, 2, "preferences.parquet"):
             assert p["rejected_idx"] >= INITIAL_IDX and p["rejected"] == first[(p["prompt_id"], p["rejected_idx"] - INITIAL_IDX)]
-            assert p["chosen_idx"] < INITIAL_IDX
+        # future-guided: the look-ahead model's answers are kept, and replace a chosen only when judged better
+        for r in (1, 2):
+            future = {(x["prompt_id"], x["sample_idx"]): x for x in _table(store, r, "future_rollouts.parquet")}
+            judged = {(j["prompt_id"], j["sample_idx"]): j["score"] for j in _table(store, r, "judgements.parquet")}
+            assert future and all(idx >= FUTURE_IDX for _, idx in future)
+            prefs = _table(store, r, "preferences.parquet")
+            replaced = [p for p in prefs if p["chosen_idx"] >= FUTURE_IDX]
+            assert _stage(store, r, "pair")["future_chosen"] == len(replaced)
+            for p in prefs:
+                if p["chosen_idx"] >= FUTURE_IDX:
+                    assert p["chosen"] == future[(p["prompt_id"], p["chosen_idx"])]["text"]
+                    assert p["chosen_score"] > max(s for (pid, _), s in judged.items() if pid == p["prompt_id"])
+        assert sum(_stage(store, r, "pair")["future_chosen"] for r in (1, 2)) > 0
 
 
 def test_sppo_recipe_with_a_pairwise_judge(tiny_model_dir, tmp_path):

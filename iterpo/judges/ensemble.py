@@ -20,6 +20,8 @@ from iterpo.records import Judgement, Prompt, Rollout
 @register_judge("ensemble")
 @dataclass
 class Ensemble(Judge):
+    """Several judges combined by mean or vote; their disagreement is the uncertainty."""
+
     name = "ensemble"
     judges: list = field(default_factory=list)
     """Member judges, each a mapping with 'name' and its options, e.g. [{name: exact_answer}, {name: reward_model, path: ./rm}]."""

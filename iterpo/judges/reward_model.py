@@ -27,6 +27,8 @@ from iterpo.records import Judgement, Prompt, Rollout
 @register_judge("reward_model")
 @dataclass
 class RewardModel(Judge):
+    """Score = a Hugging Face sequence-classification model's reward; optional MC-dropout uncertainty (UPO)."""
+
     name = "reward_model"
     path: str = ""
     """Local directory of a Hugging Face sequence-classification model and its tokenizer."""

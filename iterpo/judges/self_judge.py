@@ -44,6 +44,8 @@ def read_score(reply: str, top: float = 5.0) -> float | None:
 @register_judge("self_judge")
 @dataclass
 class SelfJudge(Judge):
+    """The policy scores its own responses on the additive 5-point rubric, averaged over samples (Self-Rewarding)."""
+
     name = "self_judge"
     uses_policy = True
     samples: int = 3

@@ -64,6 +64,10 @@ class Strategy:
     def __post_init__(self):
         self.config = None  # the PairingSection, set by build_strategy
 
+    def look_ahead(self) -> bool:
+        """True when the loop should improve the chosen responses with a look-ahead model (future-guided chosen)."""
+        return False
+
     def examples(self, prompt: Prompt, cands: list[Candidate], rng: random.Random,
                  initial: Optional[list[Candidate]] = None) -> tuple[list, Optional[str]]:
         raise NotImplementedError  # pragma: no cover
@@ -313,9 +317,19 @@ class Anchored(Strategy):
     the initial model's responses to the prompt (round 1's samples, kept in the
     run directory), so the contrast does not shrink as the policy improves.
     In round 1 the two coincide with best-vs-worst.
+
+    With ``future_guided``, the paper's second half: a look-ahead copy of the
+    policy trains on these pairs, answers their prompts, and its best judged
+    answer replaces a pair's chosen when it scores higher (see the loop's
+    ``future_guided``).
     """
 
     uses_initial = True
+    future_guided: bool = False
+    """Replace chosen responses by a look-ahead model's better answers (costs one extra training and sampling pass)."""
+
+    def look_ahead(self) -> bool:
+        return self.future_guided
 
     def examples(self, prompt, cands, rng, initial=None):
         if not initial:

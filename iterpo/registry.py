@@ -34,6 +34,21 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}")
         return self._entries[name]
 
+    def create(self, name: str, options: dict, hint: str = ""):
+        """An instance of the dataclass registered as name, built from options; ConfigError on a bad option."""
+        import dataclasses
+
+        cls = self.get(name)
+        known = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+                              f"its options: {', '.join(known) or 'none'}{hint}")
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.kind} {name!r}: {exc}") from None
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -20,7 +20,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
-from iterpo.errors import ConfigError
 from iterpo.records import Judgement, Prompt, Rollout
 from iterpo.registry import Registry
 
@@ -68,16 +67,7 @@ register_judge = JUDGES.register
 
 def make_judge(name: str, options: dict) -> Judge:
     """The judge ``name`` with ``options``; ConfigError names an unknown or invalid option."""
-    cls = JUDGES.get(name)
-    known = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"judge {name!r} has no option {', '.join(map(repr, unknown))}; "
-                          f"its options: {', '.join(known) or 'none'}")
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"judge {name!r}: {exc}") from None
+    return JUDGES.create(name, options)
 
 
 def build_judge(config) -> Judge:

@@ -12,7 +12,6 @@ length_penalty, prefer_shorter) live in PairingSection.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from collections import Counter
@@ -455,14 +454,6 @@ def build_strategy(config, data_shape: str) -> Strategy:
         raise ConfigError(f"pairing strategy {name!r} produces {cls.data_shape}, but the loss needs {data_shape}; "
                           f"use e.g. {DEFAULT_STRATEGY[data_shape]!r}")
     options = config.options() if hasattr(config, "options") else {}
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"pairing strategy {name!r} has no option {', '.join(map(repr, unknown))}; "
-                          f"its options: {', '.join(known) or 'none'} (and the shared pairing fields)")
-    try:
-        strategy = cls(**options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"pairing strategy {name!r}: {exc}") from None
+    strategy = PAIRING.create(name, options, hint=" (and the shared pairing fields)")
     strategy.config = config
     return strategy

@@ -76,6 +76,15 @@ def test_pairwise_lm_cancels_position_bias_and_caches(tiny_model_dir):
     verdicts = judge.judge(PROMPT, _rollouts(texts))
     assert len(asked) == 4 * 3  # ordered pairs of the 4 distinct texts
     direct = dict(zip(asked, (p for p, _ in original(PROMPT, asked))))
+    # the batched last-position read equals the full model's next-token distribution over "A" and "B"
+    from iterpo.judges.pairwise import fill
+    from iterpo.models.chat import encode_prompt
+
+    for a, b in asked[:3]:
+        ids = encode_prompt(judge._tokenizer, [{"role": "user", "content": fill(judge.template, PROMPT, a, b)}])
+        with torch.no_grad():
+            logits = judge._model(torch.tensor([ids])).logits[0, -1, judge._letters]
+        assert direct[(a, b)] == pytest.approx(float(torch.softmax(logits, -1)[0]), abs=1e-5)
     for i, a in enumerate(texts):
         for j, b in enumerate(texts):
             if a != b:  # both orders averaged

@@ -178,8 +178,10 @@ class PairwiseLM(PairwiseJudge):
             width = max(map(len, batch))
             ids = torch.tensor([s + [tok.pad_token_id or 0] * (width - len(s)) for s in batch])
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
-            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-            last = logits[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in batch])]  # (B, V)
-            p_first = torch.softmax(last[:, self._letters].float(), dim=-1)[:, 0]  # (B,) P("A") among {"A", "B"}
+            # Only the last real position's logits are needed: run the decoder, then the output layer on B rows.
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+            last = hidden[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in batch])]  # (B, H)
+            letters = model.get_output_embeddings()(last)[:, self._letters].float()  # (B, 2): logits of "A", "B"
+            p_first = torch.softmax(letters, dim=-1)[:, 0]  # (B,) P("A") among {"A", "B"}
             out += [(float(p), f"P(A)={float(p):.3f}") for p in p_first]
         return out

@@ -55,6 +55,8 @@ class RoundDriver:
         # Held-out accuracy needs a verifier: the training judge if it is one, else the task's own judge.
         eval_judge = config.eval.judge or (self.judge.name if self.judge.verifier else self.task.default_judge)
         self.eval_judge = self.judge if eval_judge == self.judge.name else make_judge(eval_judge, {})
+        self.judge.check()
+        self.eval_judge.check()
         self.loss_fn = get_loss(config.loss.name, **config.loss.hyperparams())
         self.strategy = build_strategy(config.pairing, self.loss_fn.data_shape)
         self.base_path = resolve_model_path(config.model.path)

@@ -44,6 +44,9 @@ class Judge:
     volatile_options: ClassVar[tuple[str, ...]] = ()  # options that do not change verdicts (timeouts, concurrency)
     context: Optional[JudgeContext] = None
 
+    def check(self) -> None:
+        """Fail early (before a run starts) when this machine cannot run the judge; default: nothing to check."""
+
     def setup(self, context: JudgeContext) -> None:
         """Called before a round's judging with that round's context."""
         self.context = context

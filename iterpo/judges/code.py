@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from iterpo.errors import DataError
 from iterpo.judges.base import Judge, register_judge
-from iterpo.judges.sandbox import SandboxLimits, run_python
+from iterpo.judges.sandbox import SandboxLimits, check_sandbox, run_python
 from iterpo.records import Judgement, Prompt, Rollout
 
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
@@ -43,6 +43,9 @@ class PythonTests(Judge):
         if self.wall_seconds <= 0 or self.cpu_seconds < 1 or self.memory_mb < 16:
             raise ValueError("wall_seconds must be > 0, cpu_seconds >= 1 and memory_mb >= 16")
         self.limits = SandboxLimits(wall_seconds=self.wall_seconds, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb)
+
+    def check(self) -> None:
+        check_sandbox()  # SandboxUnavailable (exit 2) before any sampling, not after it
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         if not prompt.answer:

@@ -39,6 +39,10 @@ class Ensemble(Judge):
         self.pointwise = all(m.pointwise for m in self.members)
         self.uses_policy = any(m.uses_policy for m in self.members)
 
+    def check(self) -> None:
+        for m in self.members:
+            m.check()
+
     def setup(self, context: JudgeContext) -> None:
         super().setup(context)
         for m in self.members:

@@ -110,6 +110,8 @@ def test_self_judge_averages_readable_scores_and_records_failures(tiny_model_dir
 
     assert read_score("Relevant and clear.\nScore: 4") == 4.0
     assert read_score("score = 3.5 ... Score: 2") == 2.0 and read_score("Score: 9") is None and read_score("great") is None
+    assert read_score("**Score:** 3") == 3.0 and read_score("The score of 2 is a perfect fit") == 2.0
+    assert read_score("I rate it 4/5.") == 4.0 and read_score("4 out of 5, overall") == 4.0
 
     replies = {0: ["Good. Score: 4", "Score: 2", "no idea"], 1: ["nothing", "still nothing", "nope"]}
     seen = {}

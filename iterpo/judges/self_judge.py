@@ -32,12 +32,14 @@ Response: {response}
 
 Explain your evaluation briefly, then finish with the line "Score: <points>"."""
 
-_SCORE = re.compile(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+# "Score: 4", "**Score:** 4", "a score of 4", "score is 4", "4/5", "4 out of 5": the last one written wins.
+_SCORE = re.compile(r"score(?:\s+(?:of|is))?\s*[:=]?[\s*]*(\d+(?:\.\d+)?)|(\d+(?:\.\d+)?)\s*(?:/|out of)\s*5\b",
+                    re.IGNORECASE)
 
 
 def read_score(reply: str, top: float = 5.0) -> float | None:
-    """The last "Score: N" in the reply, if 0 <= N <= top."""
-    found = [float(x) for x in _SCORE.findall(reply)]
+    """The last score the reply gives ("Score: N", "a score of N", "N/5"), if 0 <= N <= top."""
+    found = [float(a or b) for a, b in _SCORE.findall(reply)]
     return found[-1] if found and 0 <= found[-1] <= top else None
 
 

@@ -176,12 +176,16 @@ def test_anchored_rejection_takes_the_initial_models_worst():
 
 
 def test_failed_verdicts_are_left_out_and_counted():
-    prompts, rollouts, judgements = _data({"a": [1, 0, 0], "b": [1, 0]})
+    prompts, rollouts, judgements = _data({"a": [1, 0, 0], "b": [1, 0], "c": [1, 0]})
     judgements[1].failed = True
     judgements[3].failed = judgements[4].failed = True
+    judgements[6].failed = True
     result = build_examples(_strategy(strategy="best_vs_worst"), prompts, rollouts, judgements)
     assert [(p.prompt_id, p.chosen_idx, p.rejected_idx) for p in result.examples] == [("a", 0, 2)]
-    assert dict(result.skipped) == {"judge failed on every response": 1} and result.failed_judgements == 3
+    assert dict(result.skipped) == {"judge failed on every response": 1, "fewer than two distinct judged responses": 1}
+    assert result.failed_judgements == 4
+    # KTO's labelled responses need only one
+    assert len(build_examples(_strategy("unpaired"), prompts, rollouts, judgements).examples) == 3
 
 
 def test_pairwise_judgements_give_win_rates_and_soft_labels():

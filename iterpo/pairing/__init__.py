@@ -59,6 +59,7 @@ class PairingResult:
 class Strategy:
     data_shape: ClassVar[str] = "pairs"
     uses_initial: ClassVar[bool] = False  # needs the initial model's judged responses (anchored rejection)
+    min_candidates: ClassVar[int] = 2  # judged responses a prompt needs before the strategy looks at it
 
     def __post_init__(self):
         self.config = None  # the PairingSection, set by build_strategy
@@ -324,6 +325,7 @@ class Anchored(Strategy):
     """
 
     uses_initial = True
+    min_candidates = 1
     future_guided: bool = False
     """Replace chosen responses by a look-ahead model's better answers (costs one extra training and sampling pass)."""
 
@@ -353,6 +355,7 @@ class Labelled(Strategy):
     """
 
     data_shape = "unpaired"
+    min_candidates = 1
 
     def examples(self, prompt, cands, rng, initial=None):
         t, n = self.config.threshold, self.config.pairs_per_prompt
@@ -434,6 +437,9 @@ def build_examples(strategy: Strategy, prompts: list[Prompt], rollouts: list[Rol
         cands = candidates(by_prompt.get(p.prompt_id, []), verdicts.get(p.prompt_id, {}), penalty)
         if not cands:
             result.skipped["judge failed on every response" if by_prompt.get(p.prompt_id) else "no responses"] += 1
+            continue
+        if len(cands) < strategy.min_candidates:
+            result.skipped["fewer than two distinct judged responses"] += 1
             continue
         anchor = candidates(first[0].get(p.prompt_id, []), first[1].get(p.prompt_id, {}), penalty) if first else None
         rng = random.Random(f"{seed}/{p.prompt_id}")

@@ -185,12 +185,10 @@ class Config(Section):
         from iterpo.pairing import build_strategy
 
         from iterpo.judges import JUDGES, make_judge
-        from iterpo.tasks import TASKS
 
         loss = get_loss(self.loss.name, **self.loss.hyperparams())
         build_strategy(self.pairing, loss.data_shape)  # raises if the strategy's data shape does not fit
-        task = TASKS.get(self.task.name)
-        make_judge(self.judge.name or task.default_judge, self.judge.options())  # raises on unknown options
+        make_judge(self.judge_name, self.judge.options())  # raises on unknown options
         if self.eval.judge is not None and not JUDGES.get(self.eval.judge).verifier:
             raise ValueError(f"eval.judge {self.eval.judge!r} is not a verifier; held-out accuracy needs one, "
                              "e.g. exact_answer")
@@ -201,16 +199,20 @@ class Config(Section):
             )
         return self
 
+    @property
+    def judge_name(self) -> str:
+        """The configured judge, or the task's own when judge.name is unset."""
+        from iterpo.tasks import TASKS
+
+        return self.judge.name or TASKS.get(self.task.name).default_judge
+
     def to_dict(self) -> dict:
         data = self.model_dump(mode="json")
         # Save the loss with every hyperparameter resolved, defaults included.
         from iterpo.losses import loss_hyperparameters
 
         data["loss"] = {"name": self.loss.name, **loss_hyperparameters(self.loss.name), **self.loss.hyperparams()}
-        if self.judge.name is None:  # name the judge the task picks, so the saved config says what ran
-            from iterpo.tasks import TASKS
-
-            data["judge"]["name"] = TASKS.get(self.task.name).default_judge
+        data["judge"]["name"] = self.judge_name  # the judge the task picks when unset, so the saved config says what ran
         return data
 
     def fingerprint(self) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import shutil
 import time
 from collections import Counter
@@ -26,7 +25,7 @@ from iterpo.models.chat import encode_prompt
 from iterpo.models.loading import (add_lora, is_lora, load_model, load_policy_checkpoint, load_tokenizer,
                                    resolve_model_path, save_policy)
 from iterpo.models.logprobs import score_responses
-from iterpo.pairing import RECORD_TYPE, build_examples, build_strategy
+from iterpo.pairing import RECORD_TYPE, build_examples, build_strategy, sigmoid
 from iterpo.progress import bar, console, round_table
 from iterpo.records import Judgement, RefLogp, Rollout, from_table, to_table
 from iterpo.sampling import derive_seed, generate
@@ -51,7 +50,7 @@ class RoundDriver:
         self.train_prompts = self.task.train_prompts()
         self.prompts_by_id = {p.prompt_id: p for p in self.train_prompts}
         self.eval_prompts = self.task.eval_prompts()
-        self.judge = make_judge(config.judge.name or self.task.default_judge, config.judge.options())
+        self.judge = make_judge(config.judge_name, config.judge.options())
         # Held-out accuracy needs a verifier: the training judge if it is one, else the task's own judge.
         eval_judge = config.eval.judge or (self.judge.name if self.judge.verifier else self.task.default_judge)
         self.eval_judge = self.judge if eval_judge == self.judge.name else make_judge(eval_judge, {})
@@ -232,7 +231,7 @@ class RoundDriver:
             if x.prompt_id in best and best[x.prompt_id][0] > x.chosen_score:
                 score, a = best[x.prompt_id]
                 x.chosen_idx, x.chosen, x.chosen_score = a.sample_idx, a.text, score
-                x.soft_label = 1 / (1 + math.exp(-(score - x.rejected_score)))
+                x.soft_label = sigmoid(score - x.rejected_score)
                 replaced += 1
         return replaced
 
@@ -240,18 +239,21 @@ class RoundDriver:
         return JudgeContext(r, self.config.run.seed, cache, lambda: self.policy_after(r - 1), self.tokenizer,
                             self.config.model.system_prompt)
 
+    def initial_rollouts(self) -> list[Rollout]:
+        """The initial model's responses (round 1's samples), renumbered from INITIAL_IDX on."""
+        return [dataclasses.replace(x, sample_idx=x.sample_idx + INITIAL_IDX) for x in self.rollouts(1)]
+
     def initial_responses(self) -> tuple[list[Rollout], list[Judgement]]:
-        """The initial model's judged responses (round 1's samples), renumbered from INITIAL_IDX on."""
-        rollouts = [dataclasses.replace(x, sample_idx=x.sample_idx + INITIAL_IDX) for x in self.rollouts(1)]
+        """initial_rollouts with their judgements, numbered the same way."""
         judgements = [dataclasses.replace(j, sample_idx=j.sample_idx + INITIAL_IDX)
                       for j in from_table(read_parquet(self.store.path(1, "judgements.parquet")), Judgement)]
-        return rollouts, judgements
+        return self.initial_rollouts(), judgements
 
     def responses(self, r: int) -> dict[tuple[str, int], Rollout]:
         """Every response round r's records may name, by (prompt_id, sample_idx)."""
         out = {(x.prompt_id, x.sample_idx): x for x in self.rollouts(r)}
         if self.strategy.uses_initial:
-            out.update({(x.prompt_id, x.sample_idx): x for x in self.initial_responses()[0]})
+            out.update({(x.prompt_id, x.sample_idx): x for x in self.initial_rollouts()})
         if self.store.path(r, "future_rollouts.parquet").exists():
             out.update({(x.prompt_id, x.sample_idx): x
                         for x in from_table(read_parquet(self.store.path(r, "future_rollouts.parquet")), Rollout)})

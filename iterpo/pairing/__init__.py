@@ -87,7 +87,7 @@ class Strategy:
         return sorted(cands, key=lambda c: c.score)
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
@@ -99,14 +99,14 @@ def win_rates(scores: dict[int, float]) -> dict[int, float]:
     supply their own win rates, from direct comparisons.
     """
     values = list(scores.values())
-    return {i: sum(_sigmoid(s - t) for t in values) / len(values) for i, s in scores.items()}
+    return {i: sum(sigmoid(s - t) for t in values) / len(values) for i, s in scores.items()}
 
 
 def preference(prompt: Prompt, chosen: Candidate, rejected: Candidate) -> Preference:
     """A pair record; the soft label is the pairwise judge's P(chosen beats rejected) when it has one."""
     beats = chosen.judgement.beats
     p = beats[rejected.idx] if rejected.idx < len(beats) and not math.isnan(beats[rejected.idx]) else None
-    soft = p if p is not None else _sigmoid(chosen.score - rejected.score)
+    soft = p if p is not None else sigmoid(chosen.score - rejected.score)
     return Preference(prompt.prompt_id, chosen.idx, rejected.idx, prompt.text, chosen.rollout.text, rejected.rollout.text,
                       chosen.score, rejected.score, soft, chosen.win_rate, rejected.win_rate)
 
@@ -261,7 +261,7 @@ def bald(samples_a: list[float], samples_b: list[float]) -> float:
     predictive uncertainty due to the judge's own uncertainty. 0 when all
     passes agree; at most log 2.
     """
-    ps = [_sigmoid(a - b) for a, b in zip(samples_a, samples_b)]
+    ps = [sigmoid(a - b) for a, b in zip(samples_a, samples_b)]
 
     def h(p: float) -> float:
         p = min(max(p, 1e-12), 1 - 1e-12)

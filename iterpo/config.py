@@ -158,6 +158,11 @@ class TrainSection(Section):
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass: less memory, about a third more compute."""
+    bf16: bool = False
+    """Forward and backward under bfloat16 autocast (weights and optimizer stay float32). Fast on GPUs and on
+    CPUs with bfloat16 instructions, slow elsewhere."""
 
 
 class EvalSection(Section):

@@ -75,14 +75,30 @@ def response_logps(model, prompts: list[list[int]], responses: list[list[int]], 
 
 @torch.no_grad()
 def score_responses(model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad_id: int = 0, progress=None) -> list[float]:
-    """response_logps over many sequences in batches, sorted by length to limit padding."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
+    """response_logps over many sequences: responses to the same prompt share one pass over it
+    (models/packing.py), at most batch_size responses a batch, shortest groups first."""
+    from iterpo.models.packing import sequence_logps
+
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(tuple(p), []).append(i)
+    groups = [idx[s : s + batch_size] for idx in by_prompt.values() for s in range(0, len(idx), batch_size)]
+    groups.sort(key=lambda idx: len(prompts[idx[0]]) + sum(len(responses[i]) for i in idx))
     out = [0.0] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        values = response_logps(model, [prompts[i] for i in idx], [responses[i] for i in idx], pad_id)
-        for i, v in zip(idx, values.tolist()):
+    batch: list[list[int]] = []
+
+    def run(batch):
+        values = sequence_logps(model, [(prompts[g[0]], [responses[i] for i in g]) for g in batch], pad_id=pad_id)
+        for i, v in zip([i for g in batch for i in g], values.tolist()):
             out[i] = v
         if progress is not None:
-            progress(len(idx))
+            progress(sum(len(g) for g in batch))
+
+    for g in groups:
+        if batch and sum(len(b) for b in batch) + len(g) > batch_size:
+            run(batch)
+            batch = []
+        batch.append(g)
+    if batch:
+        run(batch)
     return out

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from iterpo.losses import Loss, PreferenceBatch, RankedBatch, UnpairedBatch
-from iterpo.models.logprobs import response_logps, response_token_stats
+from iterpo.models.logprobs import response_token_stats
+from iterpo.models.packing import Layout, sequence_logps
 
 
 @dataclass
@@ -51,22 +52,22 @@ def _t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def collate_pairs(model, examples: list[PairExample], loss: Loss, pad_id: int, reference=None) -> PreferenceBatch:
+def collate_pairs(model, examples: list[PairExample], loss: Loss, pad_id: int, reference=None,
+                  layout: Layout = Layout()) -> PreferenceBatch:
     B = len(examples)
     needs = loss.needs
     prompts = [e.prompt_ids for e in examples]
-    responses = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
     k = len(examples[0].aux_ids) if "aux_samples" in needs else 0
-    if k:
-        responses += [a for e in examples for a in e.aux_ids]
-    all_prompts = prompts * 2 + [p for p in prompts for _ in range(k)]
+    # one group per pair: the prompt once, then chosen, rejected and k aux responses
+    groups = [(e.prompt_ids, [e.chosen_ids, e.rejected_ids, *e.aux_ids[:k]]) for e in examples]
     batch = PreferenceBatch(
         chosen_logps=torch.empty(0), rejected_logps=torch.empty(0),
         chosen_lengths=_t([len(e.chosen_ids) for e in examples]),
         rejected_lengths=_t([len(e.rejected_ids) for e in examples]),
     )
     if "token_stats" in needs:
-        s = _token_stats(model, reference, prompts * 2, responses[: 2 * B], pad_id, loss)  # rows: chosen, then rejected
+        responses = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
+        s = _token_stats(model, reference, prompts * 2, responses, pad_id, loss)  # rows: chosen, then rejected
         batch.chosen_token_logps, batch.rejected_token_logps = s["token_logps"][:B], s["token_logps"][B:]
         batch.ref_chosen_token_logps, batch.ref_rejected_token_logps = s["ref_token_logps"][:B], s["ref_token_logps"][B:]
         batch.chosen_token_kl, batch.rejected_token_kl = s["token_kl"][:B], s["token_kl"][B:]
@@ -75,11 +76,19 @@ def collate_pairs(model, examples: list[PairExample], loss: Loss, pad_id: int, r
             batch.ref_chosen_hidden, batch.ref_rejected_hidden = s["ref_hidden"][:B], s["ref_hidden"][B:]
         batch.chosen_logps, batch.rejected_logps = batch.chosen_token_logps.sum(1), batch.rejected_token_logps.sum(1)
     else:
-        logps = response_logps(model, all_prompts, responses, pad_id)  # (2B + Bk,): chosen, rejected, aux
-        batch.chosen_logps, batch.rejected_logps = logps[:B], logps[B : 2 * B]
+        logps = sequence_logps(model, groups, layout, pad_id).view(B, 2 + k)
+        batch.chosen_logps, batch.rejected_logps = logps[:, 0], logps[:, 1]
         if k:
-            batch.aux_logps = logps[2 * B :].view(B, k)
-    if "reference" in needs:
+            batch.aux_logps = logps[:, 2:]
+    if "reference" in needs and examples[0].ref_logps is None:  # not stored: the live reference scores them now
+        if reference is None:
+            raise ValueError("pairs without reference log-probs need a live reference model")
+        with reference.active() as ref_model:
+            ref = sequence_logps(ref_model, groups, layout, pad_id).view(B, 2 + k)
+        batch.ref_chosen_logps, batch.ref_rejected_logps = ref[:, 0], ref[:, 1]
+        if k:
+            batch.ref_aux_logps = ref[:, 2:]
+    elif "reference" in needs:
         batch.ref_chosen_logps = _t([e.ref_logps[0] for e in examples])
         batch.ref_rejected_logps = _t([e.ref_logps[1] for e in examples])
         if k:
@@ -111,14 +120,14 @@ def _token_stats(model, reference, prompts, responses, pad_id, loss) -> dict[str
     return out
 
 
-def collate_unpaired(model, examples: list[UnpairedExample], loss: Loss, pad_id: int, reference=None) -> UnpairedBatch:
-    B = len(examples)
-    prompts = [e.prompt_ids for e in examples]
-    responses = [e.response_ids for e in examples] + [e.kl_response_ids for e in examples]
-    logps = response_logps(model, prompts * 2, responses, pad_id)  # (2B,): matched, then mismatched
+def collate_unpaired(model, examples: list[UnpairedExample], loss: Loss, pad_id: int, reference=None,
+                     layout: Layout = Layout()) -> UnpairedBatch:
+    # the mismatched response is scored after this example's prompt, so both share it
+    groups = [(e.prompt_ids, [e.response_ids, e.kl_response_ids]) for e in examples]
+    logps = sequence_logps(model, groups, layout, pad_id).view(-1, 2)  # (B, 2): matched, mismatched
     batch = UnpairedBatch(
-        logps=logps[:B], desirable=torch.tensor([e.desirable for e in examples]),
-        kl_logps=logps[B:].detach(),  # KTO's reference point gets no gradient
+        logps=logps[:, 0], desirable=torch.tensor([e.desirable for e in examples]),
+        kl_logps=logps[:, 1].detach(),  # KTO's reference point gets no gradient
         lengths=_t([len(e.response_ids) for e in examples]),
     )
     if "reference" in loss.needs:
@@ -127,11 +136,10 @@ def collate_unpaired(model, examples: list[UnpairedExample], loss: Loss, pad_id:
     return batch
 
 
-def collate_groups(model, examples: list[GroupExample], loss: Loss, pad_id: int, reference=None) -> RankedBatch:
+def collate_groups(model, examples: list[GroupExample], loss: Loss, pad_id: int, reference=None,
+                   layout: Layout = Layout()) -> RankedBatch:
     B, n = len(examples), max(len(e.responses) for e in examples)
-    prompts = [e.prompt_ids for e in examples for _ in e.responses]
-    responses = [r for e in examples for r in e.responses]
-    flat = response_logps(model, prompts, responses, pad_id)  # (sum of group sizes,)
+    flat = sequence_logps(model, [(e.prompt_ids, e.responses) for e in examples], layout, pad_id)  # (sum of group sizes,)
     logps = torch.zeros(B, n)
     mask = torch.zeros(B, n, dtype=torch.bool)
     scores, lengths, ref = torch.zeros(B, n), torch.ones(B, n), torch.zeros(B, n)

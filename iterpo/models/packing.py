@@ -1,0 +1,251 @@
+"""Sequence log-probs of many responses, computing only the tokens that matter.
+
+Preference losses need log pi(y | x) for several responses y to the same
+prompt x (chosen and rejected, extra samples, a ranked group). A plain batch
+runs ``prompt + response`` once per response, padded to the longest sequence,
+and applies the 49k-wide output layer at every position. This module does the
+same math on fewer tokens:
+
+- ``shared_prompt``: a prompt and all its responses form one *group*,
+  ``[x, y_1, y_2, ...]``, where each response restarts its positions after the
+  prompt and an attention mask keeps the responses apart. The prompt runs once.
+- ``padding_free``: a batch's groups are laid end to end in one row, with no
+  padding tokens; attention stays within a group.
+- ``response_logits``: the output layer runs only at positions that predict a
+  response token, in chunks of rows, and its backward recomputes each chunk, so
+  a (tokens x vocab) float32 tensor never exists.
+
+Each switch keeps the log-probs equal to the plain computation (up to float
+summation order); they exist as switches so the benchmark can measure each.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+Group = tuple[list[int], list[list[int]]]  # (prompt ids, its responses' ids)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which token-saving steps to take. The default takes all of them."""
+
+    shared_prompt: bool = True
+    padding_free: bool = True
+    response_logits: bool = True
+    chunk_rows: int = 1024  # positions per output-layer chunk (response_logits)
+
+
+PLAIN = Layout(shared_prompt=False, padding_free=False, response_logits=False)
+
+
+@dataclass
+class Packed:
+    """A batch of G groups laid out for one forward pass. R x L tokens; M response tokens; n responses.
+
+    Attention always works on groups: ``attention_mask`` is one (Lg x Lg) block
+    per group. Padded layout: row g is group g (R = G, L = Lg). Padding-free:
+    one row of every group's tokens end to end (R = 1, L = N), and ``blocks``
+    says where each group's tokens sit in it.
+    """
+
+    input_ids: torch.Tensor  # (R, L) token ids, pad_id where padded
+    position_ids: torch.Tensor  # (R, L) position of each token within its own prompt + response
+    attention_mask: torch.Tensor  # (G, 1, Lg, Lg) bool, True where query (row) may attend to key (column)
+    blocks: Optional[torch.Tensor]  # (G, Lg) index into the row of each group's tokens (padding-free only; 0 on padding)
+    real: torch.Tensor  # (G, Lg) bool, True on a group's real tokens
+    predict_at: torch.Tensor  # (M,) flat index (r * L + t) of the position predicting each response token
+    targets: torch.Tensor  # (M,) the response token predicted there
+    owner: torch.Tensor  # (M,) which response (0..n-1, group by group) the token belongs to
+    n: int  # number of responses
+    tokens: int  # real (non-padding) tokens in the batch
+
+
+def pack(groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> Packed:
+    """Lay out groups as ``layout`` says; responses are numbered group by group, in order."""
+    if not layout.shared_prompt:  # each response with its own copy of the prompt
+        groups = [(p, [r]) for p, rs in groups for r in rs]
+    G = len(groups)
+    # per group: token ids, positions, branch (0: the prompt, seen by every response; j + 1: response j)
+    toks, poss, branches = [], [], []
+    predict: list[tuple[int, int]] = []  # (group, index within group) predicting each response token
+    targets: list[int] = []
+    owner: list[int] = []
+    n = 0
+    for g, (prompt, responses) in enumerate(groups):
+        if not prompt or not responses or any(not r for r in responses):
+            raise ValueError("every prompt and response needs at least one token")
+        tok, pos, branch = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+        for j, response in enumerate(responses):
+            first = len(tok)
+            tok += response
+            pos += range(len(prompt), len(prompt) + len(response))
+            branch += [j + 1] * len(response)
+            # token 0 is predicted by the prompt's last position, token k by response token k - 1
+            predict += [(g, len(prompt) - 1)] + [(g, first + k) for k in range(len(response) - 1)]
+            targets += response
+            owner += [n] * len(response)
+            n += 1
+        toks.append(tok), poss.append(pos), branches.append(branch)
+    lengths = torch.tensor([len(t) for t in toks])  # (G,)
+    Lg = int(lengths.max())
+    real = torch.arange(Lg).unsqueeze(0) < lengths.unsqueeze(1)  # (G, Lg)
+    branch = torch.zeros((G, Lg), dtype=torch.long)
+    for g, b in enumerate(branches):
+        branch[g, : len(b)] = torch.tensor(b)
+    causal = torch.ones(Lg, Lg, dtype=torch.bool).tril()  # key index <= query index
+    visible = (branch.unsqueeze(1) == 0) | (branch.unsqueeze(2) == branch.unsqueeze(1))  # (G, Lg, Lg)
+    mask = causal & visible & real.unsqueeze(1) & real.unsqueeze(2)
+    mask |= torch.eye(Lg, dtype=torch.bool) & ~real.unsqueeze(2)  # a padding query sees itself (no NaN rows)
+    at = torch.tensor(predict, dtype=torch.long)  # (M, 2)
+    if layout.padding_free:
+        offsets = torch.cumsum(lengths, 0) - lengths  # (G,) where each group starts in the row
+        ids = torch.tensor([t for tok in toks for t in tok]).unsqueeze(0)  # (1, N)
+        pos = torch.tensor([p for ps in poss for p in ps]).unsqueeze(0)
+        blocks = (offsets.unsqueeze(1) + torch.arange(Lg)) * real  # (G, Lg)
+        predict_at = offsets[at[:, 0]] + at[:, 1]
+    else:
+        ids = torch.full((G, Lg), pad_id, dtype=torch.long)
+        pos = torch.zeros((G, Lg), dtype=torch.long)
+        for g in range(G):
+            ids[g, : lengths[g]], pos[g, : lengths[g]] = torch.tensor(toks[g]), torch.tensor(poss[g])
+        blocks, predict_at = None, at[:, 0] * Lg + at[:, 1]
+    return Packed(input_ids=ids, position_ids=pos, attention_mask=mask.unsqueeze(1), blocks=blocks, real=real,
+                  predict_at=predict_at, targets=torch.tensor(targets, dtype=torch.long),
+                  owner=torch.tensor(owner, dtype=torch.long), n=n, tokens=int(lengths.sum()))
+
+
+BLOCKED = "iterpo_blocked"  # the attention implementation name registered below
+
+
+def _blocked_attention(module, query, key, value, attention_mask, blocks=None, real=None, **kwargs):
+    """Attention within groups for a padding-free row: gather each group's tokens into a block, attend, scatter back.
+
+    query (1, Hq, N, D), key/value (1, Hkv, N, D), attention_mask (G, 1, Lg, Lg),
+    blocks and real (G, Lg). The dense (N x N) alternative spends most of its work on
+    pairs of tokens from different groups. Without ``blocks`` this is plain SDPA,
+    so a model left in this mode still generates normally.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if blocks is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    G, Lg = blocks.shape
+    flat = blocks.reshape(-1)  # (G * Lg,)
+
+    def gather(x):  # (1, H, N, D) -> (G, H, Lg, D)
+        return x[0].index_select(1, flat).unflatten(1, (G, Lg)).transpose(0, 1)
+
+    out, _ = sdpa_attention_forward(module, gather(query), gather(key), gather(value), attention_mask, **kwargs)
+    # out (G, Lg, Hq, D); the real slots, row-major, are the row's tokens in order
+    return out.flatten(0, 1)[real.reshape(-1)].unsqueeze(0), None  # (1, N, Hq, D)
+
+
+def _register_blocked_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(BLOCKED, _blocked_attention)
+    AttentionMaskInterface.register(BLOCKED, sdpa_mask)
+
+
+@contextmanager
+def _attention(model, implementation: str):
+    """Run the model with another registered attention implementation, then restore its own."""
+    config = model.config
+    own = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = own
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """log softmax(h W^T)[target] per row, in chunks of rows; the backward recomputes each chunk's logits.
+
+    Memory: O(chunk x vocab) instead of O(rows x vocab), at the price of one more
+    output-layer matmul over the response tokens.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):  # hidden (M, H), weight (V, H), targets (M,)
+        out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        lse = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = (hidden[s : s + chunk] @ weight.T).float()  # (c, V)
+            lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
+            out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse[s : s + chunk]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out (M,)
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[s : s + ctx.chunk]
+            logits = (h @ weight.T).float()  # (c, V)
+            # d logp[target] / d logits = onehot(target) - softmax
+            grad_logits = torch.exp(logits - lse[s : s + ctx.chunk, None]).mul_(-grad_out[s : s + ctx.chunk, None])
+            grad_logits.scatter_add_(1, targets[s : s + ctx.chunk, None], grad_out[s : s + ctx.chunk, None])
+            grad_logits = grad_logits.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[s : s + ctx.chunk] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, h)
+        return grad_hidden, grad_weight, None, None
+
+
+def _parts(model):
+    """(backbone, output layer) of a causal LM, through a PEFT wrapper if there is one."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.get_decoder(), inner.get_output_embeddings()
+
+
+def plain_head(model) -> bool:
+    """Whether the output layer is a plain linear map (no bias, scaling or soft-capping), so chunking is exact."""
+    _, head = _parts(model)
+    config = model.config
+    return (isinstance(head, torch.nn.Linear) and head.bias is None
+            and getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) in (None, 1.0))
+
+
+def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tensor:
+    """log pi(target | prefix) for every response token: (M,). Gradients flow when grad is enabled."""
+    inputs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                  attention_mask=packed.attention_mask, use_cache=False)  # a 4D mask is used as given
+    context = nullcontext()
+    if packed.blocks is not None:  # padding-free: attention gathers each group's block out of the one row
+        _register_blocked_attention()
+        inputs.update(blocks=packed.blocks, real=packed.real.reshape(-1))
+        context = _attention(model, BLOCKED)
+    with context:
+        if layout.response_logits and plain_head(model):
+            backbone, head = _parts(model)
+            hidden = backbone(**inputs).last_hidden_state  # (R, L, H)
+            picked = hidden.flatten(0, 1).index_select(0, packed.predict_at)  # (M, H)
+            return _ChunkedTokenLogps.apply(picked, head.weight, packed.targets, layout.chunk_rows)
+        if layout.response_logits:  # an output layer with extras: the model applies it at the kept columns
+            L = packed.input_ids.shape[1]
+            keep = packed.predict_at.remainder(L).unique()  # (K,) sorted
+            logits = model(**inputs, logits_to_keep=keep).logits  # (R, K, V)
+            column = torch.searchsorted(keep, packed.predict_at.remainder(L))
+            logits = logits[packed.predict_at.div(L, rounding_mode="floor"), column]  # (M, V)
+        else:
+            logits = model(**inputs).logits.flatten(0, 1).index_select(0, packed.predict_at)  # (M, V)
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, packed.targets[:, None]).squeeze(1)
+
+
+def sequence_logps(model, groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> torch.Tensor:
+    """Sum of log pi(response token | prefix) per response, group by group: (n,) float32."""
+    packed = pack(groups, layout, pad_id)
+    per_token = token_logps(model, packed, layout)  # (M,)
+    return torch.zeros(packed.n, dtype=per_token.dtype).index_add(0, packed.owner, per_token)

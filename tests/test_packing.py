@@ -1,0 +1,102 @@
+"""Packed log-probs (shared prompt, padding-free rows, response-only chunked logits) equal the plain computation."""
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from iterpo.models.loading import load_model
+from iterpo.models.logprobs import score_responses
+from iterpo.models.packing import PLAIN, Layout, pack, sequence_logps
+
+LAYOUTS = [Layout(*flags) for flags in itertools.product([False, True], repeat=3)]
+
+
+def _plain_logps(model, groups):
+    """One forward per response over prompt + response, log-softmax of the full logits: the definition."""
+    out = []
+    for prompt, responses in groups:
+        for r in responses:
+            ids = torch.tensor([prompt + r])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)  # (T, V)
+            out.append(sum(logp[len(prompt) - 1 + k, t] for k, t in enumerate(r)))
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return load_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def groups():
+    rng = random.Random(0)
+
+    def ids(n):
+        return [rng.randrange(5, 2000) for _ in range(n)]
+
+    # prompts of different lengths, 1 to 3 responses each, lengths 1..9 (a 1-token response included)
+    return [(ids(7), [ids(3), ids(9)]), (ids(2), [ids(1)]), (ids(12), [ids(4), ids(4), ids(6)]), (ids(5), [ids(8), ids(2)])]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_every_layout_gives_the_plain_log_probs_and_gradients(model, groups, layout):
+    model.zero_grad()
+    want = _plain_logps(model, groups)
+    want.sum().backward()
+    want_grad = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    got = sequence_logps(model, groups, layout, pad_id=0)
+    assert got.shape == (8,)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-4)
+    got.sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want_grad[n], rtol=1e-4, atol=1e-5, msg=n)
+    model.zero_grad()
+
+
+def test_the_chunked_output_layer_gives_the_same_values_and_gradients_for_any_chunk(model, groups):
+    one = sequence_logps(model, groups, Layout(chunk_rows=1))
+    one.sum().backward()
+    grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    many = sequence_logps(model, groups, Layout(chunk_rows=4096))
+    many.sum().backward()
+    torch.testing.assert_close(one, many)
+    torch.testing.assert_close(model.lm_head.weight.grad, grad, rtol=1e-4, atol=1e-4)  # summation order differs
+    model.zero_grad()
+
+
+def test_a_shared_padding_free_pack_holds_each_prompt_once_and_no_padding(groups):
+    packed = pack(groups, Layout())
+    prompt_tokens = sum(len(p) for p, _ in groups)
+    response_tokens = sum(len(r) for _, rs in groups for r in rs)
+    assert packed.input_ids.shape == (1, prompt_tokens + response_tokens) and packed.tokens == prompt_tokens + response_tokens
+    assert packed.targets.numel() == response_tokens and packed.n == 8
+    plain = pack(groups, PLAIN)
+    assert plain.input_ids.shape == (8, max(len(p) + len(r) for p, rs in groups for r in rs))
+    assert plain.tokens == sum(len(p) + len(r) for p, rs in groups for r in rs)
+    # the third group's second response restarts its positions after the prompt and cannot see the first response
+    p, rs = groups[2]
+    start = len(groups[0][0]) + 12 + len(groups[1][0]) + 1
+    second = start + len(p) + len(rs[0])
+    assert packed.position_ids[0, second].item() == len(p)
+    g_mask = packed.attention_mask[2, 0]  # (Lg, Lg) of the third group
+    local = len(p) + len(rs[0])
+    assert g_mask[local, : len(p)].all() and not g_mask[local, len(p) : local].any() and g_mask[local, local]
+
+
+def test_scoring_many_responses_groups_shared_prompts_and_keeps_the_order(model, groups):
+    prompts = [p for p, rs in groups for _ in rs]
+    responses = [r for _, rs in groups for r in rs]
+    order = [3, 0, 6, 1, 7, 5, 2, 4]  # shuffled, so groups must be found rather than assumed contiguous
+    got = score_responses(model, [prompts[i] for i in order], [responses[i] for i in order], batch_size=3)
+    with torch.no_grad():
+        want = _plain_logps(model, groups)[order]
+    torch.testing.assert_close(torch.tensor(got), want, rtol=1e-5, atol=1e-4)
+
+
+def test_empty_responses_are_refused(model):
+    with pytest.raises(ValueError, match="at least one token"):
+        pack([([1, 2], [[]])])

@@ -7,8 +7,10 @@ directory) with a one-paragraph message, 1 any other failure.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import textwrap
+from pathlib import Path
 
 from iterpo.errors import UserInputError
 
@@ -40,6 +42,65 @@ def _execute(config, force: bool) -> None:
     console.print(f"iterpo: run directory [bold]{store.root}[/bold] (config {store.config_path})")
     driver.run()
     console.print(f"done: everything is in {store.root}")
+
+
+def _cmd_train(args) -> None:
+    import torch
+
+    from iterpo.config import load_config
+    from iterpo.losses import get_loss
+    from iterpo.models.loading import add_lora, load_model, load_tokenizer, resolve_model_path, save_policy
+    from iterpo.progress import bar, console
+    from iterpo.store import write_json, write_text
+    from iterpo.training.offline import read_preferences, tokenize_pair, train_offline
+    from iterpo.training.trainer import LiveReference
+
+    if args.loss:  # before the config: its pairing check would otherwise speak of a pairing strategy
+        from iterpo.training.offline import check_loss
+
+        check_loss(get_loss(args.loss), [])
+    overrides = list(args.set or []) + [f"model.path={args.model}"] + ([f"loss.name={args.loss}"] if args.loss else [])
+    config = load_config(args.config, overrides)
+    output = Path(args.output or Path("runs") / ("train-" + Path(args.preferences).stem))
+    if (output / "checkpoint").exists() and not args.force:
+        raise UserInputError(f"--output: {output} already holds a trained checkpoint; choose another directory "
+                             "or pass --force to replace it")
+    rows = read_preferences(args.preferences)  # bad input fails before the model loads
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    path = resolve_model_path(config.model.path)
+    tokenizer = load_tokenizer(path)
+    examples = [tokenize_pair(tokenizer, row) for row in rows]
+    loss = get_loss(config.loss.name, **config.loss.hyperparams())
+    model = load_model(path, config.model.dtype)
+    if config.model.lora is not None:
+        model = add_lora(model, config.model.lora)
+    reference = None
+    if "token_stats" in loss.needs:  # per-token losses compare against a live reference
+        import copy
+
+        lora = config.model.lora is not None
+        reference = LiveReference(model if lora else copy.deepcopy(model), adapters_off=lora)
+    torch.manual_seed(config.run.seed)
+    console.print(f"iterpo train: {len(examples)} pairs from {args.preferences}, loss {config.loss.name}, "
+                  f"model {config.model.path}")
+    result = train_offline(model, examples, loss, config, tokenizer.pad_token_id, bar, reference)
+    output.mkdir(parents=True, exist_ok=True)
+    write_text(output / "train.jsonl", "".join(json.dumps(row) + "\n" for row in result.log))
+    if examples[0].ref_logps is not None:
+        write_text(output / "ref_logps.jsonl", "".join(
+            json.dumps({"row": i, "chosen": e.ref_logps[0], "rejected": e.ref_logps[1]}) + "\n"
+            for i, e in enumerate(examples)))
+    save_policy(model, tokenizer, output / "checkpoint")
+    summary = {"pairs": result.pairs, "epochs": config.train.epochs, "reference_seconds": result.reference_seconds,
+               "train_seconds": result.train_seconds, "pairs_per_second": result.pairs_per_second,
+               "first_loss": result.log[0].get("loss"), "last_loss": result.log[-1].get("loss"),
+               "config": json.loads(config.model_dump_json())}
+    write_json(output / "summary.json", summary)
+    console.print(f"trained {result.pairs} pairs x {config.train.epochs} epochs in "
+                  f"{result.reference_seconds + result.train_seconds:.1f} s ({result.pairs_per_second:.2f} pairs/s; "
+                  f"reference {result.reference_seconds:.1f} s); loss {summary['first_loss']:.4f} -> "
+                  f"{summary['last_loss']:.4f}; policy saved to {output / 'checkpoint'}")
 
 
 def _cmd_status(args) -> None:
@@ -149,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     resume.add_argument("--force", action="store_true", help="accept overrides that change the config")
     resume.set_defaults(fn=_cmd_resume)
+
+    train = sub.add_parser("train", help="one round of offline preference training from a preference file")
+    train.add_argument("config", nargs="?", help="YAML config whose loss, train and model sections apply (optional)")
+    train.add_argument("--preferences", required=True, metavar="FILE",
+                       help="prompt/chosen/rejected rows (optional soft_label): .jsonl, .json or .parquet")
+    train.add_argument("--model", required=True, metavar="PATH",
+                       help="the built-in model name, a Hugging Face directory or a .gguf file")
+    train.add_argument("--loss", help="a registered loss (see `iterpo losses`; default: the config's, dpo)")
+    train.add_argument("--output", metavar="DIR", help="where the policy and logs go (default: runs/train-<file name>)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. loss.beta=0.05")
+    train.add_argument("--force", action="store_true", help="replace a checkpoint already in --output")
+    train.set_defaults(fn=_cmd_train)
 
     status = sub.add_parser("status", help="show a run's rounds so far")
     status.add_argument("run_dir")

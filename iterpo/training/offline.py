@@ -1,0 +1,165 @@
+"""One round of offline preference training from a preference file (``iterpo train``).
+
+The file holds one pair per row in the layout TRL and most trainers read:
+``prompt``, ``chosen``, ``rejected``, either plain strings or chat messages
+(``prompt`` a list of messages, ``chosen``/``rejected`` the assistant's turn as a
+list of one message), and optionally ``soft_label``, the probability that the
+chosen response is preferred. JSON lines, a JSON list, or Parquet.
+
+Tokenization follows TRL's rule, so the same file gives the same tokens in
+both: chat messages go through the model's chat template (the prompt with the
+generation prompt, then prompt + response); plain text gets the EOS token
+appended to each response; the response is what follows the longest common
+prefix of the tokenized prompt and prompt + response.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from iterpo.errors import UserInputError
+from iterpo.training.examples import PairExample
+
+
+def read_preferences(path: str | Path) -> list[dict]:
+    """The rows of a preference file, checked: prompt, chosen and rejected present and of a known shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"--preferences: {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            rows = pq.read_table(path).to_pylist()
+        elif path.suffix == ".json":
+            rows = json.loads(path.read_text())
+        else:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise UserInputError(f"--preferences: {path} is not readable as {path.suffix or 'JSON lines'}: {exc}") from None
+    if not isinstance(rows, list) or not rows:
+        raise UserInputError(f"--preferences: {path} holds no preference rows")
+    for i, row in enumerate(rows, 1):
+        where = f"--preferences: {path}, row {i}"
+        if not isinstance(row, dict):
+            raise UserInputError(f"{where}: expected an object with prompt, chosen and rejected")
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+        if missing:
+            raise UserInputError(f"{where}: missing {', '.join(missing)} (has {', '.join(row) or 'nothing'})")
+        chat = isinstance(row["prompt"], list)
+        for key in ("prompt", "chosen", "rejected"):
+            value = row[key]
+            if chat and not (isinstance(value, list) and value and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)):
+                raise UserInputError(f"{where}: {key} must be a non-empty list of {{role, content}} messages, "
+                                     "as the prompt is one")
+            if not chat and not (isinstance(value, str) and value):
+                raise UserInputError(f"{where}: {key} must be a non-empty string (or every field a list of messages)")
+        label = row.get("soft_label")
+        if label is not None and not (isinstance(label, (int, float)) and 0 <= label <= 1):
+            raise UserInputError(f"{where}: soft_label must be a number in [0, 1], got {label!r}")
+    return rows
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def tokenize_pair(tokenizer, row: dict) -> PairExample:
+    """Token ids of one row: (prompt, chosen, rejected), TRL's way (see the module docstring)."""
+    if isinstance(row["prompt"], list):
+        def encode(messages, generation_prompt=False):
+            return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                      add_generation_prompt=generation_prompt)["input_ids"])
+
+        prompt = encode(row["prompt"], generation_prompt=True)
+        full = [encode(row["prompt"] + row[k]) for k in ("chosen", "rejected")]
+    else:
+        eos = tokenizer.eos_token
+
+        def encode(text):
+            return tokenizer(text)["input_ids"]
+
+        prompt = encode(row["prompt"])
+        full = [encode(row["prompt"] + (row[k] if row[k].endswith(eos) else row[k] + eos)) for k in ("chosen", "rejected")]
+    cut = min(_common_prefix(prompt, f) for f in full)
+    chosen, rejected = full[0][cut:], full[1][cut:]
+    if cut == 0 or not chosen or not rejected:
+        raise UserInputError("--preferences: a row's prompt and response do not tokenize into a prompt followed by a response")
+    label = row.get("soft_label")
+    return PairExample(prompt[:cut], chosen, rejected, soft_label=None if label is None else float(label))
+
+
+@dataclass
+class OfflineResult:
+    pairs: int
+    reference_seconds: float
+    train_seconds: float
+    log: list[dict]
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / max(self.reference_seconds + self.train_seconds, 1e-9)
+
+
+def check_loss(loss, examples: list[PairExample]) -> None:
+    """A preference file has pairs, optionally soft labels; refuse losses that need more."""
+    if loss.data_shape != "pairs":
+        raise UserInputError(f"loss {type(loss).__name__} trains on {loss.data_shape} data; a preference file holds pairs")
+    missing = {"win_rate": "win-rate estimates", "aux_samples": "extra samples per prompt"}
+    for need, what in missing.items():
+        if need in loss.needs:
+            raise UserInputError(f"loss {type(loss).__name__} needs {what}, which a preference file does not have; "
+                                 "use it in `iterpo run`")
+    if "soft_label" in loss.needs and any(e.soft_label is None for e in examples):
+        raise UserInputError(f"loss {type(loss).__name__} needs a soft_label on every row of the preference file")
+
+
+@torch.no_grad()
+def reference_logps(model, examples: list[PairExample], batch_size: int, pad_id: int, adapters_off: bool = False,
+                    progress=None) -> list[tuple[float, float]]:
+    """(chosen, rejected) log-probs of every pair under the reference, once, shortest pairs batched together."""
+    from iterpo.models.packing import sequence_logps
+
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].chosen_ids)
+                   + len(examples[i].rejected_ids))
+    out: list[Optional[tuple[float, float]]] = [None] * len(examples)
+    with model.disable_adapter() if adapters_off else nullcontext():
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            groups = [(examples[i].prompt_ids, [examples[i].chosen_ids, examples[i].rejected_ids]) for i in idx]
+            values = sequence_logps(model, groups, pad_id=pad_id).view(-1, 2).tolist()
+            for i, v in zip(idx, values):
+                out[i] = (v[0], v[1])
+            if progress is not None:
+                progress(len(idx))
+    return out  # type: ignore[return-value]
+
+
+def train_offline(model, examples: list[PairExample], loss, config, pad_id: int, progress_bar=None,
+                  reference=None) -> OfflineResult:
+    """Reference log-probs once (when the loss needs them), then the training loop over the pairs."""
+    from iterpo.models.loading import is_lora
+    from iterpo.training.trainer import train
+
+    check_loss(loss, examples)
+    t0 = time.perf_counter()
+    if loss.needs & {"reference", "previous"}:
+        with progress_bar("reference log-probs", len(examples)) if progress_bar else nullcontext() as advance:
+            ref = reference_logps(model, examples, max(config.train.batch_size, 16), pad_id, is_lora(model), advance)
+        for e, r in zip(examples, ref):
+            e.ref_logps = e.prev_logps = r  # one round: the policy the round starts from is the reference
+    t1 = time.perf_counter()
+    with progress_bar("training", len(examples) * config.train.epochs) if progress_bar else nullcontext() as advance:
+        log = train(model, examples, loss, config.train, config.run.seed, pad_id, advance, reference)
+    return OfflineResult(len(examples), t1 - t0, time.perf_counter() - t1, log)

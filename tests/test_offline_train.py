@@ -115,3 +115,18 @@ def test_a_live_reference_gives_the_losses_of_stored_reference_log_probs(tiny_mo
     log_live = train(live, examples, loss, config, seed=0, pad_id=tokenizer.pad_token_id, reference=LiveReference(frozen))
     assert [x["loss"] for x in log_live] == pytest.approx([x["loss"] for x in log_stored], rel=1e-4)
     assert log_stored[-1]["loss"] != pytest.approx(log_stored[0]["loss"], abs=1e-4)  # training moved something
+
+
+def test_splitting_a_batch_into_token_bounded_passes_gives_the_same_training(tiny_model_dir, tokenizer):
+    examples = [tokenize_pair(tokenizer, r) for r in CHAT]
+    ref = reference_logps(load_model(tiny_model_dir), examples, 4, tokenizer.pad_token_id)
+    for e, r in zip(examples, ref):
+        e.ref_logps = r
+    runs = {}
+    for budget in (None, 1):  # one pass per batch of 3, or one pass per pair
+        model = load_model(tiny_model_dir)
+        config = TrainSection(lr=1e-3, batch_size=3, epochs=1, max_tokens_per_pass=budget)
+        runs[budget] = (train(model, examples, get_loss("dpo"), config, seed=0, pad_id=tokenizer.pad_token_id), model)
+    (one, m1), (split, m2) = runs[None], runs[1]
+    assert [x["loss"] for x in split] == pytest.approx([x["loss"] for x in one], rel=1e-5)
+    torch.testing.assert_close(m2.model.layers[1].mlp.down_proj.weight, m1.model.layers[1].mlp.down_proj.weight)

@@ -130,6 +130,9 @@ class Loss:
     data_shape: ClassVar[str] = "pairs"
     needs: ClassVar[frozenset[str]] = frozenset({"reference"})
     aux_source: ClassVar[Optional[str]] = None  # "reference" or "policy": where aux samples must come from
+    # Each example's loss depends on that example alone, so a micro-batch may go through the model in
+    # several passes with the same result. False for losses with batch statistics (KTO's z0, BCO's shift).
+    per_example: ClassVar[bool] = True
 
     @property
     def needs_reference(self) -> bool:

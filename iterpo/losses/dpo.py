@@ -8,6 +8,7 @@ is beta * l(y) unless a docstring says otherwise.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 from dataclasses import dataclass, field
 
 import torch
@@ -215,6 +216,8 @@ class BCO(PairwiseLoss):
     the current batch before use, detached). ``reward_shift: false`` sets
     delta = 0, which is exactly TRL 1.16's ``bco_pair``.
     """
+
+    per_example: ClassVar[bool] = False  # batch statistics: a micro-batch goes through in one pass
 
     beta: float = 0.1
     reward_shift: bool = True

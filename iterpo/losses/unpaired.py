@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,8 @@ class KTO(Loss):
     samples undesirable, and unweighted KTO then mostly pushes likelihood down
     (on the built-in default it wrecked the model in one round).
     """
+
+    per_example: ClassVar[bool] = False  # batch statistics: a micro-batch goes through in one pass
 
     beta: float = 0.1
     desirable_weight: float | str = "auto"

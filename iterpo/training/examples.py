@@ -29,6 +29,10 @@ class PairExample:
     aux_ids: list[list[int]] = field(default_factory=list)  # k extra responses to the same prompt
     ref_aux_logps: Optional[list[float]] = None  # (k,) their reference log-probs
 
+    @property
+    def tokens(self) -> int:  # in a packed pass: the prompt once, each response once
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids) + sum(map(len, self.aux_ids))
+
 
 @dataclass
 class UnpairedExample:
@@ -39,6 +43,10 @@ class UnpairedExample:
     ref_logp: Optional[float] = None
     ref_kl_logp: Optional[float] = None
 
+    @property
+    def tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids) + len(self.kl_response_ids)
+
 
 @dataclass
 class GroupExample:
@@ -46,6 +54,10 @@ class GroupExample:
     responses: list[list[int]]  # best first
     scores: list[float]  # non-increasing
     ref_logps: Optional[list[float]] = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.prompt_ids) + sum(map(len, self.responses))
 
 
 def _t(values) -> torch.Tensor:

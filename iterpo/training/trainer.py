@@ -72,6 +72,22 @@ def train(
     warmup = config.warmup_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
     generator = torch.Generator().manual_seed(seed)
+
+    def passes(idx: list[int]) -> list[list[int]]:
+        """A micro-batch split into forward passes of at most max_tokens_per_pass tokens (whole examples)."""
+        budget = config.max_tokens_per_pass
+        if budget is None or not loss_fn.per_example:
+            return [idx]
+        out: list[list[int]] = [[]]
+        tokens = 0
+        for i in idx:
+            if out[-1] and tokens + examples[i].tokens > budget:
+                out.append([])
+                tokens = 0
+            out[-1].append(i)
+            tokens += examples[i].tokens
+        return out
+
     log: list[dict] = []
     step = 0
     model.train()
@@ -87,7 +103,7 @@ def train(
                 group = batches[s * config.grad_accum : (s + 1) * config.grad_accum]
                 n = sum(len(b) for b in group)
                 metrics: dict[str, float] = {}
-                for idx in group:
+                for idx in (p for micro_batch in group for p in passes(micro_batch)):
                     with autocast:
                         batch = collate(model, [examples[i] for i in idx], loss_fn, pad_id, reference, layout)
                     out = loss_fn(batch)

@@ -94,6 +94,10 @@ class SamplingSection(Section):
     """Sequences generated together."""
     shard_size: int = Field(16, ge=1)
     """Prompts per shard; a finished shard survives a crash."""
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    """Generation engine: auto = vLLM where vLLM and a CUDA GPU are present, else transformers."""
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """vLLM: the share of GPU memory its engine may take while sampling (it is closed before training)."""
 
 
 class JudgeSection(Section):
@@ -228,6 +232,10 @@ class Config(Section):
         """Hash of everything that changes results (not the run directory)."""
         data = self.to_dict()
         data["run"] = {k: v for k, v in data["run"].items() if k not in ("dir", "threads")}
+        # settings that trade memory for speed without changing what is computed
+        for section, key in [("train", "max_tokens_per_pass"), ("train", "gradient_checkpointing"),
+                             ("sampling", "gpu_memory_utilization")]:
+            data[section].pop(key, None)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -29,7 +29,8 @@ from iterpo.pairing import RECORD_TYPE, build_examples, build_strategy, sigmoid
 from iterpo.progress import bar, console, round_table
 from iterpo.records import Judgement, RefLogp, Rollout, from_table, to_table
 from iterpo.sampling import derive_seed, generate
-from iterpo.store import RunStore, read_json, read_parquet, write_json, write_parquet, write_text
+from iterpo.sampling.vllm_backend import choose_backend
+from iterpo.store import RunStore, read_json, read_parquet, write_dir, write_json, write_parquet, write_text
 from iterpo.tasks import build_task
 from iterpo.training import LiveReference, train
 from iterpo.training.assemble import responses_to_score, training_examples
@@ -59,6 +60,7 @@ class RoundDriver:
         self.loss_fn = get_loss(config.loss.name, **config.loss.hyperparams())
         self.strategy = build_strategy(config.pairing, self.loss_fn.data_shape)
         self.base_path = resolve_model_path(config.model.path)
+        self.backend = choose_backend(config.sampling.backend)  # 'transformers' or 'vllm'
         self.tokenizer = load_tokenizer(self.base_path)
         self.pad_id = self.tokenizer.pad_token_id
         self._prompt_ids: dict[str, list[int]] = {}
@@ -132,6 +134,7 @@ class RoundDriver:
         rows: list[Rollout] = []
         new_tokens = 0
         start = time.perf_counter()
+        generate_fn = self._generator(r - 1)
         with bar("sampling", len(self.train_prompts) * K) as advance:
             for n, shard in enumerate(shards):
                 path = self.store.shard_path(r, "rollouts", n)
@@ -140,8 +143,8 @@ class RoundDriver:
                     advance(len(shard) * K)
                     continue
                 seeds = [[derive_seed(self.config.run.seed, r, p.prompt_id, k) for k in range(K)] for p in shard]
-                outs = generate(self.policy_after(r - 1), self.tokenizer, [self.prompt_ids(p) for p in shard], seeds,
-                                s.temperature, s.top_p, s.max_new_tokens, s.batch_size, advance)
+                outs = generate_fn([self.prompt_ids(p) for p in shard], seeds, s.temperature, s.top_p,
+                                   s.max_new_tokens, s.batch_size, advance)
                 shard_rows = [
                     Rollout(p.prompt_id, k, r, seeds[i][k], self.tokenizer.decode(ids, skip_special_tokens=True), ids, reason)
                     for i, p in enumerate(shard) for k, (ids, reason) in enumerate(outs[i])
@@ -151,8 +154,45 @@ class RoundDriver:
                 rows += shard_rows
         write_parquet(self.store.path(r, "rollouts.parquet"), to_table(rows, Rollout))
         shutil.rmtree(self.store.round_dir(r) / "rollouts", ignore_errors=True)
+        generate_fn.close()
         seconds = time.perf_counter() - start
-        return {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1)}
+        return {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1), "backend": self.backend}
+
+    def _generator(self, r: int) -> "_Generator":
+        """generate(prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress) for the policy
+        after round r, on the run's backend; nothing loads until the first call."""
+        def start():
+            if self.backend == "vllm":
+                from iterpo.sampling.vllm_backend import VLLMSampler
+
+                engine = VLLMSampler(self.policy_dir(r), self.config.model.dtype,
+                                     self.config.sampling.gpu_memory_utilization, self.config.run.seed)
+                eos = self.tokenizer.eos_token_id
+                return (lambda prompts, seeds, temperature, top_p, max_new, batch_size, progress:
+                        engine.generate(prompts, seeds, temperature, top_p, max_new, eos, progress)), engine.close
+            model = self.policy_after(r)
+            return (lambda *args: generate(model, self.tokenizer, *args)), None
+
+        return _Generator(start)
+
+    def policy_dir(self, r: int) -> str:
+        """A directory with the full policy after round r, for an engine that loads weights from disk."""
+        lora = self.config.model.lora
+        if r == 0 and not lora:
+            return self.base_path
+        if self.store.path(r, "checkpoint").exists() and not lora:
+            return str(self.store.path(r, "checkpoint"))
+        target = self.store.path(r, "policy-full")
+        if not target.exists():
+            model = self.policy_after(r)
+            full = copy.deepcopy(model).merge_and_unload() if is_lora(model) else model
+
+            def fill(tmp):
+                full.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+
+            write_dir(target, fill)
+        return str(target)
 
     def rollouts(self, r: int) -> list[Rollout]:
         return from_table(read_parquet(self.store.path(r, "rollouts.parquet")), Rollout)
@@ -330,11 +370,12 @@ class RoundDriver:
 
     def evaluate(self, r: int) -> dict:
         """Greedy accuracy of the policy after round r on the held-out prompts."""
-        model = self.policy_after(r)
         e = self.config.eval
+        generate_fn = self._generator(r)
         with bar("evaluation", len(self.eval_prompts)) as advance:
-            outs = generate(model, self.tokenizer, [self.prompt_ids(p) for p in self.eval_prompts], None,
-                            max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, progress=advance)
+            outs = generate_fn([self.prompt_ids(p) for p in self.eval_prompts], None, 1.0, 1.0, e.max_new_tokens,
+                               e.batch_size, advance)
+        generate_fn.close()
         items = []
         for p, [(ids, reason)] in zip(self.eval_prompts, outs):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -345,10 +386,27 @@ class RoundDriver:
         return {"accuracy": accuracy}
 
 
+class _Generator:
+    """generate() bound to one policy on one backend, started on first use; close() frees an engine."""
+
+    def __init__(self, start):
+        self._start, self._fn, self._close = start, None, None
+
+    def __call__(self, *args):
+        if self._fn is None:
+            self._fn, self._close = self._start()
+        return self._fn(*args)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
 def round_summary(store: RunStore, r: int) -> dict:
     """One row of the round table, read from the run directory (missing parts are None)."""
     row = {"round": r, "accuracy": None, "mean_reward": None, "pairs": None, "skipped": None,
-           "mean_loss": None, "reward_margin": None, "times": store.stage_seconds(r)}
+           "mean_loss": None, "reward_margin": None, "times": store.stage_seconds(r),
+           "sample_tokens_per_s": (store.stage_info(r, "sample") or {}).get("tokens_per_s")}
     if store.path(r, "eval.json").exists():
         row["accuracy"] = read_json(store.path(r, "eval.json"))["accuracy"]
     if store.path(r, "judgements.parquet").exists():

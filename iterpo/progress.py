@@ -29,7 +29,7 @@ STAGES = ["sample", "judge", "pair", "reference", "train", "eval"]
 def round_table(rows: list[dict]) -> Table:
     """rows: one dict per round as built by loop.round_summary."""
     table = Table(title="iterpo: rounds", show_lines=False)
-    for col in ["round", "held-out acc", "mean reward", "pairs / skipped", "mean loss", "reward margin"]:
+    for col in ["round", "held-out acc", "mean reward", "pairs / skipped", "mean loss", "reward margin", "sample tok/s"]:
         table.add_column(col, justify="right")
     table.add_column("seconds: " + " / ".join(STAGES), justify="left")
 
@@ -40,5 +40,6 @@ def round_table(rows: list[dict]) -> Table:
         times = " / ".join(f"{r['times'][k]:.0f}" if k in r["times"] else "-" for k in STAGES)
         pairs = "-" if r["pairs"] is None else f"{r['pairs']} / {r['skipped']}"
         table.add_row(str(r["round"]), fmt(r["accuracy"], ".3f"), fmt(r["mean_reward"], ".3f"), pairs,
-                      fmt(r["mean_loss"], ".4f"), fmt(r["reward_margin"], ".4f"), times)
+                      fmt(r["mean_loss"], ".4f"), fmt(r["reward_margin"], ".4f"),
+                      fmt(r.get("sample_tokens_per_s"), ".0f"), times)
     return table

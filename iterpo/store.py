@@ -146,3 +146,7 @@ class RunStore:
         prefix = f"round-{round_idx:03d}/"
         stages = (self.manifest() or {}).get("stages", {})
         return {k[len(prefix):]: v["seconds"] for k, v in stages.items() if k.startswith(prefix)}
+
+    def stage_info(self, round_idx: int, stage: str) -> Optional[dict]:
+        """What a finished stage recorded (seconds and its own figures), or None."""
+        return (self.manifest() or {}).get("stages", {}).get(f"round-{round_idx:03d}/{stage}")

@@ -154,11 +154,16 @@ def _register_blocked_attention() -> None:
 
 
 @contextmanager
-def _attention(model, implementation: str):
-    """Run the model with another registered attention implementation, then restore its own."""
+def packed_attention(model):
+    """Let the model run padding-free packs: its attention becomes the blocked one (plain SDPA for anything else).
+
+    Training holds this for its whole length, because gradient checkpointing
+    re-runs the forward pass during the backward, outside token_logps.
+    """
+    _register_blocked_attention()
     config = model.config
     own = config._attn_implementation
-    config._attn_implementation = implementation
+    config._attn_implementation = BLOCKED
     try:
         yield
     finally:
@@ -224,9 +229,8 @@ def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tenso
                   attention_mask=packed.attention_mask, use_cache=False)  # a 4D mask is used as given
     context = nullcontext()
     if packed.blocks is not None:  # padding-free: attention gathers each group's block out of the one row
-        _register_blocked_attention()
         inputs.update(blocks=packed.blocks, real=packed.real.reshape(-1))
-        context = _attention(model, BLOCKED)
+        context = packed_attention(model)
     with context:
         if layout.response_logits and plain_head(model):
             backbone, head = _parts(model)

@@ -1,0 +1,90 @@
+"""Sampling with vLLM on a GPU, under the same seeds-to-samples contract as the transformers backend.
+
+Each sample is one vLLM request carrying its own seed (vLLM gives a seeded
+request its own random generator), so a sample depends on its seed alone, not
+on which other requests share its batch: a resumed run regenerates the same
+samples. The samples are not the transformers backend's samples for the same
+seeds (different kernels draw differently); a run uses one backend throughout,
+and the manifest records which.
+
+The engine loads the policy from a directory; the loop hands it the starting
+model or the round's saved checkpoint. It is built for one round's sampling and
+closed afterwards, so training gets the GPU memory back.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+from typing import Callable, Optional
+
+from iterpo.errors import UserInputError
+
+
+def vllm_usable() -> bool:
+    """vLLM installed and a CUDA GPU visible."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_backend(name: str) -> str:
+    """'auto' -> 'vllm' where vLLM and a GPU are present, else 'transformers'; 'vllm' is checked."""
+    if name == "auto":
+        return "vllm" if vllm_usable() else "transformers"
+    if name == "vllm" and not vllm_usable():
+        raise UserInputError("sampling.backend: vllm needs the vllm package and a CUDA GPU "
+                             "(pip install vllm on a GPU machine), or use 'auto' / 'transformers'")
+    return name
+
+
+class VLLMSampler:
+    """A vLLM engine over one policy directory."""
+
+    def __init__(self, model_dir: str, dtype: str = "float32", gpu_memory_utilization: float = 0.5, seed: int = 0):
+        from vllm import LLM
+
+        self.llm = LLM(model=model_dir, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+                       enable_prefix_caching=True)  # the K samples of a prompt share its prefill
+
+    def generate(self, prompts: list[list[int]], seeds: Optional[list[list[int]]], temperature: float, top_p: float,
+                 max_new_tokens: int, eos: int, progress: Optional[Callable[[int], None]] = None,
+                 ) -> list[list[tuple[list[int], str]]]:
+        """The transformers backend's generate() contract: per prompt, (token_ids incl. EOS when stopped, reason)."""
+        from vllm import SamplingParams
+
+        requests, params = [], []
+        for i, ids in enumerate(prompts):
+            for seed in (seeds[i] if seeds is not None else [None]):
+                requests.append({"prompt_token_ids": list(ids)})
+                params.append(SamplingParams(
+                    n=1, seed=seed, temperature=temperature if seed is not None else 0.0,
+                    top_p=top_p if seed is not None else 1.0, max_tokens=max_new_tokens,
+                    stop_token_ids=[eos], skip_special_tokens=False))
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        per_prompt = len(seeds[0]) if seeds is not None else 1
+        results: list[list[tuple[list[int], str]]] = []
+        for i in range(len(prompts)):
+            row = []
+            for out in outputs[i * per_prompt : (i + 1) * per_prompt]:
+                completion = out.outputs[0]
+                ids = list(completion.token_ids)
+                stopped = completion.finish_reason == "stop"
+                if stopped and (not ids or ids[-1] != eos):
+                    ids.append(eos)  # the stored response always ends with the EOS it stopped at
+                row.append((ids, "stop" if stopped else "length"))
+            results.append(row)
+            if progress is not None:
+                progress(len(row))
+        return results
+
+    def close(self) -> None:
+        """Free the engine and its GPU memory before training."""
+        del self.llm
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

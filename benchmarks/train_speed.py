@@ -28,7 +28,7 @@ Columns:
 The iterpo rows switch its token-saving steps (models/packing.py) on one at a
 time, from a plain loop (every sequence prompt + response padded, full logits,
 reference model run every step), so each is measured on its own. iterpo's
-default splits a batch into forward passes of at most 512 tokens
+default splits a batch into forward passes of at most 256 tokens
 (``train.max_tokens_per_pass``), which bounds activation memory at a small cost
 in speed; the rows marked "one pass" run each batch of 8 pairs in one pass.
 """
@@ -53,7 +53,7 @@ LR, BATCH, PAIRS, BETA, SEED = 1e-6, 8, 64, 0.1, 0
 ONE = {"max_tokens_per_pass": None}  # a whole batch of 8 pairs in one forward pass
 CONFIGS = {
     "trl": ("trl", "TRL 1.16 DPOTrainer (baseline)", None, False, {}),
-    "iterpo": ("iterpo", "iterpo, defaults (passes of <= 512 tokens)", (1, 1, 1), True, {}),
+    "iterpo": ("iterpo", "iterpo, defaults (passes of <= 256 tokens)", (1, 1, 1), True, {}),
     "one_pass": ("iterpo", "iterpo, one pass per batch", (1, 1, 1), True, ONE),
     "plain": ("iterpo", "iterpo, plain loop (none of the below)", (0, 0, 0), False, ONE),
     "reference_once": ("iterpo", "  only: reference log-probs once", (0, 0, 0), True, ONE),

@@ -162,7 +162,7 @@ class TrainSection(Section):
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    max_tokens_per_pass: Optional[int] = Field(512, ge=1)
+    max_tokens_per_pass: Optional[int] = Field(256, ge=1)
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory. Raise it on a large GPU;
     null: one pass per micro-batch."""

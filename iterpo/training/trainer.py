@@ -90,7 +90,6 @@ def train(
 
     log: list[dict] = []
     step = 0
-    _return_freed_memory_to_os()
     model.train()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -135,26 +134,3 @@ def train(
 def _fused_ok(params) -> bool:
     """The fused AdamW kernel takes floating-point tensors on CPU and CUDA."""
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-
-
-def _return_freed_memory_to_os() -> None:
-    """Have glibc's malloc serve blocks of 1 MB and more with mmap, so a freed activation goes back to the OS.
-
-    By default glibc raises this threshold as large blocks are freed, after
-    which activations come from the heap, and a heap whose freed holes sit
-    between live gradients cannot shrink: the process then holds ~0.2-0.3 GB
-    more at its peak than it uses (measured with benchmarks/train_speed.py on
-    SmolLM2-135M), at no measurable cost in speed. Process-wide; not glibc: no-op.
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        pass
-

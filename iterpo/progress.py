@@ -29,7 +29,7 @@ STAGES = ["sample", "judge", "pair", "reference", "train", "eval"]
 def round_table(rows: list[dict]) -> Table:
     """rows: one dict per round as built by loop.round_summary."""
     table = Table(title="iterpo: rounds", show_lines=False)
-    for col in ["round", "held-out acc", "mean reward", "pairs / skipped", "mean loss", "reward margin", "sample tok/s"]:
+    for col in ["round", "held-out acc", "mean reward", "pairs / skipped", "mean loss", "reward margin", "tok/s"]:
         table.add_column(col, justify="right")
     table.add_column("seconds: " + " / ".join(STAGES), justify="left")
 

@@ -2,7 +2,8 @@
 
 A collate function runs the policy once over every sequence the batch needs
 (chosen and rejected, extra samples, KTO's mismatched pairs, a whole ranked
-group) and fills exactly the fields the loss declares in ``needs``.
+group), packed so that each prompt is processed once for all its responses,
+and fills exactly the fields the loss declares in ``needs``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """iterpo's own PyTorch training loop for preference losses of every data shape.
 
-AdamW, linear warm-up, gradient accumulation and clipping. Every sequence of a
-micro-batch goes through the model in one forward pass (see examples.py); the
-reference log-probs were computed once for the round and come in with the
-examples, except for token-level losses, which run a live reference model.
+AdamW (fused), linear warm-up, gradient accumulation and clipping. A
+micro-batch goes through the model packed (models/packing.py: each prompt once,
+no padding, the output layer only where response tokens are predicted), in
+forward passes of at most ``max_tokens_per_pass`` tokens. The reference
+log-probs were computed once for the round and come in with the examples,
+except where a live reference model is given (token-level losses, or pairs
+stored without them).
 """
 
 from __future__ import annotations

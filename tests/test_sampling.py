@@ -2,7 +2,7 @@ import torch
 
 from iterpo.models.chat import encode_prompt
 from iterpo.models.loading import load_model
-from iterpo.models.logprobs import response_logps
+from iterpo.models.packing import sequence_logps
 from iterpo.sampling import derive_seed, generate
 from iterpo.sampling.generate import _top_p_filter
 
@@ -59,11 +59,11 @@ def test_top_p_keeps_smallest_set_reaching_p():
     assert torch.isfinite(_top_p_filter(scores, 0.1)).sum() == 1  # always at least one token
 
 
-def test_response_logps_match_a_plain_forward(tiny_model_dir, tokenizer):
+def test_sequence_logps_match_a_plain_forward(tiny_model_dir, tokenizer):
     model = load_model(tiny_model_dir)
     prompts = _prompts(tokenizer, 2)
     responses = [[11, 12, 13], [21, 22]]
-    got = response_logps(model, prompts, responses, pad_id=tokenizer.pad_token_id)
+    got = sequence_logps(model, [(p, [r]) for p, r in zip(prompts, responses)], pad_id=tokenizer.pad_token_id)
     for i in range(2):
         seq = torch.tensor([prompts[i] + responses[i]])
         with torch.no_grad():

@@ -64,18 +64,9 @@ def response_token_stats(model, prompts: list[list[int]], responses: list[list[i
     return stats
 
 
-def response_logps(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0) -> torch.Tensor:
-    """Sum of log pi(response token | prefix) per sequence: (N,) float32.
-
-    Gradients flow when called with grad enabled (training); wrap in
-    torch.no_grad() for reference scoring.
-    """
-    return response_token_stats(model, prompts, responses, pad_id).logps.sum(dim=1)
-
-
 @torch.no_grad()
 def score_responses(model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad_id: int = 0, progress=None) -> list[float]:
-    """response_logps over many sequences: responses to the same prompt share one pass over it
+    """Sum of response token log-probs for many sequences: responses to the same prompt share one pass over it
     (models/packing.py), at most batch_size responses a batch, shortest groups first."""
     from iterpo.models.packing import sequence_logps
 

@@ -20,7 +20,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -128,22 +127,17 @@ def check_loss(loss, examples: list[PairExample]) -> None:
 @torch.no_grad()
 def reference_logps(model, examples: list[PairExample], batch_size: int, pad_id: int, adapters_off: bool = False,
                     progress=None) -> list[tuple[float, float]]:
-    """(chosen, rejected) log-probs of every pair under the reference, once, shortest pairs batched together."""
-    from iterpo.models.packing import sequence_logps
+    """(chosen, rejected) log-probs of every pair under the reference, once; batch_size pairs a batch.
 
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].chosen_ids)
-                   + len(examples[i].rejected_ids))
-    out: list[Optional[tuple[float, float]]] = [None] * len(examples)
+    progress, if given, advances by responses (two a pair).
+    """
+    from iterpo.models.logprobs import score_responses
+
+    prompts = [e.prompt_ids for e in examples for _ in range(2)]
+    responses = [r for e in examples for r in (e.chosen_ids, e.rejected_ids)]
     with model.disable_adapter() if adapters_off else nullcontext():
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            groups = [(examples[i].prompt_ids, [examples[i].chosen_ids, examples[i].rejected_ids]) for i in idx]
-            values = sequence_logps(model, groups, pad_id=pad_id).view(-1, 2).tolist()
-            for i, v in zip(idx, values):
-                out[i] = (v[0], v[1])
-            if progress is not None:
-                progress(len(idx))
-    return out  # type: ignore[return-value]
+        values = score_responses(model, prompts, responses, 2 * batch_size, pad_id, progress)
+    return [(values[2 * i], values[2 * i + 1]) for i in range(len(examples))]
 
 
 def train_offline(model, examples: list[PairExample], loss, config, pad_id: int, progress_bar=None,
@@ -155,7 +149,7 @@ def train_offline(model, examples: list[PairExample], loss, config, pad_id: int,
     check_loss(loss, examples)
     t0 = time.perf_counter()
     if loss.needs & {"reference", "previous"}:
-        with progress_bar("reference log-probs", len(examples)) if progress_bar else nullcontext() as advance:
+        with progress_bar("reference log-probs", 2 * len(examples)) if progress_bar else nullcontext() as advance:
             ref = reference_logps(model, examples, max(config.train.batch_size, 16), pad_id, is_lora(model), advance)
         for e, r in zip(examples, ref):
             e.ref_logps = e.prev_logps = r  # one round: the policy the round starts from is the reference

@@ -118,12 +118,17 @@ def test_bco_running_mean_shift():
     loss = get_loss("bco", beta=beta)
     loss.start()
     first = loss(pair_batch())
-    mean1 = (sum(LW) + sum(LL)) / 4  # rewards 1, -1, -2, 0
+    mean1 = (sum(LW) + sum(LL)) / 4  # rewards 1, -1, -2, 0: -0.5
     assert first.losses.tolist() == pytest.approx([sp(-(w - mean1)) + sp(l - mean1) for w, l in zip(LW, LL)])
-    second = loss(PreferenceBatch(t([0.0]), t([0.0]), t([-2.0]), t([0.0])))  # rewards 2, 0
-    mean2 = (4 * mean1 + 2) / 6
-    assert float(second.loss) == pytest.approx(sp(-(2 - mean2)) + sp(0 - mean2))
-    assert second.metrics()["reward_shift"] == pytest.approx(mean2)
+    second = loss(PreferenceBatch(t([0.0]), t([0.0]), t([-2.0]), t([0.0])))  # rewards 2, 0: batch mean 1
+    # as the BCO authors' RunningMoments update: each batch's mean reward counts once, whatever the batch size,
+    # so delta = (-0.5 + 1) / 2 = 0.25 (weighting by reward count would give (4 * -0.5 + 2) / 6 = 0)
+    mean2 = (mean1 + 1.0) / 2
+    assert mean2 == 0.25
+    assert float(second.loss) == pytest.approx(sp(-(2 - 0.25)) + sp(0 - 0.25), abs=1e-12)
+    assert second.metrics()["reward_shift"] == pytest.approx(0.25, abs=1e-12)
+    loss.start()  # a new round starts from no shift history
+    assert loss(PreferenceBatch(t([0.0]), t([0.0]), t([-2.0]), t([0.0]))).metrics()["reward_shift"] == 1.0
 
 
 def test_simpo_and_orpo_use_mean_token_logps():
@@ -155,6 +160,37 @@ def test_irepo_and_soft_dpo_use_soft_labels():
     tie = pair_batch(grad=True, soft_label=t([0.5, 0.5]))
     get_loss("soft_dpo")(tie).loss.backward()
     assert tie.chosen_logps.grad.abs().max() == 0
+
+
+def test_soft_dpo_weight_is_gamma_times_2p_minus_1():
+    # SmPO's train.py scales the DPO logit by (2p - 1) * 10, i.e. gamma (2p - 1) with gamma = 10.
+    # One pair with beta * delta = 0.5 * (1 - (-2)) = 1.5 (the first pair of pair_batch).
+    beta, gamma = 0.5, 10.0
+    loss = get_loss("soft_dpo", beta=beta, gamma=gamma)
+    one = lambda p, grad=False: PreferenceBatch(t([PC[0]], grad), t([PR[0]], grad), t([RC[0]]), t([RR[0]]),
+                                                soft_label=t([p]))
+    # p = 0.9: weight 10 * 0.8 = 8, loss = softplus(-8 * 1.5) = log(1 + e^-12)
+    assert float(loss(one(0.9)).loss) == pytest.approx(math.log1p(math.exp(-12.0)), abs=1e-12)
+    # p = 0.3: weight 10 * -0.4 = -4, loss = softplus(4 * 1.5) = log(1 + e^6)
+    assert float(loss(one(0.3)).loss) == pytest.approx(math.log1p(math.exp(6.0)), abs=1e-12)
+    # p = 1/2: weight 0, loss log 2 and no gradient
+    tie = one(0.5, grad=True)
+    out = loss(tie)
+    assert float(out.loss.detach()) == pytest.approx(math.log(2.0), abs=1e-12)
+    out.loss.backward()
+    assert float(tie.chosen_logps.grad) == 0.0 and float(tie.rejected_logps.grad) == 0.0
+    # the gradient on lp(y_w) is -beta * weight * sigmoid(-weight * beta * delta): pushes y_w up for p > 1/2,
+    # down for p < 1/2 (the old 2p - gamma weight would be negative for every p <= 1 at gamma = 10)
+    for p, sign in [(0.9, -1.0), (0.6, -1.0), (0.4, 1.0), (0.1, 1.0)]:
+        b = one(p, grad=True)
+        loss(b).loss.backward()
+        w = gamma * (2 * p - 1)
+        assert float(b.chosen_logps.grad) == pytest.approx(-beta * w * sig(-w * 1.5), abs=1e-12)
+        assert math.copysign(1.0, float(b.chosen_logps.grad)) == sign
+    # gamma = 1 and a sure label is DPO; gamma must be positive
+    assert float(get_loss("soft_dpo", beta=beta)(one(1.0)).loss) == pytest.approx(sp(-1.5), abs=1e-12)
+    with pytest.raises(ConfigError, match="gamma"):
+        get_loss("soft_dpo", gamma=0.0)
 
 
 def test_sppo_target_is_the_multiplicative_weights_update():
@@ -229,6 +265,9 @@ def test_sparsepo_with_unit_masks_is_token_level_dpo():
     u = (-1 + 1.2 - 0.5 + 0.4 - 0.2 + 0.3) - (-2 + 1.0 - 0.1 + 0.6)
     d = (0.2 + 0.05) - (0.1 + 0.0 + 0.3)
     assert out.loss.item() == pytest.approx(sp(-0.5 * (u - d)), abs=1e-12)
+    # rewards as the reference code logs them: beta * (sum of log-ratios - sum of KL) over response tokens
+    assert out.chosen_rewards.tolist() == pytest.approx([0.5 * ((-1 + 1.2 - 0.5 + 0.4 - 0.2 + 0.3) - 0.4)])
+    assert out.rejected_rewards.tolist() == pytest.approx([0.5 * ((-2 + 1.0 - 0.1 + 0.6) - 0.25)])
     # learned masks start at 1, so the objective starts from the unit-mask one plus the L1 terms
     learned = get_loss("sparsepo", beta=0.5, mask="learned", l1_u=0.01, l1_d=0.02)
     learned.start(type("M", (), {"config": type("C", (), {"hidden_size": 4})})())

@@ -1,6 +1,6 @@
 """The DPO family: pairwise losses on the log-ratios against a reference.
 
-Notation (ALGORITHMS.md): l(y) = log pi(y|x) - log pi_ref(y|x) summed over the
+Notation: l(y) = log pi(y|x) - log pi_ref(y|x) summed over the
 response tokens, and delta = l(y_w) - l(y_l). The implicit reward of a response
 is beta * l(y) unless a docstring says otherwise.
 """
@@ -65,13 +65,18 @@ class ConservativeDPO(PairwiseLoss):
 @register_loss("rdpo")
 @dataclass
 class RobustDPO(PairwiseLoss):
-    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"; their unbiased loss, equation number not verified).
+    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO", arXiv 2403.00409; their unbiased loss,
+    equation number not verified).
 
     loss = [(1 - eps) * -log sigmoid(beta*delta) - eps * -log sigmoid(-beta*delta)] / (1 - 2 eps)
     with eps = flip_rate, the probability that a label was flipped. Unbiased:
     (1 - eps) L(z) + eps L(-z) = -log sigmoid(z). A single pair's loss can be
-    negative (it is unbounded below), which is expected. Same as TRL's ``robust``
-    with label_smoothing = flip_rate.
+    negative (it is unbounded below), which is expected.
+    Verified against an author's implementation: no repository of the paper
+    was found, and Anush Kini (its second author) added the loss to TRL as
+    ``loss_type="robust"`` (huggingface/trl PR #1653, ``DPOTrainer.dpo_loss`` in
+    trl/trainer/dpo_trainer.py): the same expression with label_smoothing =
+    flip_rate, on summed log-ratios, rewards beta * l(y); TRL 1.16 still has it.
     """
 
     beta: float = 0.1
@@ -209,12 +214,21 @@ class EXO(PairwiseLoss):
 @register_loss("bco")
 @dataclass
 class BCO(PairwiseLoss):
-    """Binary Classifier Optimization, pairwise (Jung et al. 2024, the BCO loss with its reward shift delta).
+    """Binary Classifier Optimization, pairwise (Jung et al. 2024, arXiv 2404.04656, the BCO loss with its
+    reward shift delta).
 
     With r = beta * l(y): loss = -log sigmoid(r_w - delta) - log sigmoid(-(r_l - delta)),
-    delta = running mean of all rewards seen so far in the round (updated with
-    the current batch before use, detached). ``reward_shift: false`` sets
-    delta = 0, which is exactly TRL 1.16's ``bco_pair``.
+    delta = running mean, over the batches seen so far in the round, of each
+    batch's mean reward mean(r_w, r_l): every call counts once, whatever its
+    size. It is updated with the current batch before use and detached.
+    Verified against the first author's implementation in TRL (huggingface/trl
+    PR #1524, ``loss_type="bco_pair"`` in ``DPOTrainer.dpo_loss``, the same
+    update in ``BCOTrainer.bco_loss``): it passes the batch's mean reward, one
+    number, to ``RunningMoments.update`` (trl/trainer/utils.py), so each batch
+    has weight 1 in the running mean. Port choice: the mean restarts each
+    round (``start``), where TRL keeps it for the whole run.
+    ``reward_shift: false`` sets delta = 0, which is exactly TRL 1.16's
+    ``bco_pair`` (TRL has since dropped the shift).
     """
 
     per_example: ClassVar[bool] = False  # batch statistics: a micro-batch goes through in one pass
@@ -235,10 +249,8 @@ class BCO(PairwiseLoss):
         rw, rl = self.beta * chosen, self.beta * rejected
         delta = 0.0
         if self.reward_shift:
-            rewards = torch.cat([rw, rl]).detach()
-            n = rewards.numel()
-            self._mean += (float(rewards.mean()) - self._mean) * n / (self._count + n)
-            self._count += n
+            self._count += 1  # batches seen: each batch's mean reward has weight 1, as in the reference
+            self._mean += (float(torch.cat([rw, rl]).detach().mean()) - self._mean) / self._count
             delta = self._mean
         losses = F.softplus(-(rw - delta)) + F.softplus(rl - delta)
         return pair_output(losses, rw, rl, reward_shift=delta)
@@ -288,13 +300,19 @@ class APODown(PairwiseLoss):
 @register_loss("irepo")
 @dataclass
 class IREPO(PairwiseLoss):
-    """iREPO (2024): regress the implicit reward margin onto the logit of an empirical preference
-    probability.
+    """iREPO (Le et al. 2024, arXiv 2405.15230): regress the implicit reward margin onto the logit of
+    an empirical preference probability.
+
+    The paper: "iREPO: implicit Reward Pairwise Difference based Empirical
+    Preference Optimization".
 
     loss = (beta * delta - logit(p))^2 with p = soft_label, the fraction of
     judgements preferring y_w, clipped to [clip, 1 - clip] so hard labels give a
-    finite target. The squared form follows the paper's summary (ALGORITHMS.md
-    §19); the paper's equation number was not verified here.
+    finite target. Unverified: the squared form follows the paper's abstract (a
+    regression of the implicit reward difference onto the logit of the
+    empirical preference); its equation, the target's scaling and the clipping
+    were not checked, and no reference code was found (no public repository
+    of the authors; TRL has no such loss).
     """
 
     beta: float = 0.1
@@ -318,13 +336,26 @@ class IREPO(PairwiseLoss):
 @register_loss("soft_dpo")
 @dataclass
 class SoftDPO(PairwiseLoss):
-    """DPO with smoothed soft labels, after SmPO-Diffusion (2025, its smoothed-preference loss).
+    """DPO with smoothed soft labels, after SmPO-Diffusion (Lu et al. 2025, ICML, arXiv 2506.02698).
 
-    loss = -log sigmoid((2 p - gamma) * beta * delta), p = soft_label (the
-    judged probability that y_w is better). With gamma = 1 a confident label
-    (p near 1) gives plain DPO, a tie (p = 1/2) gives no gradient, and a
-    reversed label pushes the other way. SmPO computes its alpha from a reward
-    model on images; taking p from the judge's scores is this port's choice.
+    The paper: "Smoothed Preference Optimization via ReNoise Inversion for
+    Aligning Diffusion Models with Varied Human Preferences"; this is its
+    smoothed-preference DPO loss (without the ReNoise inversion, which is
+    diffusion-specific).
+
+    loss = -log sigmoid(gamma * (2 p - 1) * beta * delta), p = soft_label (the
+    judged probability that y_w is better). The weight gamma (2p - 1) is
+    positive for p > 1/2, zero at a tie (no gradient) and negative for a
+    reversed label; with gamma = 1 a sure label (p = 1) gives plain DPO.
+    Verified against the authors' code (JaydenLyh/SmPO, train.py, the training
+    loop): ``scale_term = -0.5 * beta_dpo * (2*p - 1) * 10`` multiplies the
+    policy-minus-reference difference of the winner-minus-loser denoising
+    errors inside -logsigmoid, so gamma = 10 there; the -0.5 is the
+    Diffusion-DPO convention that turns denoising errors into log-likelihoods.
+    There p = softmax of the two images' min-max-normalised PickScores, the
+    winner's entry. Port choices: p comes from the judge's scores (the loop's
+    sigmoid(s_w - s_l), a softmax over the two unnormalised scores), and the
+    default gamma = 1 keeps beta on DPO's scale (only gamma * beta matters).
     """
 
     beta: float = 0.1
@@ -334,9 +365,10 @@ class SoftDPO(PairwiseLoss):
 
     def __post_init__(self):
         check_positive("beta", self.beta)
+        check_positive("gamma", self.gamma)
 
     def __call__(self, batch: PreferenceBatch):
         chosen, rejected = log_ratios(batch)
-        weight = 2 * require(batch.soft_label, "soft labels") - self.gamma
+        weight = self.gamma * (2 * require(batch.soft_label, "soft labels") - 1)
         losses = F.softplus(-weight * self.beta * (chosen - rejected))
         return pair_output(losses, self.beta * chosen, self.beta * rejected)

@@ -19,13 +19,22 @@ def _best_and_worst(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
 @register_loss("pro")
 @dataclass
 class PRO(Loss):
-    """Preference Ranking Optimization (Song et al. 2023; checked against AlibabaResearch/DAMO-ConvAI PRO code).
+    """Preference Ranking Optimization (Song et al. 2023, "Preference Ranking Optimization for Human
+    Alignment", arXiv 2306.17492).
 
     With s_i = lp(y_i)/|y_i| (no reference model) and scores r_1 >= ... >= r_n:
         L_rank = sum_k -log[ exp(s_k T_kk) / (exp(s_k T_kk) + sum_{i>k} exp(s_i T_ki)) ],
         T_ki = r_k - r_i,  T_kk = max_{i>k} T_ki,
     plus sft_weight * (n - 1)^2 * (-lp(y_1)), the summed NLL of the best response.
-    The reference code adds 1e-10 inside the log; this uses the exact log-sum-exp.
+    Verified against the authors' code (AlibabaResearch/DAMO-ConvAI,
+    PRO/train/utils/process_manager.py, ``ProcessManager.compute_loss``): the
+    same length-normalised scores over response tokens, raw reward-model
+    scores as temperatures, each rank term averaged over the batch and summed
+    over k, and sft_weight * (n - 1)^2 times the mean summed NLL of the
+    response at ``sft_index`` (0, the best, in its data scripts);
+    sft_weight 0.05 as in its training scripts. Differences: the reference
+    code adds 1e-10 inside the log, this uses the exact log-sum-exp; groups
+    there all have the same n, here n is each group's own size.
     """
 
     sft_weight: float = 0.05
@@ -67,8 +76,8 @@ class TPO(Loss):
     per-response reward when a response is one step) and judge scores s_i:
         loss = mean over pairs with s_i != s_j of -log sigmoid(beta (r_i - r_j) sign(s_i - s_j)).
     Deviations, both deliberate: the official code wraps the rank loss in
-    -log sigmoid(beta * L_rank), which decreases as L_rank grows (a sign error,
-    ALGORITHMS.md §17); here beta scales the rewards inside the plain rank loss.
+    -log sigmoid(beta * L_rank), which decreases as L_rank grows (apparently a
+    sign error); here beta scales the rewards inside the plain rank loss.
     Tied pairs, which add a constant log 2 in the official code, are left out.
     Step-wise tree weighting needs step-segmented responses and is not done.
     """

@@ -24,7 +24,15 @@ class SimPO(PairwiseLoss):
 
     loss = -log sigmoid(beta * lp(y_w)/|y_w| - beta * lp(y_l)/|y_l| - gamma).
     The implicit reward is beta times the mean token log-prob; gamma is the
-    target reward margin. Defaults follow the paper's range (beta 2, gamma/beta 1/2).
+    target reward margin. Verified against the authors' code
+    (princeton-nlp/SimPO, scripts/simpo_trainer.py, ``SimPOTrainer.simpo_loss``
+    with its default ``loss_type="sigmoid"``, label_smoothing 0, sft_weight 0):
+    -logsigmoid(beta * (mean lp(y_w) - mean lp(y_l) - gamma_beta_ratio)), the
+    means over response tokens, rewards beta * mean lp(y). Same loss with
+    gamma = beta * gamma_beta_ratio: this port takes the margin itself.
+    Defaults beta 2, gamma 1 are that repository's recommended starting
+    gamma_beta_ratio 0.5 (README) at beta 2 (its Llama-3-8B-Base config).
+    Not ported: its optional hinge, label smoothing and SFT terms.
     """
 
     beta: float = 2.0
@@ -50,9 +58,18 @@ class ORPO(PairwiseLoss):
 
     loss = NLL(y_w) / |y_w| + weight * -log sigmoid(log odds(y_w) - log odds(y_l)),
     odds(y) = P / (1 - P) with P = exp(lp(y) / |y|), the per-token geometric
-    mean probability. The NLL is averaged over the chosen response's tokens
-    per pair (TRL averages over all chosen tokens of a batch instead).
-    The reported rewards are weight * lp(y)/|y|, as TRL logs them.
+    mean probability over the response tokens. Verified against the authors'
+    code (xfactlab/orpo, src/orpo_trainer.py, ``ORPOTrainer.compute_loss``):
+    the same log odds (with log1p(-exp(.))), -log sigmoid of their difference
+    times alpha = weight, added to the chosen NLL; weight 0.1 is the alpha of
+    its Mistral-ORPO-beta script (its argparse default is 1.0). Deliberate
+    deviations in the NLL term only: it is the mean over the chosen
+    response's tokens per pair, where the reference takes the model's
+    cross-entropy averaged over all chosen tokens of the batch and, unless
+    run with --disable_prompt_loss, over the prompt tokens too (TRL's ORPO
+    also includes the prompt); the loop scores response tokens only, and a
+    per-pair loss lets micro-batches split. The reported rewards are
+    weight * lp(y)/|y|, as TRL logs them.
     """
 
     weight: float = 0.1

@@ -14,7 +14,7 @@ from iterpo.losses.base import PairwiseLoss, PreferenceBatch, check_positive, ch
 @register_loss("sparsepo")
 @dataclass
 class SparsePO(PairwiseLoss):
-    """Sparse Preference Optimization (Christopoulou et al. 2024; checked against huawei-noah/HEBO SparsePO code).
+    """Sparse Preference Optimization (Christopoulou et al. 2024, arXiv 2410.05102).
 
     Per response token t, with l_t the token log-ratio and KL_t = KL(pi_ref || pi)
     over the vocabulary at that position:
@@ -25,9 +25,21 @@ class SparsePO(PairwiseLoss):
     of the reduction). mask "learned": m = relu(w . h + b) with h the
     reference model's last-layer state at the position (two heads, u and d),
     trained with the policy; w starts at 0 and b at 1 so training starts from
-    the "ones" objective. Deviation: the paper mixes heads over all layers; this
-    uses the last layer. The head is re-created at the start of each round.
-    The L1 weights were not verified against the paper's configs.
+    the "ones" objective. The head is re-created at the start of each round.
+    Verified against the authors' code (huawei-noah/HEBO,
+    SparsePO/src/trainers/sparse_trainer.py,
+    ``SparseTrainer.get_batch_loss_metrics``): u and d summed over response
+    tokens, its per-token "KL" being sum_v p_ref (log p - log p_ref) = -KL_t,
+    so its d = sum m_d(-KL_t)(y_w) - sum m_d(-KL_t)(y_l) is the d above;
+    -logsigmoid(beta (u - d)); L1 of the masks on response tokens; logged
+    rewards beta (sum m_u l_t - sum m_d KL_t), as here. The "learned" mask is
+    its ``simple_last`` mask layer (linear + ReLU on the reference model's last
+    layer) with independent heads (``rw_kl_independent=True``), without the
+    mask dropout and with this port's initialisation; its experiments use
+    ``simple_all`` (heads on every layer, mixed), not done here.
+    L1 defaults: its config defaults are 0; l1_u = l1_d = 1e-3 are the values
+    of its README's HH shared-mask run (which halves both, the shared mask
+    entering both norms).
     """
 
     beta: float = 0.1

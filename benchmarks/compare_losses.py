@@ -15,13 +15,13 @@ Each loss's run directory is kept under --out (default runs/compare-losses).
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
 from iterpo.config import load_config
 from iterpo.loop import RoundDriver
-from iterpo.store import RunStore, read_json
+from iterpo.io import read_json
+from iterpo.store import RunStore
 
 DEFAULT_LOSSES = "dpo,cdpo,ipo,nca,apo_zero,simpo,orpo,kto,pro,tpo,sppo_hard"
 
@@ -38,11 +38,8 @@ def main() -> None:
     # the shared first half of the round: samples, judgements, the starting model's eval
     base_cfg = load_config(None, [f"run.dir={out / 'samples'}", "run.rounds=1", *args.set])
     base = RoundDriver(base_cfg, RunStore.open(base_cfg))
-    for r, stage, fn, name in [(1, "sample", base.sample, "rollouts.parquet"),
-                               (1, "judge", base.judge_rollouts, "judgements.parquet"),
-                               (0, "eval", base.evaluate, "eval.json")]:
-        if not base.store.path(r, name).exists():
-            base._timed(r, stage, lambda fn=fn, r=r: fn(r))
+    for r, stage, fn in [(1, "sample", base.sample), (1, "judge", base.judge_rollouts), (0, "eval", base.evaluate)]:
+        base._stage(r, stage, fn)
     start_acc = read_json(base.store.path(0, "eval.json"))["accuracy"]
 
     rows = []
@@ -50,9 +47,8 @@ def main() -> None:
         cfg = load_config(None, [f"run.dir={out / name}", "run.rounds=1", f"loss.name={name}", *args.set])
         store = RunStore.open(cfg)
         for r, f in [(0, "eval.json"), (1, "rollouts.parquet"), (1, "judgements.parquet")]:
-            store.round_dir(r).mkdir(parents=True, exist_ok=True)
-            if not store.path(r, f).exists():
-                shutil.copy(base.store.path(r, f), store.path(r, f))
+            if store.check(store.path(r, f)) != "ok":
+                store.copy_in(base.store.path(r, f), store.path(r, f))
         began = time.perf_counter()
         RoundDriver(cfg, store).run()
         times = store.stage_seconds(1)

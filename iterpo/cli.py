@@ -1,18 +1,26 @@
 """The ``iterpo`` command.
 
 Exit codes: 0 success, 2 invalid input (config, data, arguments, run
-directory) with a one-paragraph message, 1 any other failure.
+directory) with a one-paragraph message, 1 any other failure (a run that
+cannot go on, e.g. a judge that stopped answering or a full disk, says why in
+one paragraph; a bug shows its traceback), 130 / 143 when stopped by Ctrl-C
+(SIGINT) / SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
-from iterpo.errors import UserInputError
+from iterpo.errors import RunFailure, UserInputError
+
+_RUN_DIR: list[str] = []  # the run directory this command works on, for the "how to resume" hint
 
 
 def _cmd_run(args) -> None:
@@ -39,9 +47,13 @@ def _execute(config, force: bool) -> None:
 
     driver = RoundDriver(config)  # reads prompts and model first: bad input fails before anything is written
     driver.store = store = RunStore.open(config, force=force)
-    console.print(f"iterpo: run directory [bold]{store.root}[/bold] (config {store.config_path})")
-    driver.run()
-    console.print(f"done: everything is in {store.root}")
+    _RUN_DIR.append(str(store.root))
+    try:
+        console.print(f"iterpo: run directory [bold]{store.root}[/bold] (config {store.config_path})")
+        driver.run()
+        console.print(f"done: everything is in {store.root}")
+    finally:
+        store.close()
 
 
 def _cmd_train(args) -> None:
@@ -286,19 +298,50 @@ def _load_plugins() -> None:
             raise UserInputError(f"ITERPO_PLUGINS: cannot import plugin module {name!r}: {exc}") from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: stop at once, keep what is finished."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _print_error(text: str) -> None:
+    print("iterpo: error: " + textwrap.fill(" ".join(text.split()), width=100, break_long_words=False), file=sys.stderr)
+
+
+def _resume_hint() -> str:
+    where = _RUN_DIR[-1] if _RUN_DIR else "RUN_DIR"
+    return f"finished stages are kept; `iterpo resume {where}` continues from the last one"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits with 2 on bad arguments
     _quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _load_plugins()
         args.fn(args)
     except UserInputError as exc:
-        print("iterpo: error: " + textwrap.fill(str(exc), width=100, break_long_words=False), file=sys.stderr)
+        _print_error(str(exc))
         return 2
-    except KeyboardInterrupt:
-        print("iterpo: interrupted; `iterpo resume RUN_DIR` continues from the last finished stage", file=sys.stderr)
-        return 130
+    except RunFailure as exc:
+        _print_error(f"{str(exc).rstrip('.')}. The run stopped; {_resume_hint()}.")
+        return 1
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"iterpo: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {_resume_hint()}", file=sys.stderr)
+        code = 143 if terminated else 130
+        if threading.active_count() > 1:  # e.g. a judge's requests in flight: do not wait for them to time out
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from iterpo.errors import ConfigError
+from iterpo.errors import ConfigError, reading
 
 
 class Section(BaseModel):
@@ -105,6 +105,10 @@ class JudgeSection(Section):
     name: Optional[str] = None
     """Registered judge (`iterpo judges` lists them); the other keys of this section are its options.
     Default: the task's own judge ('exact_answer' for arithmetic)."""
+    max_failed_share: float = Field(0.1, ge=0, le=1)
+    """Largest share of failed verdicts (responses; for pairwise judges, comparisons) a judging stage accepts.
+    Above it the run stops before pairing, with the judge stage left unfinished, so that a resume asks
+    again only what failed. Isolated failures below it are recorded and left out of pairing."""
 
     def options(self) -> dict:
         return dict(self.model_extra or {})
@@ -234,7 +238,7 @@ class Config(Section):
         data["run"] = {k: v for k, v in data["run"].items() if k not in ("dir", "threads")}
         # settings that trade memory for speed without changing what is computed
         for section, key in [("train", "max_tokens_per_pass"), ("train", "gradient_checkpointing"),
-                             ("sampling", "gpu_memory_utilization")]:
+                             ("sampling", "gpu_memory_utilization"), ("judge", "max_failed_share")]:
             data[section].pop(key, None)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -283,11 +287,14 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} does not exist" if not path.exists() else
+                              f"config file {path} is not a file")
+        with reading("config file", path, ConfigError):
+            text = path.read_text(encoding="utf-8")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     for assignment in overrides:

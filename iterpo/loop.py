@@ -4,7 +4,9 @@ Round r (1-based) samples from the policy left by round r-1, judges, pairs,
 scores the pairs under the reference, trains, saves and evaluates. round-000
 holds the evaluation of the starting model. A stage whose output file exists
 is skipped, so a run killed at any moment resumes where it stopped and writes
-what an uninterrupted run would have written.
+what an uninterrupted run would have written. Before a stage is skipped its
+outputs are checked against the checksums recorded when they were written; a
+damaged one is set aside and the stage runs again.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import shutil
 import time
 from collections import Counter
 
 import torch
 
 from iterpo.config import Config
-from iterpo.judges import JudgeCache, JudgeContext, judge_with_cache, make_judge
+from iterpo.errors import DamagedFile, RunFailure, UserInputError
+from iterpo.judges import JudgeCache, JudgeContext, judge_all, make_judge
 from iterpo.losses import get_loss
 from iterpo.models.chat import encode_prompt
 from iterpo.models.loading import (add_lora, is_lora, load_model, load_policy_checkpoint, load_tokenizer,
@@ -30,7 +32,7 @@ from iterpo.progress import bar, console, round_table
 from iterpo.records import Judgement, RefLogp, Rollout, from_table, to_table
 from iterpo.sampling import derive_seed, generate
 from iterpo.sampling.vllm_backend import choose_backend
-from iterpo.store import RunStore, read_json, read_parquet, write_dir, write_json, write_parquet, write_text
+from iterpo.store import RunStore
 from iterpo.tasks import build_task
 from iterpo.training import LiveReference, train
 from iterpo.training.assemble import responses_to_score, training_examples
@@ -39,6 +41,10 @@ AUX_SAMPLES = 2  # extra samples per prompt for losses with a term on them (XPO,
 SCORED_NEEDS = frozenset({"reference", "previous"})  # needs the reference stage computes
 INITIAL_IDX = 1_000_000  # records name the initial model's (round 1's) responses as sample_idx + INITIAL_IDX
 FUTURE_IDX = 2_000_000  # ... and a look-ahead model's responses (future-guided chosen) from here on
+# What each stage writes in the round directory: the first marks the stage done, the others are checked with it.
+STAGE_OUTPUTS = {"sample": ("rollouts.parquet",), "judge": ("judgements.parquet",),
+                 "pair": ("preferences.parquet", "future_rollouts.parquet"), "reference": ("ref_logps.parquet",),
+                 "train": ("train.jsonl", "checkpoint"), "eval": ("eval.json",)}
 
 
 class RoundDriver:
@@ -70,32 +76,47 @@ class RoundDriver:
 
     def run(self) -> list[dict]:
         cfg = self.config.run
-        if self.eval_prompts and not self.store.path(0, "eval.json").exists():
-            self._timed(0, "eval", lambda: self.evaluate(0))
+        if self.eval_prompts:
+            self._stage(0, "eval", self.evaluate)
         console.print(round_table([round_summary(self.store, 0)]))
         for r in range(1, cfg.rounds + 1):
             console.rule(f"round {r} of {cfg.rounds}")
-            for stage, out, fn in [
-                ("sample", "rollouts.parquet", self.sample),
-                ("judge", "judgements.parquet", self.judge_rollouts),
-                ("pair", "preferences.parquet", self.pair),
-                ("reference", "ref_logps.parquet", self.reference),
-                ("train", "train.jsonl", self.train),
-                ("eval", "eval.json", self.evaluate),
-            ]:
+            for stage, fn in [("sample", self.sample), ("judge", self.judge_rollouts), ("pair", self.pair),
+                              ("reference", self.reference), ("train", self.train), ("eval", self.evaluate)]:
                 if stage == "reference" and not self.loss_fn.needs & SCORED_NEEDS:
                     continue
                 if stage == "eval" and not self.eval_prompts:
                     continue
-                if not self.store.path(r, out).exists():
-                    self._timed(r, stage, lambda fn=fn: fn(r))
+                self._stage(r, stage, fn)
             console.print(round_table([round_summary(self.store, i) for i in range(0, r + 1)]))
         return [round_summary(self.store, i) for i in range(0, cfg.rounds + 1)]
 
-    def _timed(self, r: int, stage: str, fn) -> None:
+    def _stage(self, r: int, stage: str, fn) -> None:
+        """Run a stage unless its outputs are there and intact; time it and record what it reports."""
+        outputs = [self.store.path(r, name) for name in STAGE_OUTPUTS[stage]]
+        states = {path: self.store.check(path) for path in outputs}
+        damaged = {path: (self.store.recorded_digest(path), self.store.written_after(path))
+                   for path, state in states.items() if state == "damaged"}
+        if states[outputs[0]] == "ok" and not damaged:
+            return
+        for path in damaged:
+            aside = self.store.set_aside(path)
+            console.print(f"[bold red]{path} is damaged[/bold red] (it does not match the checksum recorded when it "
+                          f"was written); moved to {aside.name}, and round {r}'s {stage} stage runs again")
         start = time.perf_counter()
-        info = fn() or {}
+        try:
+            info = fn(r) or {}
+        except RunFailure as exc:
+            exc.args = (f"round {r}, stage {stage}: {exc}",)
+            raise
         self.store.record_stage(r, stage, time.perf_counter() - start, **info)
+        for path, (before, later) in damaged.items():
+            if later and self.store.recorded_digest(path) != before:
+                raise DamagedFile(
+                    f"{path} was damaged, and computing it again gave different contents, but {len(later)} later "
+                    f"files of the run ({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}) were made from "
+                    "the original. Restore the file from a copy, or delete this round's later outputs and the later "
+                    "rounds so that they are computed again")
 
     # ------------------------------------------------------------------ policy
 
@@ -138,10 +159,13 @@ class RoundDriver:
         with bar("sampling", len(self.train_prompts) * K) as advance:
             for n, shard in enumerate(shards):
                 path = self.store.shard_path(r, "rollouts", n)
-                if path.exists():
-                    rows += from_table(read_parquet(path), Rollout)
+                state = self.store.check(path)
+                if state == "ok":
+                    rows += from_table(self.store.read_parquet(path), Rollout)
                     advance(len(shard) * K)
                     continue
+                if state == "damaged":  # sampled again below: each sample depends on its seed alone
+                    self.store.set_aside(path)
                 seeds = [[derive_seed(self.config.run.seed, r, p.prompt_id, k) for k in range(K)] for p in shard]
                 outs = generate_fn([self.prompt_ids(p) for p in shard], seeds, s.temperature, s.top_p,
                                    s.max_new_tokens, s.batch_size, advance)
@@ -150,10 +174,10 @@ class RoundDriver:
                     for i, p in enumerate(shard) for k, (ids, reason) in enumerate(outs[i])
                 ]
                 new_tokens += sum(len(x.token_ids) for x in shard_rows)
-                write_parquet(path, to_table(shard_rows, Rollout))
+                self.store.write_parquet(path, to_table(shard_rows, Rollout))
                 rows += shard_rows
-        write_parquet(self.store.path(r, "rollouts.parquet"), to_table(rows, Rollout))
-        shutil.rmtree(self.store.round_dir(r) / "rollouts", ignore_errors=True)
+        self.store.write_parquet(self.store.path(r, "rollouts.parquet"), to_table(rows, Rollout))
+        self.store.remove(self.store.round_dir(r) / "rollouts")
         generate_fn.close()
         seconds = time.perf_counter() - start
         return {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1), "backend": self.backend}
@@ -183,7 +207,7 @@ class RoundDriver:
         if self.store.path(r, "checkpoint").exists() and not lora:
             return str(self.store.path(r, "checkpoint"))
         target = self.store.path(r, "policy-full")
-        if not target.exists():
+        if self.store.check(target) != "ok":
             model = self.policy_after(r)
             full = copy.deepcopy(model).merge_and_unload() if is_lora(model) else model
 
@@ -191,35 +215,30 @@ class RoundDriver:
                 full.save_pretrained(tmp, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
 
-            write_dir(target, fill)
+            self.store.write_dir(target, fill)
         return str(target)
 
     def rollouts(self, r: int) -> list[Rollout]:
-        return from_table(read_parquet(self.store.path(r, "rollouts.parquet")), Rollout)
+        return from_table(self.store.read_parquet(self.store.path(r, "rollouts.parquet")), Rollout)
 
     def judge_rollouts(self, r: int) -> dict:
         """One verdict per rollout; verdicts go through the run's cache, flushed every shard of prompts."""
         by_prompt: dict[str, list[Rollout]] = {}
         for x in self.rollouts(r):
             by_prompt.setdefault(x.prompt_id, []).append(x)
-        cache = JudgeCache(self.store.root / "judge-cache")
+        cache = self._judge_cache()
         self.judge.setup(self._judge_context(r, cache))
-        judgements: list[Judgement] = []
         with bar("judging", len(self.train_prompts)) as advance:
-            for n, p in enumerate(self.train_prompts, start=1):
-                judgements += judge_with_cache(self.judge, p, by_prompt[p.prompt_id], cache)
-                advance(1)
-                if n % self.config.sampling.shard_size == 0:
-                    cache.flush()
-        cache.flush()
-        write_parquet(self.store.path(r, "judgements.parquet"), to_table(judgements, Judgement))
+            judgements = judge_all(self.judge, self.train_prompts, by_prompt, cache, self.config.sampling.shard_size,
+                                   self.config.judge.max_failed_share, advance)
+        self.store.write_parquet(self.store.path(r, "judgements.parquet"), to_table(judgements, Judgement))
         failed = Counter(j.detail for j in judgements if j.failed)
         return {"cache_hits": cache.hits, "cache_misses": cache.misses, "failed": sum(failed.values()),
                 "failure_reasons": dict(failed.most_common(5))}
 
     def pair(self, r: int) -> dict:
         """Judged rollouts -> the training records the loss's data shape needs."""
-        judgements = from_table(read_parquet(self.store.path(r, "judgements.parquet")), Judgement)
+        judgements = from_table(self.store.read_parquet(self.store.path(r, "judgements.parquet")), Judgement)
         initial = self.initial_responses() if self.strategy.uses_initial else None
         result = build_examples(self.strategy, self.train_prompts, self.rollouts(r), judgements,
                                 derive_seed(self.config.run.seed, r, "pair"), initial)
@@ -228,7 +247,8 @@ class RoundDriver:
             k = min(AUX_SAMPLES, self.config.sampling.samples_per_prompt)
             for x in result.examples:
                 x.aux_idxs = list(range(k))
-        write_parquet(self.store.path(r, "preferences.parquet"), to_table(result.examples, RECORD_TYPE[result.data_shape]))
+        self.store.write_parquet(self.store.path(r, "preferences.parquet"),
+                                 to_table(result.examples, RECORD_TYPE[result.data_shape]))
         info = {"examples": len(result.examples), "skipped": dict(result.skipped),
                 "failed_judgements": result.failed_judgements}
         return info if replaced is None else {**info, "future_chosen": replaced}
@@ -254,18 +274,19 @@ class RoundDriver:
         del future
         answers = [Rollout(p.prompt_id, FUTURE_IDX + k, r, seeds[i][k], self.tokenizer.decode(ids, skip_special_tokens=True),
                            ids, reason) for i, p in enumerate(prompts) for k, (ids, reason) in enumerate(outs[i])]
-        cache = JudgeCache(self.store.root / "judge-cache")
+        cache = self._judge_cache()
         self.judge.setup(self._judge_context(r, cache))
-        best: dict[str, tuple[float, Rollout]] = {}
+        by_prompt: dict[str, list[Rollout]] = {}
+        for a in answers:
+            by_prompt.setdefault(a.prompt_id, []).append(a)
         with bar("judging look-ahead", len(prompts)) as advance:
-            for p in prompts:
-                mine = [a for a in answers if a.prompt_id == p.prompt_id]
-                for a, j in zip(mine, judge_with_cache(self.judge, p, mine, cache)):
-                    if not j.failed and (p.prompt_id not in best or j.score > best[p.prompt_id][0]):
-                        best[p.prompt_id] = (j.score, a)
-                advance(1)
-        cache.flush()
-        write_parquet(self.store.path(r, "future_rollouts.parquet"), to_table(answers, Rollout))
+            verdicts = judge_all(self.judge, prompts, by_prompt, cache, self.config.sampling.shard_size,
+                                 self.config.judge.max_failed_share, advance)
+        best: dict[str, tuple[float, Rollout]] = {}
+        for a, j in zip([a for p in prompts for a in by_prompt[p.prompt_id]], verdicts):
+            if not j.failed and (a.prompt_id not in best or j.score > best[a.prompt_id][0]):
+                best[a.prompt_id] = (j.score, a)
+        self.store.write_parquet(self.store.path(r, "future_rollouts.parquet"), to_table(answers, Rollout))
         replaced = 0
         for x in pairs:
             if x.prompt_id in best and best[x.prompt_id][0] > x.chosen_score:
@@ -274,6 +295,9 @@ class RoundDriver:
                 x.soft_label = sigmoid(score - x.rejected_score)
                 replaced += 1
         return replaced
+
+    def _judge_cache(self) -> JudgeCache:
+        return JudgeCache(self.store.root / "judge-cache", self.store)
 
     def _judge_context(self, r: int, cache: JudgeCache) -> JudgeContext:
         return JudgeContext(r, self.config.run.seed, cache, lambda: self.policy_after(r - 1), self.tokenizer,
@@ -286,7 +310,7 @@ class RoundDriver:
     def initial_responses(self) -> tuple[list[Rollout], list[Judgement]]:
         """initial_rollouts with their judgements, numbered the same way."""
         judgements = [dataclasses.replace(j, sample_idx=j.sample_idx + INITIAL_IDX)
-                      for j in from_table(read_parquet(self.store.path(1, "judgements.parquet")), Judgement)]
+                      for j in from_table(self.store.read_parquet(self.store.path(1, "judgements.parquet")), Judgement)]
         return self.initial_rollouts(), judgements
 
     def responses(self, r: int) -> dict[tuple[str, int], Rollout]:
@@ -296,15 +320,17 @@ class RoundDriver:
             out.update({(x.prompt_id, x.sample_idx): x for x in self.initial_rollouts()})
         if self.store.path(r, "future_rollouts.parquet").exists():
             out.update({(x.prompt_id, x.sample_idx): x
-                        for x in from_table(read_parquet(self.store.path(r, "future_rollouts.parquet")), Rollout)})
+                        for x in from_table(self.store.read_parquet(self.store.path(r, "future_rollouts.parquet")),
+                                            Rollout)})
         return out
 
     def records(self, r: int) -> list:
-        return from_table(read_parquet(self.store.path(r, "preferences.parquet")), RECORD_TYPE[self.loss_fn.data_shape])
+        return from_table(self.store.read_parquet(self.store.path(r, "preferences.parquet")),
+                          RECORD_TYPE[self.loss_fn.data_shape])
 
     def reference(self, r: int) -> dict:
         """Reference (and previous-policy) log-probs of every response the loss will use, once per round."""
-        write_parquet(self.store.path(r, "ref_logps.parquet"), to_table(self._ref_rows(r, self.records(r)), RefLogp))
+        self.store.write_parquet(self.store.path(r, "ref_logps.parquet"), to_table(self._ref_rows(r, self.records(r)), RefLogp))
         return {}
 
     def _ref_rows(self, r: int, records: list) -> list[RefLogp]:
@@ -347,14 +373,15 @@ class RoundDriver:
         model = self.policy_after(r - 1)
         scored = []
         if self.loss_fn.needs & SCORED_NEEDS:
-            scored = from_table(read_parquet(self.store.path(r, "ref_logps.parquet")), RefLogp)
+            scored = from_table(self.store.read_parquet(self.store.path(r, "ref_logps.parquet")), RefLogp)
         log = self._fit(model, r, self.records(r), scored, "train")
         self._policy_round = r
         cfg = self.config.run
         if r % cfg.save_every == 0 or r == cfg.rounds:
             lora = self.config.model.lora
-            save_policy(model, self.tokenizer, self.store.path(r, "checkpoint"), bool(lora and lora.save_merged))
-        write_text(self.store.path(r, "train.jsonl"), "".join(json.dumps(x) + "\n" for x in log))
+            save_policy(model, self.tokenizer, self.store.path(r, "checkpoint"), bool(lora and lora.save_merged),
+                        self.store.write_dir)
+        self.store.write_text(self.store.path(r, "train.jsonl"), "".join(json.dumps(x) + "\n" for x in log))
         return {"steps": len(log)}
 
     def _fit(self, model, r: int, records: list, scored: list[RefLogp], purpose: str) -> list[dict]:
@@ -382,7 +409,8 @@ class RoundDriver:
             j = self.eval_judge.judge(p, [Rollout(p.prompt_id, 0, r, 0, text, ids, reason)])[0]
             items.append({"prompt_id": p.prompt_id, "response": text, "score": j.score, "detail": j.detail})
         accuracy = sum(x["score"] for x in items) / len(items)
-        write_json(self.store.path(r, "eval.json"), {"round": r, "accuracy": accuracy, "n": len(items), "items": items})
+        self.store.write_json(self.store.path(r, "eval.json"), {"round": r, "accuracy": accuracy, "n": len(items),
+                                                                 "items": items})
         return {"accuracy": accuracy}
 
 
@@ -403,25 +431,38 @@ class _Generator:
 
 
 def round_summary(store: RunStore, r: int) -> dict:
-    """One row of the round table, read from the run directory (missing parts are None)."""
+    """One row of the round table, read from the run directory (missing or unreadable parts are None)."""
     row = {"round": r, "accuracy": None, "mean_reward": None, "pairs": None, "skipped": None,
            "mean_loss": None, "reward_margin": None, "times": store.stage_seconds(r),
            "sample_tokens_per_s": (store.stage_info(r, "sample") or {}).get("tokens_per_s")}
-    if store.path(r, "eval.json").exists():
-        row["accuracy"] = read_json(store.path(r, "eval.json"))["accuracy"]
-    if store.path(r, "judgements.parquet").exists():
-        scores = read_parquet(store.path(r, "judgements.parquet")).column("score").to_pylist()
+
+    def read(name: str):
+        path = store.path(r, name)
+        if not path.exists():
+            return None
+        try:
+            if name.endswith(".parquet"):
+                return store.read_parquet(path)
+            if name.endswith(".jsonl"):
+                return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            return store.read_json(path)
+        except (UserInputError, ValueError, OSError):  # a damaged file: shown as missing; a resume recomputes it
+            return None
+
+    evaluation, judgements, prefs, log = read("eval.json"), read("judgements.parquet"), \
+        read("preferences.parquet"), read("train.jsonl")
+    if isinstance(evaluation, dict):
+        row["accuracy"] = evaluation.get("accuracy")
+    if judgements is not None:
+        scores = judgements.column("score").to_pylist()
         row["mean_reward"] = sum(scores) / max(1, len(scores))
-    if store.path(r, "preferences.parquet").exists():
-        prefs = read_parquet(store.path(r, "preferences.parquet"))
+    if prefs is not None:
         row["pairs"] = prefs.num_rows
-        if store.path(r, "judgements.parquet").exists():
-            prompts = set(read_parquet(store.path(r, "judgements.parquet")).column("prompt_id").to_pylist())
+        if judgements is not None:
+            prompts = set(judgements.column("prompt_id").to_pylist())
             row["skipped"] = len(prompts - set(prefs.column("prompt_id").to_pylist()))
-    if store.path(r, "train.jsonl").exists():
-        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines() if x.strip()]
-        if log:
-            row["mean_loss"] = sum(x["loss"] for x in log) / len(log)
-            margins = [x["reward_margin"] for x in log if "reward_margin" in x]
-            row["reward_margin"] = sum(margins) / len(margins) if margins else None
+    if log:
+        row["mean_loss"] = sum(x["loss"] for x in log) / len(log)
+        margins = [x["reward_margin"] for x in log if "reward_margin" in x]
+        row["reward_margin"] = sum(margins) / len(margins) if margins else None
     return row

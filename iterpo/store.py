@@ -1,115 +1,159 @@
-"""The run directory: atomic writes, a manifest, one folder per round.
+"""The run directory: one folder per round, a manifest, checksums, and a lock.
 
     RUN_DIR/
       config.yaml        the fully resolved config, as run
-      manifest.json      library version, config fingerprint, stage times
+      manifest.json      library version, config fingerprint, stage times, every file's checksum
+      .lock              who holds the run (pid, host, command) while a process works on it
       round-000/eval.json                    the starting model, evaluated
       round-001/rollouts/shard-00000.parquet ...   sampling, shard by shard
                 rollouts.parquet judgements.parquet preferences.parquet
                 ref_logps.parquet train.jsonl checkpoint/ eval.json
 
-Every file is written under a temporary name and renamed into place, so a file
-that exists is complete; a stage is done when its output exists.
+Every file is written atomically (iterpo.io). Its checksum is recorded in the
+manifest just before it is renamed into place, so every file of the run has
+one; ``check`` compares a file with it. A stage is done when its outputs exist
+and match their checksums: a resumed run recomputes a stage whose output is
+damaged (moving the damaged copy aside as ``NAME.damaged``) instead of reading it.
+
+One process at a time works on a run directory: ``lock`` takes an exclusive
+``flock`` on the directory, which the kernel releases when the process ends
+however it ends, so a lock left by a killed process is recovered by the next.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
-import tempfile
+import socket
+import sys
+import time
+import weakref
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import Any, Callable, Literal, Optional
 
 from iterpo import __version__
 from iterpo.config import Config, dump_config
-from iterpo.errors import RunDirError
+from iterpo.errors import RunDirError, reading
+from iterpo.io import atomic_dir, atomic_write, digest, read_json, read_parquet, write_json, write_parquet, write_text
+
+Check = Literal["ok", "missing", "damaged", "unrecorded"]
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary file beside path, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_HELD: dict[str, list] = {}  # run directories this process has locked: real path -> [fd, stores holding it]
 
 
-def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def write_parquet(path: Path, table: pa.Table) -> None:
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def read_parquet(path: Path) -> pa.Table:
-    return pq.read_table(path)
-
-
-def write_dir(path: Path, fill: Callable[[Path], None]) -> None:
-    """Fill a temporary directory, then rename it to path (replacing a stale one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        fill(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _release_lock(key: str, record: Path) -> None:
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        record.unlink(missing_ok=True)
+        os.close(held[0])
+        del _HELD[key]
 
 
 class RunStore:
-    """Paths and manifest of one run directory."""
+    """Paths, manifest, checksums and lock of one run directory."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._lock_fd: Optional[int] = None
 
-    # ---- creation and checks
+    # ---- creation, checks and the lock
 
     @classmethod
     def open(cls, config: Config, force: bool = False) -> "RunStore":
-        """Create the run directory for config, or reopen it if it was made with the same config."""
+        """Create the run directory for config, or reopen it if it was made with the same config; lock it."""
         store = cls(config.run.dir)
-        manifest = store.manifest()
+        if store.root.exists() and not store.root.is_dir():
+            raise RunDirError(f"run.dir {store.root} exists and is not a directory; choose another with --set run.dir=PATH")
+        fresh = not store.manifest_path.exists()
+        others = [p for p in store.root.iterdir() if not p.name.startswith(".") and p.name != "config.yaml"] \
+            if store.root.is_dir() else []
+        if fresh and others and not force:
+            raise RunDirError(f"run.dir {store.root} holds other files and is not an iterpo run directory; choose "
+                              "an empty or new directory with --set run.dir=PATH, or pass --force to use it anyway")
+        manifest = None if fresh else store.manifest()
         if manifest is not None and manifest.get("config_fingerprint") != config.fingerprint() and not force:
             raise RunDirError(
                 f"run directory {store.root} was made with a different config "
                 f"(fingerprint {manifest.get('config_fingerprint')}, this one {config.fingerprint()}); "
                 "choose another directory with --set run.dir=PATH, or pass --force to continue it with the new config"
             )
-        store.root.mkdir(parents=True, exist_ok=True)
-        write_text(store.root / "config.yaml", dump_config(config))
-        if manifest is None:
-            manifest = {"created_by": f"iterpo {__version__}", "stages": {}}
-        manifest["config_fingerprint"] = config.fingerprint()
-        manifest["iterpo_version"] = __version__
-        write_json(store.manifest_path, manifest)
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"run.dir {store.root} cannot be created: {exc.strerror or exc}") from None
+        store.lock()
+        try:
+            manifest = store.manifest() if not fresh else None  # read again under the lock
+            write_text(store.config_path, dump_config(config))
+            if manifest is None:
+                manifest = {"created_by": f"iterpo {__version__}", "stages": {}, "files": {}}
+            manifest["config_fingerprint"] = config.fingerprint()
+            manifest["iterpo_version"] = __version__
+            store._write_manifest(manifest)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
     def existing(cls, root: str | Path) -> "RunStore":
         store = cls(root)
-        if not (store.root / "config.yaml").is_file() or store.manifest() is None:
+        if not store.root.is_dir():
+            raise RunDirError(f"{store.root} is not an iterpo run directory (no such directory)")
+        if not store.config_path.is_file() or not store.manifest_path.is_file():
             raise RunDirError(f"{store.root} is not an iterpo run directory (no config.yaml or manifest.json)")
+        store.manifest()  # a damaged manifest is named now
         return store
+
+    def lock(self) -> None:
+        """Take the run directory for this process, or fail naming the process that holds it.
+
+        Re-entrant within a process (a test or a notebook may open the same run twice); another process is refused.
+        """
+        key = os.path.realpath(self.root)
+        if key not in _HELD:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = self._lock_holder()
+                who = (f"pid {holder.get('pid')} on host {holder.get('host')}, `{holder.get('command')}`, since "
+                       f"{holder.get('since')}") if holder else "a process that has not yet recorded itself"
+                raise RunDirError(f"run directory {self.root} is in use by another iterpo process ({who}); wait for "
+                                  "it to finish or stop it, then run again") from None
+            except OSError:
+                pass  # a file system without locks: go on unlocked rather than refuse to run
+            stale = self._lock_holder()
+            if stale:
+                print(f"iterpo: recovered the lock left by pid {stale.get('pid')} on host {stale.get('host')}, "
+                      "which no longer holds it", file=sys.stderr)
+            write_json(self.root / ".lock", {"pid": os.getpid(), "host": socket.gethostname(),
+                                             "command": " ".join(["iterpo", *sys.argv[1:]])[:200],
+                                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+            _HELD[key] = [fd, 0]
+        _HELD[key][1] += 1
+        # A store dropped without close() (a library caller, a test) must not keep the run locked until exit.
+        self._release = weakref.finalize(self, _release_lock, key, self.root / ".lock")
+        self._lock_fd = _HELD[key][0]
+
+    def _lock_holder(self) -> Optional[dict]:
+        try:
+            return json.loads((self.root / ".lock").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        """Release the lock (the kernel also releases it when the process ends)."""
+        if self._lock_fd is not None:
+            self._release()
+            self._lock_fd = None
 
     # ---- paths
 
@@ -130,17 +174,37 @@ class RunStore:
     def shard_path(self, round_idx: int, stage: str, shard: int) -> Path:
         return self.round_dir(round_idx) / stage / f"shard-{shard:05d}.parquet"
 
+    def _rel(self, path: Path) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
     # ---- manifest
 
     def manifest(self) -> Optional[dict]:
         if not self.manifest_path.is_file():
             return None
-        return read_json(self.manifest_path)
+        with reading("run directory", self.manifest_path, RunDirError):
+            manifest = read_json(self.manifest_path)
+        files = manifest.get("files", {}) if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict) \
+                or not isinstance(files, dict) or not all(isinstance(v, dict) and "digest" in v and "seq" in v
+                                                          for v in files.values()):
+            raise RunDirError(f"run directory: {self.manifest_path} is damaged (not an iterpo manifest); restore it "
+                              "from a copy, or start the run again in a new directory")
+        return manifest
+
+    def _write_manifest(self, manifest: dict) -> None:
+        write_json(self.manifest_path, manifest)
+
+    def _update(self, change: Callable[[dict], None]) -> None:
+        manifest = self.manifest() or {"stages": {}, "files": {}}
+        change(manifest)
+        self._write_manifest(manifest)
 
     def record_stage(self, round_idx: int, stage: str, seconds: float, **info) -> None:
-        manifest = self.manifest() or {"stages": {}}
-        manifest.setdefault("stages", {})[f"round-{round_idx:03d}/{stage}"] = {"seconds": round(seconds, 3), **info}
-        write_json(self.manifest_path, manifest)
+        def change(m):
+            m.setdefault("stages", {})[f"round-{round_idx:03d}/{stage}"] = {"seconds": round(seconds, 3), **info}
+
+        self._update(change)
 
     def stage_seconds(self, round_idx: int) -> dict[str, float]:
         prefix = f"round-{round_idx:03d}/"
@@ -150,3 +214,89 @@ class RunStore:
     def stage_info(self, round_idx: int, stage: str) -> Optional[dict]:
         """What a finished stage recorded (seconds and its own figures), or None."""
         return (self.manifest() or {}).get("stages", {}).get(f"round-{round_idx:03d}/{stage}")
+
+    # ---- files with checksums
+
+    def _record(self, path: Path) -> Callable[[Path], None]:
+        """before_rename hook: record the complete temporary's checksum under path's name."""
+        def record(tmp: Path) -> None:
+            entry = digest(tmp)
+
+            def change(m):
+                m["written"] = m.get("written", 0) + 1  # a write counter orders the files (JSON keys are sorted)
+                m.setdefault("files", {})[self._rel(path)] = {"digest": entry, "seq": m["written"]}
+
+            self._update(change)
+
+        return record
+
+    def write_parquet(self, path: Path, table) -> None:
+        write_parquet(path, table, self._record(path))
+
+    def write_json(self, path: Path, data: Any) -> None:
+        write_json(path, data, self._record(path))
+
+    def write_text(self, path: Path, text: str) -> None:
+        write_text(path, text, self._record(path))
+
+    def write_dir(self, path: Path, fill: Callable[[Path], None]) -> None:
+        atomic_dir(path, fill, self._record(path))
+
+    def copy_in(self, source: Path, path: Path) -> None:
+        """Copy a file from elsewhere (e.g. another run's samples) into the run, with its checksum."""
+        atomic_write(path, lambda tmp: shutil.copyfile(source, tmp), self._record(path))
+
+    def read_parquet(self, path: Path):
+        with reading("run directory", path, RunDirError):
+            return read_parquet(path)
+
+    def read_json(self, path: Path) -> Any:
+        with reading("run directory", path, RunDirError):
+            return read_json(path)
+
+    def remove(self, path: Path) -> None:
+        """Delete a file or directory of the run and its checksums."""
+        rel = self._rel(path)
+        shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
+        self._update(lambda m: m.__setitem__("files", {k: v for k, v in m.get("files", {}).items()
+                                                       if k != rel and not k.startswith(rel + "/")}))
+
+    def check(self, path: Path) -> Check:
+        """Whether path is there and matches the checksum recorded when it was written.
+
+        Run directories made before checksums were recorded have none: their files count as "ok".
+        """
+        if not Path(path).exists():
+            return "missing"
+        files = (self.manifest() or {}).get("files")
+        if files is None:
+            return "ok"
+        expected = files.get(self._rel(path))
+        if expected is None:
+            return "unrecorded"
+        try:
+            return "ok" if digest(path) == expected["digest"] else "damaged"
+        except OSError:
+            return "damaged"
+
+    def recorded_digest(self, path: Path) -> Optional[str]:
+        entry = (self.manifest() or {}).get("files", {}).get(self._rel(path))
+        return entry["digest"] if entry else None
+
+    def set_aside(self, path: Path) -> Path:
+        """Move a damaged file out of the way (kept for inspection as NAME.damaged) and forget its checksum."""
+        target = Path(path).with_name(Path(path).name + ".damaged")
+        n = 1
+        while target.exists():
+            n += 1
+            target = Path(path).with_name(f"{Path(path).name}.damaged{n}")
+        os.replace(path, target)
+        rel = self._rel(path)
+        self._update(lambda m: m.get("files", {}).pop(rel, None))
+        return target
+
+    def written_after(self, path: Path) -> list[str]:
+        """Files of the run written after path was."""
+        files = (self.manifest() or {}).get("files", {})
+        entry = files.get(self._rel(path))
+        return [] if entry is None else sorted(k for k, v in files.items() if v["seq"] > entry["seq"])

@@ -6,7 +6,6 @@ of the round (pair -> reference -> train -> eval) exactly as `iterpo run` would.
 """
 
 import json
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -63,9 +62,8 @@ def test_loss_trains_a_round_and_falls(name, hyper, overrides, sampled_round, ti
     config = load_config(path)
     store = RunStore.open(config)
     round_dir = store.round_dir(1)
-    round_dir.mkdir(parents=True, exist_ok=True)
     for f in ("rollouts.parquet", "judgements.parquet"):
-        shutil.copy(sampled_round / f, round_dir / f)
+        store.copy_in(sampled_round / f, round_dir / f)
     rows = RoundDriver(config, store).run()
 
     loss = get_loss(name, **hyper)

@@ -17,7 +17,8 @@ from iterpo.config import load_config
 from iterpo.errors import UserInputError
 from iterpo.loop import RoundDriver
 from iterpo.sampling import vllm_backend
-from iterpo.store import RunStore, read_json
+from iterpo.io import read_json
+from iterpo.store import RunStore
 
 EOS = 2
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
+from iterpo.errors import JudgeFailure
 from iterpo.records import Judgement, Prompt, Rollout
 from iterpo.registry import Registry
 
@@ -36,12 +38,28 @@ class JudgeContext:
     system_prompt: Optional[str] = None
 
 
+@dataclass
+class Tally:
+    """How a judge fared in one stage: units judged (cached or asked) and units that failed, by reason."""
+
+    unit: str = "responses"  # what a unit is: "responses" (pointwise judges) or "comparisons" (pairwise ones)
+    units: int = 0
+    failed: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, units: int, failures: list[str]) -> None:
+        self.units += units
+        self.failed += len(failures)
+        self.reasons.update(failures)
+
+
 class Judge:
     name: ClassVar[str] = "judge"
     pointwise: ClassVar[bool] = True  # a response's verdict depends only on (prompt, response)
     verifier: ClassVar[bool] = False  # checks against the prompt's reference answer (usable as the eval metric)
     uses_policy: ClassVar[bool] = False  # judges with the policy itself (its identity changes every round)
     volatile_options: ClassVar[tuple[str, ...]] = ()  # options that do not change verdicts (timeouts, concurrency)
+    unit: ClassVar[str] = "responses"  # what one verdict judges, for failure counts ("comparisons" for pairwise judges)
     context: Optional[JudgeContext] = None
 
     def check(self) -> None:
@@ -62,6 +80,19 @@ class Judge:
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:  # pragma: no cover
         raise NotImplementedError
+
+    def tally(self) -> Tally:
+        """This stage's counts (judge_with_cache keeps them for pointwise judges; others keep their own)."""
+        if "_tally" not in self.__dict__:
+            self._tally = Tally(self.unit)
+        return self._tally
+
+    def reset_tally(self) -> None:
+        self.__dict__.pop("_tally", None)
+
+    def outage(self) -> Optional[str]:
+        """Why the judge cannot be asked at all any more (e.g. its endpoint is down), or None while it works."""
+        return None
 
 
 JUDGES: Registry[type] = Registry("judge")
@@ -115,4 +146,39 @@ def judge_with_cache(judge: Judge, prompt: Prompt, rollouts: list[Rollout], cach
             if not j.failed:
                 cache.put(keys[j.sample_idx], {"score": j.score, "detail": j.detail, "uncertainty": j.uncertainty,
                                                "samples": list(j.samples)})
-    return [found[r.sample_idx] for r in rollouts]
+    verdicts = [found[r.sample_idx] for r in rollouts]
+    judge.tally().add(len(verdicts), [j.detail for j in verdicts if j.failed])
+    return verdicts
+
+
+def judge_all(judge: Judge, prompts: list[Prompt], rollouts: dict[str, list[Rollout]], cache, flush_every: int,
+              max_failed_share: float, advance: Callable[[int], None] = lambda n: None) -> list[Judgement]:
+    """Every prompt's rollouts judged through the cache, flushed every ``flush_every`` prompts and at the end.
+
+    Raises JudgeFailure, after saving every verdict obtained so far, when the
+    judge reports an outage (it stops at once: asking on would only fail), or
+    when more than ``max_failed_share`` of the stage's units failed. Isolated
+    failures below that share are returned as failed verdicts, as before.
+    """
+    judge.reset_tally()
+    verdicts: list[Judgement] = []
+    try:
+        for n, p in enumerate(prompts, start=1):
+            verdicts += judge_with_cache(judge, p, rollouts[p.prompt_id], cache)
+            advance(1)
+            if judge.outage():
+                raise JudgeFailure(f"judge {judge.name} stopped answering after {n} of {len(prompts)} prompts: "
+                                   f"{judge.outage()}. Every verdict obtained so far is saved; a resume asks "
+                                   "only for the ones still missing")
+            if n % flush_every == 0:
+                cache.flush()
+    finally:
+        cache.flush()
+    t = judge.tally()
+    if t.units and t.failed > max_failed_share * t.units:
+        reasons = "; ".join(f"{why} ({count})" for why, count in t.reasons.most_common(3))
+        raise JudgeFailure(f"judge {judge.name}: {t.failed} of {t.units} {t.unit} failed ({t.failed / t.units:.0%}, "
+                           f"above judge.max_failed_share {max_failed_share:g}); most common: {reasons}. The "
+                           "verdicts that succeeded are saved and a resume asks again only the failed ones; fix the "
+                           "judge, or raise judge.max_failed_share to go on without them")
+    return verdicts

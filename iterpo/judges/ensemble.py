@@ -51,6 +51,11 @@ class Ensemble(Judge):
     def identity(self) -> str:
         return f"ensemble:{self.combine}:{self.threshold}:[" + "|".join(m.identity() for m in self.members) + "]"
 
+    def reset_tally(self) -> None:
+        super().reset_tally()
+        for m in self.members:
+            m.reset_tally()
+
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         per_member = [judge_with_cache(m, prompt, rollouts, self.context.cache) for m in self.members]
         out = []
@@ -69,4 +74,9 @@ class Ensemble(Judge):
                 uncertainty = 1 - abs(2 * score - 1)
             detail = ", ".join(f"{name}={s:.3g}" for name, s in ok)
             out.append(Judgement(r.prompt_id, r.sample_idx, self.name, score, detail, uncertainty=uncertainty, samples=scores))
+        if not self.pointwise:  # judge_with_cache counts pointwise judges' verdicts; count ours here
+            self.tally().add(len(out), [j.detail for j in out if j.failed])
         return out
+
+    def outage(self):
+        return next((why for why in (m.outage() for m in self.members) if why), None)

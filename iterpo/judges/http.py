@@ -6,6 +6,10 @@ exponential backoff. A reply that names neither response clearly is recorded
 as unparseable (never guessed); the other order's answer then stands alone.
 A wrong key, URL or model (401, 403, 404) stops the run with a clear error
 before anything more is written: every comparison would fail the same way.
+When ``give_up_after`` requests in a row get no answer even after their
+retries (the server went away), the judge reports an outage: the requests
+still queued fail at once without being sent, and the judging stage stops
+the run (iterpo.judges.base.judge_all) so that a resume asks them again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -70,16 +75,34 @@ class PairwiseHTTP(PairwiseJudge):
     """First retry waits this long; each next one twice as long."""
     concurrency: int = 8
     """Requests in flight at once."""
-    volatile_options = ("api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency")
+    give_up_after: int = 8
+    """Requests in a row that get no answer after all their retries before the endpoint counts as down."""
+    volatile_options = ("api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency", "give_up_after")
 
     def __post_init__(self):
         super().__post_init__()
+        self._lock = threading.Lock()
+        self._unanswered = 0  # requests in a row that failed after their retries
+        self._down: Optional[str] = None
         if not re.match(r"https?://", self.base_url):
             raise ValueError(f"option base_url must be an http(s) URL, got {self.base_url!r}")
         if not self.model:
             raise ValueError("option model is required (the model name the endpoint serves)")
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0 or self.concurrency < 1:
-            raise ValueError("options need timeout_s > 0, max_retries >= 0, backoff_s >= 0, concurrency >= 1")
+        if self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0 or self.concurrency < 1 \
+                or self.give_up_after < 1:
+            raise ValueError("options need timeout_s > 0, max_retries >= 0, backoff_s >= 0, concurrency >= 1, "
+                             "give_up_after >= 1")
+
+    def outage(self) -> Optional[str]:
+        return self._down
+
+    def _answered(self, ok: bool, why: str = "") -> None:
+        """Count requests that got no answer in a row; at give_up_after the endpoint counts as down."""
+        with self._lock:
+            self._unanswered = 0 if ok else self._unanswered + 1
+            if self._unanswered >= self.give_up_after and self._down is None:
+                self._down = (f"{self._unanswered} requests in a row to {self.base_url} got no answer after "
+                              f"{self.max_retries} retries each (last: {why})")
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -119,10 +142,14 @@ class PairwiseHTTP(PairwiseJudge):
         raise RuntimeError(last)
 
     def _one(self, prompt, a: str, b: str, headers: dict) -> tuple[Optional[float], str]:
+        if self._down is not None:
+            return None, "not asked: the endpoint is down"
         try:
             reply = self._request(fill(self.template, prompt, a, b), headers)
         except RuntimeError as exc:
+            self._answered(False, str(exc))
             return None, f"request failed after {self.max_retries} retries: {exc}"
+        self._answered(True)
         letter = parse_verdict(reply)
         if letter is None:
             return None, f"unparseable reply: {reply[:80]!r}"
@@ -130,5 +157,11 @@ class PairwiseHTTP(PairwiseJudge):
 
     def ask(self, prompt, pairs):
         headers = self._headers()
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda ab: self._one(prompt, ab[0], ab[1], headers), pairs))
+        pool = ThreadPoolExecutor(self.concurrency)
+        try:
+            answers = list(pool.map(lambda ab: self._one(prompt, ab[0], ab[1], headers), pairs))
+        except BaseException:  # Ctrl-C, or a refused key: drop the queued requests instead of sending them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return answers

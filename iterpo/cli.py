@@ -307,7 +307,8 @@ def _on_sigterm(signum, frame):
 
 
 def _print_error(text: str) -> None:
-    print("iterpo: error: " + textwrap.fill(" ".join(text.split()), width=100, break_long_words=False), file=sys.stderr)
+    print("iterpo: error: " + textwrap.fill(" ".join(text.split()), width=100, break_long_words=False,
+                                                     break_on_hyphens=False), file=sys.stderr)
 
 
 def _resume_hint() -> str:

@@ -16,9 +16,10 @@ process kill or interrupt itself, or fail a write as a full disk would, at a
 chosen point, so crash-safety tests are fast and exact. Events are
 ``write:PATH`` (the temporary is complete, the target not yet replaced),
 ``written:PATH`` (just after the rename; PATH matches any path ending with it)
-and ``progress:LABEL@N`` (a progress bar, e.g. ``training``, reaches N).
+and ``progress:LABEL@N`` (a progress bar, e.g. ``training``, reaches N or more).
 Actions: ``kill`` (SIGKILL), ``interrupt`` (SIGINT, as Ctrl-C), ``term``
-(SIGTERM), ``enospc`` (the write fails with "no space left on device").
+(SIGTERM), ``stop`` (SIGSTOP: the process waits, holding what it holds, until
+SIGCONT), ``enospc`` (the write fails with "no space left on device").
 
 This module imports nothing from iterpo but its errors.
 """
@@ -39,9 +40,13 @@ from typing import Any, Callable, Optional
 from iterpo.errors import DiskFull, RunDirError
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+SIGNALS = {"kill": signal.SIGKILL, "interrupt": signal.SIGINT, "term": signal.SIGTERM, "stop": signal.SIGSTOP}
 
 
 # ---------------------------------------------------------------- injected faults
+
+
+_FIRED: set[tuple[str, str]] = set()
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,8 +54,9 @@ def _failpoints(spec: str) -> tuple[tuple[str, str], ...]:
     points = []
     for item in filter(None, (x.strip() for x in spec.split(","))):
         event, _, action = item.rpartition("=")
-        if action not in ("kill", "interrupt", "term", "enospc") or not event:
-            raise ValueError(f"ITERPO_FAILPOINTS: {item!r} is not EVENT=kill|interrupt|term|enospc")
+        if action not in SIGNALS and action != "enospc" or not event:
+            raise ValueError(f"ITERPO_FAILPOINTS: {item!r} is not EVENT=ACTION with ACTION one of "
+                             f"{', '.join(SIGNALS)}, enospc")
         points.append((event, action))
     return tuple(points)
 
@@ -65,13 +71,18 @@ def failpoint(event: str) -> None:
         want_kind, _, target = pattern.partition(":")
         if want_kind != kind:
             continue
-        if kind == "progress" and subject != target:
-            continue
+        if kind == "progress":  # LABEL@N fires once the bar named LABEL reaches N
+            label, _, count = subject.rpartition("@")
+            want_label, _, want = target.rpartition("@")
+            if label != want_label or int(count) < int(want):
+                continue
         if kind != "progress" and subject != target and not subject.endswith("/" + target):
             continue
-        if action == "enospc":
+        if action == "enospc":  # every matching write fails, as on a disk that stays full
             raise OSError(errno.ENOSPC, "No space left on device (injected by ITERPO_FAILPOINTS)")
-        os.kill(os.getpid(), {"kill": signal.SIGKILL, "interrupt": signal.SIGINT, "term": signal.SIGTERM}[action])
+        if (pattern, action) not in _FIRED:  # a signal is sent once per process
+            _FIRED.add((pattern, action))
+            os.kill(os.getpid(), SIGNALS[action])
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -86,9 +97,22 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _no_space(path: Path, exc: OSError) -> DiskFull:
-    return DiskFull(f"no space left on the device while writing {path} ({exc.strerror}); nothing partial was "
-                    "left behind and earlier files are intact. Free some space, then resume.")
+def _is_no_space(exc: BaseException) -> bool:
+    """A full disk, also when a library (safetensors, Arrow) reports it in its own exception type."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "StorageFull" in text or "os error 28" in text:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _no_space(path: Path, exc: BaseException) -> DiskFull:
+    return DiskFull(f"no space left on the device while writing {path}; nothing partial was left behind and "
+                    "earlier files are intact. Free some space, then resume")
 
 
 def _cannot_write(path: Path, exc: OSError) -> RunDirError:
@@ -109,7 +133,7 @@ def atomic_write(path: Path, write: Callable[[Path], None],
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise (_no_space(path, exc) if exc.errno in NO_SPACE else _cannot_write(path, exc)) from None
+        raise (_no_space(path, exc) if _is_no_space(exc) else _cannot_write(path, exc)) from None
     tmp = Path(tmp_name)
     try:
         write(tmp)
@@ -118,17 +142,22 @@ def atomic_write(path: Path, write: Callable[[Path], None],
         if before_rename is not None:
             before_rename(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in NO_SPACE:
-            raise _no_space(path, exc) from None
-        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-            raise _cannot_write(path, exc) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        error = _translated(path, exc)
+        if error is exc:
+            raise
+        raise error from None
     failpoint(f"written:{path}")
+
+
+def _translated(path: Path, exc: BaseException) -> BaseException:
+    """The error to raise for a failed write: a clear one for a full disk or a refused write, else exc itself."""
+    if isinstance(exc, Exception) and _is_no_space(exc):
+        return _no_space(path, exc)
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno == errno.EROFS):
+        return _cannot_write(path, exc)
+    return exc
 
 
 def atomic_dir(path: Path, fill: Callable[[Path], None],
@@ -139,7 +168,7 @@ def atomic_dir(path: Path, fill: Callable[[Path], None],
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as exc:
-        raise (_no_space(path, exc) if exc.errno in NO_SPACE else _cannot_write(path, exc)) from None
+        raise (_no_space(path, exc) if _is_no_space(exc) else _cannot_write(path, exc)) from None
     try:
         fill(tmp)
         for f in sorted(tmp.rglob("*")):
@@ -157,16 +186,12 @@ def atomic_dir(path: Path, fill: Callable[[Path], None],
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno in NO_SPACE:
-            raise _no_space(path, exc) from None
-        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-            raise _cannot_write(path, exc) from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        error = _translated(path, exc)
+        if error is exc:
+            raise
+        raise error from None
     failpoint(f"written:{path}")
 
 

@@ -9,18 +9,28 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from iterpo.io import failpoint
+
 # Wide enough for the round table when output goes to a file or a CI log.
 console = Console(highlight=False, width=None if Console().is_terminal else 120)
 
 
 @contextmanager
 def bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar; yields advance(n)."""
+    """A progress bar; yields advance(n). Each advance is a fault-injection point (iterpo.io.failpoint)."""
     columns = (TextColumn("  {task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+        done = 0
+
+        def advance(n: int = 1) -> None:
+            nonlocal done
+            progress.advance(task, n)
+            done += n
+            failpoint(f"progress:{description}@{done}")
+
+        yield advance
 
 
 STAGES = ["sample", "judge", "pair", "reference", "train", "eval"]

@@ -26,3 +26,14 @@ class TokenSum(Judge):
 
     def judge(self, prompt, rollouts):
         return [Judgement(r.prompt_id, r.sample_idx, self.name, (sum(r.token_ids) % 5) / 4, "") for r in rollouts]
+
+
+@register_judge("token_sum_failing")
+class TokenSumFailing(TokenSum):
+    """token_sum, but every response whose first token id is a multiple of 3 gets a failed verdict."""
+
+    name = "token_sum_failing"
+
+    def judge(self, prompt, rollouts):
+        return [Judgement(j.prompt_id, j.sample_idx, self.name, j.score, "no score in the reply", failed=True)
+                if r.token_ids[0] % 3 == 0 else j for r, j in zip(rollouts, super().judge(prompt, rollouts))]

@@ -63,17 +63,17 @@ def _cmd_train(args) -> None:
     from iterpo.losses import get_loss
     from iterpo.models.loading import add_lora, load_model, load_tokenizer, resolve_model_path, save_policy
     from iterpo.progress import bar, console
-    from iterpo.store import write_json, write_text
-    from iterpo.training.offline import read_preferences, tokenize_pair, train_offline
+    from iterpo.io import write_json, write_text
+    from iterpo.training.offline import check_loss, read_preferences, tokenize_pair, train_offline
     from iterpo.training.trainer import LiveReference
 
     if args.loss:  # before the config: its pairing check would otherwise speak of a pairing strategy
-        from iterpo.training.offline import check_loss
-
-        check_loss(get_loss(args.loss), [])
+        check_loss(get_loss(args.loss), [], args.loss)
     overrides = list(args.set or []) + [f"model.path={args.model}"] + ([f"loss.name={args.loss}"] if args.loss else [])
     config = load_config(args.config, overrides)
     output = Path(args.output or Path("runs") / ("train-" + Path(args.preferences).stem))
+    if output.exists() and not output.is_dir():
+        raise UserInputError(f"--output: {output} exists and is not a directory")
     if (output / "checkpoint").exists() and not args.force:
         raise UserInputError(f"--output: {output} already holds a trained checkpoint; choose another directory "
                              "or pass --force to replace it")
@@ -84,6 +84,7 @@ def _cmd_train(args) -> None:
     tokenizer = load_tokenizer(path)
     examples = [tokenize_pair(tokenizer, row) for row in rows]
     loss = get_loss(config.loss.name, **config.loss.hyperparams())
+    check_loss(loss, examples, config.loss.name)  # before the model loads
     model = load_model(path, config.model.dtype)
     if config.model.lora is not None:
         model = add_lora(model, config.model.lora)
@@ -188,6 +189,11 @@ def _cmd_games(args) -> None:
     betas = args.beta or [0.1, 0.01]
     if any(not b > 0 for b in betas):
         raise UserInputError("--beta must be > 0")
+    for flag, value, ok in [("--seeds", args.seeds, args.seeds >= 1), ("--iterations", args.iterations, args.iterations >= 1),
+                            ("--target", args.target, args.target > 0),
+                            ("--sampled", args.sampled, args.sampled is None or args.sampled >= 1)]:
+        if not ok:
+            raise UserInputError(f"{flag} must be {'> 0' if flag == '--target' else 'at least 1'}, got {value}")
     methods = [m for m in METHODS if not args.algorithm or m.algorithm in args.algorithm]
     if not methods:
         from iterpo.games import ALGORITHMS
@@ -294,8 +300,9 @@ def _load_plugins() -> None:
     for name in filter(None, (x.strip() for x in os.environ.get("ITERPO_PLUGINS", "").split(","))):
         try:
             importlib.import_module(name)
-        except ImportError as exc:
-            raise UserInputError(f"ITERPO_PLUGINS: cannot import plugin module {name!r}: {exc}") from None
+        except Exception as exc:  # a missing module, a syntax error, or the plugin's own failure at import
+            raise UserInputError(f"ITERPO_PLUGINS: cannot import plugin module {name!r}: "
+                                 f"{type(exc).__name__}: {exc}") from None
 
 
 class Terminated(KeyboardInterrupt):

@@ -259,7 +259,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
             continue
         got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err else ""
         parts.append(f"field '{field}': {msg}{got}")
-    return f"invalid config ({source}): " + "; ".join(parts) + "."
+    return f"invalid config ({source}): " + "; ".join(p.rstrip(".") for p in parts) + "."
 
 
 def _apply_override(data: dict, assignment: str) -> None:
@@ -267,8 +267,12 @@ def _apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: expected section.field=value, e.g. train.lr=1e-5")
     key, raw = assignment.split("=", 1)
     path = key.strip().split(".")
+    if not all(part.strip() for part in path):
+        raise ConfigError(f"--set {assignment!r}: expected section.field=value, e.g. train.lr=1e-5")
     try:
         value = yaml.safe_load(raw) if raw != "" else None
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value is nested too deeply") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({exc})") from exc
     node = data
@@ -295,6 +299,8 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     for assignment in overrides:

@@ -81,7 +81,8 @@ def reading(what: str, path: str | Path, error: type[UserInputError] = DataError
         raise error(f"{what}: {path} is too large to read into memory") from None
     except OSError as exc:
         raise error(f"{what}: {path} cannot be read: {exc.strerror or exc}") from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError) as exc:
-        # The libraries that parse model, tokenizer, GGUF and Arrow files raise these for malformed content.
+    except Exception as exc:
+        # The libraries that parse model, tokenizer, GGUF, safetensors and Arrow files raise exceptions of their own
+        # (ValueError, KeyError, SafetensorError, ArrowInvalid, ...) for malformed content.
         detail = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise error(f"{what}: {path} cannot be read ({type(exc).__name__}: {detail})") from None

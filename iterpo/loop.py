@@ -20,12 +20,12 @@ from collections import Counter
 import torch
 
 from iterpo.config import Config
-from iterpo.errors import DamagedFile, RunFailure, UserInputError
+from iterpo.errors import DamagedFile, DataError, RunFailure, UserInputError
 from iterpo.judges import JudgeCache, JudgeContext, judge_all, make_judge
 from iterpo.losses import get_loss
 from iterpo.models.chat import encode_prompt
-from iterpo.models.loading import (add_lora, is_lora, load_model, load_policy_checkpoint, load_tokenizer,
-                                   resolve_model_path, save_policy)
+from iterpo.models.loading import (add_lora, check_lora_targets, is_lora, load_model, load_policy_checkpoint,
+                                   load_tokenizer, resolve_model_path, save_policy)
 from iterpo.models.logprobs import score_responses
 from iterpo.pairing import RECORD_TYPE, build_examples, build_strategy, sigmoid
 from iterpo.progress import bar, console, round_table
@@ -47,6 +47,15 @@ STAGE_OUTPUTS = {"sample": ("rollouts.parquet",), "judge": ("judgements.parquet"
                  "train": ("train.jsonl", "checkpoint"), "eval": ("eval.json",)}
 
 
+def check_prompts(judge, prompts: list, source: str) -> None:
+    """DataError naming the source when the judge cannot judge some prompt (e.g. a verifier's answer is missing)."""
+    for p in prompts:
+        try:
+            judge.check_prompt(p)
+        except DataError as exc:
+            raise DataError(f"{source}: {exc}") from None
+
+
 class RoundDriver:
     def __init__(self, config: Config, store: RunStore | None = None):
         """Load everything the run needs (so bad input fails before the run directory is touched)."""
@@ -63,9 +72,14 @@ class RoundDriver:
         self.eval_judge = self.judge if eval_judge == self.judge.name else make_judge(eval_judge, {})
         self.judge.check()
         self.eval_judge.check()
+        source = config.task.train_file if config.task.name == "file" else f"task {config.task.name}"
+        check_prompts(self.judge, self.train_prompts, source)
+        check_prompts(self.eval_judge, self.eval_prompts, config.task.eval_file or source)
         self.loss_fn = get_loss(config.loss.name, **config.loss.hyperparams())
         self.strategy = build_strategy(config.pairing, self.loss_fn.data_shape)
         self.base_path = resolve_model_path(config.model.path)
+        if config.model.lora is not None:
+            check_lora_targets(self.base_path, config.model.lora.target_modules)
         self.backend = choose_backend(config.sampling.backend)  # 'transformers' or 'vllm'
         self.tokenizer = load_tokenizer(self.base_path)
         self.pad_id = self.tokenizer.pad_token_id

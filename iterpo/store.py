@@ -105,7 +105,8 @@ class RunStore:
     def existing(cls, root: str | Path) -> "RunStore":
         store = cls(root)
         if not store.root.is_dir():
-            raise RunDirError(f"{store.root} is not an iterpo run directory (no such directory)")
+            why = "not a directory" if store.root.exists() else "no such directory"
+            raise RunDirError(f"{store.root} is not an iterpo run directory ({why})")
         if not store.config_path.is_file() or not store.manifest_path.is_file():
             raise RunDirError(f"{store.root} is not an iterpo run directory (no config.yaml or manifest.json)")
         store.manifest()  # a damaged manifest is named now

@@ -97,7 +97,7 @@ def test_cli_refuses_bad_input_before_loading_anything(tmp_path, tiny_model_dir,
     assert "a preference file holds pairs" in err()
     (tmp_path / "broken.jsonl").write_text('{"prompt": "x",\n')
     assert main(["train", "--preferences", str(tmp_path / "broken.jsonl"), "--model", tiny_model_dir]) == 2
-    assert "not readable" in err()
+    assert "broken.jsonl line 1 is not valid JSON" in err()
 
 
 def test_a_live_reference_gives_the_losses_of_stored_reference_log_probs(tiny_model_dir, tokenizer):

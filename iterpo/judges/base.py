@@ -65,6 +65,12 @@ class Judge:
     def check(self) -> None:
         """Fail early (before a run starts) when this machine cannot run the judge; default: nothing to check."""
 
+    def check_prompt(self, prompt: Prompt) -> None:
+        """Raise DataError when this judge cannot judge responses to prompt: a verifier reads its reference
+        answer before any response, so judging no response checks the answer (missing, no number, bad spec)."""
+        if self.verifier:
+            self.judge(prompt, [])
+
     def setup(self, context: JudgeContext) -> None:
         """Called before a round's judging with that round's context."""
         self.context = context

@@ -43,6 +43,10 @@ class Ensemble(Judge):
         for m in self.members:
             m.check()
 
+    def check_prompt(self, prompt: Prompt) -> None:
+        for m in self.members:
+            m.check_prompt(prompt)
+
     def setup(self, context: JudgeContext) -> None:
         super().setup(context)
         for m in self.members:

@@ -157,12 +157,18 @@ class PairwiseLM(PairwiseJudge):
             raise ValueError("option batch_size must be >= 1")
         self._model = self._tokenizer = None
 
+    def check(self) -> None:
+        from iterpo.models.loading import resolve_model_path
+
+        resolve_model_path(self.path, "judge pairwise_lm: path")
+
     def _load(self):
         if self._model is None:
             from iterpo.models.loading import load_model, load_tokenizer, resolve_model_path
 
-            path = resolve_model_path(self.path)
-            self._tokenizer, self._model = load_tokenizer(path), load_model(path)
+            what = "judge pairwise_lm: path"
+            path = resolve_model_path(self.path, what)
+            self._tokenizer, self._model = load_tokenizer(path, what), load_model(path, "float32", what)
             self._model.eval()
             ids = [self._tokenizer.encode(x, add_special_tokens=False) for x in ("A", "B")]
             self._letters = [x[0] for x in ids]

@@ -50,6 +50,11 @@ class RewardModel(Judge):
             raise ValueError("options need batch_size >= 1, max_length >= 8, mc_dropout >= 0 and 0 <= dropout < 1")
         self._model = None
 
+    def check(self) -> None:
+        from iterpo.models.loading import check_model_dir
+
+        check_model_dir(Path(self.path), "judge reward_model: path")
+
     def _load(self):
         if self._model is None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer

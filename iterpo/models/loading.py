@@ -102,7 +102,8 @@ def resolve_model_path(path: str, what: str = "model.path") -> str:
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
         return path  # a hub id; from_pretrained fetches it where the network allows
     known = ", ".join(BUILTIN_MODELS)
-    raise UserInputError(f"model.path: {path!r} is neither a built-in model ({known}), a local directory, a .gguf file nor a hub id")
+    raise UserInputError(f"{what}: {path!r} is neither a built-in model ({known}), a local directory, a .gguf file "
+                         "nor a hub id")
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -150,6 +151,25 @@ def load_model(path: str, dtype: str = "float32", what: str = "model.path"):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     model.eval()  # deterministic forward passes; we never rely on dropout
     return model
+
+
+def check_lora_targets(path: str, targets: list[str]) -> None:
+    """ConfigError unless every LoRA target names modules of the model (checked on an empty, weightless copy)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from iterpo.errors import ConfigError
+
+    with reading("model.path", path, UserInputError):
+        config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in leaves and not any(n == t or n.endswith("." + t)
+                                                                  for n, _ in model.named_modules())]
+    if missing:
+        known = sorted(n for n in leaves if n and not n.isdigit())
+        raise ConfigError(f"model.lora.target_modules: {', '.join(map(repr, missing))} name no module of the model; "
+                          f"its modules include {', '.join(known[:20])}")
 
 
 def add_lora(model, lora_config):

@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import pyarrow.parquet as pq
+
 from iterpo.config import TaskSection
-from iterpo.errors import DataError
+from iterpo.errors import DataError, reading
 from iterpo.records import Prompt
 from iterpo.tasks.base import Task, register_task
 
@@ -37,39 +39,49 @@ def _row_to_prompt(row: dict, where: str, default_id: str) -> Prompt:
     else:
         raise DataError(f"{where}: needs a non-empty text 'prompt' or a 'messages' list")
     answer = row.get("answer")
+    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
+        raise DataError(f"{where}: 'answer' must be text or a number, got {type(answer).__name__}")
     pid = row.get("id", default_id)
+    if pid is None or isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
+        raise DataError(f"{where}: 'id' must be a non-empty string or an integer, got {pid!r}")
     return Prompt(str(pid), messages, None if answer is None else str(answer))
 
 
 def read_prompts(path: str | Path, limit: Optional[int] = None, id_prefix: str = "p") -> list[Prompt]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"prompt file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"prompt file {path} is a directory, not a file")
     prompts: list[Prompt] = []
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
+        with reading("prompt file", path):
             rows = pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise DataError(f"prompt file {path} is not a readable parquet file: {exc}") from None
         for i, row in enumerate(rows):
             prompts.append(_row_to_prompt(row, f"{path} row {i}", f"{id_prefix}-{i:06d}"))
     else:
-        with path.open() as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path} line {lineno} is not valid JSON: {exc.msg} (column {exc.colno})") from None
-                prompts.append(_row_to_prompt(row, f"{path} line {lineno}", f"{id_prefix}-{len(prompts):06d}"))
+        with reading("prompt file", path):
+            data = path.read_bytes()
+        for lineno, raw in enumerate(data.splitlines(), start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is accepted
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path} line {lineno} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                why = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                raise DataError(f"{path} line {lineno} is not valid JSON: {why}") from None
+            prompts.append(_row_to_prompt(row, f"{path} line {lineno}", f"{id_prefix}-{len(prompts):06d}"))
     if not prompts:
         raise DataError(f"prompt file {path} holds no prompts")
-    ids = [p.prompt_id for p in prompts]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"prompt file {path} repeats an 'id'; ids must be unique")
+    seen: set[str] = set()
+    for p in prompts:
+        if p.prompt_id in seen:
+            raise DataError(f"prompt file {path} repeats the id {p.prompt_id!r}; ids must be unique")
+        seen.add(p.prompt_id)
     return prompts[:limit]
 
 

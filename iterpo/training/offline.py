@@ -21,11 +21,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from iterpo.errors import UserInputError
+from iterpo.errors import UserInputError, reading
 from iterpo.training.examples import PairExample
 
 
@@ -34,15 +33,21 @@ def read_preferences(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"--preferences: {path} does not exist")
-    try:
+    with reading("--preferences", path, UserInputError):
         if path.suffix == ".parquet":
             rows = pq.read_table(path).to_pylist()
         elif path.suffix == ".json":
-            rows = json.loads(path.read_text())
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
         else:
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (json.JSONDecodeError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise UserInputError(f"--preferences: {path} is not readable as {path.suffix or 'JSON lines'}: {exc}") from None
+            rows = []
+            for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserInputError(f"--preferences: {path} line {lineno} is not valid JSON: {exc.msg} "
+                                         f"(column {exc.colno})") from None
     if not isinstance(rows, list) or not rows:
         raise UserInputError(f"--preferences: {path} holds no preference rows")
     for i, row in enumerate(rows, 1):
@@ -111,17 +116,17 @@ class OfflineResult:
         return self.pairs / max(self.reference_seconds + self.train_seconds, 1e-9)
 
 
-def check_loss(loss, examples: list[PairExample]) -> None:
+def check_loss(loss, examples: list[PairExample], name: str) -> None:
     """A preference file has pairs, optionally soft labels; refuse losses that need more."""
     if loss.data_shape != "pairs":
-        raise UserInputError(f"loss {type(loss).__name__} trains on {loss.data_shape} data; a preference file holds pairs")
+        raise UserInputError(f"loss {name} trains on {loss.data_shape} data; a preference file holds pairs")
     missing = {"win_rate": "win-rate estimates", "aux_samples": "extra samples per prompt"}
     for need, what in missing.items():
         if need in loss.needs:
-            raise UserInputError(f"loss {type(loss).__name__} needs {what}, which a preference file does not have; "
+            raise UserInputError(f"loss {name} needs {what}, which a preference file does not have; "
                                  "use it in `iterpo run`")
     if "soft_label" in loss.needs and any(e.soft_label is None for e in examples):
-        raise UserInputError(f"loss {type(loss).__name__} needs a soft_label on every row of the preference file")
+        raise UserInputError(f"loss {name} needs a soft_label on every row of the preference file")
 
 
 @torch.no_grad()
@@ -146,7 +151,7 @@ def train_offline(model, examples: list[PairExample], loss, config, pad_id: int,
     from iterpo.models.loading import is_lora
     from iterpo.training.trainer import train
 
-    check_loss(loss, examples)
+    check_loss(loss, examples, config.loss.name)
     t0 = time.perf_counter()
     if loss.needs & {"reference", "previous"}:
         with progress_bar("reference log-probs", 2 * len(examples)) if progress_bar else nullcontext() as advance:

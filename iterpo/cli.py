@@ -319,13 +319,16 @@ def _print_error(text: str) -> None:
 
 
 def _resume_hint() -> str:
-    where = _RUN_DIR[-1] if _RUN_DIR else "RUN_DIR"
-    return f"finished stages are kept; `iterpo resume {where}` continues from the last one"
+    """How to go on, for a command that worked on a run directory ('' for the others)."""
+    if not _RUN_DIR:
+        return ""
+    return f"finished stages are kept; `iterpo resume {_RUN_DIR[-1]}` continues from the last one"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits with 2 on bad arguments
+    _RUN_DIR.clear()
     _quiet_libraries()
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -336,11 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(str(exc))
         return 2
     except RunFailure as exc:
-        _print_error(f"{str(exc).rstrip('.')}. The run stopped; {_resume_hint()}.")
+        _print_error(f"{str(exc).rstrip('.')}." + (f" The run stopped; {_resume_hint()}." if _RUN_DIR else ""))
         return 1
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
-        print(f"iterpo: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {_resume_hint()}", file=sys.stderr)
+        hint = f"; {_resume_hint()}" if _RUN_DIR else ""
+        print(f"iterpo: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}", file=sys.stderr)
         code = 143 if terminated else 130
         if threading.active_count() > 1:  # e.g. a judge's requests in flight: do not wait for them to time out
             sys.stdout.flush()

@@ -112,7 +112,7 @@ def _is_no_space(exc: BaseException) -> bool:
 
 def _no_space(path: Path, exc: BaseException) -> DiskFull:
     return DiskFull(f"no space left on the device while writing {path}; nothing partial was left behind and "
-                    "earlier files are intact. Free some space, then resume")
+                    "earlier files are intact. Free some space first")
 
 
 def _cannot_write(path: Path, exc: OSError) -> RunDirError:

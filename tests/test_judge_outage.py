@@ -133,3 +133,16 @@ def test_too_many_failed_verdicts_stop_before_pairing(tiny_model_dir, tmp_path):
     RoundDriver(relaxed, RunStore.open(relaxed)).run()
     judged = pq.read_table(tmp_path / "run" / "round-001" / "judgements.parquet").to_pylist()
     assert any(j["failed"] for j in judged) and not all(j["failed"] for j in judged)
+
+
+def test_a_self_judge_that_writes_no_score_stops_the_run(tiny_model_dir, tmp_path):
+    """The random tiny model never writes "Score: N": every self-judgement fails, so the stage stops the run."""
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", **{"run.rounds": 1, "task.train_size": 2})
+    cfg["judge"] = {"name": "self_judge", "samples": 1, "max_new_tokens": 6}
+    cfg["task"]["name"] = "constraints"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    config = load_config(path)
+    with pytest.raises(JudgeFailure, match=r"self_judge: 8 of 8 responses failed \(100%.*no score in 1 evaluations"):
+        RoundDriver(config, RunStore.open(config)).run()
+    assert not (tmp_path / "run" / "round-001" / "judgements.parquet").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
@@ -38,6 +39,9 @@ class JudgeContext:
     system_prompt: Optional[str] = None
 
 
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
 @dataclass
 class Tally:
     """How a judge fared in one stage: units judged (cached or asked) and units that failed, by reason."""
@@ -50,7 +54,8 @@ class Tally:
     def add(self, units: int, failures: list[str]) -> None:
         self.units += units
         self.failed += len(failures)
-        self.reasons.update(failures)
+        # Reasons count by kind: quoted replies (which differ every time) are elided.
+        self.reasons.update(_QUOTED.sub("'...'", why)[:120] for why in failures)
 
 
 class Judge:

@@ -1,6 +1,6 @@
 """Runs inside the sandbox's new mount, network and PID namespaces, before the untrusted program.
 
-Invoked as:  python -I -S _sandbox_child.py WORKDIR CPU_S MEMORY_BYTES MAX_PROCS MAX_FILE_BYTES PYTHON
+Invoked as:  python -I -S _sandbox_child.py WORKDIR CPU_S MEMORY_BYTES MAX_PROCS MAX_FILE_BYTES PYTHON RESULT_FD
 It is started by iterpo.judges.sandbox and must only use the standard library.
 
 1. Every mount is made private, then read-only, except WORKDIR (bound onto
@@ -11,7 +11,8 @@ It is started by iterpo.judges.sandbox and must only use the standard library.
    namespace (an unprivileged caller), it enters a nested user namespace, which
    holds no capability over the mounts above, so they cannot be made writable again.
 3. Resource limits: CPU seconds, address space, processes, file size, no core dumps.
-4. The environment is emptied, and the program WORKDIR/main.py is exec'd.
+4. The environment is emptied, the result pipe RESULT_FD (when not -1) is moved
+   to file descriptor 3, and the program WORKDIR/main.py is exec'd.
 The network namespace has no interface up, so every connection fails.
 """
 
@@ -42,6 +43,7 @@ def _mount_points() -> list[str]:
 
 def main() -> None:
     workdir, cpu_s, memory, procs, fsize, python = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
+    result_fd = int(sys.argv[7]) if len(sys.argv) > 7 else -1
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
     _mount(libc, None, b"/", None, MS_REC | MS_PRIVATE)
@@ -68,6 +70,9 @@ def main() -> None:
                          (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64)]:
         resource.setrlimit(limit, (value, value))
     os.chdir(workdir)
+    if result_fd >= 0 and result_fd != 3:
+        os.dup2(result_fd, 3)  # inheritable: the program finds its result pipe at descriptor 3
+        os.close(result_fd)
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     os.execve(python, [python, "-I", "-S", "main.py"], env)
 

@@ -11,7 +11,10 @@ users get a user namespace too):
 - limits: wall-clock timeout, CPU seconds, address space, process count, file
   size; the environment is emptied, so no secrets leak in;
 - every process the program started dies with it: the sandbox's PID namespace
-  is torn down when its first process exits or is killed.
+  is torn down when its first process exits or is killed;
+- what iterpo reads back is bounded: of stdout, stderr and the optional result
+  pipe (file descriptor 3 in the program) only the last OUTPUT_LIMIT bytes are
+  kept, however much the program writes, while the rest is read and dropped.
 
 Where namespaces are not available, ``run_python`` raises SandboxUnavailable
 rather than run the code with weaker isolation.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -33,6 +37,7 @@ from pathlib import Path
 from iterpo.errors import UserInputError
 
 CHILD = Path(__file__).with_name("_sandbox_child.py")
+OUTPUT_LIMIT = 64 * 1024  # bytes kept of each stream: the end, where tracebacks and verdicts are
 
 
 class SandboxUnavailable(UserInputError):
@@ -55,6 +60,7 @@ class SandboxResult:
     stdout: str
     stderr: str
     seconds: float
+    result: str = ""  # what the program wrote to file descriptor 3, when run with result_pipe=True
 
     @property
     def ok(self) -> bool:
@@ -111,34 +117,120 @@ def check_sandbox() -> str:
 
 
 def run_python(code: str, limits: SandboxLimits = SandboxLimits(), files: dict[str, str] | None = None,
-               _checked: bool = False) -> SandboxResult:
-    """Run ``code`` as main.py in a fresh sandbox; ``files`` are extra files placed beside it."""
+               stdin: bytes = b"", result_pipe: bool = False, _checked: bool = False) -> SandboxResult:
+    """Run ``code`` as main.py in a fresh sandbox; ``files`` are extra files placed beside it.
+
+    ``stdin`` is written to the program's standard input (then closed). With ``result_pipe``, the program
+    also gets a pipe on file descriptor 3, whose contents come back as ``SandboxResult.result``.
+    """
     if not _checked:
         check_sandbox()
     workdir = Path(tempfile.mkdtemp(prefix="iterpo-sandbox-"))
+    result_read = result_write = None
     try:
         (workdir / "main.py").write_text(code)
         for name, text in (files or {}).items():
             (workdir / name).write_text(text)
         os.chmod(workdir, 0o777)
+        if result_pipe:
+            result_read, result_write = os.pipe()
         cmd = _unshare_command() + [
             sys.executable, "-I", "-S", str(CHILD), str(workdir), str(limits.cpu_seconds),
             str(limits.memory_mb * 2**20), str(limits.max_processes), str(limits.max_file_mb * 2**20), sandbox_python(),
+            str(result_write if result_pipe else -1),
         ]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
+                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, start_new_session=True,
+                                pass_fds=(result_write,) if result_pipe else ())
+        if result_write is not None:
+            os.close(result_write)  # the program holds the only write end: end of file when it is gone
+            result_write = None
+        streams = {proc.stdout.fileno(): _Tail(), proc.stderr.fileno(): _Tail()}
+        if result_read is not None:
+            streams[result_read] = _Tail()
         try:
-            out, err = proc.communicate(timeout=limits.wall_seconds)
-            status = "ok" if proc.returncode == 0 else ("killed" if proc.returncode < 0 or proc.returncode > 128 else "failed")
-        except subprocess.TimeoutExpired:
+            timed_out = _exchange(proc, stdin, streams, start + limits.wall_seconds)
+        except BaseException:
             _kill_tree(proc)
-            out, err = proc.communicate()
+            raise
+        if timed_out:
+            _kill_tree(proc)
+            _exchange(proc, b"", streams, time.perf_counter() + 5)  # what was written before the kill
             status = "timeout"
+        else:
+            status = "ok" if proc.returncode == 0 else ("killed" if proc.returncode < 0 or proc.returncode > 128 else "failed")
         seconds = time.perf_counter() - start
-        return SandboxResult(status, proc.returncode, _text(out), _text(err), seconds)
+        out, err = streams[proc.stdout.fileno()], streams[proc.stderr.fileno()]
+        result = streams[result_read].text() if result_read is not None else ""
+        proc.stdout.close()
+        proc.stderr.close()
+        return SandboxResult(status, proc.returncode, out.text(), err.text(), seconds, result)
     finally:
+        for fd in (result_read, result_write):
+            if fd is not None:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Tail:
+    """The last OUTPUT_LIMIT bytes of a stream, however much is written to it."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > 2 * OUTPUT_LIMIT:  # trimmed in batches, so that a flood costs linear time
+            del self.data[:-OUTPUT_LIMIT]
+
+    def text(self) -> str:
+        return bytes(self.data[-OUTPUT_LIMIT:]).decode("utf-8", errors="replace")
+
+
+def _exchange(proc: subprocess.Popen, stdin: bytes, streams: dict[int, _Tail], deadline: float) -> bool:
+    """Feed stdin and drain the output pipes until they close and the process ends; True past the deadline."""
+    selector = selectors.DefaultSelector()
+    for fd in streams:
+        selector.register(fd, selectors.EVENT_READ)  # a pipe already at its end just reads empty again
+    pending = memoryview(stdin)
+    if not proc.stdin.closed:
+        if pending:
+            os.set_blocking(proc.stdin.fileno(), False)
+            selector.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+    try:
+        while selector.get_map():
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return True
+            for key, _ in selector.select(remaining):
+                if key.events & selectors.EVENT_WRITE:
+                    try:
+                        pending = pending[os.write(key.fd, pending[:65536]):]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        pending = pending[:0]  # the program stopped reading its input
+                    if not pending:
+                        selector.unregister(key.fd)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    streams[key.fd].add(chunk)
+                else:
+                    selector.unregister(key.fd)
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+    finally:
+        selector.close()
+        if not proc.stdin.closed:
+            proc.stdin.close()
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -148,6 +240,3 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
 
-
-def _text(data: bytes, limit: int = 20000) -> str:
-    return data[-limit:].decode("utf-8", errors="replace")

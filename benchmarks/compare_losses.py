@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from iterpo.config import load_config
-from iterpo.loop import RoundDriver
+from iterpo import driver
 from iterpo.io import read_json
-from iterpo.store import RunStore
+from iterpo.stages import RunContext
 
 DEFAULT_LOSSES = "dpo,cdpo,ipo,nca,apo_zero,simpo,orpo,kto,pro,tpo,sppo_hard"
 
@@ -37,20 +37,23 @@ def main() -> None:
 
     # the shared first half of the round: samples, judgements, the starting model's eval
     base_cfg = load_config(None, [f"run.dir={out / 'samples'}", "run.rounds=1", *args.set])
-    base = RoundDriver(base_cfg, RunStore.open(base_cfg))
-    for r, stage, fn in [(1, "sample", base.sample), (1, "judge", base.judge_rollouts), (0, "eval", base.evaluate)]:
-        base._stage(r, stage, fn)
-    start_acc = read_json(base.store.path(0, "eval.json"))["accuracy"]
+    plan, base = driver.open_run(base_cfg)
+    ctx = RunContext(plan, base)
+    for r, stage in [(1, plan.stage_of_kind("sample")), (1, plan.stage_of_kind("judge")), (0, plan.initial_stages[0])]:
+        driver.run_stage(ctx, stage, r)
+    base.close()
+    start_acc = read_json(base.path(0, "eval.json"))["accuracy"]
 
     rows = []
     for name in losses:
         cfg = load_config(None, [f"run.dir={out / name}", "run.rounds=1", f"loss.name={name}", *args.set])
-        store = RunStore.open(cfg)
+        plan, store = driver.open_run(cfg)
         for r, f in [(0, "eval.json"), (1, "rollouts.parquet"), (1, "judgements.parquet")]:
             if store.check(store.path(r, f)) != "ok":
-                store.copy_in(base.store.path(r, f), store.path(r, f))
+                store.copy_in(base.path(r, f), store.path(r, f))
         began = time.perf_counter()
-        RoundDriver(cfg, store).run()
+        driver.run(plan, store)
+        store.close()
         times = store.stage_seconds(1)
         rows.append({"loss": name, "examples": store.manifest()["stages"]["round-001/pair"].get("examples"),
                      "acc": read_json(store.path(1, "eval.json"))["accuracy"],

@@ -41,16 +41,14 @@ def _cmd_resume(args) -> None:
 
 
 def _execute(config, force: bool) -> None:
-    from iterpo.loop import RoundDriver
+    from iterpo import driver
     from iterpo.progress import console
-    from iterpo.store import RunStore
 
-    driver = RoundDriver(config)  # reads prompts and model first: bad input fails before anything is written
-    driver.store = store = RunStore.open(config, force=force)
+    plan, store = driver.open_run(config, force)  # the plan first: bad input fails before anything is written
     _RUN_DIR.append(str(store.root))
     try:
         console.print(f"iterpo: run directory [bold]{store.root}[/bold] (config {store.config_path})")
-        driver.run()
+        driver.run(plan, store)
         console.print(f"done: everything is in {store.root}")
     finally:
         store.close()
@@ -60,17 +58,17 @@ def _cmd_train(args) -> None:
     import torch
 
     from iterpo.config import load_config
-    from iterpo.losses import get_loss
-    from iterpo.models.loading import add_lora, load_model, load_tokenizer, resolve_model_path, save_policy
-    from iterpo.progress import bar, console
     from iterpo.io import write_json, write_text
-    from iterpo.training.offline import check_loss, read_preferences, tokenize_pair, train_offline
-    from iterpo.training.trainer import LiveReference
+    from iterpo.losses import get_loss
+    from iterpo.models.loading import save_policy
+    from iterpo.progress import bar, console
+    from iterpo.training.offline import check_loss, read_preferences, train_file
 
     if args.loss:  # before the config: its pairing check would otherwise speak of a pairing strategy
         check_loss(get_loss(args.loss), [], args.loss)
     overrides = list(args.set or []) + [f"model.path={args.model}"] + ([f"loss.name={args.loss}"] if args.loss else [])
     config = load_config(args.config, overrides)
+    get_loss(config.loss.name, **config.loss.hyperparams())  # an unknown loss or hyperparameter fails now
     output = Path(args.output or Path("runs") / ("train-" + Path(args.preferences).stem))
     if output.exists() and not output.is_dir():
         raise UserInputError(f"--output: {output} exists and is not a directory")
@@ -80,24 +78,9 @@ def _cmd_train(args) -> None:
     rows = read_preferences(args.preferences)  # bad input fails before the model loads
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    path = resolve_model_path(config.model.path)
-    tokenizer = load_tokenizer(path)
-    examples = [tokenize_pair(tokenizer, row) for row in rows]
-    loss = get_loss(config.loss.name, **config.loss.hyperparams())
-    check_loss(loss, examples, config.loss.name)  # before the model loads
-    model = load_model(path, config.model.dtype)
-    if config.model.lora is not None:
-        model = add_lora(model, config.model.lora)
-    reference = None
-    if "token_stats" in loss.needs:  # per-token losses compare against a live reference
-        import copy
-
-        lora = config.model.lora is not None
-        reference = LiveReference(model if lora else copy.deepcopy(model), adapters_off=lora)
-    torch.manual_seed(config.run.seed)
-    console.print(f"iterpo train: {len(examples)} pairs from {args.preferences}, loss {config.loss.name}, "
+    console.print(f"iterpo train: {len(rows)} pairs from {args.preferences}, loss {config.loss.name}, "
                   f"model {config.model.path}")
-    result = train_offline(model, examples, loss, config, tokenizer.pad_token_id, bar, reference)
+    model, tokenizer, examples, result = train_file(config, rows, bar)
     output.mkdir(parents=True, exist_ok=True)
     write_text(output / "train.jsonl", "".join(json.dumps(row) + "\n" for row in result.log))
     if examples[0].ref_logps is not None:
@@ -118,16 +101,17 @@ def _cmd_train(args) -> None:
 
 def _cmd_status(args) -> None:
     from iterpo.config import load_config
-    from iterpo.loop import round_summary
     from iterpo.progress import console, round_table
     from iterpo.store import RunStore
+    from iterpo.summary import round_summary
 
     store = RunStore.existing(args.run_dir)
     config = load_config(store.config_path)
     rows = [round_summary(store, r) for r in range(0, config.run.rounds + 1)]
     console.print(round_table(rows))
     done = [r["round"] for r in rows[1:] if store.path(r["round"], "train.jsonl").exists()]
-    console.print(f"{len(done)} of {config.run.rounds} rounds trained; config fingerprint {config.fingerprint()}")
+    fingerprint = (store.manifest() or {}).get("config_fingerprint")
+    console.print(f"{len(done)} of {config.run.rounds} rounds trained; config fingerprint {fingerprint}")
 
 
 def _cmd_losses(args) -> None:

@@ -2,15 +2,16 @@
 
 Every field is documented once, here. A YAML file gives any subset of fields;
 ``--set section.field=value`` overrides apply on top; the fully resolved config
-is saved with the run as ``config.yaml``.
+is saved with the run as ``config.yaml``. Each section checks its own fields;
+the checks that span sections or need a component (a loss's hyperparameters,
+a judge's options, a strategy's data shape) are iterpo.plan's. This module
+imports no iterpo component.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -148,13 +149,6 @@ class LossSection(Section):
     def hyperparams(self) -> dict:
         return dict(self.model_extra or {})
 
-    @model_validator(mode="after")
-    def _known_loss(self):
-        from iterpo.losses import get_loss
-
-        get_loss(self.name, **self.hyperparams())  # raises ConfigError on unknown names
-        return self
-
 
 class TrainSection(Section):
     lr: float = Field(5e-6, gt=0)
@@ -184,6 +178,13 @@ class EvalSection(Section):
     """Judge of held-out accuracy. Default: the training judge when it is a verifier, else the task's judge."""
 
 
+class RoundSection(Section):
+    stages: Optional[list[Union[str, dict[str, Any]]]] = None
+    """The stages of each round, in order: stage names, or mappings {stage: KIND, name: LABEL, outputs: {ROLE:
+    FILE}, OPTION: VALUE}. null: derived from the other sections (sample, judge, pair, look_ahead when the
+    strategy asks for it, reference when the loss needs it, train, eval when there are held-out prompts)."""
+
+
 class Config(Section):
     run: RunSection = RunSection()
     model: ModelSection = ModelSection()
@@ -195,53 +196,7 @@ class Config(Section):
     loss: LossSection = LossSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
-
-    @model_validator(mode="after")
-    def _loss_fits_the_loop(self):
-        from iterpo.losses import get_loss
-        from iterpo.pairing import build_strategy
-
-        from iterpo.judges import JUDGES, make_judge
-
-        loss = get_loss(self.loss.name, **self.loss.hyperparams())
-        build_strategy(self.pairing, loss.data_shape)  # raises if the strategy's data shape does not fit
-        make_judge(self.judge_name, self.judge.options())  # raises on unknown options
-        if self.eval.judge is not None and not JUDGES.get(self.eval.judge).verifier:
-            raise ValueError(f"eval.judge {self.eval.judge!r} is not a verifier; held-out accuracy needs one, "
-                             "e.g. exact_answer")
-        if loss.aux_source == "reference" and self.reference.policy == "initial":
-            raise ValueError(
-                f"loss {self.loss.name!r} needs samples from the reference policy; with reference.policy 'initial' "
-                "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous."
-            )
-        return self
-
-    @property
-    def judge_name(self) -> str:
-        """The configured judge, or the task's own when judge.name is unset."""
-        from iterpo.tasks import TASKS
-
-        return self.judge.name or TASKS.get(self.task.name).default_judge
-
-    def to_dict(self) -> dict:
-        data = self.model_dump(mode="json")
-        # Save the loss with every hyperparameter resolved, defaults included.
-        from iterpo.losses import loss_hyperparameters
-
-        data["loss"] = {"name": self.loss.name, **loss_hyperparameters(self.loss.name), **self.loss.hyperparams()}
-        data["judge"]["name"] = self.judge_name  # the judge the task picks when unset, so the saved config says what ran
-        return data
-
-    def fingerprint(self) -> str:
-        """Hash of everything that changes results (not the run directory)."""
-        data = self.to_dict()
-        data["run"] = {k: v for k, v in data["run"].items() if k not in ("dir", "threads")}
-        # settings that trade memory for speed without changing what is computed
-        for section, key in [("train", "max_tokens_per_pass"), ("train", "gradient_checkpointing"),
-                             ("sampling", "gpu_memory_utilization"), ("judge", "max_failed_share")]:
-            data[section].pop(key, None)
-        blob = json.dumps(data, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+    round: RoundSection = RoundSection()
 
 
 # ---------------------------------------------------------------- loading
@@ -311,13 +266,7 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
-    except ConfigError as exc:
-        raise ConfigError(f"invalid config ({source}): {exc}") from None
     if config.run.dir is None:
         name = path.stem if path is not None else "default"
         config.run.dir = str(Path("runs") / name)
     return config
-
-
-def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)

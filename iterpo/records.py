@@ -1,7 +1,12 @@
 """Typed records passed between stages, and their Arrow schemas for the store.
 
-One row is one item with a stable id: a prompt is ``prompt_id``; a rollout is
-``(prompt_id, sample_idx)`` within a round.
+One row is one item with a stable id: a prompt is ``prompt_id``; a response
+is ``(prompt_id, source, sample_idx)`` within a round. ``source`` says where a
+response came from, as data: ``policy`` (the round's sampling policy),
+``initial`` (the initial model's, i.e. round 1's samples, when a later round
+pairs against them), ``look_ahead`` (a look-ahead copy of the policy), or the
+name of another sampling stage of the round. Examples name their responses by
+source and index.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Rollout:
     text: str  # decoded response, special tokens removed
     token_ids: list[int]  # (T_resp,) generated tokens, including the final EOS if it stopped
     finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
+    source: str = "policy"  # where the response came from (see the module docstring)
 
 
 @dataclass
@@ -63,7 +69,9 @@ class Preference:
     soft_label: float = 1.0  # estimated P(chosen beats rejected), sigmoid(score difference)
     chosen_win_rate: float = 0.5  # estimated P(chosen beats the policy that sampled it), among the K samples
     rejected_win_rate: float = 0.5
-    aux_idxs: list[int] = field(default_factory=list)  # extra samples of the prompt, for losses that need them
+    aux_idxs: list[int] = field(default_factory=list)  # extra samples of the prompt (source policy), for losses that need them
+    chosen_source: str = "policy"  # where the chosen and rejected responses came from
+    rejected_source: str = "policy"
 
 
 @dataclass
@@ -78,6 +86,8 @@ class LabelledResponse:
     score: float
     kl_prompt_id: str  # the response paired with this prompt for KTO's reference point: another prompt's ...
     kl_sample_idx: int  # ... sample, so (x, y') is a mismatched pair
+    source: str = "policy"
+    kl_source: str = "policy"
 
 
 @dataclass
@@ -89,6 +99,7 @@ class RankedGroup:
     sample_idxs: list[int]
     responses: list[str]
     scores: list[float]  # non-increasing
+    sources: list[str] = field(default_factory=list)  # where each response came from
 
 
 @dataclass
@@ -98,6 +109,7 @@ class RefLogp:
     sample_idx: int
     ref_logp: Optional[float]  # sum of reference token log-probs of the response (None when not needed)
     prev_logp: Optional[float] = None  # the same under the policy the round started from
+    source: str = "policy"  # where the response came from
 
 
 SCHEMAS = {
@@ -110,6 +122,7 @@ SCHEMAS = {
             ("text", pa.string()),
             ("token_ids", pa.list_(pa.int32())),
             ("finish_reason", pa.string()),
+            ("source", pa.string()),
         ]
     ),
     Judgement: pa.schema(
@@ -140,6 +153,8 @@ SCHEMAS = {
             ("chosen_win_rate", pa.float64()),
             ("rejected_win_rate", pa.float64()),
             ("aux_idxs", pa.list_(pa.int32())),
+            ("chosen_source", pa.string()),
+            ("rejected_source", pa.string()),
         ]
     ),
     LabelledResponse: pa.schema(
@@ -152,6 +167,8 @@ SCHEMAS = {
             ("score", pa.float64()),
             ("kl_prompt_id", pa.string()),
             ("kl_sample_idx", pa.int32()),
+            ("source", pa.string()),
+            ("kl_source", pa.string()),
         ]
     ),
     RankedGroup: pa.schema(
@@ -161,11 +178,12 @@ SCHEMAS = {
             ("sample_idxs", pa.list_(pa.int32())),
             ("responses", pa.list_(pa.string())),
             ("scores", pa.list_(pa.float64())),
+            ("sources", pa.list_(pa.string())),
         ]
     ),
     RefLogp: pa.schema(
         [("prompt_id", pa.string()), ("response_prompt_id", pa.string()), ("sample_idx", pa.int32()),
-         ("ref_logp", pa.float64()), ("prev_logp", pa.float64())]
+         ("ref_logp", pa.float64()), ("prev_logp", pa.float64()), ("source", pa.string())]
     ),
     Prompt: pa.schema([("prompt_id", pa.string()), ("messages", pa.string()), ("answer", pa.string())]),
 }

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 from iterpo import __version__
-from iterpo.config import Config, dump_config
 from iterpo.errors import RunDirError, reading
 from iterpo.io import atomic_dir, atomic_write, digest, read_json, read_parquet, write_json, write_parquet, write_text
 
 Check = Literal["ok", "missing", "damaged", "unrecorded"]
+FORMAT = 2  # the run directory's layout; 2: responses carry their source, every file its checksum
 
 
 _HELD: dict[str, list] = {}  # run directories this process has locked: real path -> [fd, stores holding it]
@@ -65,9 +65,12 @@ class RunStore:
     # ---- creation, checks and the lock
 
     @classmethod
-    def open(cls, config: Config, force: bool = False) -> "RunStore":
-        """Create the run directory for config, or reopen it if it was made with the same config; lock it."""
-        store = cls(config.run.dir)
+    def open(cls, root: str | Path, config_text: str, fingerprint: str, force: bool = False) -> "RunStore":
+        """Create the run directory, or reopen it if it was made with the same config (the fingerprint); lock it.
+
+        config_text is the config as run, saved as config.yaml.
+        """
+        store = cls(root)
         if store.root.exists() and not store.root.is_dir():
             raise RunDirError(f"run.dir {store.root} exists and is not a directory; choose another with --set run.dir=PATH")
         fresh = not store.manifest_path.exists()
@@ -77,10 +80,10 @@ class RunStore:
             raise RunDirError(f"run.dir {store.root} holds other files and is not an iterpo run directory; choose "
                               "an empty or new directory with --set run.dir=PATH, or pass --force to use it anyway")
         manifest = None if fresh else store.manifest()
-        if manifest is not None and manifest.get("config_fingerprint") != config.fingerprint() and not force:
+        if manifest is not None and manifest.get("config_fingerprint") != fingerprint and not force:
             raise RunDirError(
                 f"run directory {store.root} was made with a different config "
-                f"(fingerprint {manifest.get('config_fingerprint')}, this one {config.fingerprint()}); "
+                f"(fingerprint {manifest.get('config_fingerprint')}, this one {fingerprint}); "
                 "choose another directory with --set run.dir=PATH, or pass --force to continue it with the new config"
             )
         try:
@@ -90,10 +93,10 @@ class RunStore:
         store.lock()
         try:
             manifest = store.manifest() if not fresh else None  # read again under the lock
-            write_text(store.config_path, dump_config(config))
+            write_text(store.config_path, config_text)
             if manifest is None:
-                manifest = {"created_by": f"iterpo {__version__}", "stages": {}, "files": {}}
-            manifest["config_fingerprint"] = config.fingerprint()
+                manifest = {"created_by": f"iterpo {__version__}", "format": FORMAT, "stages": {}, "files": {}}
+            manifest["config_fingerprint"] = fingerprint
             manifest["iterpo_version"] = __version__
             store._write_manifest(manifest)
         except BaseException:
@@ -185,6 +188,11 @@ class RunStore:
             return None
         with reading("run directory", self.manifest_path, RunDirError):
             manifest = read_json(self.manifest_path)
+        if isinstance(manifest, dict) and manifest.get("format", 1) < FORMAT:
+            raise RunDirError(
+                f"run directory {self.root} was made by an earlier iterpo (run directory format "
+                f"{manifest.get('format', 1)}, this iterpo reads format {FORMAT}): it names where responses came from "
+                "by index offsets, not by source. Finish it with the iterpo that made it, or start a new run")
         files = manifest.get("files", {}) if isinstance(manifest, dict) else None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict) \
                 or not isinstance(files, dict) or not all(isinstance(v, dict) and "digest" in v and "seq" in v
@@ -263,16 +271,10 @@ class RunStore:
                                                        if k != rel and not k.startswith(rel + "/")}))
 
     def check(self, path: Path) -> Check:
-        """Whether path is there and matches the checksum recorded when it was written.
-
-        Run directories made before checksums were recorded have none: their files count as "ok".
-        """
+        """Whether path is there and matches the checksum recorded when it was written."""
         if not Path(path).exists():
             return "missing"
-        files = (self.manifest() or {}).get("files")
-        if files is None:
-            return "ok"
-        expected = files.get(self._rel(path))
+        expected = (self.manifest() or {}).get("files", {}).get(self._rel(path))
         if expected is None:
             return "unrecorded"
         try:

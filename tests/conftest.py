@@ -1,7 +1,8 @@
-"""Shared fixtures: the real tokenizer on a tiny randomly initialised model, and a toy judge.
+"""Shared fixtures: the real tokenizer on a tiny randomly initialised model, and the toy judges.
 
 The tiny model has SmolLM2's architecture family (Llama) and vocabulary but
-two small layers, so a whole loop runs in seconds on a CPU.
+two small layers, so a whole loop runs in seconds on a CPU. Helpers the tests
+share (configs, running a config, the command line) are in helpers.py.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-
 
 @pytest.fixture(scope="session")
 def real_model_dir() -> str:
@@ -45,20 +44,3 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
 
 
 import toy_judges  # noqa: F401,E402  (registers the test judge)
-
-
-def tiny_config(model_dir: str, run_dir: Path, **overrides) -> dict:
-    """A run config for the tiny model: small everything."""
-    cfg = {
-        "run": {"dir": str(run_dir), "rounds": 2, "seed": 0, "threads": 1},
-        "model": {"path": model_dir},
-        "task": {"name": "arithmetic", "train_size": 8, "eval_size": 4},
-        "sampling": {"samples_per_prompt": 4, "max_new_tokens": 6, "batch_size": 16, "shard_size": 4, "temperature": 1.0},
-        "judge": {"name": "first_token_parity"},
-        "train": {"lr": 1e-3, "epochs": 2, "batch_size": 2},
-        "eval": {"max_new_tokens": 6},
-    }
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        cfg.setdefault(section, {})[field] = value
-    return cfg

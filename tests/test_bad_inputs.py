@@ -18,28 +18,22 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import tiny_config
+from helpers import REPO, run_config, tiny_config
 from iterpo.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def world(tiny_model_dir, tmp_path_factory):
     """Everything the cases point at: an existing finished run and a set of broken files."""
     from iterpo.config import load_config
-    from iterpo.loop import RoundDriver
-    from iterpo.store import RunStore
 
     tmp = tmp_path_factory.mktemp("bad-inputs")
     w = SimpleNamespace(tmp=tmp, model=tiny_model_dir, run=tmp / "run")
     good = tiny_config(tiny_model_dir, w.run, **{"run.rounds": 1, "task.train_size": 4})
     w.config = tmp / "good.yaml"
     w.config.write_text(yaml.safe_dump(good))
-    config = load_config(w.config)
-    store = RunStore.open(config)
-    RoundDriver(config, store).run()
-    store.close()
+    run_config(load_config(w.config))
 
     def write(name: str, content) -> str:
         path = tmp / name
@@ -112,13 +106,14 @@ def world(tiny_model_dir, tmp_path_factory):
     (Path(w.not_a_run) / "notes.txt").write_text("mine")
     for name, manifest, config_text in [
         ("run-bad-manifest", '{"stages": {', None), ("run-list-manifest", "[]", None),
-        ("run-bad-files", json.dumps({"stages": {}, "files": {"x": "y"}}), None),
+        ("run-bad-files", json.dumps({"format": 2, "stages": {}, "files": {"x": "y"}}), None),
+        ("run-old-format", json.dumps({"stages": {}}), None),
         ("run-bad-config", None, "run: [\n"), ("run-unknown-field", None, "train:\n  lrr: 1\n"),
         ("run-latin1-config", None, "run:\n  seed: 1 # \xe9\n"),
     ]:
         d = tmp / name
         d.mkdir()
-        (d / "manifest.json").write_text(manifest or json.dumps({"stages": {}, "files": {}}))
+        (d / "manifest.json").write_text(manifest or json.dumps({"format": 2, "stages": {}, "files": {}}))
         if config_text is None:
             (d / "config.yaml").write_text(w.config.read_text())
         else:
@@ -201,6 +196,8 @@ CASES = [
     ("resume damaged manifest", ["resume", "{run_bad_manifest}"], ["manifest.json", "not valid JSON"]),
     ("resume manifest not an object", ["resume", "{run_list_manifest}"], ["manifest.json", "damaged"]),
     ("resume manifest with bad entries", ["resume", "{run_bad_files}"], ["manifest.json", "damaged"]),
+    ("resume a run of an earlier format", ["resume", "{run_old_format}"], ["run-old-format", "earlier iterpo",
+                                                                            "format 1"]),
     ("resume config not yaml", ["resume", "{run_bad_config}"], ["config.yaml", "not valid YAML"]),
     ("resume config unknown field", ["resume", "{run_unknown_field}"], ["train.lrr", "unknown field"]),
     ("resume config not utf-8", ["resume", "{run_latin1_config}"], ["config.yaml", "not UTF-8"]),

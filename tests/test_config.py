@@ -1,14 +1,19 @@
-import pytest
+"""The config: sections, per-field rules, overrides and files (checks across sections are iterpo.plan's)."""
 
-from iterpo.config import dump_config, load_config
+import pytest
+import yaml
+
+from iterpo.config import load_config
 from iterpo.errors import ConfigError
+from iterpo.plan import check_components, fingerprint, resolve
 
 
 def test_default_config_is_valid_and_resolved():
     cfg = load_config()
     assert cfg.run.dir == "runs/default"
-    assert cfg.to_dict()["loss"] == {"name": "dpo", "beta": 0.1}
-    assert "lr: 5.0e-06" in dump_config(cfg)
+    resolved = resolve(cfg)
+    assert resolved["loss"] == {"name": "dpo", "beta": 0.1} and resolved["judge"]["name"] == "exact_answer"
+    assert "lr: 5.0e-06" in yaml.safe_dump(resolved) and "round" not in resolved
 
 
 def test_overrides_are_typed_yaml(tmp_path):
@@ -23,8 +28,6 @@ def test_overrides_are_typed_yaml(tmp_path):
         ("sampling.top_p=1.5", "'sampling.top_p'"),
         ("train.nonsense=1", "'train.nonsense': unknown field"),
         ("reference.policy=latest", "'reference.policy'"),
-        ("loss.name=nope", "unknown loss 'nope'"),
-        ("loss.gamma=1", "no hyperparameter 'gamma'"),
         ("task.name=file", "task.train_file"),
         ("lr", "expected section.field=value"),
     ],
@@ -33,6 +36,14 @@ def test_invalid_values_name_the_field(override, fragment):
     with pytest.raises(ConfigError) as info:
         load_config(overrides=[override])
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("override, fragment", [("loss.name=nope", "unknown loss 'nope'"),
+                                               ("loss.gamma=1", "no hyperparameter 'gamma'")])
+def test_components_are_checked_by_the_plan(override, fragment):
+    config = load_config(overrides=[override])  # the config module knows no loss
+    with pytest.raises(ConfigError, match=fragment):
+        check_components(config)
 
 
 def test_config_file_errors(tmp_path):
@@ -56,4 +67,4 @@ def test_shipped_configs_load():
     for path in configs:
         load_config(path)
     # the shipped default file is exactly the built-in default
-    assert load_config(configs[0].parent / "default.yaml").fingerprint() == load_config().fingerprint()
+    assert fingerprint(resolve(load_config(configs[0].parent / "default.yaml"))) == fingerprint(resolve(load_config()))

@@ -18,19 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import tiny_config
+from helpers import REPO, cli, cli_env, run_config, tiny_config
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _cli(*args, failpoints: str = "", wait: bool = True):
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"), ITERPO_PLUGINS="toy_judges", ITERPO_FAILPOINTS=failpoints)
-    proc = subprocess.Popen([sys.executable, "-m", "iterpo", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    if not wait:
-        return proc
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, out, " ".join(err.split())  # messages are wrapped at 100 columns
+_cli = cli
 
 
 def _config(tiny_model_dir, run_dir: Path, tmp_path: Path) -> Path:
@@ -154,7 +144,7 @@ def test_disk_full_on_a_real_small_file_system(clean, tiny_model_dir, tmp_path):
     mount, keep = tmp_path / "disk", tmp_path / "kept"
     mount.mkdir()
     cfg = _config(tiny_model_dir, mount / "run", tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"), ITERPO_PLUGINS="toy_judges")
+    env = cli_env()
     iterpo = f"{sys.executable} -m iterpo"
     script = f"""
         set -u
@@ -219,20 +209,17 @@ def test_damaged_stage_files_are_set_aside_and_recomputed(clean, tiny_model_dir,
 
 def test_a_damaged_file_that_recomputes_differently_is_refused(tiny_model_dir, tmp_path, monkeypatch):
     """Later stages were made from the original: iterpo refuses rather than mix two versions."""
+    import iterpo.stages.judge
     from iterpo.config import load_config
     from iterpo.errors import DamagedFile
-    from iterpo.loop import RoundDriver
-    from iterpo.store import RunStore
 
     config = load_config(_config(tiny_model_dir, tmp_path / "run", tmp_path), ["run.rounds=1"])
-    RoundDriver(config, RunStore.open(config)).run()
+    run_config(config)
     path = tmp_path / "run" / "round-001" / "judgements.parquet"
     path.write_bytes(b"not parquet")
-    import iterpo.loop
-
-    real = iterpo.loop.judge_all
-    monkeypatch.setattr(iterpo.loop, "judge_all", lambda *a, **k: [
+    real = iterpo.stages.judge.judge_all
+    monkeypatch.setattr(iterpo.stages.judge, "judge_all", lambda *a, **k: [
         type(j)(**{**j.__dict__, "score": 1 - j.score}) for j in real(*a, **k)])  # a judge that changed its mind
     with pytest.raises(DamagedFile, match="computing it again gave different contents"):
-        RoundDriver(config, RunStore.open(config)).run()
+        run_config(config)
     shutil.rmtree(tmp_path / "run")

@@ -6,9 +6,11 @@ import sys
 
 import pyarrow as pa
 import pytest
+import yaml
 
 from iterpo.config import load_config
 from iterpo.errors import DiskFull, RunDirError
+from iterpo.plan import fingerprint, resolve
 from iterpo.io import atomic_dir, atomic_write, digest, read_json, read_parquet, write_json, write_parquet
 from iterpo.store import RunStore
 
@@ -66,8 +68,13 @@ def test_digest_of_files_and_directories(tmp_path):
     assert digest(tmp_path / "d" / "a") == "sha256:6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b"
 
 
+def _open(config, force=False):
+    resolved = resolve(config)
+    return RunStore.open(config.run.dir, yaml.safe_dump(resolved), fingerprint(resolved), force)
+
+
 def _store(tmp_path, *overrides):
-    return RunStore.open(load_config(overrides=[f"run.dir={tmp_path / 'run'}", *overrides]))
+    return _open(load_config(overrides=[f"run.dir={tmp_path / 'run'}", *overrides]))
 
 
 def test_run_dir_with_other_config_is_refused_unless_forced(tmp_path):
@@ -78,9 +85,9 @@ def test_run_dir_with_other_config_is_refused_unless_forced(tmp_path):
     _store(tmp_path, "run.threads=1").close()  # threads do not change results
     other = load_config(overrides=[f"run.dir={tmp_path / 'run'}", "train.lr=1e-3"])
     with pytest.raises(RunDirError, match="different config"):
-        RunStore.open(other)
-    RunStore.open(other, force=True).close()
-    assert store.manifest()["config_fingerprint"] == other.fingerprint()
+        _open(other)
+    _open(other, force=True).close()
+    assert store.manifest()["config_fingerprint"] == fingerprint(resolve(other))
     assert store.stage_seconds(1) == {"sample": 2.5}  # stage records survive reopening
 
 
@@ -109,8 +116,8 @@ def test_checksums_tell_intact_damaged_unrecorded_and_missing_files(tmp_path):
 
 def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
     store = _store(tmp_path)
-    code = ("import sys; from iterpo.config import load_config; from iterpo.store import RunStore\n"
-            f"RunStore.open(load_config(overrides=['run.dir={tmp_path / 'run'}']))")
+    code = ("import sys; from iterpo.store import RunStore\n"
+            f"RunStore.open('{tmp_path / 'run'}', '', '{store.manifest()['config_fingerprint']}')")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert other.returncode != 0 and "in use by another iterpo process" in other.stderr
     assert f"pid {os.getpid()}" in other.stderr
@@ -121,8 +128,9 @@ def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
 
 
 def test_a_lock_left_by_a_killed_process_is_recovered(tmp_path):
-    code = ("import os, signal; from iterpo.config import load_config; from iterpo.store import RunStore\n"
-            f"store = RunStore.open(load_config(overrides=['run.dir={tmp_path / 'run'}']))\n"
+    config = load_config(overrides=[f"run.dir={tmp_path / 'run'}"])
+    code = ("import os, signal; from iterpo.store import RunStore\n"
+            f"store = RunStore.open('{tmp_path / 'run'}', '', '{fingerprint(resolve(config))}')\n"
             "os.kill(os.getpid(), signal.SIGKILL)")
     subprocess.run([sys.executable, "-c", code])
     assert (tmp_path / "run" / ".lock").exists()  # the record is left behind, the kernel lock is not

@@ -76,8 +76,11 @@ class SelfJudge(Judge):
         tok = ctx.tokenizer
         asks = [encode_prompt(tok, [{"role": "user", "content": self.template.format(prompt=prompt.text, response=r.text)}],
                               ctx.system_prompt) for r in rollouts]
-        seeds = [[derive_seed(ctx.seed, ctx.round, "self-judge", r.prompt_id, r.sample_idx, s) for s in range(self.samples)]
-                 for r in rollouts]
+        # Each evaluation's seed: (run seed, round, prompt, the response's source unless it is the round's own
+        # sample, its index, the evaluation). Responses of two sources with one index must not share the judge's draws.
+        seeds = [[derive_seed(ctx.seed, ctx.round, "self-judge", r.prompt_id,
+                              *((r.source,) if r.source != "policy" else ()), r.sample_idx, s)
+                  for s in range(self.samples)] for r in rollouts]
         outs = generate(ctx.policy(), tok, asks, seeds, self.temperature, 1.0, self.max_new_tokens, self.batch_size)
         verdicts = []
         for r, evaluations in zip(rollouts, outs):

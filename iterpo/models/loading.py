@@ -185,6 +185,18 @@ def add_lora(model, lora_config):
     return get_peft_model(model, config)
 
 
+def load_starting_policy(path: str, dtype: str, lora, lora_seed: int):
+    """The policy a run (or ``iterpo train``) starts from: the model, with fresh LoRA adapters when configured.
+
+    Adapter initialisation draws random numbers: it is seeded with lora_seed, so a resumed run gets the same adapter.
+    """
+    model = load_model(path, dtype)
+    if lora is not None:
+        torch.manual_seed(lora_seed)
+        model = add_lora(model, lora)
+    return model
+
+
 def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 

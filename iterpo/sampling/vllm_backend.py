@@ -7,9 +7,9 @@ samples. The samples are not the transformers backend's samples for the same
 seeds (different kernels draw differently); a run uses one backend throughout,
 and the manifest records which.
 
-The engine loads the policy from a directory; the loop hands it the starting
-model or the round's saved checkpoint. It is built for one round's sampling and
-closed afterwards, so training gets the GPU memory back.
+The engine loads the policy from a directory; the run hands it the starting
+model or the round's saved checkpoint. It is started for one stage's sampling
+and closed afterwards, so training gets the GPU memory back.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import importlib.util
 from typing import Callable, Optional
 
 from iterpo.errors import UserInputError
+from iterpo.sampling.base import Closing, Samples
 
 
 def vllm_usable() -> bool:
@@ -40,19 +41,27 @@ def choose_backend(name: str) -> str:
     return name
 
 
-class VLLMSampler:
-    """A vLLM engine over one policy directory."""
+class VLLMSampler(Closing):
+    """A vLLM engine over one policy directory, started on the first generate() (the Sampler contract)."""
 
-    def __init__(self, model_dir: str, dtype: str = "float32", gpu_memory_utilization: float = 0.5, seed: int = 0):
-        from vllm import LLM
+    def __init__(self, model_dir: str | Callable[[], str], eos: int, dtype: str = "float32",
+                 gpu_memory_utilization: float = 0.5, seed: int = 0):
+        self._model_dir = model_dir if callable(model_dir) else (lambda: model_dir)
+        self.eos, self.dtype, self.gpu_memory_utilization, self.seed = eos, dtype, gpu_memory_utilization, seed
+        self.llm = None
 
-        self.llm = LLM(model=model_dir, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-                       enable_prefix_caching=True)  # the K samples of a prompt share its prefill
+    def _engine(self):
+        if self.llm is None:
+            from vllm import LLM
+
+            self.llm = LLM(model=self._model_dir(), dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
+                           seed=self.seed, enable_prefix_caching=True)  # the K samples of a prompt share its prefill
+        return self.llm
 
     def generate(self, prompts: list[list[int]], seeds: Optional[list[list[int]]], temperature: float, top_p: float,
-                 max_new_tokens: int, eos: int, progress: Optional[Callable[[int], None]] = None,
-                 ) -> list[list[tuple[list[int], str]]]:
-        """The transformers backend's generate() contract: per prompt, (token_ids incl. EOS when stopped, reason)."""
+                 max_new_tokens: int, batch_size: int = 0, progress: Optional[Callable[[int], None]] = None,
+                 ) -> Samples:
+        """One request per sample, each with its own seed; vLLM batches them itself (batch_size is not used)."""
         from vllm import SamplingParams
 
         requests, params = [], []
@@ -62,18 +71,18 @@ class VLLMSampler:
                 params.append(SamplingParams(
                     n=1, seed=seed, temperature=temperature if seed is not None else 0.0,
                     top_p=top_p if seed is not None else 1.0, max_tokens=max_new_tokens,
-                    stop_token_ids=[eos], skip_special_tokens=False))
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+                    stop_token_ids=[self.eos], skip_special_tokens=False))
+        outputs = self._engine().generate(requests, params, use_tqdm=False)
         per_prompt = len(seeds[0]) if seeds is not None else 1
-        results: list[list[tuple[list[int], str]]] = []
+        results: Samples = []
         for i in range(len(prompts)):
             row = []
             for out in outputs[i * per_prompt : (i + 1) * per_prompt]:
                 completion = out.outputs[0]
                 ids = list(completion.token_ids)
                 stopped = completion.finish_reason == "stop"
-                if stopped and (not ids or ids[-1] != eos):
-                    ids.append(eos)  # the stored response always ends with the EOS it stopped at
+                if stopped and (not ids or ids[-1] != self.eos):
+                    ids.append(self.eos)  # the stored response always ends with the EOS it stopped at
                 row.append((ids, "stop" if stopped else "length"))
             results.append(row)
             if progress is not None:
@@ -82,7 +91,9 @@ class VLLMSampler:
 
     def close(self) -> None:
         """Free the engine and its GPU memory before training."""
-        del self.llm
+        if self.llm is None:
+            return
+        self.llm = None
         gc.collect()
         import torch
 

@@ -162,3 +162,32 @@ def train_offline(model, examples: list[PairExample], loss, config, pad_id: int,
     with progress_bar("training", len(examples) * config.train.epochs) if progress_bar else nullcontext() as advance:
         log = train(model, examples, loss, config.train, config.run.seed, pad_id, advance, reference)
     return OfflineResult(len(examples), t1 - t0, time.perf_counter() - t1, log)
+
+
+def train_file(config, rows: list[dict], progress_bar=None) -> tuple:
+    """One round of offline training on checked preference rows, set up as a run's first round.
+
+    The starting policy (with LoRA adapters seeded as a run seeds them), a frozen reference for losses that
+    compare per-token statistics against a live one, then train_offline. Returns (model, tokenizer, examples,
+    OfflineResult).
+    """
+    import copy
+
+    from iterpo.losses import get_loss
+    from iterpo.models.loading import load_starting_policy, load_tokenizer, resolve_model_path
+    from iterpo.sampling import derive_seed
+    from iterpo.training.trainer import LiveReference
+
+    path = resolve_model_path(config.model.path)
+    tokenizer = load_tokenizer(path)
+    examples = [tokenize_pair(tokenizer, row) for row in rows]
+    loss = get_loss(config.loss.name, **config.loss.hyperparams())
+    check_loss(loss, examples, config.loss.name)  # before the model loads
+    lora = config.model.lora
+    model = load_starting_policy(path, config.model.dtype, lora, derive_seed(config.run.seed, "lora-init"))
+    reference = None
+    if "token_stats" in loss.needs:  # per-token losses compare against a live reference: the starting policy
+        reference = LiveReference(model, adapters_off=True) if lora else LiveReference(copy.deepcopy(model))
+    torch.manual_seed(config.run.seed)
+    result = train_offline(model, examples, loss, config, tokenizer.pad_token_id, progress_bar, reference)
+    return model, tokenizer, examples, result

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import tiny_config
+from helpers import tiny_config
 from iterpo.config import load_config
 from iterpo.losses import get_loss, list_losses
-from iterpo.loop import RoundDriver
-from iterpo.store import RunStore
+from iterpo import driver
+from iterpo.stages import RunContext
 
 # Losses whose defaults are sized for large models get test-sized targets.
 HYPER = {
@@ -47,10 +47,12 @@ def sampled_round(tiny_model_dir, tmp_path_factory):
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(_config(tiny_model_dir, root / "run")))
     config = load_config(path)
-    driver = RoundDriver(config, RunStore.open(config))
-    driver.sample(1)
-    driver.judge_rollouts(1)
-    return driver.store.round_dir(1)
+    plan, store = driver.open_run(config)
+    ctx = RunContext(plan, store)
+    for kind in ("sample", "judge"):
+        driver.run_stage(ctx, plan.stage_of_kind(kind), 1)
+    store.close()
+    return store.round_dir(1)
 
 
 @pytest.mark.parametrize("name,hyper,overrides", VARIANTS, ids=lambda v: str(v) if isinstance(v, str) else "")
@@ -60,11 +62,12 @@ def test_loss_trains_a_round_and_falls(name, hyper, overrides, sampled_round, ti
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     config = load_config(path)
-    store = RunStore.open(config)
+    plan, store = driver.open_run(config)
     round_dir = store.round_dir(1)
     for f in ("rollouts.parquet", "judgements.parquet"):
         store.copy_in(sampled_round / f, round_dir / f)
-    rows = RoundDriver(config, store).run()
+    rows = driver.run(plan, store)
+    store.close()
 
     loss = get_loss(name, **hyper)
     shape = pq.read_table(round_dir / "preferences.parquet").column_names

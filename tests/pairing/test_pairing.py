@@ -113,7 +113,8 @@ def test_length_control():
 
 
 def test_rso_accepts_by_estimated_optimal_policy():
-    from iterpo.pairing import Candidate, RejectionSampling
+    from iterpo.pairing import Candidate
+    from iterpo.pairing.rejection import RejectionSampling
 
     prompts, rollouts, judgements = _data({"a": [0.0, 1.0, 2.0, 3.0]})
     cands = [Candidate(r, j, j.score, 0.5) for r, j in zip(rollouts, judgements)]

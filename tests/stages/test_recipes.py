@@ -14,11 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from helpers import run_config
 from iterpo.config import load_config
-from iterpo.loop import FUTURE_IDX, INITIAL_IDX, RoundDriver
-from iterpo.store import RunStore
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 
 
 def _recipe(name, tiny_model_dir, run_dir):
@@ -41,8 +40,7 @@ def _recipe(name, tiny_model_dir, run_dir):
 def _run(cfg, tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    config = load_config(path)
-    return RoundDriver(config, RunStore.open(config)).run(), RunStore(config.run.dir)
+    return run_config(load_config(path))
 
 
 @pytest.fixture
@@ -84,20 +82,21 @@ def test_self_rewarding_recipes(name, tiny_model_dir, tmp_path, scoring_policy):
         # anchored: round 2's rejected responses are the initial model's
         first = {(x["prompt_id"], x["sample_idx"]): x["text"] for x in _table(store, 1, "rollouts.parquet")}
         for p in _table(store, 2, "preferences.parquet"):
-            assert p["rejected_idx"] >= INITIAL_IDX and p["rejected"] == first[(p["prompt_id"], p["rejected_idx"] - INITIAL_IDX)]
-        # future-guided: the look-ahead model's answers are kept, and replace a chosen only when judged better
+            assert p["rejected_source"] == "initial" and p["rejected"] == first[(p["prompt_id"], p["rejected_idx"])]
+        # future-guided: the look-ahead model's answers are kept, and replace a chosen only when judged better;
+        # the look_ahead stage writes the guided pairs beside the pair stage's
         for r in (1, 2):
             future = {(x["prompt_id"], x["sample_idx"]): x for x in _table(store, r, "future_rollouts.parquet")}
             judged = {(j["prompt_id"], j["sample_idx"]): j["score"] for j in _table(store, r, "judgements.parquet")}
-            assert future and all(idx >= FUTURE_IDX for _, idx in future)
-            prefs = _table(store, r, "preferences.parquet")
-            replaced = [p for p in prefs if p["chosen_idx"] >= FUTURE_IDX]
-            assert _stage(store, r, "pair")["future_chosen"] == len(replaced)
-            for p in prefs:
-                if p["chosen_idx"] >= FUTURE_IDX:
-                    assert p["chosen"] == future[(p["prompt_id"], p["chosen_idx"])]["text"]
-                    assert p["chosen_score"] > max(s for (pid, _), s in judged.items() if pid == p["prompt_id"])
-        assert sum(_stage(store, r, "pair")["future_chosen"] for r in (1, 2)) > 0
+            assert future and all(x["source"] == "look_ahead" for x in future.values())
+            prefs = _table(store, r, "guided_preferences.parquet")
+            assert len(prefs) == len(_table(store, r, "preferences.parquet"))
+            replaced = [p for p in prefs if p["chosen_source"] == "look_ahead"]
+            assert _stage(store, r, "look_ahead")["future_chosen"] == len(replaced)
+            for p in replaced:
+                assert p["chosen"] == future[(p["prompt_id"], p["chosen_idx"])]["text"]
+                assert p["chosen_score"] > max(s for (pid, _), s in judged.items() if pid == p["prompt_id"])
+        assert sum(_stage(store, r, "look_ahead")["future_chosen"] for r in (1, 2)) > 0
 
 
 def test_sppo_recipe_with_a_pairwise_judge(tiny_model_dir, tmp_path):

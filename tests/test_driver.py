@@ -6,18 +6,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import tiny_config
+from helpers import run_config, tiny_config
 from iterpo.config import load_config
-from iterpo.loop import RoundDriver
-from iterpo.store import RunStore
 
 
 def _run(cfg_dict, tmp_path, name="cfg.yaml"):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg_dict))
-    config = load_config(path)
-    store = RunStore.open(config)
-    return RoundDriver(config, store).run(), store
+    return run_config(load_config(path))
 
 
 def test_two_rounds_write_the_run_directory(tiny_model_dir, tmp_path):
@@ -70,15 +66,16 @@ def test_reference_initial_and_lora(tiny_model_dir, tmp_path):
     # which equals a freshly loaded base model
     from iterpo.models.loading import load_model
     from iterpo.models.logprobs import score_responses
-    from iterpo.loop import RoundDriver
+    from iterpo.plan import build_plan
+    from iterpo.records import Rollout
+    from iterpo.stages import RunContext
 
-    driver = RoundDriver(load_config(store.config_path), store)
+    ctx = RunContext(build_plan(load_config(store.config_path)), store)
     ref = pq.read_table(store.root / "round-002" / "ref_logps.parquet").to_pylist()
-    rollouts = {(x.prompt_id, x.sample_idx): x for x in driver.rollouts(2)}
-    prompts = {p.prompt_id: p for p in driver.train_prompts}
+    rollouts = {(x.prompt_id, x.sample_idx): x for x in ctx.read(2, "rollouts.parquet", Rollout)}
     base = load_model(tiny_model_dir)
-    want = score_responses(base, [driver.prompt_ids(prompts[x["prompt_id"]]) for x in ref],
-                           [rollouts[(x["prompt_id"], x["sample_idx"])].token_ids for x in ref], 16, driver.pad_id)
+    want = score_responses(base, [ctx.prompt_ids_of(x["prompt_id"]) for x in ref],
+                           [rollouts[(x["prompt_id"], x["sample_idx"])].token_ids for x in ref], 16, ctx.pad_id)
     assert [x["ref_logp"] for x in ref] == pytest.approx(want, abs=1e-4)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from iterpo.config import load_config
+from iterpo.plan import check_components
 from iterpo.errors import ConfigError
 from iterpo.judges import JudgeCache, JudgeContext, judge_with_cache, make_judge
 from iterpo.records import Prompt, Rollout
@@ -58,11 +59,12 @@ def test_reward_model_batches_caches_and_reports_mc_dropout(reward_model_dir):
     assert calls == [4] and [j.score for j in again] == [j.score for j in first] and cache.hits == 4
 
 
-def test_reward_model_bad_paths_fail_at_config_load(tmp_path):
+def test_reward_model_bad_paths_fail_when_the_run_is_planned(tmp_path):
     with pytest.raises(ConfigError, match="local model directory"):
-        load_config(overrides=["judge.name=reward_model", f"judge.path={tmp_path / 'missing'}"])
+        check_components(load_config(overrides=["judge.name=reward_model", f"judge.path={tmp_path / 'missing'}"]))
     with pytest.raises(ConfigError, match="no option 'temperature'"):
-        load_config(overrides=["judge.name=reward_model", f"judge.path={tmp_path}", "judge.temperature=1"])
+        check_components(load_config(overrides=["judge.name=reward_model", f"judge.path={tmp_path}",
+                                                "judge.temperature=1"]))
 
 
 def test_pairwise_lm_cancels_position_bias_and_caches(tiny_model_dir):

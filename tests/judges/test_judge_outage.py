@@ -12,13 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import tiny_config
+from helpers import REPO, cli_env, run_config, tiny_config
 from iterpo.config import load_config
 from iterpo.errors import JudgeFailure
-from iterpo.loop import RoundDriver
-from iterpo.store import RunStore
-
-REPO = Path(__file__).resolve().parent.parent
+from iterpo.plan import build_plan
 
 
 class Endpoint:
@@ -76,9 +73,8 @@ def _config(tiny_model_dir, run_dir, port, tmp_path):
 
 
 def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"), ITERPO_PLUGINS="toy_judges")
-    done = subprocess.run([sys.executable, "-m", "iterpo", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-m", "iterpo", *args], cwd=REPO, env=cli_env(), capture_output=True,
+                          text=True, timeout=300)
     return done.returncode, " ".join(done.stderr.split())
 
 
@@ -124,13 +120,13 @@ def test_too_many_failed_verdicts_stop_before_pairing(tiny_model_dir, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     config = load_config(path)
     with pytest.raises(JudgeFailure, match=r"token_sum_failing: \d+ of 32 responses failed .*most common: no score"):
-        RoundDriver(config, RunStore.open(config)).run()
+        run_config(config)
     assert not (tmp_path / "run" / "round-001" / "judgements.parquet").exists()
     assert (tmp_path / "run" / "round-001" / "rollouts.parquet").exists()
     # accepting the failures is a resume option: it does not change the run's fingerprint
     relaxed = load_config(path, ["judge.max_failed_share=1"])
-    assert relaxed.fingerprint() == config.fingerprint()
-    RoundDriver(relaxed, RunStore.open(relaxed)).run()
+    assert build_plan(relaxed).fingerprint == build_plan(config).fingerprint
+    run_config(relaxed)
     judged = pq.read_table(tmp_path / "run" / "round-001" / "judgements.parquet").to_pylist()
     assert any(j["failed"] for j in judged) and not all(j["failed"] for j in judged)
 
@@ -144,5 +140,5 @@ def test_a_self_judge_that_writes_no_score_stops_the_run(tiny_model_dir, tmp_pat
     path.write_text(yaml.safe_dump(cfg))
     config = load_config(path)
     with pytest.raises(JudgeFailure, match=r"self_judge: 8 of 8 responses failed \(100%.*no score in 1 evaluations"):
-        RoundDriver(config, RunStore.open(config)).run()
+        run_config(config)
     assert not (tmp_path / "run" / "round-001" / "judgements.parquet").exists()

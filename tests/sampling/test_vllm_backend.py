@@ -12,13 +12,12 @@ import types
 import pytest
 import yaml
 
-from conftest import tiny_config
+from helpers import tiny_config
 from iterpo.config import load_config
 from iterpo.errors import UserInputError
-from iterpo.loop import RoundDriver
-from iterpo.sampling import vllm_backend
+from helpers import run_config
 from iterpo.io import read_json
-from iterpo.store import RunStore
+from iterpo.sampling import vllm_backend
 
 EOS = 2
 
@@ -67,11 +66,12 @@ def test_auto_picks_transformers_without_a_gpu_and_vllm_is_refused_there():
 
 def test_one_request_per_seed_in_prompt_order_with_the_eos_kept(fake_vllm):
     assert vllm_backend.choose_backend("auto") == "vllm"
-    engine = vllm_backend.VLLMSampler("some/dir", seed=3)
-    assert FakeLLM.built[-1]["model"] == "some/dir" and FakeLLM.built[-1]["enable_prefix_caching"]
+    engine = vllm_backend.VLLMSampler("some/dir", EOS, seed=3)
+    assert FakeLLM.built == []  # the engine starts on the first generate()
     prompts = [[5, 6, 7], [8, 9]]
     seeds = [[11, 12, 13], [21, 22, 23]]
-    out = engine.generate(prompts, seeds, temperature=0.8, top_p=0.9, max_new_tokens=5, eos=EOS)
+    out = engine.generate(prompts, seeds, temperature=0.8, top_p=0.9, max_new_tokens=5)
+    assert FakeLLM.built[-1]["model"] == "some/dir" and FakeLLM.built[-1]["enable_prefix_caching"]
     requests, params = engine.llm.calls[-1]
     assert [p.seed for p in params] == [11, 12, 13, 21, 22, 23]
     assert [r["prompt_token_ids"] for r in requests] == [[5, 6, 7]] * 3 + [[8, 9]] * 3
@@ -80,8 +80,11 @@ def test_one_request_per_seed_in_prompt_order_with_the_eos_kept(fake_vllm):
     assert out[0][0] == ([100 + 11, 203, EOS], "stop")  # stopped: the EOS ends the stored response
     assert out[0][1] == ([100 + 12, 203], "length")
     assert out[1][2] == ([100 + 23, 202, EOS], "stop")
-    greedy = engine.generate(prompts, None, 1.0, 1.0, 5, EOS)
+    greedy = engine.generate(prompts, None, 1.0, 1.0, 5)
     assert {p.temperature for p in engine.llm.calls[-1][1]} == {0.0} and [len(x) for x in greedy] == [1, 1]
+    with engine:
+        pass
+    assert engine.llm is None and len(FakeLLM.built) == 1  # closed, and started once
 
 
 def test_a_run_samples_each_round_from_the_previous_policy_directory(fake_vllm, tiny_model_dir, tmp_path):
@@ -89,8 +92,7 @@ def test_a_run_samples_each_round_from_the_previous_policy_directory(fake_vllm, 
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     config = load_config(path)
-    store = RunStore.open(config)
-    RoundDriver(config, store).run()
+    _, store = run_config(config)
     dirs = [b["model"] for b in FakeLLM.built]
     ckpt1 = str(store.path(1, "checkpoint"))
     # eval of round 0, sampling of round 1 (both the starting model), eval 1 and sampling 2 (round 1's checkpoint), eval 2

@@ -1,0 +1,85 @@
+"""Applying a strategy to a round: each prompt's judged responses become candidates, then examples."""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+from iterpo.errors import ConfigError
+from iterpo.pairing.base import (DEFAULT_STRATEGY, PAIRING, Candidate, PairingResult, Strategy, distinct,
+                                 win_rates)
+from iterpo.records import Judgement, LabelledResponse, Prompt, Rollout
+
+
+def _assign_kl_partners(examples: list[LabelledResponse]) -> None:
+    """Give each example another prompt's response (the next example with a different prompt, cyclically)."""
+    n = len(examples)
+    for i, e in enumerate(examples):
+        partner = next((examples[(i + j) % n] for j in range(1, n) if examples[(i + j) % n].prompt_id != e.prompt_id),
+                       examples[(i + 1) % n])
+        e.kl_prompt_id, e.kl_sample_idx, e.kl_source = partner.prompt_id, partner.sample_idx, partner.source
+
+
+def candidates(rollouts: list[Rollout], judgements: dict[int, Judgement], length_penalty: float = 0.0) -> list[Candidate]:
+    """One prompt's judged responses, failed verdicts left out, duplicates dropped.
+
+    Win rates come from the pairwise judge when it gave them, else from the
+    scores of all K samples (duplicates included: they are draws of the policy).
+    """
+    ok = [r for r in rollouts if r.sample_idx in judgements and not judgements[r.sample_idx].failed]
+    scores = {r.sample_idx: judgements[r.sample_idx].score - length_penalty * len(r.token_ids) for r in ok}
+    estimated = win_rates(scores) if scores else {}
+    cands = []
+    for r in ok:
+        j = judgements[r.sample_idx]
+        cands.append(Candidate(r, j, scores[r.sample_idx], j.win_rate if j.win_rate is not None else estimated[r.sample_idx]))
+    return distinct(cands)
+
+
+def build_examples(strategy: Strategy, prompts: list[Prompt], rollouts: list[Rollout], judgements: list[Judgement],
+                   seed: int = 0, initial: Optional[tuple[list[Rollout], list[Judgement]]] = None) -> PairingResult:
+    """Apply strategy to every prompt. ``initial``: the initial model's judged rollouts (strategies that anchor on them)."""
+    def group(rs: list[Rollout], js: list[Judgement]):
+        by_prompt: dict[str, list[Rollout]] = {}
+        for r in rs:
+            by_prompt.setdefault(r.prompt_id, []).append(r)
+        verdicts: dict[str, dict[int, Judgement]] = {}
+        for j in js:
+            verdicts.setdefault(j.prompt_id, {})[j.sample_idx] = j
+        return by_prompt, verdicts
+
+    by_prompt, verdicts = group(rollouts, judgements)
+    first = group(*initial) if initial is not None else None
+    penalty = strategy.config.length_penalty
+    result = PairingResult(strategy.data_shape, [])
+    result.failed_judgements = sum(j.failed for j in judgements)
+    for p in prompts:
+        cands = candidates(by_prompt.get(p.prompt_id, []), verdicts.get(p.prompt_id, {}), penalty)
+        if not cands:
+            result.skipped["judge failed on every response" if by_prompt.get(p.prompt_id) else "no responses"] += 1
+            continue
+        if len(cands) < strategy.min_candidates:
+            result.skipped["fewer than two distinct judged responses"] += 1
+            continue
+        anchor = candidates(first[0].get(p.prompt_id, []), first[1].get(p.prompt_id, {}), penalty) if first else None
+        rng = random.Random(f"{seed}/{p.prompt_id}")
+        examples, reason = strategy.examples(p, cands, rng, anchor)
+        result.examples.extend(examples)
+        if reason:
+            result.skipped[reason] += 1
+    if strategy.data_shape == "unpaired" and result.examples:
+        _assign_kl_partners(result.examples)
+    return result
+
+
+def build_strategy(config, data_shape: str) -> Strategy:
+    """The configured strategy (with its options), or the default one for the loss's data shape."""
+    name = config.strategy or DEFAULT_STRATEGY[data_shape]
+    cls = PAIRING.get(name)
+    if cls.data_shape != data_shape:
+        raise ConfigError(f"pairing strategy {name!r} produces {cls.data_shape}, but the loss needs {data_shape}; "
+                          f"use e.g. {DEFAULT_STRATEGY[data_shape]!r}")
+    options = config.options() if hasattr(config, "options") else {}
+    strategy = PAIRING.create(name, options, hint=" (and the shared pairing fields)")
+    strategy.config = config
+    return strategy

@@ -1,0 +1,218 @@
+"""The plan: a validated config turned into the run's components and the stages of its rounds.
+
+``build_plan`` is the one place where the config's sections meet: it builds
+the task (reading prompt files), the judges, the loss, the pairing strategy
+and the round's stages, and makes every check that spans sections (the
+strategy's data shape against the loss's, a verifier for held-out accuracy,
+reference samples for XPO and VPO, every prompt's answer for a verifier, the
+model directory, LoRA targets). The CLI builds the plan before it opens the
+run directory, so bad input fails before anything is written.
+
+The round's stages are data: derived from the config (the reference stage
+only when the loss needs reference log-probs, the look-ahead stage only for
+future-guided pairing, evaluation only with held-out prompts), or listed by a
+recipe (``round: {stages: [...]}``). Each entry is a stage name or a mapping
+``{stage: KIND, name: LABEL, outputs: {ROLE: FILE}, OPTION: VALUE...}``; a
+stage listed under another name writes its files with that name's suffix
+(``sample_half`` writes ``rollouts_half.parquet``) unless ``outputs`` says
+otherwise. Each role a stage reads comes from the latest earlier stage of the
+round that writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iterpo.config import Config
+from iterpo.errors import ConfigError, DataError
+from iterpo.judges import JUDGES, Judge, make_judge
+from iterpo.losses import Loss, get_loss, loss_hyperparameters
+from iterpo.models.loading import check_lora_targets, load_tokenizer, resolve_model_path
+from iterpo.pairing import Strategy, build_strategy
+from iterpo.records import Prompt
+from iterpo.sampling.vllm_backend import choose_backend
+from iterpo.stages import STAGES, Stage
+from iterpo.tasks import TASKS, Task, build_task
+
+DEFAULT_ROUND = ("sample", "judge", "pair", "look_ahead", "reference", "train", "eval")
+INITIAL_ROUND = ("eval",)  # round 0: the starting model, evaluated
+# Settings that do not change what a run computes: they may differ when a run directory is reopened.
+UNFINGERPRINTED = [("run", "dir"), ("run", "threads"), ("train", "max_tokens_per_pass"),
+                   ("train", "gradient_checkpointing"), ("sampling", "gpu_memory_utilization"),
+                   ("judge", "max_failed_share")]
+
+
+@dataclass
+class Plan:
+    config: Config
+    resolved: dict  # the config as run: defaults filled in, the loss's hyperparameters and the judge resolved
+    task: Task
+    train_prompts: list[Prompt]
+    eval_prompts: list[Prompt]
+    judge: Judge
+    eval_judge: Judge  # a verifier: held-out accuracy
+    loss: Loss
+    strategy: Strategy
+    base_path: str  # the starting model, as from_pretrained loads it
+    backend: str  # sampling backend: 'transformers' or 'vllm'
+    tokenizer: Any
+    stages: list[Stage]  # the stages of every round, in order
+    initial_stages: list[Stage]  # round 0's
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.resolved)
+
+    def config_text(self) -> str:
+        return yaml.safe_dump(self.resolved, sort_keys=False)
+
+    def round(self, r: int) -> list[Stage]:
+        return self.initial_stages if r == 0 else self.stages
+
+    def stage_of_kind(self, kind: str) -> Stage:
+        """The first stage of a kind in the round (ConfigError if the round has none)."""
+        for stage in self.stages:
+            if stage.kind == kind:
+                return stage
+        raise ConfigError(f"round.stages has no {kind!r} stage, which this run needs")
+
+
+# ---------------------------------------------------------------- the config as run
+
+
+def judge_name(config: Config) -> str:
+    """The configured judge, or the task's own when judge.name is unset."""
+    return config.judge.name or TASKS.get(config.task.name).default_judge
+
+
+def resolve(config: Config) -> dict:
+    """The config as saved with a run: the loss with every hyperparameter, the judge the task picks when unset."""
+    data = config.model_dump(mode="json")
+    data["loss"] = {"name": config.loss.name, **loss_hyperparameters(config.loss.name), **config.loss.hyperparams()}
+    data["judge"]["name"] = judge_name(config)
+    if data.get("round", {}).get("stages") is None:
+        data.pop("round", None)  # a derived round is not a setting: it follows from the others
+    return data
+
+
+def fingerprint(resolved: dict) -> str:
+    """Hash of everything that changes results."""
+    data = json.loads(json.dumps(resolved))
+    for section, key in UNFINGERPRINTED:
+        data.get(section, {}).pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_components(config: Config) -> tuple[Loss, Strategy, Judge, Judge | None]:
+    """The checks across sections that need no file: loss, strategy, judges, and how they fit together."""
+    loss = get_loss(config.loss.name, **config.loss.hyperparams())
+    strategy = build_strategy(config.pairing, loss.data_shape)
+    judge = make_judge(judge_name(config), config.judge.options())
+    eval_judge = None
+    if config.eval.judge is not None:
+        if not JUDGES.get(config.eval.judge).verifier:
+            raise ConfigError(f"eval.judge {config.eval.judge!r} is not a verifier; held-out accuracy needs one, "
+                              "e.g. exact_answer")
+        eval_judge = judge if config.eval.judge == judge.name else make_judge(config.eval.judge, {})
+    if loss.aux_source == "reference" and config.reference.policy == "initial":
+        raise ConfigError(
+            f"loss {config.loss.name!r} needs samples from the reference policy; with reference.policy 'initial' "
+            "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous")
+    return loss, strategy, judge, eval_judge
+
+
+# ---------------------------------------------------------------- building
+
+
+def build_plan(config: Config) -> Plan:
+    """Everything the run needs, checked; reads the prompt files and the tokenizer, loads no model."""
+    loss, strategy, judge, eval_judge = check_components(config)
+    task = build_task(config.task, config.run.seed)
+    train_prompts, eval_prompts = task.train_prompts(), task.eval_prompts()
+    # Held-out accuracy needs a verifier: the training judge if it is one, else the task's own judge.
+    if eval_judge is None:
+        eval_judge = judge if judge.verifier else make_judge(task.default_judge, {})
+    judge.check()
+    eval_judge.check()
+    source = config.task.train_file if config.task.name == "file" else f"task {config.task.name}"
+    check_prompts(judge, train_prompts, source)
+    check_prompts(eval_judge, eval_prompts, config.task.eval_file or source)
+    base_path = resolve_model_path(config.model.path)
+    if config.model.lora is not None:
+        check_lora_targets(base_path, config.model.lora.target_modules)
+    plan = Plan(config, resolve(config), task, train_prompts, eval_prompts, judge, eval_judge, loss, strategy,
+                base_path, choose_backend(config.sampling.backend), load_tokenizer(base_path), [], [])
+    plan.stages = wire(round_stages(plan), "round.stages", plan)
+    plan.initial_stages = wire([s for s in (STAGES.create(k, {}) for k in INITIAL_ROUND) if s.needed(plan)],
+                               "round 0", plan)
+    return plan
+
+
+def check_prompts(judge: Judge, prompts: list[Prompt], source: str) -> None:
+    """DataError naming the source when the judge cannot judge some prompt (e.g. a verifier's answer is missing)."""
+    for p in prompts:
+        try:
+            judge.check_prompt(p)
+        except DataError as exc:
+            raise DataError(f"{source}: {exc}") from None
+
+
+def round_stages(plan: Plan) -> list[Stage]:
+    """The stages of a round: the recipe's list, or the default round's stages that this config needs."""
+    entries = plan.config.round.stages
+    if entries is None:
+        return [s for s in (STAGES.create(kind, {}) for kind in DEFAULT_ROUND) if s.needed(plan)]
+    stages = []
+    for i, entry in enumerate(entries):
+        spec = {"stage": entry} if isinstance(entry, str) else dict(entry)
+        if not isinstance(spec.get("stage"), str):
+            raise ConfigError(f"round.stages[{i}]: expected a stage name or a mapping with 'stage', got {entry!r}")
+        kind, label, outputs = spec.pop("stage"), spec.pop("name", None), spec.pop("outputs", None) or {}
+        stage = STAGES.create(kind, spec)
+        stage.label = label or kind
+        unknown = set(outputs) - set(stage.writes)
+        if unknown:
+            raise ConfigError(f"round.stages[{i}] ({stage.label}): outputs names roles it does not write: "
+                              f"{sorted(unknown)}; it writes {sorted(stage.writes)}")
+        stage.files = dict(outputs)
+        stages.append(stage)
+    return stages
+
+
+def _named(default: str, stage: Stage) -> str:
+    """A stage's file under its own name: 'sample_half' writes rollouts_half.parquet where 'sample' writes
+    rollouts.parquet."""
+    if stage.label == stage.kind:
+        return default
+    suffix = stage.label[len(stage.kind) + 1:] if stage.label.startswith(stage.kind + "_") else stage.label
+    path = Path(default)
+    return f"{path.stem}_{suffix}{path.suffix}"
+
+
+def wire(stages: list[Stage], where: str, plan: Plan) -> list[Stage]:
+    """Give each stage its files: what it writes, and for each role it reads the latest earlier writer's file."""
+    latest: dict[str, str] = {}
+    labels: set[str] = set()
+    written: dict[str, str] = {}
+    for stage in stages:
+        if stage.label in labels:
+            raise ConfigError(f"{where}: two stages are named {stage.label!r}; give one another name ('name: ...')")
+        labels.add(stage.label)
+        for role in stage.reads_for(plan):
+            if role not in latest:
+                raise ConfigError(f"{where}: stage {stage.label!r} reads {role}, which no earlier stage of the round "
+                                  "writes")
+            stage.inputs[role] = latest[role]
+        for role, default in stage.writes.items():
+            name = stage.files.get(role) or _named(default, stage)
+            if name in written:
+                raise ConfigError(f"{where}: stages {written[name]!r} and {stage.label!r} both write {name}")
+            stage.files[role] = written[name] = name
+            latest[role] = name
+    return stages

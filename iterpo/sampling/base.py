@@ -1,0 +1,71 @@
+"""The sampler contract: every generation backend implements it, and one function chooses the backend.
+
+A sampler draws responses from one policy. ``generate`` takes prompts as
+token ids and, per prompt, one seed per sample (None: one greedy response);
+a sample depends on its seed alone, so a resumed run regenerates it. It
+returns, per prompt, ``(token_ids, finish_reason)`` for each sample, the ids
+ending with the EOS token when the response stopped ("stop") rather than
+hit max_new_tokens ("length"). Nothing loads until the first call, and
+``close`` frees what was loaded (a GPU engine's memory); a sampler is a
+context manager that closes itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol
+
+Samples = list[list[tuple[list[int], str]]]  # per prompt, per sample: (token ids, "stop" | "length")
+
+
+class Sampler(Protocol):
+    def generate(self, prompts: list[list[int]], seeds: Optional[list[list[int]]], temperature: float, top_p: float,
+                 max_new_tokens: int, batch_size: int, progress: Optional[Callable[[int], None]] = None) -> Samples:
+        ...
+
+    def close(self) -> None:
+        ...
+
+    def __enter__(self) -> "Sampler":
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        ...
+
+
+class Closing:
+    """close() on leaving a with-block."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TransformersSampler(Closing):
+    """Batched generation with a transformers model in this process (iterpo.sampling.generate); runs everywhere."""
+
+    def __init__(self, model: Callable[[], Any], tokenizer: Any):
+        self._model, self.tokenizer = model, tokenizer  # model: () -> the policy, called on first use
+
+    def generate(self, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress=None) -> Samples:
+        from iterpo.sampling.generate import generate
+
+        return generate(self._model(), self.tokenizer, prompts, seeds, temperature, top_p, max_new_tokens, batch_size,
+                        progress)
+
+
+def open_sampler(backend: str, model: Callable[[], Any], model_dir: Callable[[], str], tokenizer: Any, dtype: str,
+                 gpu_memory_utilization: float, seed: int) -> Sampler:
+    """The sampler of a run's backend ('transformers' or 'vllm', as choose_backend resolved it) for one policy.
+
+    model() gives the policy in memory (transformers); model_dir() a directory holding it (vLLM loads from disk).
+    """
+    if backend == "vllm":
+        from iterpo.sampling.vllm_backend import VLLMSampler
+
+        return VLLMSampler(model_dir, tokenizer.eos_token_id, dtype, gpu_memory_utilization, seed)
+    return TransformersSampler(model, tokenizer)

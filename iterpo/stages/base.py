@@ -1,0 +1,91 @@
+"""The stage contract and its registry.
+
+A round is a list of stages, data rather than code: iterpo.plan derives it
+from the config (the reference stage only when the loss needs reference
+log-probs, the look-ahead stage only for future-guided pairing, ...), and a
+recipe may list its own (``round: {stages: [...]}``), the same stage twice
+under different names included.
+
+A stage is a registered dataclass whose fields are its options. It declares
+the roles of the files it reads and writes (``rollouts``, ``judgements``,
+``examples``, ...); the plan points each role a stage reads at the file of the
+latest earlier stage in the round that writes it, so a stage reads what an
+earlier stage wrote, through the run store, and never its memory: any stage
+can be resumed, re-run or sent elsewhere. ``run(ctx, round)`` does the work and
+returns the figures the manifest records; the driver skips a stage whose
+outputs are there and intact.
+
+A new stage is one decorated class in one module (a plugin module named in
+ITERPO_PLUGINS works too):
+
+    @register_stage("count_words")
+    @dataclass
+    class CountWords(Stage):
+        reads = ("rollouts",)
+        writes = {"word_counts": "word_counts.json"}
+
+        def run(self, ctx, r):
+            rollouts = ctx.read(r, self.file("rollouts"), Rollout)
+            ctx.store.write_json(ctx.store.path(r, self.file("word_counts")), ...)
+            return {"responses": len(rollouts)}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from iterpo.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from iterpo.stages.context import RunContext
+
+
+@dataclass
+class Stage:
+    """One step of a round. Subclasses set ``reads``/``writes`` and implement ``run``."""
+
+    kind: ClassVar[str] = ""  # the registered name, set by register_stage
+    reads: ClassVar[tuple[str, ...]] = ()  # roles of the files it reads
+    writes: ClassVar[dict[str, str]] = {}  # role -> default file name in the round directory; the first marks it done
+
+    def __post_init__(self) -> None:
+        self.label = self.kind  # the name it has in its round (a stage may appear twice under two names)
+        self.inputs: dict[str, str] = {}  # role -> file it reads (set by the plan)
+        self.files: dict[str, str] = {}  # role -> file it writes (set by the plan)
+
+    def needed(self, plan: Any) -> bool:
+        """Whether the round derived from a config includes this stage (recipes that list stages decide for
+        themselves)."""
+        return True
+
+    def reads_for(self, plan: Any) -> tuple[str, ...]:
+        """The roles it reads in this plan (a stage may need some only for some losses)."""
+        return self.reads
+
+    def file(self, role: str) -> str:
+        """The file name this stage writes for role, or else reads for it."""
+        return self.files[role] if role in self.files else self.inputs[role]
+
+    def input(self, role: str) -> str:
+        """The file name this stage reads for role (also when it writes a new version of that role)."""
+        return self.inputs[role]
+
+    def outputs(self) -> list[str]:
+        """The files it writes, the one that marks it done first."""
+        return [self.files[role] for role in self.writes]
+
+    def run(self, ctx: "RunContext", r: int) -> dict:  # pragma: no cover
+        raise NotImplementedError
+
+
+STAGES: Registry[type] = Registry("stage")
+
+
+def register_stage(name: str):
+    """Class decorator: register a Stage subclass under name (its ``kind``)."""
+    def decorator(cls):
+        cls.kind = name
+        return STAGES.register(name)(cls)
+
+    return decorator

@@ -1,0 +1,155 @@
+"""What the stages of a run share: the plan's components, the run store, the tokenizer, and the policies.
+
+Stages exchange data through the store only; the context keeps what is
+expensive to rebuild: the policy in memory (the one the last stage loaded or
+trained, with the round it ended) and the prompts' token ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Optional
+
+from iterpo.judges import JudgeCache, JudgeContext
+from iterpo.models.chat import encode_prompt
+from iterpo.models.loading import is_lora, load_model, load_policy_checkpoint, load_starting_policy
+from iterpo.models.logprobs import score_responses
+from iterpo.pairing import RECORD_TYPE
+from iterpo.records import Judgement, Prompt, Rollout, from_table
+from iterpo.sampling import derive_seed
+from iterpo.sampling.base import Sampler, open_sampler
+from iterpo.store import RunStore
+from iterpo.training import LiveReference
+
+ROLLOUT_ROLES = ("rollouts", "look_ahead_rollouts")  # roles whose files hold responses that examples may name
+ResponseKey = tuple[str, str, int]  # (prompt_id, source, sample_idx)
+
+
+class RunContext:
+    def __init__(self, plan: Any, store: RunStore):
+        self.plan, self.config, self.store = plan, plan.config, store
+        self.tokenizer = plan.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id
+        self.train_prompts: list[Prompt] = plan.train_prompts
+        self.eval_prompts: list[Prompt] = plan.eval_prompts
+        self.prompts_by_id = {p.prompt_id: p for p in self.train_prompts}
+        self._prompt_ids: dict[str, list[int]] = {}
+        self._policy: Any = None
+        self._policy_round: Optional[int] = None  # the round whose end the policy in memory is
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if prompt.prompt_id not in self._prompt_ids:
+            self._prompt_ids[prompt.prompt_id] = encode_prompt(self.tokenizer, prompt.messages,
+                                                               self.config.model.system_prompt)
+        return self._prompt_ids[prompt.prompt_id]
+
+    def prompt_ids_of(self, prompt_id: str) -> list[int]:
+        return self.prompt_ids(self.prompts_by_id[prompt_id])
+
+    # ------------------------------------------------------------------ policies
+
+    def policy_after(self, r: int):
+        """The policy as it was at the end of round r (0 = the starting model)."""
+        if self._policy_round == r:
+            return self._policy
+        ckpt = self.store.path(r, "checkpoint")
+        lora = self.config.model.lora
+        if r == 0:
+            model = load_starting_policy(self.plan.base_path, self.config.model.dtype, lora,
+                                         derive_seed(self.config.run.seed, "lora-init"))
+        elif ckpt.exists():
+            model = load_policy_checkpoint(ckpt, self.plan.base_path, self.config.model.dtype, lora)
+        else:  # a round whose checkpoint was not kept (save_every > 1): replay its training
+            self.policy_after(r - 1)
+            self.plan.stage_of_kind("train").run(self, r)
+            return self._policy
+        self._policy, self._policy_round = model, r
+        return model
+
+    def trained(self, r: int) -> None:
+        """The policy in memory, trained in place, is now the policy after round r."""
+        self._policy_round = r
+
+    def policy_dir(self, r: int) -> str:
+        """A directory with the full policy after round r, for an engine that loads weights from disk."""
+        lora = self.config.model.lora
+        if r == 0 and not lora:
+            return self.plan.base_path
+        if self.store.path(r, "checkpoint").exists() and not lora:
+            return str(self.store.path(r, "checkpoint"))
+        target = self.store.path(r, "policy-full")
+        if self.store.check(target) != "ok":
+            model = self.policy_after(r)
+            full = copy.deepcopy(model).merge_and_unload() if is_lora(model) else model
+
+            def fill(tmp):
+                full.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+
+            self.store.write_dir(target, fill)
+        return str(target)
+
+    def sampler(self, r: int) -> Sampler:
+        """A sampler for the policy after round r, on the run's backend; nothing loads until it generates."""
+        return open_sampler(self.plan.backend, lambda: self.policy_after(r), lambda: self.policy_dir(r),
+                            self.tokenizer, self.config.model.dtype, self.config.sampling.gpu_memory_utilization,
+                            self.config.run.seed)
+
+    def reference(self, r: int, frozen_copy: bool = False) -> LiveReference:
+        """The reference policy of round r as a model run without gradients.
+
+        'previous' is the policy the round starts from (a frozen copy when it must
+        outlive training's updates); 'initial' is the same weights with LoRA
+        adapters off, or the base model loaded again.
+        """
+        policy = self.policy_after(r - 1)
+        if self.config.reference.policy == "previous":
+            return LiveReference(copy.deepcopy(policy) if frozen_copy else policy)
+        if is_lora(policy):
+            return LiveReference(policy, adapters_off=True)
+        return LiveReference(load_model(self.plan.base_path, self.config.model.dtype))
+
+    def score(self, reference: LiveReference, prompt_ids: list, responses: list, advance) -> list[float]:
+        with reference.active() as model:
+            return score_responses(model, prompt_ids, responses, self.config.eval.batch_size, self.pad_id, advance)
+
+    # ------------------------------------------------------------------ judging
+
+    def judge_cache(self) -> JudgeCache:
+        return JudgeCache(self.store.root / "judge-cache", self.store)
+
+    def judge_context(self, r: int, cache: JudgeCache) -> JudgeContext:
+        return JudgeContext(r, self.config.run.seed, cache, lambda: self.policy_after(r - 1), self.tokenizer,
+                            self.config.model.system_prompt)
+
+    # ------------------------------------------------------------------ records in the store
+
+    def read(self, r: int, name: str, cls: type) -> list:
+        return from_table(self.store.read_parquet(self.store.path(r, name)), cls)
+
+    def records(self, r: int, name: str) -> list:
+        """The training examples in a round's file, of the loss's data shape."""
+        return self.read(r, name, RECORD_TYPE[self.plan.loss.data_shape])
+
+    def initial_responses(self) -> tuple[list[Rollout], list[Judgement]]:
+        """The initial model's judged responses (round 1's samples), as source 'initial'."""
+        sample = self.plan.stage_of_kind("sample")
+        judge = self.plan.stage_of_kind("judge")
+        rollouts = [dataclasses.replace(x, source="initial") for x in self.read(1, sample.file("rollouts"), Rollout)]
+        judgements = self.read(1, judge.file("judgements"), Judgement)
+        return rollouts, judgements
+
+    def responses(self, r: int) -> dict[ResponseKey, Rollout]:
+        """Every response round r's examples may name, by (prompt_id, source, sample_idx)."""
+        out: dict[ResponseKey, Rollout] = {}
+        for stage in self.plan.stages:
+            for role in ROLLOUT_ROLES:
+                if role in stage.writes and self.store.path(r, stage.file(role)).exists():
+                    out.update({(x.prompt_id, x.source, x.sample_idx): x
+                                for x in self.read(r, stage.file(role), Rollout)})
+        if self.plan.strategy.uses_initial:
+            out.update({(x.prompt_id, x.source, x.sample_idx): x for x in self.initial_responses()[0]})
+        return out

@@ -1,0 +1,36 @@
+"""eval: greedy accuracy of the policy after the round on the held-out prompts, by the eval judge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iterpo.progress import bar
+from iterpo.records import Rollout
+from iterpo.stages.base import Stage, register_stage
+
+
+@register_stage("eval")
+@dataclass
+class Evaluate(Stage):
+    """One greedy response per held-out prompt, scored by a verifier; round 0 evaluates the starting model.
+    Derived rounds skip it when the task has no held-out prompts."""
+
+    writes = {"eval": "eval.json"}
+
+    def needed(self, plan) -> bool:
+        return bool(plan.eval_prompts)
+
+    def run(self, ctx, r):
+        e, prompts = ctx.config.eval, ctx.eval_prompts
+        with ctx.sampler(r) as sampler, bar("evaluation", len(prompts)) as advance:
+            outs = sampler.generate([ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens,
+                                    e.batch_size, advance)
+        items = []
+        for p, [(ids, reason)] in zip(prompts, outs):
+            text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
+            j = ctx.plan.eval_judge.judge(p, [Rollout(p.prompt_id, 0, r, 0, text, ids, reason)])[0]
+            items.append({"prompt_id": p.prompt_id, "response": text, "score": j.score, "detail": j.detail})
+        accuracy = sum(x["score"] for x in items) / len(items)
+        ctx.store.write_json(ctx.store.path(r, self.file("eval")),
+                             {"round": r, "accuracy": accuracy, "n": len(items), "items": items})
+        return {"accuracy": accuracy}

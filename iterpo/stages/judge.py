@@ -1,0 +1,35 @@
+"""judge: one verdict per response, through the run's judgement cache (see iterpo.judges.base.judge_all)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from iterpo.judges import judge_all
+from iterpo.progress import bar
+from iterpo.records import Judgement, Rollout, to_table
+from iterpo.stages.base import Stage, register_stage
+
+
+@register_stage("judge")
+@dataclass
+class Judge(Stage):
+    """The run's judge on every response of the round; the cache is flushed every ``sampling.shard_size`` prompts.
+    A judge that stops answering, or fails on more than ``judge.max_failed_share``, stops the run here."""
+
+    reads = ("rollouts",)
+    writes = {"judgements": "judgements.parquet"}
+
+    def run(self, ctx, r):
+        by_prompt: dict[str, list[Rollout]] = {}
+        for x in ctx.read(r, self.file("rollouts"), Rollout):
+            by_prompt.setdefault(x.prompt_id, []).append(x)
+        judge, cache = ctx.plan.judge, ctx.judge_cache()
+        judge.setup(ctx.judge_context(r, cache))
+        with bar("judging", len(ctx.train_prompts)) as advance:
+            judgements = judge_all(judge, ctx.train_prompts, by_prompt, cache, ctx.config.sampling.shard_size,
+                                   ctx.config.judge.max_failed_share, advance)
+        ctx.store.write_parquet(ctx.store.path(r, self.file("judgements")), to_table(judgements, Judgement))
+        failed = Counter(j.detail for j in judgements if j.failed)
+        return {"cache_hits": cache.hits, "cache_misses": cache.misses, "failed": sum(failed.values()),
+                "failure_reasons": dict(failed.most_common(5))}

@@ -1,0 +1,55 @@
+"""What the tests share besides fixtures: a tiny run config, running a config in-process or through the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def tiny_config(model_dir: str, run_dir: Path, **overrides) -> dict:
+    """A run config for the tiny model: small everything."""
+    cfg = {
+        "run": {"dir": str(run_dir), "rounds": 2, "seed": 0, "threads": 1},
+        "model": {"path": model_dir},
+        "task": {"name": "arithmetic", "train_size": 8, "eval_size": 4},
+        "sampling": {"samples_per_prompt": 4, "max_new_tokens": 6, "batch_size": 16, "shard_size": 4, "temperature": 1.0},
+        "judge": {"name": "first_token_parity"},
+        "train": {"lr": 1e-3, "epochs": 2, "batch_size": 2},
+        "eval": {"max_new_tokens": 6},
+    }
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        cfg.setdefault(section, {})[field] = value
+    return cfg
+
+
+def run_config(config, force: bool = False):
+    """Run a loaded config in this process, as `iterpo run` would; returns (round rows, store), the store closed."""
+    from iterpo import driver
+
+    plan, store = driver.open_run(config, force)
+    try:
+        return driver.run(plan, store), store
+    finally:
+        store.close()
+
+
+def cli_env(**extra: str) -> dict:
+    """The environment for running `python -m iterpo` in a subprocess with the tests' plugins."""
+    return dict(os.environ, PYTHONPATH=str(TESTS), ITERPO_PLUGINS="toy_judges", **extra)
+
+
+def cli(*args: str, failpoints: str = "", wait: bool = True, timeout: float = 300):
+    """`python -m iterpo ARGS` from the repository root; (exit code, stdout, stderr with whitespace joined) or,
+    with wait=False, the running process."""
+    proc = subprocess.Popen([sys.executable, "-m", "iterpo", *args], cwd=REPO, env=cli_env(ITERPO_FAILPOINTS=failpoints),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, " ".join(err.split())  # messages are wrapped at 100 columns

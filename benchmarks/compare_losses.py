@@ -18,8 +18,8 @@ import argparse
 import time
 from pathlib import Path
 
-from iterpo.config import load_config
 from iterpo import driver
+from iterpo.config import load_config
 from iterpo.io import read_json
 from iterpo.stages import RunContext
 
@@ -55,19 +55,28 @@ def main() -> None:
         driver.run(plan, store)
         store.close()
         times = store.stage_seconds(1)
-        rows.append({"loss": name, "examples": store.manifest()["stages"]["round-001/pair"].get("examples"),
-                     "acc": read_json(store.path(1, "eval.json"))["accuracy"],
-                     "train_s": times.get("train", 0.0) + times.get("reference", 0.0),
-                     "wall_s": time.perf_counter() - began})
+        rows.append(
+            {
+                "loss": name,
+                "examples": store.manifest()["stages"]["round-001/pair"].get("examples"),
+                "acc": read_json(store.path(1, "eval.json"))["accuracy"],
+                "train_s": times.get("train", 0.0) + times.get("reference", 0.0),
+                "wall_s": time.perf_counter() - began,
+            }
+        )
 
     dpo = next((x for x in rows if x["loss"] == "dpo"), rows[0])
-    print(f"\nstart accuracy {start_acc:.2f}; one round; the same {base_cfg.task.train_size} prompts x "
-          f"{base_cfg.sampling.samples_per_prompt} samples for every loss\n")
+    print(
+        f"\nstart accuracy {start_acc:.2f}; one round; the same {base_cfg.task.train_size} prompts x "
+        f"{base_cfg.sampling.samples_per_prompt} samples for every loss\n"
+    )
     print(f"| loss | examples | held-out acc | change | reference + train s | time vs {dpo['loss']} |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for x in rows:
-        print(f"| {x['loss']} | {x['examples']} | {x['acc']:.2f} | {x['acc'] - start_acc:+.2f} | "
-              f"{x['train_s']:.0f} | {x['train_s'] / max(dpo['train_s'], 1e-9):.2f}x |")
+        print(
+            f"| {x['loss']} | {x['examples']} | {x['acc']:.2f} | {x['acc'] - start_acc:+.2f} | "
+            f"{x['train_s']:.0f} | {x['train_s'] / max(dpo['train_s'], 1e-9):.2f}x |"
+        )
 
 
 if __name__ == "__main__":

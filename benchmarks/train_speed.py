@@ -60,13 +60,23 @@ CONFIGS = {
     "shared_prompt": ("iterpo", "  only: prompt once per pair", (1, 0, 0), False, ONE),
     "response_logits": ("iterpo", "  only: response-only chunked logits", (0, 0, 1), False, ONE),
     "padding_free": ("iterpo", "  only: padding-free packing", (0, 1, 0), False, ONE),
-    "checkpointing": ("iterpo", "iterpo, one pass + gradient checkpointing", (1, 1, 1), True,
-                      {**ONE, "gradient_checkpointing": True}),
+    "checkpointing": (
+        "iterpo",
+        "iterpo, one pass + gradient checkpointing",
+        (1, 1, 1),
+        True,
+        {**ONE, "gradient_checkpointing": True},
+    ),
     "bf16": ("iterpo", "iterpo, one pass + bf16 autocast", (1, 1, 1), True, {**ONE, "bf16": True}),
 }
 
-ANSWERS = ["{x}", "The answer is {x}.", "{a} {op} {b} = {x}", "It is {x}.",
-           "Let me compute: {a} {op} {b} = {x}. So the answer is {x}."]
+ANSWERS = [
+    "{x}",
+    "The answer is {x}.",
+    "{a} {op} {b} = {x}",
+    "It is {x}.",
+    "Let me compute: {a} {op} {b} = {x}. So the answer is {x}.",
+]
 
 
 def make_pairs(path: Path) -> None:
@@ -79,9 +89,13 @@ def make_pairs(path: Path) -> None:
         a, b, op = rng.randint(10, 99), rng.randint(10, 99), rng.choice("+-*")
         x = {"+": a + b, "-": a - b, "*": a * b}[op]
         wrong = x + rng.choice([-1, 1]) * rng.randint(1, 20)
-        rows.append({"prompt": [{"role": "user", "content": rng.choice(TEMPLATES).format(a=a, op=op, b=b)}],
-                     "chosen": [{"role": "assistant", "content": rng.choice(ANSWERS).format(a=a, op=op, b=b, x=x)}],
-                     "rejected": [{"role": "assistant", "content": rng.choice(ANSWERS).format(a=a, op=op, b=b, x=wrong)}]})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": rng.choice(TEMPLATES).format(a=a, op=op, b=b)}],
+                "chosen": [{"role": "assistant", "content": rng.choice(ANSWERS).format(a=a, op=op, b=b, x=x)}],
+                "rejected": [{"role": "assistant", "content": rng.choice(ANSWERS).format(a=a, op=op, b=b, x=wrong)}],
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -130,19 +144,46 @@ def child_trl(model_path: str, data: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
-                         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-                         beta=BETA, loss_type=["sigmoid"], max_length=None, logging_steps=1, save_strategy="no",
-                         report_to=[], seed=SEED, use_cpu=True, bf16=False, train_sampling_strategy="sequential",
-                         disable_tqdm=True, dataset_num_proc=None)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([rows[i] for i in order]),
-                             processing_class=tokenizer)
+        args = DPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=BATCH,
+            num_train_epochs=1,
+            learning_rate=LR,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            beta=BETA,
+            loss_type=["sigmoid"],
+            max_length=None,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=SEED,
+            use_cpu=True,
+            bf16=False,
+            train_sampling_strategy="sequential",
+            disable_tqdm=True,
+            dataset_num_proc=None,
+        )
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list([rows[i] for i in order]),
+            processing_class=tokenizer,
+        )
         t = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t
     logs = [x for x in trainer.state.log_history if "loss" in x and "train_runtime" not in x]
-    return {"seconds": seconds, "losses": [x["loss"] for x in logs], "logps_chosen": logs[0]["logps/chosen"],
-            "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__}
+    return {
+        "seconds": seconds,
+        "losses": [x["loss"] for x in logs],
+        "logps_chosen": logs[0]["logps/chosen"],
+        "optimizer": type(
+            trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+        ).__name__,
+    }
 
 
 def _iterpo_order(n: int) -> list[int]:
@@ -169,7 +210,9 @@ def child_iterpo(model_path: str, data: Path, name: str) -> dict:
     tokenizer = load_tokenizer(model_path)
     examples = [tokenize_pair(tokenizer, r) for r in read_preferences(data)]
     model = load_model(model_path)
-    config = TrainSection(lr=LR, epochs=1, batch_size=BATCH, max_grad_norm=1.0, weight_decay=0.0, warmup_steps=0, **extra)
+    config = TrainSection(
+        lr=LR, epochs=1, batch_size=BATCH, max_grad_norm=1.0, weight_decay=0.0, warmup_steps=0, **extra
+    )
     reference = None if stored else LiveReference(copy.deepcopy(model))
     torch.manual_seed(SEED)
     t = time.perf_counter()
@@ -177,15 +220,30 @@ def child_iterpo(model_path: str, data: Path, name: str) -> dict:
         for e, r in zip(examples, reference_logps(model, examples, 16, tokenizer.pad_token_id)):
             e.ref_logps = r
     ref_seconds = time.perf_counter() - t
-    log = train(model, examples, get_loss("dpo", beta=BETA), config, SEED, tokenizer.pad_token_id,
-                reference=reference, layout=layout)
-    return {"seconds": time.perf_counter() - t, "reference_seconds": ref_seconds, "losses": [x["loss"] for x in log],
-            "logps_chosen": log[0]["logps_chosen"]}
+    log = train(
+        model,
+        examples,
+        get_loss("dpo", beta=BETA),
+        config,
+        SEED,
+        tokenizer.pad_token_id,
+        reference=reference,
+        layout=layout,
+    )
+    return {
+        "seconds": time.perf_counter() - t,
+        "reference_seconds": ref_seconds,
+        "losses": [x["loss"] for x in log],
+        "logps_chosen": log[0]["logps_chosen"],
+    }
 
 
 def run_child(name: str, model_path: str, data: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", name, "--model", model_path, "--data", str(data)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name, "--model", model_path, "--data", str(data)],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -201,7 +259,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.child:  # one configuration, in this fresh process
-        run = child_trl(args.model, Path(args.data)) if args.child == "trl" else child_iterpo(args.model, Path(args.data), args.child)
+        run = (
+            child_trl(args.model, Path(args.data))
+            if args.child == "trl"
+            else child_iterpo(args.model, Path(args.data), args.child)
+        )
         run["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(run))
         return
@@ -223,35 +285,49 @@ def main() -> None:
     examples = [tokenize_pair(load_tokenizer(model_path), r) for r in read_preferences(data)]
     flops, tokens = model_flops(AutoConfig.from_pretrained(model_path), examples)
     lengths = [len(e.chosen_ids) for e in examples] + [len(e.rejected_ids) for e in examples]
-    print(f"{PAIRS} pairs, prompt {min(len(e.prompt_ids) for e in examples)}-{max(len(e.prompt_ids) for e in examples)} "
-          f"tokens, responses {min(lengths)}-{max(lengths)} tokens; {tokens} tokens to process; "
-          f"{flops / 1e12:.2f} TFLOP of model work; torch {torch.__version__}, {torch.get_num_threads()} threads",
-          flush=True)
+    print(
+        f"{PAIRS} pairs, prompt {min(len(e.prompt_ids) for e in examples)}-{max(len(e.prompt_ids) for e in examples)} "
+        f"tokens, responses {min(lengths)}-{max(lengths)} tokens; {tokens} tokens to process; "
+        f"{flops / 1e12:.2f} TFLOP of model work; torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     peaks = [matmul_peak()]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(args.repeats):
         for name in names:
             run = run_child(name, model_path, data)
             runs[name].append(run)
-            print(f"  run {rep + 1}/{args.repeats} {name:<16} {run['seconds']:6.1f} s  peak {run['peak_mb']:6.0f} MB  "
-                  f"step-1 loss {run['losses'][0]:.6f}", flush=True)
+            print(
+                f"  run {rep + 1}/{args.repeats} {name:<16} {run['seconds']:6.1f} s  peak {run['peak_mb']:6.0f} MB  "
+                f"step-1 loss {run['losses'][0]:.6f}",
+                flush=True,
+            )
     peaks.append(matmul_peak())
     peak = max(peaks)
     print(f"float32 matmul peak measured in this run: {peak:.0f} GFLOP/s (start {peaks[0]:.0f}, end {peaks[1]:.0f})\n")
 
     base = runs.get("trl")
     rows = []
-    header = (f"| {'configuration':<40} | pairs/s | vs TRL | tokens/s | MFU | peak MB | vs TRL | step-1 loss | "
-              "step-1 logps | max loss gap |")
+    header = (
+        f"| {'configuration':<40} | pairs/s | vs TRL | tokens/s | MFU | peak MB | vs TRL | step-1 loss | "
+        "step-1 logps | max loss gap |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name in names:
         rs = runs[name]
         seconds = statistics.median(r["seconds"] for r in rs)
         mem = statistics.median(r["peak_mb"] for r in rs)
-        row = {"name": name, "seconds": seconds, "pairs_per_s": PAIRS / seconds, "tokens_per_s": tokens / seconds,
-               "mfu": flops / seconds / (peak * 1e9), "peak_mb": mem, "losses": rs[0]["losses"],
-               "logps_chosen": rs[0]["logps_chosen"]}
+        row = {
+            "name": name,
+            "seconds": seconds,
+            "pairs_per_s": PAIRS / seconds,
+            "tokens_per_s": tokens / seconds,
+            "mfu": flops / seconds / (peak * 1e9),
+            "peak_mb": mem,
+            "losses": rs[0]["losses"],
+            "logps_chosen": rs[0]["logps_chosen"],
+        }
         if base:
             b_sec = statistics.median(r["seconds"] for r in base)
             b_mem = statistics.median(r["peak_mb"] for r in base)
@@ -259,16 +335,19 @@ def main() -> None:
             theirs = base[0]["losses"]
             row["loss_gap"] = max(abs(a - b) / abs(b) for a, b in zip(row["losses"], theirs))
         rows.append(row)
-        fmt = lambda key, spec: format(row[key], spec) if key in row else "-"  # noqa: E731
-        print(f"| {CONFIGS[name][1]:<40} | {row['pairs_per_s']:7.2f} | {fmt('speedup', '5.2f')}x | "
-              f"{row['tokens_per_s']:8.0f} | {row['mfu']:3.0%} | {mem:7.0f} | {fmt('memory_ratio', '5.2f')}x | "
-              f"{row['losses'][0]:11.6f} | {row['logps_chosen']:12.4f} | {fmt('loss_gap', '12.1e')} |")
+        fmt = lambda key, spec, row=row: format(row[key], spec) if key in row else "-"
+        print(
+            f"| {CONFIGS[name][1]:<40} | {row['pairs_per_s']:7.2f} | {fmt('speedup', '5.2f')}x | "
+            f"{row['tokens_per_s']:8.0f} | {row['mfu']:3.0%} | {mem:7.0f} | {fmt('memory_ratio', '5.2f')}x | "
+            f"{row['losses'][0]:11.6f} | {row['logps_chosen']:12.4f} | {fmt('loss_gap', '12.1e')} |"
+        )
     print(f"\nper-step losses ({len(rows[0]['losses'])} steps):")
     for row in rows:
         print(f"  {row['name']:<16} " + " ".join(f"{x:.5f}" for x in row["losses"]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak_gflops": peak, "tokens": tokens, "flops": flops, "rows": rows,
-                                               "runs": runs}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"peak_gflops": peak, "tokens": tokens, "flops": flops, "rows": rows, "runs": runs}, indent=1)
+        )
 
 
 if __name__ == "__main__":

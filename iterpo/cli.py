@@ -73,30 +73,45 @@ def _cmd_train(args) -> None:
     if output.exists() and not output.is_dir():
         raise UserInputError(f"--output: {output} exists and is not a directory")
     if (output / "checkpoint").exists() and not args.force:
-        raise UserInputError(f"--output: {output} already holds a trained checkpoint; choose another directory "
-                             "or pass --force to replace it")
+        raise UserInputError(
+            f"--output: {output} already holds a trained checkpoint; choose another directory "
+            "or pass --force to replace it"
+        )
     rows = read_preferences(args.preferences)  # bad input fails before the model loads
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    console.print(f"iterpo train: {len(rows)} pairs from {args.preferences}, loss {config.loss.name}, "
-                  f"model {config.model.path}")
+    console.print(
+        f"iterpo train: {len(rows)} pairs from {args.preferences}, loss {config.loss.name}, model {config.model.path}"
+    )
     model, tokenizer, examples, result = train_file(config, rows, bar)
     output.mkdir(parents=True, exist_ok=True)
     write_text(output / "train.jsonl", "".join(json.dumps(row) + "\n" for row in result.log))
     if examples[0].ref_logps is not None:
-        write_text(output / "ref_logps.jsonl", "".join(
-            json.dumps({"row": i, "chosen": e.ref_logps[0], "rejected": e.ref_logps[1]}) + "\n"
-            for i, e in enumerate(examples)))
+        write_text(
+            output / "ref_logps.jsonl",
+            "".join(
+                json.dumps({"row": i, "chosen": e.ref_logps[0], "rejected": e.ref_logps[1]}) + "\n"
+                for i, e in enumerate(examples)
+            ),
+        )
     save_policy(model, tokenizer, output / "checkpoint")
-    summary = {"pairs": result.pairs, "epochs": config.train.epochs, "reference_seconds": result.reference_seconds,
-               "train_seconds": result.train_seconds, "pairs_per_second": result.pairs_per_second,
-               "first_loss": result.log[0].get("loss"), "last_loss": result.log[-1].get("loss"),
-               "config": json.loads(config.model_dump_json())}
+    summary = {
+        "pairs": result.pairs,
+        "epochs": config.train.epochs,
+        "reference_seconds": result.reference_seconds,
+        "train_seconds": result.train_seconds,
+        "pairs_per_second": result.pairs_per_second,
+        "first_loss": result.log[0].get("loss"),
+        "last_loss": result.log[-1].get("loss"),
+        "config": json.loads(config.model_dump_json()),
+    }
     write_json(output / "summary.json", summary)
-    console.print(f"trained {result.pairs} pairs x {config.train.epochs} epochs in "
-                  f"{result.reference_seconds + result.train_seconds:.1f} s ({result.pairs_per_second:.2f} pairs/s; "
-                  f"reference {result.reference_seconds:.1f} s); loss {summary['first_loss']:.4f} -> "
-                  f"{summary['last_loss']:.4f}; policy saved to {output / 'checkpoint'}")
+    console.print(
+        f"trained {result.pairs} pairs x {config.train.epochs} epochs in "
+        f"{result.reference_seconds + result.train_seconds:.1f} s ({result.pairs_per_second:.2f} pairs/s; "
+        f"reference {result.reference_seconds:.1f} s); loss {summary['first_loss']:.4f} -> "
+        f"{summary['last_loss']:.4f}; policy saved to {output / 'checkpoint'}"
+    )
 
 
 def _cmd_status(args) -> None:
@@ -121,7 +136,12 @@ def _cmd_losses(args) -> None:
     for name in list_losses():
         cls = LOSSES.get(name)
         summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-        hp = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in loss_hyperparameters(name).items()) or "-"
+        hp = (
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in loss_hyperparameters(name).items()
+            )
+            or "-"
+        )
         print(f"{name:<11} {cls.data_shape:<8} {hp:<42} {summary}")
 
 
@@ -131,8 +151,11 @@ def _options(cls) -> str:
 
     out = []
     for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else []:
-        value = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "?")
+        value = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "?")
+        )
         text = f"{value:.4g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
         out.append(f"{f.name}={text if len(text) <= 24 else '<text>'}")
     return ", ".join(out) or "-"
@@ -157,14 +180,22 @@ def _cmd_pairing(args) -> None:
     for name in PAIRING.names():
         cls = PAIRING.get(name)
         print(f"{name:<21} {cls.data_shape:<8} {_options(cls):<26} {_summary(cls)}")
-    print("\nEvery strategy also reads pairing.pairs_per_prompt, threshold, group_size, length_penalty, prefer_shorter.")
+    print(
+        "\nEvery strategy also reads pairing.pairs_per_prompt, threshold, group_size, length_penalty, prefer_shorter."
+    )
 
 
 def _cmd_games(args) -> None:
     from pathlib import Path
 
-    from iterpo.games.report import (GAME_FAMILIES, METHODS, convergence_table, format_convergence, format_sampled,
-                                     sampled_table)
+    from iterpo.games.report import (
+        GAME_FAMILIES,
+        METHODS,
+        convergence_table,
+        format_convergence,
+        format_sampled,
+        sampled_table,
+    )
 
     kinds = args.game or list(GAME_FAMILIES)
     for kind in kinds:
@@ -173,9 +204,12 @@ def _cmd_games(args) -> None:
     betas = args.beta or [0.1, 0.01]
     if any(not b > 0 for b in betas):
         raise UserInputError("--beta must be > 0")
-    for flag, value, ok in [("--seeds", args.seeds, args.seeds >= 1), ("--iterations", args.iterations, args.iterations >= 1),
-                            ("--target", args.target, args.target > 0),
-                            ("--sampled", args.sampled, args.sampled is None or args.sampled >= 1)]:
+    for flag, value, ok in [
+        ("--seeds", args.seeds, args.seeds >= 1),
+        ("--iterations", args.iterations, args.iterations >= 1),
+        ("--target", args.target, args.target > 0),
+        ("--sampled", args.sampled, args.sampled is None or args.sampled >= 1),
+    ]:
         if not ok:
             raise UserInputError(f"{flag} must be {'> 0' if flag == '--target' else 'at least 1'}, got {value}")
     methods = [m for m in METHODS if not args.algorithm or m.algorithm in args.algorithm]
@@ -183,8 +217,9 @@ def _cmd_games(args) -> None:
         from iterpo.games import ALGORITHMS
 
         raise UserInputError(f"--algorithm: none of {args.algorithm} is known; known: {', '.join(ALGORITHMS.names())}")
-    rows = convergence_table(kinds, betas, args.seeds, args.iterations, args.target, methods,
-                             Path(args.plots) if args.plots else None)
+    rows = convergence_table(
+        kinds, betas, args.seeds, args.iterations, args.target, methods, Path(args.plots) if args.plots else None
+    )
     print(format_convergence(rows, args.target))
     if args.sampled:
         for kind in kinds:
@@ -215,13 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="one round of offline preference training from a preference file")
     train.add_argument("config", nargs="?", help="YAML config whose loss, train and model sections apply (optional)")
-    train.add_argument("--preferences", required=True, metavar="FILE",
-                       help="prompt/chosen/rejected rows (optional soft_label): .jsonl, .json or .parquet")
-    train.add_argument("--model", required=True, metavar="PATH",
-                       help="the built-in model name, a Hugging Face directory or a .gguf file")
+    train.add_argument(
+        "--preferences",
+        required=True,
+        metavar="FILE",
+        help="prompt/chosen/rejected rows (optional soft_label): .jsonl, .json or .parquet",
+    )
+    train.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="the built-in model name, a Hugging Face directory or a .gguf file",
+    )
     train.add_argument("--loss", help="a registered loss (see `iterpo losses`; default: the config's, dpo)")
     train.add_argument("--output", metavar="DIR", help="where the policy and logs go (default: runs/train-<file name>)")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. loss.beta=0.05")
+    train.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. loss.beta=0.05"
+    )
     train.add_argument("--force", action="store_true", help="replace a checkpoint already in --output")
     train.set_defaults(fn=_cmd_train)
 
@@ -239,16 +284,24 @@ def build_parser() -> argparse.ArgumentParser:
     pairing.set_defaults(fn=_cmd_pairing)
 
     games = sub.add_parser("games", help="run the iterative algorithms on exactly solvable preference games")
-    games.add_argument("--game", action="append", metavar="KIND",
-                       help="random (EGPO's random games), rps, cyclic, bt (Bradley-Terry), or a .npy/.csv matrix file; "
-                            "repeatable (default: random, rps, cyclic, bt)")
+    games.add_argument(
+        "--game",
+        action="append",
+        metavar="KIND",
+        help="random (EGPO's random games), rps, cyclic, bt (Bradley-Terry), or a .npy/.csv matrix file; "
+        "repeatable (default: random, rps, cyclic, bt)",
+    )
     games.add_argument("--beta", action="append", type=float, help="regularisation (repeatable; default 0.1 and 0.01)")
     games.add_argument("--seeds", type=int, default=10, help="random games per family (default 10)")
     games.add_argument("--iterations", type=int, default=3000, help="iteration cap (default 3000)")
     games.add_argument("--target", type=float, default=1e-6, help="duality gap to reach (default 1e-6)")
     games.add_argument("--algorithm", action="append", help="only these algorithms (default: all)")
-    games.add_argument("--sampled", type=int, metavar="S",
-                       help="also run with S sampled preferences per query and report final gaps with 95%% intervals")
+    games.add_argument(
+        "--sampled",
+        type=int,
+        metavar="S",
+        help="also run with S sampled preferences per query and report final gaps with 95%% intervals",
+    )
     games.add_argument("--plots", metavar="DIR", help="write SVG convergence plots to DIR")
     games.set_defaults(fn=_cmd_games)
     return parser
@@ -285,8 +338,9 @@ def _load_plugins() -> None:
         try:
             importlib.import_module(name)
         except Exception as exc:  # a missing module, a syntax error, or the plugin's own failure at import
-            raise UserInputError(f"ITERPO_PLUGINS: cannot import plugin module {name!r}: "
-                                 f"{type(exc).__name__}: {exc}") from None
+            raise UserInputError(
+                f"ITERPO_PLUGINS: cannot import plugin module {name!r}: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 class Terminated(KeyboardInterrupt):
@@ -298,8 +352,11 @@ def _on_sigterm(signum, frame):
 
 
 def _print_error(text: str) -> None:
-    print("iterpo: error: " + textwrap.fill(" ".join(text.split()), width=100, break_long_words=False,
-                                                     break_on_hyphens=False), file=sys.stderr)
+    print(
+        "iterpo: error: "
+        + textwrap.fill(" ".join(text.split()), width=100, break_long_words=False, break_on_hyphens=False),
+        file=sys.stderr,
+    )
 
 
 def _resume_hint() -> str:

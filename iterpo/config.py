@@ -10,8 +10,9 @@ imports no iterpo component.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,24 +25,24 @@ class Section(BaseModel):
 
 
 class RunSection(Section):
-    dir: Optional[str] = None
+    dir: str | None = None
     """Run directory. Default: runs/<config name> ('runs/default' for the built-in default)."""
     seed: int = 0
     """Run seed; every sample's seed derives from (seed, round, prompt id, sample index)."""
-    rounds: int = Field(3, ge=1)
+    rounds: int = Field(default=3, ge=1)
     """Number of sample -> judge -> pair -> train rounds."""
-    save_every: int = Field(1, ge=1)
+    save_every: int = Field(default=1, ge=1)
     """Save the policy every k rounds (and always after the last round)."""
-    threads: Optional[int] = Field(None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
     """torch CPU threads; None leaves torch's default."""
 
 
 class LoraSection(Section):
-    r: int = Field(16, ge=1)
+    r: int = Field(default=16, ge=1)
     """LoRA rank."""
-    alpha: float = Field(32.0, gt=0)
+    alpha: float = Field(default=32.0, gt=0)
     """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     """Module names that get adapters."""
     save_merged: bool = False
@@ -53,9 +54,9 @@ class ModelSection(Section):
     """The built-in model name, a local Hugging Face directory, a .gguf file, or a hub id."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype for training and sampling."""
-    system_prompt: Optional[str] = None
+    system_prompt: str | None = None
     """Replaces the chat template's default system prompt when set."""
-    lora: Optional[LoraSection] = None
+    lora: LoraSection | None = None
     """Train LoRA adapters instead of all weights (reference = adapters disabled)."""
 
 
@@ -63,17 +64,17 @@ class TaskSection(Section):
     name: str = "arithmetic"
     """Built-in task ('arithmetic', 'word_problems', 'code', 'constraints'), or 'file' for prompts read
     from train_file / eval_file. Each task names its default judge."""
-    train_size: int = Field(64, ge=1)
+    train_size: int = Field(default=64, ge=1)
     """Number of training prompts (for 'file': at most this many, in file order)."""
-    eval_size: int = Field(100, ge=1)
+    eval_size: int = Field(default=100, ge=1)
     """Number of held-out prompts."""
-    digits: int = Field(2, ge=1, le=6)
+    digits: int = Field(default=2, ge=1, le=6)
     """arithmetic: digits per operand."""
     operations: list[Literal["+", "-", "*"]] = ["+"]
     """arithmetic: operations to draw from."""
-    train_file: Optional[str] = None
+    train_file: str | None = None
     """file: JSONL or parquet with 'prompt' or 'messages', optional 'answer'."""
-    eval_file: Optional[str] = None
+    eval_file: str | None = None
     """file: held-out prompts in the same format (optional)."""
 
     @model_validator(mode="after")
@@ -86,27 +87,27 @@ class TaskSection(Section):
 
 
 class SamplingSection(Section):
-    samples_per_prompt: int = Field(8, ge=1)
+    samples_per_prompt: int = Field(default=8, ge=1)
     """K responses sampled per training prompt each round."""
-    temperature: float = Field(0.8, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(32, ge=1)
-    batch_size: int = Field(64, ge=1)
+    temperature: float = Field(default=0.8, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=64, ge=1)
     """Sequences generated together."""
-    shard_size: int = Field(16, ge=1)
+    shard_size: int = Field(default=16, ge=1)
     """Prompts per shard; a finished shard survives a crash."""
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     """Generation engine: auto = vLLM where vLLM and a CUDA GPU are present, else transformers."""
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
     """vLLM: the share of GPU memory its engine may take while sampling (it is closed before training)."""
 
 
 class JudgeSection(Section):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: Optional[str] = None
+    name: str | None = None
     """Registered judge (`iterpo judges` lists them); the other keys of this section are its options.
     Default: the task's own judge ('exact_answer' for arithmetic)."""
-    max_failed_share: float = Field(0.1, ge=0, le=1)
+    max_failed_share: float = Field(default=0.1, ge=0, le=1)
     """Largest share of failed verdicts (responses; for pairwise judges, comparisons) a judging stage accepts.
     Above it the run stops before pairing, with the judge stage left unfinished, so that a resume asks
     again only what failed. Isolated failures below it are recorded and left out of pairing."""
@@ -117,16 +118,16 @@ class JudgeSection(Section):
 
 class PairingSection(Section):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    strategy: Optional[str] = None
+    strategy: str | None = None
     """Registered pairing strategy. Default: the one for the loss's data shape
     ('correct_vs_incorrect' for pairs, 'labelled' for KTO, 'ranked' for PRO/TPO)."""
-    pairs_per_prompt: int = Field(1, ge=1)
+    pairs_per_prompt: int = Field(default=1, ge=1)
     """At most this many pairs per prompt (for 'labelled': responses of each label)."""
     threshold: float = 1.0
     """A response scoring at least this is good (chosen / desirable)."""
-    group_size: int = Field(4, ge=2)
+    group_size: int = Field(default=4, ge=2)
     """ranked: responses per ranked group."""
-    length_penalty: float = Field(0.0, ge=0)
+    length_penalty: float = Field(default=0.0, ge=0)
     """Subtracted from each score per response token, against length exploitation (0: off)."""
     prefer_shorter: bool = False
     """Among equally scored responses choose the shortest as chosen and the longest as rejected."""
@@ -151,16 +152,16 @@ class LossSection(Section):
 
 
 class TrainSection(Section):
-    lr: float = Field(5e-6, gt=0)
-    epochs: int = Field(2, ge=1)
-    batch_size: int = Field(4, ge=1)
+    lr: float = Field(default=5e-6, gt=0)
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=4, ge=1)
     """Pairs per optimizer micro-batch."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
     """Micro-batches per optimizer step."""
-    max_grad_norm: Optional[float] = Field(1.0, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    max_tokens_per_pass: Optional[int] = Field(256, ge=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    max_tokens_per_pass: int | None = Field(default=256, ge=1)
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory. Raise it on a large GPU;
     null: one pass per micro-batch."""
@@ -172,14 +173,14 @@ class TrainSection(Section):
 
 
 class EvalSection(Section):
-    max_new_tokens: int = Field(32, ge=1)
-    batch_size: int = Field(64, ge=1)
-    judge: Optional[str] = None
+    max_new_tokens: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    judge: str | None = None
     """Judge of held-out accuracy. Default: the training judge when it is a verifier, else the task's judge."""
 
 
 class RoundSection(Section):
-    stages: Optional[list[Union[str, dict[str, Any]]]] = None
+    stages: list[str | dict[str, Any]] | None = None
     """The stages of each round, in order: stage names, or mappings {stage: KIND, name: LABEL, outputs: {ROLE:
     FILE}, OPTION: VALUE}. null: derived from the other sections (sample, judge, pair, look_ahead when the
     strategy asks for it, reference when the loss needs it, train, eval when there are held-out prompts)."""
@@ -238,7 +239,7 @@ def _apply_override(data: dict, assignment: str) -> None:
     node[path[-1]] = value
 
 
-def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (or the built-in default), apply overrides, validate."""
     data: dict = {}
     source = "built-in default"
@@ -246,8 +247,9 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist" if not path.exists() else
-                              f"config file {path} is not a file")
+            raise ConfigError(
+                f"config file {path} does not exist" if not path.exists() else f"config file {path} is not a file"
+            )
         with reading("config file", path, ConfigError):
             text = path.read_text(encoding="utf-8")
         try:

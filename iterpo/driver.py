@@ -29,6 +29,8 @@ def open_run(config: Config, force: bool = False) -> tuple[Plan, RunStore]:
     The plan comes first: bad input fails before anything is written.
     """
     plan = build_plan(config)
+    if config.run.dir is None:  # load_config always sets it; a Config built by hand must too
+        raise ValueError("config.run.dir is not set; load_config sets it to runs/<config name>")
     return plan, RunStore.open(config.run.dir, plan.config_text(), plan.fingerprint, force)
 
 
@@ -51,14 +53,19 @@ def run_stage(ctx: RunContext, stage: Stage, r: int) -> None:
     store = ctx.store
     outputs = [store.path(r, name) for name in stage.outputs()]
     states = {path: store.check(path) for path in outputs}
-    damaged = {path: (store.recorded_digest(path), store.written_after(path))
-               for path, state in states.items() if state == "damaged"}
+    damaged = {
+        path: (store.recorded_digest(path), store.written_after(path))
+        for path, state in states.items()
+        if state == "damaged"
+    }
     if states[outputs[0]] == "ok" and not damaged:
         return
     for path in damaged:
         aside = store.set_aside(path)
-        console.print(f"[bold red]{path} is damaged[/bold red] (it does not match the checksum recorded when it "
-                      f"was written); moved to {aside.name}, and round {r}'s {stage.label} stage runs again")
+        console.print(
+            f"[bold red]{path} is damaged[/bold red] (it does not match the checksum recorded when it "
+            f"was written); moved to {aside.name}, and round {r}'s {stage.label} stage runs again"
+        )
     start = time.perf_counter()
     try:
         info = stage.run(ctx, r) or {}
@@ -72,4 +79,5 @@ def run_stage(ctx: RunContext, stage: Stage, r: int) -> None:
                 f"{path} was damaged, and computing it again gave different contents, but {len(later)} later files "
                 f"of the run ({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}) were made from the original. "
                 "Restore the file from a copy, or delete this round's later outputs and the later rounds so that "
-                "they are computed again")
+                "they are computed again"
+            )

@@ -13,9 +13,9 @@ Messages are one paragraph that names the field, file or line at fault.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 class UserInputError(Exception):

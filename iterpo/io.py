@@ -34,10 +34,14 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 from iterpo.errors import DiskFull, RunDirError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 SIGNALS = {"kill": signal.SIGKILL, "interrupt": signal.SIGINT, "term": signal.SIGTERM, "stop": signal.SIGSTOP}
@@ -49,14 +53,15 @@ SIGNALS = {"kill": signal.SIGKILL, "interrupt": signal.SIGINT, "term": signal.SI
 _FIRED: set[tuple[str, str]] = set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _failpoints(spec: str) -> tuple[tuple[str, str], ...]:
     points = []
     for item in filter(None, (x.strip() for x in spec.split(","))):
         event, _, action = item.rpartition("=")
         if action not in SIGNALS and action != "enospc" or not event:
-            raise ValueError(f"ITERPO_FAILPOINTS: {item!r} is not EVENT=ACTION with ACTION one of "
-                             f"{', '.join(SIGNALS)}, enospc")
+            raise ValueError(
+                f"ITERPO_FAILPOINTS: {item!r} is not EVENT=ACTION with ACTION one of {', '.join(SIGNALS)}, enospc"
+            )
         points.append((event, action))
     return tuple(points)
 
@@ -100,27 +105,31 @@ def _fsync(path: Path) -> None:
 def _is_no_space(exc: BaseException) -> bool:
     """A full disk, also when a library (safetensors, Arrow) reports it in its own exception type."""
     seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+    cur: BaseException | None = exc  # then its causes and contexts, until there are none
+    while cur is not None and seen < 10:
+        if isinstance(cur, OSError) and cur.errno in NO_SPACE:
             return True
-        text = str(exc)
+        text = str(cur)
         if "No space left on device" in text or "StorageFull" in text or "os error 28" in text:
             return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
     return False
 
 
 def _no_space(path: Path, exc: BaseException) -> DiskFull:
-    return DiskFull(f"no space left on the device while writing {path}; nothing partial was left behind and "
-                    "earlier files are intact. Free some space first")
+    return DiskFull(
+        f"no space left on the device while writing {path}; nothing partial was left behind and "
+        "earlier files are intact. Free some space first"
+    )
 
 
 def _cannot_write(path: Path, exc: OSError) -> RunDirError:
     return RunDirError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None],
-                 before_rename: Optional[Callable[[Path], None]] = None) -> None:
+def atomic_write(
+    path: Path, write: Callable[[Path], object], before_rename: Callable[[Path], None] | None = None
+) -> None:
     """Call write(tmp) on a temporary file beside path, flush it, then rename it into place.
 
     before_rename(tmp) runs on the complete temporary just before the rename
@@ -160,8 +169,7 @@ def _translated(path: Path, exc: BaseException) -> BaseException:
     return exc
 
 
-def atomic_dir(path: Path, fill: Callable[[Path], None],
-               before_rename: Optional[Callable[[Path], None]] = None) -> None:
+def atomic_dir(path: Path, fill: Callable[[Path], None], before_rename: Callable[[Path], None] | None = None) -> None:
     """Fill a temporary directory beside path, flush its files, then put it in place of path (replacing it)."""
     path = Path(path)
     try:
@@ -195,11 +203,11 @@ def atomic_dir(path: Path, fill: Callable[[Path], None],
     failpoint(f"written:{path}")
 
 
-def write_text(path: Path, text: str, before_rename: Optional[Callable[[Path], None]] = None) -> None:
+def write_text(path: Path, text: str, before_rename: Callable[[Path], None] | None = None) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), before_rename)
 
 
-def write_json(path: Path, data: Any, before_rename: Optional[Callable[[Path], None]] = None) -> None:
+def write_json(path: Path, data: Any, before_rename: Callable[[Path], None] | None = None) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", before_rename)
 
 
@@ -207,13 +215,13 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_parquet(path: Path, table, before_rename: Optional[Callable[[Path], None]] = None) -> None:
+def write_parquet(path: Path, table: pa.Table, before_rename: Callable[[Path], None] | None = None) -> None:
     import pyarrow.parquet as pq
 
     atomic_write(path, lambda tmp: pq.write_table(table, tmp), before_rename)
 
 
-def read_parquet(path: Path):
+def read_parquet(path: Path) -> pa.Table:
     import pyarrow.parquet as pq
 
     return pq.read_table(path)

@@ -36,16 +36,21 @@ from iterpo.losses import Loss, get_loss, loss_hyperparameters
 from iterpo.models.loading import check_lora_targets, load_tokenizer, resolve_model_path
 from iterpo.pairing import Strategy, build_strategy
 from iterpo.records import Prompt
-from iterpo.sampling.vllm_backend import choose_backend
+from iterpo.sampling.backends import choose_backend
 from iterpo.stages import STAGES, Stage
 from iterpo.tasks import TASKS, Task, build_task
 
 DEFAULT_ROUND = ("sample", "judge", "pair", "look_ahead", "reference", "train", "eval")
 INITIAL_ROUND = ("eval",)  # round 0: the starting model, evaluated
 # Settings that do not change what a run computes: they may differ when a run directory is reopened.
-UNFINGERPRINTED = [("run", "dir"), ("run", "threads"), ("train", "max_tokens_per_pass"),
-                   ("train", "gradient_checkpointing"), ("sampling", "gpu_memory_utilization"),
-                   ("judge", "max_failed_share")]
+UNFINGERPRINTED = [
+    ("run", "dir"),
+    ("run", "threads"),
+    ("train", "max_tokens_per_pass"),
+    ("train", "gradient_checkpointing"),
+    ("sampling", "gpu_memory_utilization"),
+    ("judge", "max_failed_share"),
+]
 
 
 @dataclass
@@ -117,13 +122,15 @@ def check_components(config: Config) -> tuple[Loss, Strategy, Judge, Judge | Non
     eval_judge = None
     if config.eval.judge is not None:
         if not JUDGES.get(config.eval.judge).verifier:
-            raise ConfigError(f"eval.judge {config.eval.judge!r} is not a verifier; held-out accuracy needs one, "
-                              "e.g. exact_answer")
+            raise ConfigError(
+                f"eval.judge {config.eval.judge!r} is not a verifier; held-out accuracy needs one, e.g. exact_answer"
+            )
         eval_judge = judge if config.eval.judge == judge.name else make_judge(config.eval.judge, {})
     if loss.aux_source == "reference" and config.reference.policy == "initial":
         raise ConfigError(
             f"loss {config.loss.name!r} needs samples from the reference policy; with reference.policy 'initial' "
-            "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous")
+            "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous"
+        )
     return loss, strategy, judge, eval_judge
 
 
@@ -140,17 +147,36 @@ def build_plan(config: Config) -> Plan:
         eval_judge = judge if judge.verifier else make_judge(task.default_judge, {})
     judge.check()
     eval_judge.check()
-    source = config.task.train_file if config.task.name == "file" else f"task {config.task.name}"
+    if config.task.name == "file":
+        assert config.task.train_file is not None  # TaskSection requires train_file for task 'file'
+        source = config.task.train_file
+    else:
+        source = f"task {config.task.name}"
     check_prompts(judge, train_prompts, source)
     check_prompts(eval_judge, eval_prompts, config.task.eval_file or source)
     base_path = resolve_model_path(config.model.path)
     if config.model.lora is not None:
         check_lora_targets(base_path, config.model.lora.target_modules)
-    plan = Plan(config, resolve(config), task, train_prompts, eval_prompts, judge, eval_judge, loss, strategy,
-                base_path, choose_backend(config.sampling.backend), load_tokenizer(base_path), [], [])
+    plan = Plan(
+        config,
+        resolve(config),
+        task,
+        train_prompts,
+        eval_prompts,
+        judge,
+        eval_judge,
+        loss,
+        strategy,
+        base_path,
+        choose_backend(config.sampling.backend),
+        load_tokenizer(base_path),
+        [],
+        [],
+    )
     plan.stages = wire(round_stages(plan), "round.stages", plan)
-    plan.initial_stages = wire([s for s in (STAGES.create(k, {}) for k in INITIAL_ROUND) if s.needed(plan)],
-                               "round 0", plan)
+    plan.initial_stages = wire(
+        [s for s in (STAGES.create(k, {}) for k in INITIAL_ROUND) if s.needed(plan)], "round 0", plan
+    )
     return plan
 
 
@@ -170,7 +196,7 @@ def round_stages(plan: Plan) -> list[Stage]:
         return [s for s in (STAGES.create(kind, {}) for kind in DEFAULT_ROUND) if s.needed(plan)]
     stages = []
     for i, entry in enumerate(entries):
-        spec = {"stage": entry} if isinstance(entry, str) else dict(entry)
+        spec: dict[str, Any] = {"stage": entry} if isinstance(entry, str) else dict(entry)
         if not isinstance(spec.get("stage"), str):
             raise ConfigError(f"round.stages[{i}]: expected a stage name or a mapping with 'stage', got {entry!r}")
         kind, label, outputs = spec.pop("stage"), spec.pop("name", None), spec.pop("outputs", None) or {}
@@ -178,8 +204,10 @@ def round_stages(plan: Plan) -> list[Stage]:
         stage.label = label or kind
         unknown = set(outputs) - set(stage.writes)
         if unknown:
-            raise ConfigError(f"round.stages[{i}] ({stage.label}): outputs names roles it does not write: "
-                              f"{sorted(unknown)}; it writes {sorted(stage.writes)}")
+            raise ConfigError(
+                f"round.stages[{i}] ({stage.label}): outputs names roles it does not write: "
+                f"{sorted(unknown)}; it writes {sorted(stage.writes)}"
+            )
         stage.files = dict(outputs)
         stages.append(stage)
     return stages
@@ -190,7 +218,7 @@ def _named(default: str, stage: Stage) -> str:
     rollouts.parquet."""
     if stage.label == stage.kind:
         return default
-    suffix = stage.label[len(stage.kind) + 1:] if stage.label.startswith(stage.kind + "_") else stage.label
+    suffix = stage.label[len(stage.kind) + 1 :] if stage.label.startswith(stage.kind + "_") else stage.label
     path = Path(default)
     return f"{path.stem}_{suffix}{path.suffix}"
 
@@ -206,13 +234,15 @@ def wire(stages: list[Stage], where: str, plan: Plan) -> list[Stage]:
         labels.add(stage.label)
         for role in stage.reads_for(plan):
             if role not in latest:
-                raise ConfigError(f"{where}: stage {stage.label!r} reads {role}, which no earlier stage of the round "
-                                  "writes")
+                raise ConfigError(
+                    f"{where}: stage {stage.label!r} reads {role}, which no earlier stage of the round writes"
+                )
             stage.inputs[role] = latest[role]
         for role, default in stage.writes.items():
             name = stage.files.get(role) or _named(default, stage)
             if name in written:
                 raise ConfigError(f"{where}: stages {written[name]!r} and {stage.label!r} both write {name}")
-            stage.files[role] = written[name] = name
+            stage.files[role] = name
+            written[name] = stage.label
             latest[role] = name
     return stages

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -18,8 +18,14 @@ console = Console(highlight=False, width=None if Console().is_terminal else 120)
 @contextmanager
 def bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A progress bar; yields advance(n). Each advance is a fault-injection point (iterpo.io.failpoint)."""
-    columns = (TextColumn("  {task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("  {task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)
         done = 0
@@ -49,7 +55,14 @@ def round_table(rows: list[dict]) -> Table:
     for r in rows:
         times = " / ".join(f"{r['times'][k]:.0f}" if k in r["times"] else "-" for k in STAGES)
         pairs = "-" if r["pairs"] is None else f"{r['pairs']} / {r['skipped']}"
-        table.add_row(str(r["round"]), fmt(r["accuracy"], ".3f"), fmt(r["mean_reward"], ".3f"), pairs,
-                      fmt(r["mean_loss"], ".4f"), fmt(r["reward_margin"], ".4f"),
-                      fmt(r.get("sample_tokens_per_s"), ".0f"), times)
+        table.add_row(
+            str(r["round"]),
+            fmt(r["accuracy"], ".3f"),
+            fmt(r["mean_reward"], ".3f"),
+            pairs,
+            fmt(r["mean_loss"], ".4f"),
+            fmt(r["reward_margin"], ".4f"),
+            fmt(r.get("sample_tokens_per_s"), ".0f"),
+            times,
+        )
     return table

@@ -12,8 +12,9 @@ source and index.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -21,8 +22,8 @@ import pyarrow as pa
 @dataclass
 class Prompt:
     prompt_id: str  # stable across rounds and runs
-    messages: list[dict]  # chat messages [{"role": "user", "content": ...}, ...]
-    answer: Optional[str] = None  # reference answer for verifiers
+    messages: list[dict[str, str]]  # chat messages [{"role": "user", "content": ...}, ...]
+    answer: str | None = None  # reference answer for verifiers
 
     @property
     def text(self) -> str:
@@ -50,8 +51,8 @@ class Judgement:
     score: float  # 1.0 correct / 0.0 incorrect for verifiers; higher is better for every judge
     detail: str  # what the judge extracted, its rationale, or why it failed
     failed: bool = False  # the judge could not judge this response (detail says why); pairing leaves it out
-    uncertainty: Optional[float] = None  # e.g. ensemble disagreement, or MC-dropout BALD
-    win_rate: Optional[float] = None  # pairwise judges: estimated P(this response beats the sampling policy)
+    uncertainty: float | None = None  # e.g. ensemble disagreement, or MC-dropout BALD
+    win_rate: float | None = None  # pairwise judges: estimated P(this response beats the sampling policy)
     beats: list[float] = field(default_factory=list)  # pairwise judges: (K,) P(this beats sample j); NaN when unknown
     samples: list[float] = field(default_factory=list)  # (S,) per-pass scores (MC-dropout passes, ensemble members)
 
@@ -69,7 +70,9 @@ class Preference:
     soft_label: float = 1.0  # estimated P(chosen beats rejected), sigmoid(score difference)
     chosen_win_rate: float = 0.5  # estimated P(chosen beats the policy that sampled it), among the K samples
     rejected_win_rate: float = 0.5
-    aux_idxs: list[int] = field(default_factory=list)  # extra samples of the prompt (source policy), for losses that need them
+    aux_idxs: list[int] = field(
+        default_factory=list
+    )  # extra samples of the prompt (source policy), for losses that need them
     chosen_source: str = "policy"  # where the chosen and rejected responses came from
     rejected_source: str = "policy"
 
@@ -107,10 +110,14 @@ class RefLogp:
     prompt_id: str  # the prompt the response is scored after
     response_prompt_id: str  # the prompt the response was sampled for (differs for KTO's mismatched pairs)
     sample_idx: int
-    ref_logp: Optional[float]  # sum of reference token log-probs of the response (None when not needed)
-    prev_logp: Optional[float] = None  # the same under the policy the round started from
+    ref_logp: float | None  # sum of reference token log-probs of the response (None when not needed)
+    prev_logp: float | None = None  # the same under the policy the round started from
     source: str = "policy"  # where the response came from
 
+
+# Every record type above; R is one of them.
+Record = Prompt | Rollout | Judgement | Preference | LabelledResponse | RankedGroup | RefLogp
+R = TypeVar("R", bound=Record)
 
 SCHEMAS = {
     Rollout: pa.schema(
@@ -182,14 +189,20 @@ SCHEMAS = {
         ]
     ),
     RefLogp: pa.schema(
-        [("prompt_id", pa.string()), ("response_prompt_id", pa.string()), ("sample_idx", pa.int32()),
-         ("ref_logp", pa.float64()), ("prev_logp", pa.float64()), ("source", pa.string())]
+        [
+            ("prompt_id", pa.string()),
+            ("response_prompt_id", pa.string()),
+            ("sample_idx", pa.int32()),
+            ("ref_logp", pa.float64()),
+            ("prev_logp", pa.float64()),
+            ("source", pa.string()),
+        ]
     ),
     Prompt: pa.schema([("prompt_id", pa.string()), ("messages", pa.string()), ("answer", pa.string())]),
 }
 
 
-def to_table(records: list, cls: type) -> pa.Table:
+def to_table(records: Sequence[Record], cls: type[Record]) -> pa.Table:
     rows = [asdict(r) for r in records]
     if cls is Prompt:
         for row in rows:
@@ -197,9 +210,9 @@ def to_table(records: list, cls: type) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMAS[cls])
 
 
-def from_table(table: pa.Table, cls: type) -> list:
+def from_table(table: pa.Table, cls: type[R]) -> list[R]:
     names = {f.name for f in fields(cls)}
-    out = []
+    out: list[R] = []
     for row in table.to_pylist():
         row = {k: v for k, v in row.items() if k in names}
         if cls is Prompt:

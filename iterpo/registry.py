@@ -7,11 +7,13 @@ list of known ones.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from iterpo.errors import ConfigError
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 
 class Registry(Generic[T]):
@@ -34,7 +36,7 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}")
         return self._entries[name]
 
-    def create(self, name: str, options: dict, hint: str = ""):
+    def create(self: Registry[type[E]], name: str, options: dict[str, Any], hint: str = "") -> E:
         """An instance of the dataclass registered as name, built from options; ConfigError on a bad option."""
         import dataclasses
 
@@ -42,8 +44,10 @@ class Registry(Generic[T]):
         known = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ConfigError(f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
-                              f"its options: {', '.join(known) or 'none'}{hint}")
+            raise ConfigError(
+                f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"its options: {', '.join(known) or 'none'}{hint}"
+            )
         try:
             return cls(**options)
         except (TypeError, ValueError) as exc:

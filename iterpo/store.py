@@ -30,8 +30,9 @@ import socket
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 from iterpo import __version__
 from iterpo.errors import RunDirError, reading
@@ -60,25 +61,32 @@ class RunStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self._lock_fd: Optional[int] = None
+        self._lock_fd: int | None = None
 
     # ---- creation, checks and the lock
 
     @classmethod
-    def open(cls, root: str | Path, config_text: str, fingerprint: str, force: bool = False) -> "RunStore":
+    def open(cls, root: str | Path, config_text: str, fingerprint: str, force: bool = False) -> RunStore:
         """Create the run directory, or reopen it if it was made with the same config (the fingerprint); lock it.
 
         config_text is the config as run, saved as config.yaml.
         """
         store = cls(root)
         if store.root.exists() and not store.root.is_dir():
-            raise RunDirError(f"run.dir {store.root} exists and is not a directory; choose another with --set run.dir=PATH")
+            raise RunDirError(
+                f"run.dir {store.root} exists and is not a directory; choose another with --set run.dir=PATH"
+            )
         fresh = not store.manifest_path.exists()
-        others = [p for p in store.root.iterdir() if not p.name.startswith(".") and p.name != "config.yaml"] \
-            if store.root.is_dir() else []
+        others = (
+            [p for p in store.root.iterdir() if not p.name.startswith(".") and p.name != "config.yaml"]
+            if store.root.is_dir()
+            else []
+        )
         if fresh and others and not force:
-            raise RunDirError(f"run.dir {store.root} holds other files and is not an iterpo run directory; choose "
-                              "an empty or new directory with --set run.dir=PATH, or pass --force to use it anyway")
+            raise RunDirError(
+                f"run.dir {store.root} holds other files and is not an iterpo run directory; choose "
+                "an empty or new directory with --set run.dir=PATH, or pass --force to use it anyway"
+            )
         manifest = None if fresh else store.manifest()
         if manifest is not None and manifest.get("config_fingerprint") != fingerprint and not force:
             raise RunDirError(
@@ -105,7 +113,7 @@ class RunStore:
         return store
 
     @classmethod
-    def existing(cls, root: str | Path) -> "RunStore":
+    def existing(cls, root: str | Path) -> RunStore:
         store = cls(root)
         if not store.root.is_dir():
             why = "not a directory" if store.root.exists() else "no such directory"
@@ -128,26 +136,43 @@ class RunStore:
             except BlockingIOError:
                 os.close(fd)
                 holder = self._lock_holder()
-                who = (f"pid {holder.get('pid')} on host {holder.get('host')}, `{holder.get('command')}`, since "
-                       f"{holder.get('since')}") if holder else "a process that has not yet recorded itself"
-                raise RunDirError(f"run directory {self.root} is in use by another iterpo process ({who}); wait for "
-                                  "it to finish or stop it, then run again") from None
+                who = (
+                    (
+                        f"pid {holder.get('pid')} on host {holder.get('host')}, `{holder.get('command')}`, since "
+                        f"{holder.get('since')}"
+                    )
+                    if holder
+                    else "a process that has not yet recorded itself"
+                )
+                raise RunDirError(
+                    f"run directory {self.root} is in use by another iterpo process ({who}); wait for "
+                    "it to finish or stop it, then run again"
+                ) from None
             except OSError:
                 pass  # a file system without locks: go on unlocked rather than refuse to run
             stale = self._lock_holder()
             if stale:
-                print(f"iterpo: recovered the lock left by pid {stale.get('pid')} on host {stale.get('host')}, "
-                      "which no longer holds it", file=sys.stderr)
-            write_json(self.root / ".lock", {"pid": os.getpid(), "host": socket.gethostname(),
-                                             "command": " ".join(["iterpo", *sys.argv[1:]])[:200],
-                                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+                print(
+                    f"iterpo: recovered the lock left by pid {stale.get('pid')} on host {stale.get('host')}, "
+                    "which no longer holds it",
+                    file=sys.stderr,
+                )
+            write_json(
+                self.root / ".lock",
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": " ".join(["iterpo", *sys.argv[1:]])[:200],
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                },
+            )
             _HELD[key] = [fd, 0]
         _HELD[key][1] += 1
         # A store dropped without close() (a library caller, a test) must not keep the run locked until exit.
         self._release = weakref.finalize(self, _release_lock, key, self.root / ".lock")
         self._lock_fd = _HELD[key][0]
 
-    def _lock_holder(self) -> Optional[dict]:
+    def _lock_holder(self) -> dict | None:
         try:
             return json.loads((self.root / ".lock").read_text())
         except (OSError, ValueError):
@@ -183,7 +208,7 @@ class RunStore:
 
     # ---- manifest
 
-    def manifest(self) -> Optional[dict]:
+    def manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
             return None
         with reading("run directory", self.manifest_path, RunDirError):
@@ -192,13 +217,19 @@ class RunStore:
             raise RunDirError(
                 f"run directory {self.root} was made by an earlier iterpo (run directory format "
                 f"{manifest.get('format', 1)}, this iterpo reads format {FORMAT}): it names where responses came from "
-                "by index offsets, not by source. Finish it with the iterpo that made it, or start a new run")
+                "by index offsets, not by source. Finish it with the iterpo that made it, or start a new run"
+            )
         files = manifest.get("files", {}) if isinstance(manifest, dict) else None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict) \
-                or not isinstance(files, dict) or not all(isinstance(v, dict) and "digest" in v and "seq" in v
-                                                          for v in files.values()):
-            raise RunDirError(f"run directory: {self.manifest_path} is damaged (not an iterpo manifest); restore it "
-                              "from a copy, or start the run again in a new directory")
+        if (
+            not isinstance(manifest, dict)
+            or not isinstance(manifest.get("stages", {}), dict)
+            or not isinstance(files, dict)
+            or not all(isinstance(v, dict) and "digest" in v and "seq" in v for v in files.values())
+        ):
+            raise RunDirError(
+                f"run directory: {self.manifest_path} is damaged (not an iterpo manifest); restore it "
+                "from a copy, or start the run again in a new directory"
+            )
         return manifest
 
     def _write_manifest(self, manifest: dict) -> None:
@@ -218,9 +249,9 @@ class RunStore:
     def stage_seconds(self, round_idx: int) -> dict[str, float]:
         prefix = f"round-{round_idx:03d}/"
         stages = (self.manifest() or {}).get("stages", {})
-        return {k[len(prefix):]: v["seconds"] for k, v in stages.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v["seconds"] for k, v in stages.items() if k.startswith(prefix)}
 
-    def stage_info(self, round_idx: int, stage: str) -> Optional[dict]:
+    def stage_info(self, round_idx: int, stage: str) -> dict | None:
         """What a finished stage recorded (seconds and its own figures), or None."""
         return (self.manifest() or {}).get("stages", {}).get(f"round-{round_idx:03d}/{stage}")
 
@@ -228,6 +259,7 @@ class RunStore:
 
     def _record(self, path: Path) -> Callable[[Path], None]:
         """before_rename hook: record the complete temporary's checksum under path's name."""
+
         def record(tmp: Path) -> None:
             entry = digest(tmp)
 
@@ -267,8 +299,11 @@ class RunStore:
         """Delete a file or directory of the run and its checksums."""
         rel = self._rel(path)
         shutil.rmtree(path, ignore_errors=True) if Path(path).is_dir() else Path(path).unlink(missing_ok=True)
-        self._update(lambda m: m.__setitem__("files", {k: v for k, v in m.get("files", {}).items()
-                                                       if k != rel and not k.startswith(rel + "/")}))
+        self._update(
+            lambda m: m.__setitem__(
+                "files", {k: v for k, v in m.get("files", {}).items() if k != rel and not k.startswith(rel + "/")}
+            )
+        )
 
     def check(self, path: Path) -> Check:
         """Whether path is there and matches the checksum recorded when it was written."""
@@ -282,7 +317,7 @@ class RunStore:
         except OSError:
             return "damaged"
 
-    def recorded_digest(self, path: Path) -> Optional[str]:
+    def recorded_digest(self, path: Path) -> str | None:
         entry = (self.manifest() or {}).get("files", {}).get(self._rel(path))
         return entry["digest"] if entry else None
 

@@ -10,9 +10,17 @@ from iterpo.store import RunStore
 
 def round_summary(store: RunStore, r: int) -> dict:
     """One row of the round table (missing or unreadable parts are None)."""
-    row = {"round": r, "accuracy": None, "mean_reward": None, "pairs": None, "skipped": None,
-           "mean_loss": None, "reward_margin": None, "times": store.stage_seconds(r),
-           "sample_tokens_per_s": (store.stage_info(r, "sample") or {}).get("tokens_per_s")}
+    row = {
+        "round": r,
+        "accuracy": None,
+        "mean_reward": None,
+        "pairs": None,
+        "skipped": None,
+        "mean_loss": None,
+        "reward_margin": None,
+        "times": store.stage_seconds(r),
+        "sample_tokens_per_s": (store.stage_info(r, "sample") or {}).get("tokens_per_s"),
+    }
 
     def read(name: str):
         path = store.path(r, name)
@@ -27,8 +35,12 @@ def round_summary(store: RunStore, r: int) -> dict:
         except (UserInputError, ValueError, OSError):  # a damaged file: shown as missing; a resume recomputes it
             return None
 
-    evaluation, judgements, prefs, log = read("eval.json"), read("judgements.parquet"), \
-        read("preferences.parquet"), read("train.jsonl")
+    evaluation, judgements, prefs, log = (
+        read("eval.json"),
+        read("judgements.parquet"),
+        read("preferences.parquet"),
+        read("train.jsonl"),
+    )
     if isinstance(evaluation, dict):
         row["accuracy"] = evaluation.get("accuracy")
     if judgements is not None:

@@ -7,10 +7,9 @@ share (configs, running a config, the command line) are in helpers.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+
 
 @pytest.fixture(scope="session")
 def real_model_dir() -> str:
@@ -32,9 +31,17 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-model")

@@ -17,7 +17,13 @@ def tiny_config(model_dir: str, run_dir: Path, **overrides) -> dict:
         "run": {"dir": str(run_dir), "rounds": 2, "seed": 0, "threads": 1},
         "model": {"path": model_dir},
         "task": {"name": "arithmetic", "train_size": 8, "eval_size": 4},
-        "sampling": {"samples_per_prompt": 4, "max_new_tokens": 6, "batch_size": 16, "shard_size": 4, "temperature": 1.0},
+        "sampling": {
+            "samples_per_prompt": 4,
+            "max_new_tokens": 6,
+            "batch_size": 16,
+            "shard_size": 4,
+            "temperature": 1.0,
+        },
         "judge": {"name": "first_token_parity"},
         "train": {"lr": 1e-3, "epochs": 2, "batch_size": 2},
         "eval": {"max_new_tokens": 6},
@@ -39,16 +45,22 @@ def run_config(config, force: bool = False):
         store.close()
 
 
-def cli_env(**extra: str) -> dict:
+def cli_env(plugins: str = "toy_judges", **extra: str) -> dict:
     """The environment for running `python -m iterpo` in a subprocess with the tests' plugins."""
-    return dict(os.environ, PYTHONPATH=str(TESTS), ITERPO_PLUGINS="toy_judges", **extra)
+    return dict(os.environ, PYTHONPATH=str(TESTS), ITERPO_PLUGINS=plugins, **extra)
 
 
-def cli(*args: str, failpoints: str = "", wait: bool = True, timeout: float = 300):
+def cli(*args: str, failpoints: str = "", wait: bool = True, timeout: float = 300, plugins: str = "toy_judges"):
     """`python -m iterpo ARGS` from the repository root; (exit code, stdout, stderr with whitespace joined) or,
     with wait=False, the running process."""
-    proc = subprocess.Popen([sys.executable, "-m", "iterpo", *args], cwd=REPO, env=cli_env(ITERPO_FAILPOINTS=failpoints),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iterpo", *args],
+        cwd=REPO,
+        env=cli_env(plugins, ITERPO_FAILPOINTS=failpoints),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if not wait:
         return proc
     out, err = proc.communicate(timeout=timeout)

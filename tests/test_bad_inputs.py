@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import REPO, run_config, tiny_config
 from iterpo.cli import main
 
+from helpers import REPO, run_config, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,13 @@ def world(tiny_model_dir, tmp_path_factory):
     w.prompts_bad_messages = write("p-messages.jsonl", json.dumps({"messages": [{"content": "hi"}]}) + "\n")
     w.prompts_empty = write("p-empty.jsonl", "")
     w.prompts_blank = write("p-blank.jsonl", "\n\n   \n")
-    w.prompts_dup_ids = write("p-dup.jsonl", "".join(json.dumps({"id": "a", "prompt": f"{i}+1?", "answer": str(i + 1)})
-                                                     + "\n" for i in range(3)))
-    w.prompts_huge = write("p-huge.jsonl", json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n" + "x" * 5_000_000 + "\n")
+    w.prompts_dup_ids = write(
+        "p-dup.jsonl",
+        "".join(json.dumps({"id": "a", "prompt": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(3)),
+    )
+    w.prompts_huge = write(
+        "p-huge.jsonl", json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n" + "x" * 5_000_000 + "\n"
+    )
     w.prompts_dict_answer = write("p-answer.jsonl", json.dumps({"prompt": "1+1?", "answer": {"value": 2}}) + "\n")
     w.prompts_list_id = write("p-id.jsonl", json.dumps({"id": [1], "prompt": "1+1?", "answer": "2"}) + "\n")
     w.prompts_no_answer = write("p-noanswer.jsonl", json.dumps({"prompt": "1+1?"}) + "\n")
@@ -94,7 +98,9 @@ def world(tiny_model_dir, tmp_path_factory):
     w.prefs_missing = write("prefs-missing.jsonl", json.dumps({"prompt": "1+1?", "chosen": "2"}) + "\n")
     w.prefs_empty_chosen = write("prefs-empty.jsonl", json.dumps({**row, "chosen": ""}) + "\n")
     w.prefs_label = write("prefs-label.jsonl", json.dumps({**row, "soft_label": 2}) + "\n")
-    w.prefs_mixed = write("prefs-mixed.jsonl", json.dumps({**row, "prompt": [{"role": "user", "content": "1+1?"}]}) + "\n")
+    w.prefs_mixed = write(
+        "prefs-mixed.jsonl", json.dumps({**row, "prompt": [{"role": "user", "content": "1+1?"}]}) + "\n"
+    )
     w.prefs_corrupt_parquet = write("prefs.parquet", os.urandom(300))
     w.prefs_none = write("prefs-none.jsonl", "\n")
     w.out_file = write("an-output-file", "x")
@@ -105,10 +111,12 @@ def world(tiny_model_dir, tmp_path_factory):
     Path(w.not_a_run).mkdir()
     (Path(w.not_a_run) / "notes.txt").write_text("mine")
     for name, manifest, config_text in [
-        ("run-bad-manifest", '{"stages": {', None), ("run-list-manifest", "[]", None),
+        ("run-bad-manifest", '{"stages": {', None),
+        ("run-list-manifest", "[]", None),
         ("run-bad-files", json.dumps({"format": 2, "stages": {}, "files": {"x": "y"}}), None),
         ("run-old-format", json.dumps({"stages": {}}), None),
-        ("run-bad-config", None, "run: [\n"), ("run-unknown-field", None, "train:\n  lrr: 1\n"),
+        ("run-bad-config", None, "run: [\n"),
+        ("run-unknown-field", None, "train:\n  lrr: 1\n"),
         ("run-latin1-config", None, "run:\n  seed: 1 # \xe9\n"),
     ]:
         d = tmp / name
@@ -128,7 +136,9 @@ def world(tiny_model_dir, tmp_path_factory):
     write("plugins/raising_plugin.py", "raise RuntimeError('plugin setup failed')\n")
     w.plugins = str(tmp / "plugins")
     # model-related configs
-    w.lora_bad_targets = config_with("lora.yaml", model={"path": tiny_model_dir, "lora": {"target_modules": ["nope_proj"]}})
+    w.lora_bad_targets = config_with(
+        "lora.yaml", model={"path": tiny_model_dir, "lora": {"target_modules": ["nope_proj"]}}
+    )
     w.rm_missing = config_with("rm.yaml", judge={"name": "reward_model", "path": str(tmp / "no-rm")})
     w.rm_not_model = config_with("rm2.yaml", judge={"name": "reward_model", "path": w.not_a_run})
     w.plm_missing = config_with("plm.yaml", judge={"name": "pairwise_lm", "path": str(tmp / "no-lm")})
@@ -162,12 +172,18 @@ CASES = [
     ("bad loss value", RUN + SET + ["loss.beta=-1"], ["beta"]),
     ("unknown judge", RUN + SET + ["judge.name=oracle"], ["unknown judge 'oracle'"]),
     ("unknown judge option", RUN + SET + ["judge.temperature=1"], ["first_token_parity", "temperature"]),
-    ("bad judge url", RUN + SET + ["judge.name=pairwise_http", "--set", "judge.base_url=localhost:8000", "--set",
-                                   "judge.model=m"], ["base_url", "localhost:8000"]),
+    (
+        "bad judge url",
+        RUN + SET + ["judge.name=pairwise_http", "--set", "judge.base_url=localhost:8000", "--set", "judge.model=m"],
+        ["base_url", "localhost:8000"],
+    ),
     ("eval judge not a verifier", RUN + SET + ["eval.judge=pairwise_lm"], ["eval.judge", "not a verifier"]),
     ("unknown pairing", RUN + SET + ["pairing.strategy=best"], ["unknown pairing", "best"]),
-    ("pairing for another data shape", RUN + SET + ["loss.name=kto", "--set", "pairing.strategy=best_vs_worst"],
-     ["best_vs_worst"]),
+    (
+        "pairing for another data shape",
+        RUN + SET + ["loss.name=kto", "--set", "pairing.strategy=best_vs_worst"],
+        ["best_vs_worst"],
+    ),
     ("unknown task", RUN + SET + ["task.name=chess"], ["unknown task 'chess'"]),
     ("file task without file", RUN + SET + ["task.name=file"], ["task.train_file"]),
     ("no operations", RUN + SET + ["task.operations=[]"], ["task.operations"]),
@@ -175,8 +191,11 @@ CASES = [
     ("unknown dtype", RUN + SET + ["model.dtype=float16"], ["model.dtype"]),
     ("top_p above 1", RUN + SET + ["sampling.top_p=2"], ["sampling.top_p"]),
     ("unknown reference", RUN + SET + ["reference.policy=sometimes"], ["reference.policy"]),
-    ("xpo with initial reference", RUN + SET + ["loss.name=xpo", "--set", "reference.policy=initial"],
-     ["xpo", "reference.policy: previous"]),
+    (
+        "xpo with initial reference",
+        RUN + SET + ["loss.name=xpo", "--set", "reference.policy=initial"],
+        ["xpo", "reference.policy: previous"],
+    ),
     ("failed share above 1", RUN + SET + ["judge.max_failed_share=2"], ["judge.max_failed_share"]),
     ("lora rank 0", RUN + SET + ["model.lora={{r: 0}}"], ["model.lora.r"]),
     ("lora modules that do not exist", ["run", "{lora_bad_targets}"], ["model.lora.target_modules", "nope_proj"]),
@@ -196,8 +215,11 @@ CASES = [
     ("resume damaged manifest", ["resume", "{run_bad_manifest}"], ["manifest.json", "not valid JSON"]),
     ("resume manifest not an object", ["resume", "{run_list_manifest}"], ["manifest.json", "damaged"]),
     ("resume manifest with bad entries", ["resume", "{run_bad_files}"], ["manifest.json", "damaged"]),
-    ("resume a run of an earlier format", ["resume", "{run_old_format}"], ["run-old-format", "earlier iterpo",
-                                                                            "format 1"]),
+    (
+        "resume a run of an earlier format",
+        ["resume", "{run_old_format}"],
+        ["run-old-format", "earlier iterpo", "format 1"],
+    ),
     ("resume config not yaml", ["resume", "{run_bad_config}"], ["config.yaml", "not valid YAML"]),
     ("resume config unknown field", ["resume", "{run_unknown_field}"], ["train.lrr", "unknown field"]),
     ("resume config not utf-8", ["resume", "{run_latin1_config}"], ["config.yaml", "not UTF-8"]),
@@ -209,7 +231,11 @@ CASES = [
     ("model path missing", RUN + SET + ["model.path={tmp}/no-model"], ["model.path", "no-model"]),
     ("model dir without config.json", RUN + SET + ["model.path={no_config_dir}"], ["model.path", "no config.json"]),
     ("model config.json not json", RUN + SET + ["model.path={tmp}/bad-json-model"], ["config.json", "not valid JSON"]),
-    ("model config.json not an object", RUN + SET + ["model.path={tmp}/list-json-model"], ["config.json", "JSON object"]),
+    (
+        "model config.json not an object",
+        RUN + SET + ["model.path={tmp}/list-json-model"],
+        ["config.json", "JSON object"],
+    ),
     ("model without weights", RUN + SET + ["model.path={tmp}/no-weights"], ["no-weights", "no model weights"]),
     ("model weights corrupt", RUN + SET + ["model.path={tmp}/bad-weights"], ["model.safetensors", "cannot be read"]),
     ("gguf that is not gguf", RUN + SET + ["model.path={fake_gguf}"], ["fake.gguf", "not a GGUF file"]),
@@ -219,77 +245,182 @@ CASES = [
     ("reward model not a model", ["run", "{rm_not_model}"], ["reward_model", "not-a-run"]),
     ("pairwise lm missing", ["run", "{plm_missing}"], ["pairwise_lm", "no-lm"]),
     # ---- prompt files
-    ("prompt file missing", RUN + SET + ["task.name=file", "--set", "task.train_file={tmp}/none.jsonl"],
-     ["none.jsonl", "does not exist"]),
-    ("prompt file is a directory", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_dir}"],
-     ["is a directory"]),
-    ("prompt file not utf-8", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_latin1}"],
-     ["p-latin1.jsonl", "line 2"]),
-    ("prompt file bad json", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_bad_json}"],
-     ["p-bad.jsonl", "line 2", "not valid JSON"]),
-    ("prompt row a list", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_list_row}"],
-     ["p-list.jsonl", "line 1", "expected an object"]),
-    ("prompt row without prompt", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_no_prompt}"],
-     ["p-noprompt.jsonl", "line 1", "'prompt'"]),
-    ("prompt a number", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_number}"],
-     ["p-number.jsonl", "line 1", "'prompt'"]),
-    ("messages malformed", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_bad_messages}"],
-     ["p-messages.jsonl", "'messages'"]),
-    ("prompt file empty", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_empty}"],
-     ["p-empty.jsonl", "no prompts"]),
-    ("prompt file blank lines", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_blank}"],
-     ["p-blank.jsonl", "no prompts"]),
-    ("prompt ids repeated", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_dup_ids}"],
-     ["p-dup.jsonl", "repeats", "'a'"]),
-    ("prompt file huge bad line", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_huge}"],
-     ["p-huge.jsonl", "line 2"]),
-    ("prompt answer an object", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_dict_answer}"],
-     ["p-answer.jsonl", "line 1", "'answer'"]),
-    ("prompt id a list", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_list_id}"],
-     ["p-id.jsonl", "line 1", "'id'"]),
-    ("verifier without answers", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_no_answer}",
-                                              "--set", "judge.name=exact_answer"],
-     ["p-noanswer.jsonl", "answer", "exact_answer"]),
-    ("prompt parquet corrupt", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_corrupt_parquet}"],
-     ["p-corrupt.parquet", "parquet"]),
-    ("prompt parquet without columns", RUN + SET + ["task.name=file", "--set",
-                                                    "task.train_file={prompts_parquet_columns}"],
-     ["p-columns.parquet", "row 0", "'prompt'"]),
-    ("eval file malformed", RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_good}", "--set",
-                                         "task.eval_file={prompts_bad_json}"], ["p-bad.jsonl", "line 2"]),
+    (
+        "prompt file missing",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={tmp}/none.jsonl"],
+        ["none.jsonl", "does not exist"],
+    ),
+    (
+        "prompt file is a directory",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_dir}"],
+        ["is a directory"],
+    ),
+    (
+        "prompt file not utf-8",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_latin1}"],
+        ["p-latin1.jsonl", "line 2"],
+    ),
+    (
+        "prompt file bad json",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_bad_json}"],
+        ["p-bad.jsonl", "line 2", "not valid JSON"],
+    ),
+    (
+        "prompt row a list",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_list_row}"],
+        ["p-list.jsonl", "line 1", "expected an object"],
+    ),
+    (
+        "prompt row without prompt",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_no_prompt}"],
+        ["p-noprompt.jsonl", "line 1", "'prompt'"],
+    ),
+    (
+        "prompt a number",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_number}"],
+        ["p-number.jsonl", "line 1", "'prompt'"],
+    ),
+    (
+        "messages malformed",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_bad_messages}"],
+        ["p-messages.jsonl", "'messages'"],
+    ),
+    (
+        "prompt file empty",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_empty}"],
+        ["p-empty.jsonl", "no prompts"],
+    ),
+    (
+        "prompt file blank lines",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_blank}"],
+        ["p-blank.jsonl", "no prompts"],
+    ),
+    (
+        "prompt ids repeated",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_dup_ids}"],
+        ["p-dup.jsonl", "repeats", "'a'"],
+    ),
+    (
+        "prompt file huge bad line",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_huge}"],
+        ["p-huge.jsonl", "line 2"],
+    ),
+    (
+        "prompt answer an object",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_dict_answer}"],
+        ["p-answer.jsonl", "line 1", "'answer'"],
+    ),
+    (
+        "prompt id a list",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_list_id}"],
+        ["p-id.jsonl", "line 1", "'id'"],
+    ),
+    (
+        "verifier without answers",
+        RUN
+        + SET
+        + ["task.name=file", "--set", "task.train_file={prompts_no_answer}", "--set", "judge.name=exact_answer"],
+        ["p-noanswer.jsonl", "answer", "exact_answer"],
+    ),
+    (
+        "prompt parquet corrupt",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_corrupt_parquet}"],
+        ["p-corrupt.parquet", "parquet"],
+    ),
+    (
+        "prompt parquet without columns",
+        RUN + SET + ["task.name=file", "--set", "task.train_file={prompts_parquet_columns}"],
+        ["p-columns.parquet", "row 0", "'prompt'"],
+    ),
+    (
+        "eval file malformed",
+        RUN
+        + SET
+        + ["task.name=file", "--set", "task.train_file={prompts_good}", "--set", "task.eval_file={prompts_bad_json}"],
+        ["p-bad.jsonl", "line 2"],
+    ),
     # ---- iterpo train
-    ("train preferences missing", ["train", "--preferences", "{tmp}/no.jsonl", "--model", "{model}"],
-     ["--preferences", "no.jsonl", "does not exist"]),
-    ("train preferences not utf-8", ["train", "--preferences", "{prefs_latin1}", "--model", "{model}"],
-     ["prefs-latin1.jsonl", "not"]),
-    ("train json not a list", ["train", "--preferences", "{prefs_object}", "--model", "{model}"],
-     ["prefs-object.json", "no preference rows"]),
-    ("train bad line", ["train", "--preferences", "{prefs_bad_line}", "--model", "{model}"], ["prefs-bad.jsonl", "line 2"]),
-    ("train row missing rejected", ["train", "--preferences", "{prefs_missing}", "--model", "{model}"],
-     ["row 1", "missing rejected"]),
-    ("train empty chosen", ["train", "--preferences", "{prefs_empty_chosen}", "--model", "{model}"],
-     ["row 1", "chosen", "non-empty"]),
-    ("train soft label out of range", ["train", "--preferences", "{prefs_label}", "--model", "{model}"],
-     ["row 1", "soft_label"]),
-    ("train mixed chat and text", ["train", "--preferences", "{prefs_mixed}", "--model", "{model}"],
-     ["row 1", "chosen"]),
-    ("train corrupt parquet", ["train", "--preferences", "{prefs_corrupt_parquet}", "--model", "{model}"],
-     ["prefs.parquet"]),
+    (
+        "train preferences missing",
+        ["train", "--preferences", "{tmp}/no.jsonl", "--model", "{model}"],
+        ["--preferences", "no.jsonl", "does not exist"],
+    ),
+    (
+        "train preferences not utf-8",
+        ["train", "--preferences", "{prefs_latin1}", "--model", "{model}"],
+        ["prefs-latin1.jsonl", "not"],
+    ),
+    (
+        "train json not a list",
+        ["train", "--preferences", "{prefs_object}", "--model", "{model}"],
+        ["prefs-object.json", "no preference rows"],
+    ),
+    (
+        "train bad line",
+        ["train", "--preferences", "{prefs_bad_line}", "--model", "{model}"],
+        ["prefs-bad.jsonl", "line 2"],
+    ),
+    (
+        "train row missing rejected",
+        ["train", "--preferences", "{prefs_missing}", "--model", "{model}"],
+        ["row 1", "missing rejected"],
+    ),
+    (
+        "train empty chosen",
+        ["train", "--preferences", "{prefs_empty_chosen}", "--model", "{model}"],
+        ["row 1", "chosen", "non-empty"],
+    ),
+    (
+        "train soft label out of range",
+        ["train", "--preferences", "{prefs_label}", "--model", "{model}"],
+        ["row 1", "soft_label"],
+    ),
+    (
+        "train mixed chat and text",
+        ["train", "--preferences", "{prefs_mixed}", "--model", "{model}"],
+        ["row 1", "chosen"],
+    ),
+    (
+        "train corrupt parquet",
+        ["train", "--preferences", "{prefs_corrupt_parquet}", "--model", "{model}"],
+        ["prefs.parquet"],
+    ),
     ("train no rows", ["train", "--preferences", "{prefs_none}", "--model", "{model}"], ["no preference rows"]),
-    ("train unknown loss", ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--loss", "dpoo"],
-     ["unknown loss 'dpoo'"]),
-    ("train loss for another data shape", ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--loss",
-                                           "kto"], ["kto"]),
-    ("train loss needing soft labels", ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--loss",
-                                        "irepo"], ["irepo", "soft"]),
-    ("train model missing", ["train", "--preferences", "{prefs_good}", "--model", "{tmp}/no-model"],
-     ["model.path", "no-model"]),
-    ("train output is a file", ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--output",
-                                "{out_file}"], ["--output", "an-output-file"]),
-    ("train output has a checkpoint", ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--output",
-                                       "{out_with_ckpt}"], ["--output", "--force"]),
-    ("train bad set", ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--set", "train.lr=-2"],
-     ["train.lr"]),
+    (
+        "train unknown loss",
+        ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--loss", "dpoo"],
+        ["unknown loss 'dpoo'"],
+    ),
+    (
+        "train loss for another data shape",
+        ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--loss", "kto"],
+        ["kto"],
+    ),
+    (
+        "train loss needing soft labels",
+        ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--loss", "irepo"],
+        ["irepo", "soft"],
+    ),
+    (
+        "train model missing",
+        ["train", "--preferences", "{prefs_good}", "--model", "{tmp}/no-model"],
+        ["model.path", "no-model"],
+    ),
+    (
+        "train output is a file",
+        ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--output", "{out_file}"],
+        ["--output", "an-output-file"],
+    ),
+    (
+        "train output has a checkpoint",
+        ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--output", "{out_with_ckpt}"],
+        ["--output", "--force"],
+    ),
+    (
+        "train bad set",
+        ["train", "--preferences", "{prefs_good}", "--model", "{model}", "--set", "train.lr=-2"],
+        ["train.lr"],
+    ),
     # ---- games
     ("games unknown family", ["games", "--game", "chess"], ["--game", "chess"]),
     ("games negative beta", ["games", "--game", "rps", "--beta", "-1"], ["--beta"]),
@@ -310,10 +441,18 @@ CASES = [
     ("run unknown option", ["run", "--frobnicate"], ["--frobnicate"]),
     # ---- plugins
     ("plugin missing", ["losses"], ["ITERPO_PLUGINS", "no_such_plugin"], {"ITERPO_PLUGINS": "no_such_plugin"}),
-    ("plugin with a syntax error", ["losses"], ["ITERPO_PLUGINS", "broken_plugin", "SyntaxError"],
-     {"ITERPO_PLUGINS": "broken_plugin"}),
-    ("plugin that raises", ["losses"], ["ITERPO_PLUGINS", "raising_plugin", "plugin setup failed"],
-     {"ITERPO_PLUGINS": "raising_plugin"}),
+    (
+        "plugin with a syntax error",
+        ["losses"],
+        ["ITERPO_PLUGINS", "broken_plugin", "SyntaxError"],
+        {"ITERPO_PLUGINS": "broken_plugin"},
+    ),
+    (
+        "plugin that raises",
+        ["losses"],
+        ["ITERPO_PLUGINS", "raising_plugin", "plugin setup failed"],
+        {"ITERPO_PLUGINS": "raising_plugin"},
+    ),
 ]
 
 
@@ -348,8 +487,12 @@ def test_the_corpus_is_large_enough():
 def test_the_real_command_prints_no_traceback(world):
     """Through the installed entry point: the message, exit 2, no traceback (a sample of the corpus)."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
-    for argv in (["run", world.bad_yaml], ["resume", world.run_bad_manifest],
-                 ["run", str(world.config), "--set", f"model.path={world.fake_gguf}"]):
-        done = subprocess.run([sys.executable, "-m", "iterpo", *argv], capture_output=True, text=True, env=env,
-                              cwd=world.tmp)
+    for argv in (
+        ["run", world.bad_yaml],
+        ["resume", world.run_bad_manifest],
+        ["run", str(world.config), "--set", f"model.path={world.fake_gguf}"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "iterpo", *argv], capture_output=True, text=True, env=env, cwd=world.tmp
+        )
         assert done.returncode == 2 and done.stderr.startswith("iterpo: error: ") and "Traceback" not in done.stderr

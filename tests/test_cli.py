@@ -28,8 +28,20 @@ def test_config_file_with_unknown_field_exits_2(capsys, tmp_path):
 
 def test_missing_prompt_file_exits_2(capsys, tmp_path):
     missing = tmp_path / "nope.jsonl"
-    assert main(["run", "--set", "task.name=file", "--set", f"task.train_file={missing}",
-                 "--set", f"run.dir={tmp_path / 'run'}"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--set",
+                "task.name=file",
+                "--set",
+                f"task.train_file={missing}",
+                "--set",
+                f"run.dir={tmp_path / 'run'}",
+            ]
+        )
+        == 2
+    )
     assert str(missing) in _error(capsys)
     assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
@@ -37,14 +49,28 @@ def test_missing_prompt_file_exits_2(capsys, tmp_path):
 def test_malformed_jsonl_line_exits_2(capsys, tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text(json.dumps({"prompt": "a", "answer": 1}) + "\n{oops\n")
-    assert main(["run", "--set", "task.name=file", "--set", f"task.train_file={bad}",
-                 "--set", f"run.dir={tmp_path / 'run'}"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--set",
+                "task.name=file",
+                "--set",
+                f"task.train_file={bad}",
+                "--set",
+                f"run.dir={tmp_path / 'run'}",
+            ]
+        )
+        == 2
+    )
     err = _error(capsys)
     assert str(bad) in err and "line 2" in err
 
 
 def test_bad_model_path_exits_2(capsys, tmp_path):
-    assert main(["run", "--set", f"model.path={tmp_path / 'nothing.gguf'}", "--set", f"run.dir={tmp_path / 'run'}"]) == 2
+    assert (
+        main(["run", "--set", f"model.path={tmp_path / 'nothing.gguf'}", "--set", f"run.dir={tmp_path / 'run'}"]) == 2
+    )
     assert "model.path" in _error(capsys)
 
 

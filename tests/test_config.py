@@ -38,8 +38,9 @@ def test_invalid_values_name_the_field(override, fragment):
     assert fragment in str(info.value)
 
 
-@pytest.mark.parametrize("override, fragment", [("loss.name=nope", "unknown loss 'nope'"),
-                                               ("loss.gamma=1", "no hyperparameter 'gamma'")])
+@pytest.mark.parametrize(
+    "override, fragment", [("loss.name=nope", "unknown loss 'nope'"), ("loss.gamma=1", "no hyperparameter 'gamma'")]
+)
 def test_components_are_checked_by_the_plan(override, fragment):
     config = load_config(overrides=[override])  # the config module knows no loss
     with pytest.raises(ConfigError, match=fragment):

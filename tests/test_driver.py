@@ -6,8 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import run_config, tiny_config
 from iterpo.config import load_config
+
+from helpers import run_config, tiny_config
 
 
 def _run(cfg_dict, tmp_path, name="cfg.yaml"):
@@ -23,8 +24,14 @@ def test_two_rounds_write_the_run_directory(tiny_model_dir, tmp_path):
     assert (root / "round-000" / "eval.json").is_file()
     for r in (1, 2):
         d = root / f"round-{r:03d}"
-        for name in ["rollouts.parquet", "judgements.parquet", "preferences.parquet", "ref_logps.parquet",
-                     "train.jsonl", "eval.json"]:
+        for name in [
+            "rollouts.parquet",
+            "judgements.parquet",
+            "preferences.parquet",
+            "ref_logps.parquet",
+            "train.jsonl",
+            "eval.json",
+        ]:
             assert (d / name).is_file(), name
         assert not (d / "rollouts").exists()  # shards merged and removed
         rollouts = pq.read_table(d / "rollouts.parquet")
@@ -57,8 +64,11 @@ def test_dpo_loss_decreases_within_a_round(tiny_model_dir, tmp_path):
 
 
 def test_reference_initial_and_lora(tiny_model_dir, tmp_path):
-    cfg = tiny_config(tiny_model_dir, tmp_path / "run", **{"reference.policy": "initial",
-                                                           "model.lora": {"r": 4, "alpha": 8, "save_merged": True}})
+    cfg = tiny_config(
+        tiny_model_dir,
+        tmp_path / "run",
+        **{"reference.policy": "initial", "model.lora": {"r": 4, "alpha": 8, "save_merged": True}},
+    )
     rows, store = _run(cfg, tmp_path)
     ckpt = store.root / "round-002" / "checkpoint"
     assert (ckpt / "adapter_config.json").is_file() and (ckpt / "merged" / "config.json").is_file()
@@ -74,16 +84,24 @@ def test_reference_initial_and_lora(tiny_model_dir, tmp_path):
     ref = pq.read_table(store.root / "round-002" / "ref_logps.parquet").to_pylist()
     rollouts = {(x.prompt_id, x.sample_idx): x for x in ctx.read(2, "rollouts.parquet", Rollout)}
     base = load_model(tiny_model_dir)
-    want = score_responses(base, [ctx.prompt_ids_of(x["prompt_id"]) for x in ref],
-                           [rollouts[(x["prompt_id"], x["sample_idx"])].token_ids for x in ref], 16, ctx.pad_id)
+    want = score_responses(
+        base,
+        [ctx.prompt_ids_of(x["prompt_id"]) for x in ref],
+        [rollouts[(x["prompt_id"], x["sample_idx"])].token_ids for x in ref],
+        16,
+        ctx.pad_id,
+    )
     assert [x["ref_logp"] for x in ref] == pytest.approx(want, abs=1e-4)
 
 
 def test_prompts_from_a_file(tiny_model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Say {i}.", "answer": str(i)}) + "\n" for i in range(6)))
-    cfg = tiny_config(tiny_model_dir, tmp_path / "run", **{"run.rounds": 1, "task.name": "file",
-                                                           "task.train_file": str(prompts), "task.eval_file": str(prompts)})
+    cfg = tiny_config(
+        tiny_model_dir,
+        tmp_path / "run",
+        **{"run.rounds": 1, "task.name": "file", "task.train_file": str(prompts), "task.eval_file": str(prompts)},
+    )
     rows, store = _run(cfg, tmp_path)
     assert pq.read_table(store.root / "round-001" / "rollouts.parquet").num_rows == 6 * 4
     assert rows[1]["accuracy"] is not None

@@ -10,8 +10,21 @@ from iterpo.cli import main
 @pytest.mark.slow
 def test_builtin_default_one_small_round(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = main(["run", "--set", f"run.dir={run_dir}", "--set", "run.rounds=1", "--set", "task.train_size=8",
-                 "--set", "task.eval_size=8", "--set", "sampling.samples_per_prompt=4"])
+    code = main(
+        [
+            "run",
+            "--set",
+            f"run.dir={run_dir}",
+            "--set",
+            "run.rounds=1",
+            "--set",
+            "task.train_size=8",
+            "--set",
+            "task.eval_size=8",
+            "--set",
+            "sampling.samples_per_prompt=4",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "held-out" in out

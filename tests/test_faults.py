@@ -6,7 +6,6 @@ After each, the resumed run's stored files must equal an uninterrupted run's.
 """
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -98,7 +97,9 @@ def test_killed_in_every_stage_then_resumed_matches(clean, tiny_model_dir, tmp_p
 
 def test_ctrl_c_and_sigterm_stop_at_once_and_resume_matches(clean, tiny_model_dir, tmp_path):
     run = tmp_path / "interrupted"
-    code, out, err = _cli("run", str(_config(tiny_model_dir, run, tmp_path)), failpoints="progress:training@2=interrupt")
+    code, out, err = _cli(
+        "run", str(_config(tiny_model_dir, run, tmp_path)), failpoints="progress:training@2=interrupt"
+    )
     assert code == 130 and "interrupted" in err and f"iterpo resume {run}" in err and "Traceback" not in err, err
     assert not (run / "round-001" / "train.jsonl").exists() and not (run / ".lock").exists()
     code, out, err = _cli("resume", str(run), failpoints="progress:sampling@3=term")
@@ -128,8 +129,9 @@ def _stopped(pid: int) -> bool:
 
 def test_disk_full_leaves_no_partial_file_and_resume_matches(clean, tiny_model_dir, tmp_path):
     run = tmp_path / "full"
-    code, out, err = _cli("run", str(_config(tiny_model_dir, run, tmp_path)),
-                          failpoints="write:round-001/judgements.parquet=enospc")
+    code, out, err = _cli(
+        "run", str(_config(tiny_model_dir, run, tmp_path)), failpoints="write:round-001/judgements.parquet=enospc"
+    )
     assert code == 1 and "no space left on the device" in err and "round-001/judgements.parquet" in err, err
     assert "Traceback" not in err and f"iterpo resume {run}" in err
     assert not (run / "round-001" / "judgements.parquet").exists() and (run / "round-001" / "rollouts.parquet").exists()
@@ -218,8 +220,11 @@ def test_a_damaged_file_that_recomputes_differently_is_refused(tiny_model_dir, t
     path = tmp_path / "run" / "round-001" / "judgements.parquet"
     path.write_bytes(b"not parquet")
     real = iterpo.stages.judge.judge_all
-    monkeypatch.setattr(iterpo.stages.judge, "judge_all", lambda *a, **k: [
-        type(j)(**{**j.__dict__, "score": 1 - j.score}) for j in real(*a, **k)])  # a judge that changed its mind
+    monkeypatch.setattr(
+        iterpo.stages.judge,
+        "judge_all",
+        lambda *a, **k: [type(j)(**{**j.__dict__, "score": 1 - j.score}) for j in real(*a, **k)],
+    )  # a judge that changed its mind
     with pytest.raises(DamagedFile, match="computing it again gave different contents"):
         run_config(config)
     shutil.rmtree(tmp_path / "run")

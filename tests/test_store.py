@@ -10,8 +10,8 @@ import yaml
 
 from iterpo.config import load_config
 from iterpo.errors import DiskFull, RunDirError
-from iterpo.plan import fingerprint, resolve
 from iterpo.io import atomic_dir, atomic_write, digest, read_json, read_parquet, write_json, write_parquet
+from iterpo.plan import fingerprint, resolve
 from iterpo.store import RunStore
 
 
@@ -116,8 +116,10 @@ def test_checksums_tell_intact_damaged_unrecorded_and_missing_files(tmp_path):
 
 def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
     store = _store(tmp_path)
-    code = ("import sys; from iterpo.store import RunStore\n"
-            f"RunStore.open('{tmp_path / 'run'}', '', '{store.manifest()['config_fingerprint']}')")
+    code = (
+        "import sys; from iterpo.store import RunStore\n"
+        f"RunStore.open('{tmp_path / 'run'}', '', '{store.manifest()['config_fingerprint']}')"
+    )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert other.returncode != 0 and "in use by another iterpo process" in other.stderr
     assert f"pid {os.getpid()}" in other.stderr
@@ -129,9 +131,11 @@ def test_a_second_process_is_refused_while_the_first_holds_the_run(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_recovered(tmp_path):
     config = load_config(overrides=[f"run.dir={tmp_path / 'run'}"])
-    code = ("import os, signal; from iterpo.store import RunStore\n"
-            f"store = RunStore.open('{tmp_path / 'run'}', '', '{fingerprint(resolve(config))}')\n"
-            "os.kill(os.getpid(), signal.SIGKILL)")
+    code = (
+        "import os, signal; from iterpo.store import RunStore\n"
+        f"store = RunStore.open('{tmp_path / 'run'}', '', '{fingerprint(resolve(config))}')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
     subprocess.run([sys.executable, "-c", code])
     assert (tmp_path / "run" / ".lock").exists()  # the record is left behind, the kernel lock is not
     store = _store(tmp_path)

@@ -35,5 +35,9 @@ class TokenSumFailing(TokenSum):
     name = "token_sum_failing"
 
     def judge(self, prompt, rollouts):
-        return [Judgement(j.prompt_id, j.sample_idx, self.name, j.score, "no score in the reply", failed=True)
-                if r.token_ids[0] % 3 == 0 else j for r, j in zip(rollouts, super().judge(prompt, rollouts))]
+        return [
+            Judgement(j.prompt_id, j.sample_idx, self.name, j.score, "no score in the reply", failed=True)
+            if r.token_ids[0] % 3 == 0
+            else j
+            for r, j in zip(rollouts, super().judge(prompt, rollouts))
+        ]

@@ -37,7 +37,9 @@ class _FixedLogprobModel(torch.nn.Module):
     def forward(self, input_ids=None, attention_mask=None, labels=None, fused_lm_head=True, **kw):
         lp = self.per_token
         zeros = torch.zeros_like(lp)
-        return SimpleNamespace(log_probs=lp, entropy=zeros, mean_logits=zeros, is_top1=torch.zeros_like(lp, dtype=torch.bool))
+        return SimpleNamespace(
+            log_probs=lp, entropy=zeros, mean_logits=zeros, is_top1=torch.zeros_like(lp, dtype=torch.bool)
+        )
 
 
 def _layout(logps: list[float], lengths: list[int]):
@@ -57,8 +59,17 @@ def _layout(logps: list[float], lengths: list[int]):
     return ids, completion, per_token
 
 
-def trl_dpo_loss(loss_type: str, beta: float, chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len,
-                 label_smoothing: float = 0.0) -> float:
+def trl_dpo_loss(
+    loss_type: str,
+    beta: float,
+    chosen,
+    rejected,
+    ref_chosen,
+    ref_rejected,
+    chosen_len,
+    rejected_len,
+    label_smoothing: float = 0.0,
+) -> float:
     """TRL 1.16 DPOTrainer loss for ONE pair (its loss is a batch mean, so one pair gives the per-pair value)."""
     from trl.trainer.dpo_trainer import DPOTrainer
 
@@ -66,21 +77,34 @@ def trl_dpo_loss(loss_type: str, beta: float, chosen, rejected, ref_chosen, ref_
     t = object.__new__(DPOTrainer)
     model = _FixedLogprobModel(per_token)
     t.__dict__.update(
-        model=model, accelerator=_Accelerator(), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
-        f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0], beta=beta,
-        label_smoothing=label_smoothing, use_weighting=False, _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
-        _total_train_tokens=0, _tp_size=1,
+        model=model,
+        accelerator=_Accelerator(),
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=label_smoothing,
+        use_weighting=False,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
     )
     inputs = {
-        "input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": completion,
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "completion_mask": completion,
         "ref_chosen_logps": torch.tensor([ref_chosen], dtype=torch.float64),
         "ref_rejected_logps": torch.tensor([ref_rejected], dtype=torch.float64),
     }
     return float(DPOTrainer._compute_loss(t, model, inputs, return_outputs=False))
 
 
-def trl_kto_losses(beta: float, logps, ref_logps, kl_logps, ref_kl_logps, labels, desirable_weight=1.0,
-                   undesirable_weight=1.0) -> float:
+def trl_kto_losses(
+    beta: float, logps, ref_logps, kl_logps, ref_kl_logps, labels, desirable_weight=1.0, undesirable_weight=1.0
+) -> float:
     """TRL 1.16 KTOTrainer loss (the batch mean) for a batch of labelled responses."""
     from trl.trainer.kto_trainer import KTOTrainer
 
@@ -98,14 +122,28 @@ def trl_kto_losses(beta: float, logps, ref_logps, kl_logps, ref_kl_logps, labels
     model = _Model()
     t = object.__new__(KTOTrainer)
     t.__dict__.update(
-        model=model, accelerator=_Accelerator(), aux_loss_enabled=False, calculate_KL=True, precompute_ref_logps=True,
-        loss_type="kto", beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+        model=model,
+        accelerator=_Accelerator(),
+        aux_loss_enabled=False,
+        calculate_KL=True,
+        precompute_ref_logps=True,
+        loss_type="kto",
+        beta=beta,
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
     )
     inputs = {
-        "input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": completion,
-        "KL_input_ids": kl_ids, "KL_attention_mask": torch.ones_like(ids), "KL_completion_mask": kl_completion,
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "completion_mask": completion,
+        "KL_input_ids": kl_ids,
+        "KL_attention_mask": torch.ones_like(ids),
+        "KL_completion_mask": kl_completion,
         "label": torch.tensor(labels, dtype=torch.bool),
-        "ref_logps": torch.tensor(ref_logps, dtype=torch.float64), "ref_KL_logps": torch.tensor(ref_kl_logps, dtype=torch.float64),
+        "ref_logps": torch.tensor(ref_logps, dtype=torch.float64),
+        "ref_KL_logps": torch.tensor(ref_kl_logps, dtype=torch.float64),
     }
     return float(KTOTrainer._compute_loss(t, model, inputs, return_outputs=False))

@@ -16,17 +16,38 @@ sampled preferences per query instead of computed exactly.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from iterpo.games.algorithms import ALGORITHMS, Oracle, Step, register_algorithm
-from iterpo.games.core import (best_response, bradley_terry, check_game, duality_gap, kl, log_normalize, random_cyclic, random_game,
-                               random_policy, read_game, regularized_nash, rock_paper_scissors, softmax, win_rates)
+from iterpo.games.core import (
+    best_response,
+    bradley_terry,
+    check_game,
+    duality_gap,
+    kl,
+    log_normalize,
+    random_cyclic,
+    random_game,
+    random_policy,
+    read_game,
+    rock_paper_scissors,
+    softmax,
+    win_rates,
+)
+from iterpo.games.equilibrium import regularized_nash
 
 
-def run(algorithm: str, P, beta: float, ref, iterations: int, step_size: float, seed: int = 0,
-        samples: Optional[int] = None, **options) -> list[np.ndarray]:
+def run(
+    algorithm: str,
+    P,
+    beta: float,
+    ref,
+    iterations: int,
+    step_size: float,
+    seed: int = 0,
+    samples: int | None = None,
+    **options,
+) -> list[np.ndarray]:
     """The policies pi_0 = ref, pi_1, ..., pi_iterations produced by the named algorithm.
 
     samples=None runs the exact algorithm; samples=S estimates every win rate
@@ -49,7 +70,7 @@ def run(algorithm: str, P, beta: float, ref, iterations: int, step_size: float, 
     return [np.exp(x) for x in xs]
 
 
-def metrics(P, beta: float, pi, ref, nash: Optional[np.ndarray] = None) -> dict[str, float]:
+def metrics(P, beta: float, pi, ref, nash: np.ndarray | None = None) -> dict[str, float]:
     """KL to the regularised equilibrium, duality gap, and win rates against the reference and the equilibrium."""
     nash = regularized_nash(P, beta, ref) if nash is None else nash
     return {
@@ -61,7 +82,23 @@ def metrics(P, beta: float, pi, ref, nash: Optional[np.ndarray] = None) -> dict[
 
 
 __all__ = [
-    "ALGORITHMS", "Oracle", "Step", "best_response", "bradley_terry", "check_game", "duality_gap", "kl", "metrics",
-    "random_cyclic", "random_game", "random_policy", "read_game", "register_algorithm", "regularized_nash",
-    "rock_paper_scissors", "run", "softmax", "win_rates",
+    "ALGORITHMS",
+    "Oracle",
+    "Step",
+    "best_response",
+    "bradley_terry",
+    "check_game",
+    "duality_gap",
+    "kl",
+    "metrics",
+    "random_cyclic",
+    "random_game",
+    "random_policy",
+    "read_game",
+    "register_algorithm",
+    "regularized_nash",
+    "rock_paper_scissors",
+    "run",
+    "softmax",
+    "win_rates",
 ]

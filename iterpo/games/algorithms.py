@@ -8,13 +8,15 @@ OMD step of size eta is
 
     log pi <- (1 - eta beta) log pi + eta beta log ref + eta P pi
 
-(for Nash-MP, ``step_size`` is its own proximal step, as in ALGORITHMS.md §9).
+(for Nash-MP, ``step_size`` is its own proximal step eta of Tiapkin et al. 2025, "Accelerating Nash
+Learning from Human Feedback via Mirror Prox": with a = 1/(1 + eta), log pi_{k+1/2} = a log pi_k +
+(1 - a)(log ref + P pi_k / beta), then the same step from pi_k against pi_{k+1/2}).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -31,8 +33,8 @@ class Oracle:
     """
 
     P: np.ndarray  # (..., N, N)
-    samples: Optional[int] = None
-    rng: Optional[np.random.Generator] = None
+    samples: int | None = None
+    rng: np.random.Generator | None = None
     queries: int = 0  # preference queries made so far (sampled: draws; exact: policies evaluated)
 
     def win_rates(self, pi: np.ndarray) -> np.ndarray:
@@ -42,6 +44,8 @@ class Oracle:
         n = self.P.shape[-1]
         flat_P, flat_pi = self.P.reshape(-1, n, n), pi.reshape(-1, n)
         out = np.empty_like(flat_pi)
+        if self.rng is None:
+            raise ValueError("a sampled Oracle (samples set) needs rng, the generator its draws come from")
         for c in range(flat_P.shape[0]):
             opponents = self.rng.choice(n, size=self.samples, p=flat_pi[c])  # (S,)
             wins = self.rng.uniform(size=(n, self.samples)) < flat_P[c][:, opponents]  # (N, S)
@@ -73,7 +77,8 @@ def mirror_step(x, w, weight: float, s: Step):
     With option ``via_loss``, the same step is taken the way the language-model
     path takes it: one SGD step of learning rate weight * N / 4 on tabular
     logits with iterpo's ``online_ipo`` loss over every ordered pair (y, y')
-    (ALGORITHMS.md §8: one such step equals the mirror step).
+    (with uniformly drawn pairs, as in EGPO's online-IPO loss, Zhou, Fazel and Du 2025: one such step equals
+    the mirror step with eta * beta = 4 lr / N; tests/games checks it to 1e-10).
     """
     if s.options.get("via_loss"):
         from iterpo.games.sgd import online_ipo_sgd_step
@@ -90,7 +95,8 @@ def omd(x, x_prev, s: Step):
 
 @register_algorithm("inpo")
 def inpo(x, x_prev, s: Step):
-    """INPO's exact update pi ∝ pi_t^(1 - eta tau) ref^(eta tau) exp(eta P pi_t) with tau = beta: OMD (ALGORITHMS.md §7)."""
+    """INPO's exact update pi ∝ pi_t^(1 - eta tau) ref^(eta tau) exp(eta P pi_t) with tau = beta (Zhang et al. 2024,
+    Iterative Nash Policy Optimization, the online mirror descent step its loss is built on): OMD."""
     return omd(x, x_prev, s)
 
 
@@ -194,7 +200,9 @@ def _dpo_scores(x: np.ndarray, s: Step) -> np.ndarray:
 def _per_context(fn, x, s: Step):
     if x.ndim == 1:
         return fn(x, s)
-    return np.stack([fn(x[c], Step(s.P[c], s.beta, s.log_ref[c], s.eta, s.oracle, s.rng, s.options)) for c in range(x.shape[0])])
+    return np.stack(
+        [fn(x[c], Step(s.P[c], s.beta, s.log_ref[c], s.eta, s.oracle, s.rng, s.options)) for c in range(x.shape[0])]
+    )
 
 
 @register_algorithm("iterative_dpo")

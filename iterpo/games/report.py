@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -17,9 +16,9 @@ from iterpo.games.plot import svg_log_plot
 class Method:
     label: str
     algorithm: str
-    step: Optional[float]  # mirror-descent step; None = 2 beta (Nash-MP's contraction step)
+    step: float | None  # mirror-descent step; None = 2 beta (Nash-MP's contraction step)
     options: tuple = ()
-    max_iterations: Optional[int] = None  # cap for slow rules (the DPO fits)
+    max_iterations: int | None = None  # cap for slow rules (the DPO fits)
 
     def step_size(self, beta: float) -> float:
         return 2 * beta if self.step is None else self.step
@@ -58,22 +57,38 @@ def make_game(kind: str, seed: int, n: int = 10) -> tuple[np.ndarray, np.ndarray
     return P, core.random_policy(P.shape[-1], rng)
 
 
-def iterations_to(gaps: list[float], target: float) -> Optional[int]:
+def iterations_to(gaps: list[float], target: float) -> int | None:
     return next((i for i, g in enumerate(gaps) if g < target), None)
 
 
-def gap_curve(method: Method, P, beta, ref, iterations: int, seed: int = 0, samples: Optional[int] = None) -> list[float]:
+def gap_curve(method: Method, P, beta, ref, iterations: int, seed: int = 0, samples: int | None = None) -> list[float]:
     from iterpo.games import run
 
     its = min(iterations, method.max_iterations or iterations)
     with np.errstate(over="ignore", under="ignore"):
-        pis = run(method.algorithm, P, beta, ref, its, method.step_size(beta), seed=seed, samples=samples,
-                  **dict(method.options))
+        pis = run(
+            method.algorithm,
+            P,
+            beta,
+            ref,
+            its,
+            method.step_size(beta),
+            seed=seed,
+            samples=samples,
+            **dict(method.options),
+        )
     return [float(np.mean(core.duality_gap(P, beta, p, ref))) for p in pis]
 
 
-def convergence_table(games: list[str], betas: list[float], seeds: int, iterations: int, target: float = 1e-6,
-                      methods: list[Method] = METHODS, plot_dir: Optional[Path] = None) -> list[dict]:
+def convergence_table(
+    games: list[str],
+    betas: list[float],
+    seeds: int,
+    iterations: int,
+    target: float = 1e-6,
+    methods: list[Method] = METHODS,
+    plot_dir: Path | None = None,
+) -> list[dict]:
     """Per (game, beta, method): median iterations to a duality gap below target, and how many seeds got there."""
     rows = []
     for game in games:
@@ -90,21 +105,35 @@ def convergence_table(games: list[str], betas: list[float], seeds: int, iteratio
                     hits.append(iterations_to(gaps, target))
                     finals.append(gaps[-1])
                 reached = [h for h in hits if h is not None]
-                rows.append({"game": game, "beta": beta, "method": m.label, "seeds": n_seeds, "reached": len(reached),
-                             "median_iterations": float(np.median(reached)) if reached else None,
-                             "cap": min(iterations, m.max_iterations or iterations),
-                             "median_final_gap": float(np.median(finals))})
+                rows.append(
+                    {
+                        "game": game,
+                        "beta": beta,
+                        "method": m.label,
+                        "seeds": n_seeds,
+                        "reached": len(reached),
+                        "median_iterations": float(np.median(reached)) if reached else None,
+                        "cap": min(iterations, m.max_iterations or iterations),
+                        "median_final_gap": float(np.median(finals)),
+                    }
+                )
             if plot_dir is not None:
                 # show up to 1.5x the slowest convergence, so the converging curves are not squashed
-                hits = [h for h in (iterations_to(c, target) for c in curves.values()) if h]
-                window = min(iterations, max(100, int(1.5 * max(hits)))) if hits else iterations
-                svg_log_plot({k: v[: window + 1] for k, v in curves.items()},
-                             Path(plot_dir) / f"gap_{Path(game).stem}_beta{beta:g}.svg",
-                             f"duality gap, {game} game, beta={beta:g} (seed 0)", "iteration", "duality gap")
+                converged = [h for h in (iterations_to(c, target) for c in curves.values()) if h]
+                window = min(iterations, max(100, int(1.5 * max(converged)))) if converged else iterations
+                svg_log_plot(
+                    {k: v[: window + 1] for k, v in curves.items()},
+                    Path(plot_dir) / f"gap_{Path(game).stem}_beta{beta:g}.svg",
+                    f"duality gap, {game} game, beta={beta:g} (seed 0)",
+                    "iteration",
+                    "duality gap",
+                )
     return rows
 
 
-def sampled_table(game: str, beta: float, seeds: int, iterations: int, samples: int, methods: list[Method]) -> list[dict]:
+def sampled_table(
+    game: str, beta: float, seeds: int, iterations: int, samples: int, methods: list[Method]
+) -> list[dict]:
     """Final duality gap with sampled preferences over seeds: the geometric mean and a 95% interval for it
     (a t interval on log10 of the gap, since gaps spread over orders of magnitude)."""
     rows = []
@@ -116,33 +145,65 @@ def sampled_table(game: str, beta: float, seeds: int, iterations: int, samples: 
         logs = np.log10(finals)
         half = float(_t95(seeds) * np.std(logs, ddof=1) / math.sqrt(seeds)) if seeds > 1 else float("nan")
         mean = float(np.mean(logs))
-        rows.append({"method": m.label, "log10_mean": mean, "log10_ci95": half, "geo_mean": 10 ** mean,
-                     "low": 10 ** (mean - half), "high": 10 ** (mean + half), "finals": finals})
+        rows.append(
+            {
+                "method": m.label,
+                "log10_mean": mean,
+                "log10_ci95": half,
+                "geo_mean": 10**mean,
+                "low": 10 ** (mean - half),
+                "high": 10 ** (mean + half),
+                "finals": finals,
+            }
+        )
     return rows
 
 
 def _t95(n: int) -> float:
     """Two-sided 95% Student t quantile for n - 1 degrees of freedom (table for small n, else 1.96)."""
-    table = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26, 11: 2.23, 12: 2.20,
-             15: 2.14, 20: 2.09, 30: 2.05}
+    table = {
+        2: 12.71,
+        3: 4.30,
+        4: 3.18,
+        5: 2.78,
+        6: 2.57,
+        7: 2.45,
+        8: 2.36,
+        9: 2.31,
+        10: 2.26,
+        11: 2.23,
+        12: 2.20,
+        15: 2.14,
+        20: 2.09,
+        30: 2.05,
+    }
     return table.get(n, 1.96 if n > 30 else table[min(k for k in table if k >= n)])
 
 
 def format_convergence(rows: list[dict], target: float) -> str:
-    out = [f"iterations to a duality gap below {target:g} (median over seeds; 'never' = no seed within the cap)", "",
-           "| game | beta | method | iterations | seeds reaching | final gap (median) |",
-           "| --- | ---: | --- | ---: | ---: | ---: |"]
+    out = [
+        f"iterations to a duality gap below {target:g} (median over seeds; 'never' = no seed within the cap)",
+        "",
+        "| game | beta | method | iterations | seeds reaching | final gap (median) |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
     for r in rows:
         its = f"{r['median_iterations']:.0f}" if r["median_iterations"] is not None else f"never ({r['cap']})"
-        out.append(f"| {r['game']} | {r['beta']:g} | {r['method']} | {its} | {r['reached']}/{r['seeds']} | "
-                   f"{r['median_final_gap']:.1e} |")
+        out.append(
+            f"| {r['game']} | {r['beta']:g} | {r['method']} | {its} | {r['reached']}/{r['seeds']} | "
+            f"{r['median_final_gap']:.1e} |"
+        )
     return "\n".join(out)
 
 
 def format_sampled(rows: list[dict], game: str, beta: float, samples: int, iterations: int) -> str:
-    out = [f"sampled preferences ({samples} per query), {game} game, beta={beta:g}: duality gap after {iterations} "
-           "iterations (geometric mean over seeds, 95% interval)", "",
-           "| method | final gap | 95% interval |", "| --- | ---: | --- |"]
+    out = [
+        f"sampled preferences ({samples} per query), {game} game, beta={beta:g}: duality gap after {iterations} "
+        "iterations (geometric mean over seeds, 95% interval)",
+        "",
+        "| method | final gap | 95% interval |",
+        "| --- | ---: | --- |",
+    ]
     for r in rows:
         out.append(f"| {r['method']} | {r['geo_mean']:.2e} | {r['low']:.1e} to {r['high']:.1e} |")
     return "\n".join(out)

@@ -2,7 +2,8 @@
 
 This is the bridge that lets the games check the LM losses: one SGD step on
 ``online_ipo`` over all ordered pairs of responses must equal the closed-form
-mirror-descent step (ALGORITHMS.md §8, eta * beta = 4 lr / N).
+mirror-descent step with eta * beta = 4 lr / N (the online-IPO loss of EGPO, Zhou, Fazel and Du 2025,
+"Extragradient Preference Optimization", over uniformly drawn pairs; derived here and checked in tests/games).
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ def online_ipo_sgd_step(x: np.ndarray, w: np.ndarray, log_ref: np.ndarray, beta:
     y, y2 = y.flatten(), y2.flatten()  # (N*N,) every ordered pair
     ref = torch.tensor(log_ref, dtype=torch.float64)
     wins = torch.tensor(w, dtype=torch.float64)
-    batch = PreferenceBatch(chosen_logps=logp[y], rejected_logps=logp[y2], ref_chosen_logps=ref[y],
-                            ref_rejected_logps=ref[y2], chosen_win_rate=wins[y], rejected_win_rate=wins[y2])
+    batch = PreferenceBatch(
+        chosen_logps=logp[y],
+        rejected_logps=logp[y2],
+        ref_chosen_logps=ref[y],
+        ref_rejected_logps=ref[y2],
+        chosen_win_rate=wins[y],
+        rejected_win_rate=wins[y2],
+    )
     get_loss("online_ipo", beta=beta)(batch).loss.backward()
+    assert theta.grad is not None  # backward() above filled it: theta is a leaf that requires grad
     with torch.no_grad():
         new = theta - lr * theta.grad
         return torch.log_softmax(new, dim=-1).numpy()
@@ -46,14 +54,23 @@ def dpo_fit(x: np.ndarray, A: np.ndarray, beta: float, iterations: int = 500) ->
     ref = torch.tensor(x, dtype=torch.float64)
     weight = torch.tensor(A, dtype=torch.float64).flatten() / float(A.sum())
     loss_fn = get_loss("dpo", beta=beta)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iterations, tolerance_grad=1e-14, tolerance_change=1e-16,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=iterations,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
         logp = torch.log_softmax(theta, dim=-1)
-        out = loss_fn(PreferenceBatch(chosen_logps=logp[y], rejected_logps=logp[y2],
-                                      ref_chosen_logps=ref[y], ref_rejected_logps=ref[y2]))
+        out = loss_fn(
+            PreferenceBatch(
+                chosen_logps=logp[y], rejected_logps=logp[y2], ref_chosen_logps=ref[y], ref_rejected_logps=ref[y2]
+            )
+        )
         total = (out.losses * weight).sum()
         total.backward()
         return total

@@ -1,9 +1,26 @@
 """Judges turn rollouts into scores. One registry; the run config picks by name."""
 
-from iterpo.judges.base import (JUDGES, Judge, JudgeContext, build_judge, judge_all, judge_with_cache, make_judge,
-                                register_judge)
-from iterpo.judges.cache import JudgeCache
 from iterpo.judges import code, constraints, ensemble, http, pairwise, reward_model, self_judge, verifiers  # noqa: F401,E501  (register)
+from iterpo.judges.base import (
+    JUDGES,
+    Judge,
+    JudgeContext,
+    build_judge,
+    judge_all,
+    judge_with_cache,
+    make_judge,
+    register_judge,
+)
+from iterpo.judges.cache import JudgeCache
 
-__all__ = ["JUDGES", "Judge", "JudgeCache", "JudgeContext", "build_judge", "judge_all", "judge_with_cache", "make_judge",
-           "register_judge"]
+__all__ = [
+    "JUDGES",
+    "Judge",
+    "JudgeCache",
+    "JudgeContext",
+    "build_judge",
+    "judge_all",
+    "judge_with_cache",
+    "make_judge",
+    "register_judge",
+]

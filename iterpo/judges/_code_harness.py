@@ -47,17 +47,16 @@ Everything used after response code starts is captured below first: the
 response may rebind os.write or builtins.len, never these names.
 """
 
+import _signal
+import _thread
 import builtins
-import collections  # imported now, like the three below, to be in the snapshot (and compiled from its .pyc)
 import gc
 import marshal
 import os
+import resource
 import sys
 import types
 import warnings
-import resource
-import _signal
-import _thread
 
 # Functions defined from here on look builtins up in this private copy, not in the shared builtins module.
 __builtins__ = dict(vars(builtins))
@@ -67,31 +66,84 @@ RESULT_FD = 3
 MODULE_NAME = "solution"  # the response runs as this module: code under `if __name__ == "__main__":` does not run
 MAX_DETAIL = 300
 MISSING = object()
-OWN_MODULES = (MODULE_NAME, "__main__", "sys", "builtins")  # never copied for the tests, nor compared attribute by attribute
+OWN_MODULES = (
+    MODULE_NAME,
+    "__main__",
+    "sys",
+    "builtins",
+)  # never copied for the tests, nor compared attribute by attribute
 
 os_write, os_exit, os_read, os_open, os_dup2, os_close = os.write, os._exit, os.read, os.open, os.dup2, os.close
 os_lstat, os_stat, os_readlink, os_getcwd, O_RDONLY = os.lstat, os.stat, os.readlink, os.getcwd, os.O_RDONLY
-gc_enable, gc_disable, gc_collect, gc_get_debug, gc_isenabled = gc.enable, gc.disable, gc.collect, gc.get_debug, gc.isenabled
+gc_enable, gc_disable, gc_collect, gc_get_debug, gc_isenabled = (
+    gc.enable,
+    gc.disable,
+    gc.collect,
+    gc.get_debug,
+    gc.isenabled,
+)
 real_getframe = sys._getframe  # for the audit hook only: sys._getframe becomes a stand-in
-thread_count, start_thread, new_lock, thread_id = _thread._count, _thread.start_new_thread, _thread.allocate_lock, _thread.get_ident
-FunctionType, CodeType, ModuleType, SimpleNamespace = types.FunctionType, types.CodeType, types.ModuleType, types.SimpleNamespace
+thread_count, start_thread, new_lock, thread_id = (
+    _thread._count,
+    _thread.start_new_thread,
+    _thread.allocate_lock,
+    _thread.get_ident,
+)
+FunctionType, CodeType, ModuleType, SimpleNamespace = (
+    types.FunctionType,
+    types.CodeType,
+    types.ModuleType,
+    types.SimpleNamespace,
+)
 dict_of = type.__dict__["__dict__"].__get__  # the real class dict, whatever a metaclass claims
 flags_of = type.__dict__["__flags__"].__get__
 IMMUTABLETYPE = 1 << 8  # built-in types: their attributes cannot be set at all
 HARNESS_MODULE = sys.modules["__main__"]  # kept alive: this module's functions run until the end
 SCALARS = (int, float, complex, bool, str, bytes, type(None))
 
-DENIED_EVENTS = frozenset({
-    "sys._getframe", "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
-    "sys.addaudithook", "sys.monitoring.register_callback", "gc.get_objects", "gc.get_referrers",
-    "gc.get_referents", "code.__new__", "marshal.load", "marshal.loads", "os.fork", "os.forkpty", "os.exec",
-    "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen", "pty.spawn",
-})
-DENIED_IMPORTS = frozenset({
-    "ctypes", "_ctypes", "_posixsubprocess", "_testcapi", "_testinternalcapi", "_testbuffer", "_testmultiphase",
-    "_testsinglephase", "_testimportmultiple", "_xxsubinterpreters", "_xxinterpchannels", "_interpreters",
-    "_interpchannels", "_interpqueues",
-})
+DENIED_EVENTS = frozenset(
+    {
+        "sys._getframe",
+        "sys._current_frames",
+        "sys._current_exceptions",
+        "sys.settrace",
+        "sys.setprofile",
+        "sys.addaudithook",
+        "sys.monitoring.register_callback",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+        "code.__new__",
+        "marshal.load",
+        "marshal.loads",
+        "os.fork",
+        "os.forkpty",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.system",
+        "subprocess.Popen",
+        "pty.spawn",
+    }
+)
+DENIED_IMPORTS = frozenset(
+    {
+        "ctypes",
+        "_ctypes",
+        "_posixsubprocess",
+        "_testcapi",
+        "_testinternalcapi",
+        "_testbuffer",
+        "_testmultiphase",
+        "_testsinglephase",
+        "_testimportmultiple",
+        "_xxsubinterpreters",
+        "_xxinterpchannels",
+        "_interpreters",
+        "_interpchannels",
+        "_interpqueues",
+    }
+)
 # Class attributes the standard library itself reassigns at run time (e.g. weakref.finalize records that it
 # registered its atexit hook): not evidence of tampering.
 RUNTIME_CLASS_ATTRIBUTES = frozenset({"_registered_with_atexit", "_dirty"})
@@ -109,7 +161,7 @@ def main():
         line = "\niterpo-result " + nonce + (" pass " if passed else " fail ") + text + "\n"
         data = str.encode(line, "utf-8", "replace")
         while data:
-            data = data[os_write(RESULT_FD, data):]
+            data = data[os_write(RESULT_FD, data) :]
         os_exit(0)
 
     try:
@@ -231,7 +283,9 @@ def take_snapshot(run):
     run.protected = frozenset(protected)
     run.builtins_saved = dict(vars(builtins))
     run.sys_dict = vars(sys)
-    run.sys_lists = [(name, run.sys_dict[name], list(run.sys_dict[name])) for name in ("path", "meta_path", "path_hooks")]
+    run.sys_lists = [
+        (name, run.sys_dict[name], list(run.sys_dict[name])) for name in ("path", "meta_path", "path_hooks")
+    ]
     run.importer_cache = sys.path_importer_cache
     run.importer_cache_saved = dict(sys.path_importer_cache)
 
@@ -259,9 +313,10 @@ def make_audit_hook(run):
     traceback = sys.modules.get("traceback")
     frame_clearer = (traceback.clear_frames.__code__,) if traceback is not None else None
     bootstrap = sys.modules["_frozen_importlib"]
-    frozen_loaders = ((vars(bootstrap.FrozenImporter)["get_code"].__func__.__code__,),
-                      (bootstrap._call_with_frames_removed.__code__,
-                       vars(bootstrap.FrozenImporter)["exec_module"].__func__.__code__))
+    frozen_loaders = (
+        (vars(bootstrap.FrozenImporter)["get_code"].__func__.__code__,),
+        (bootstrap._call_with_frames_removed.__code__, vars(bootstrap.FrozenImporter)["exec_module"].__func__.__code__),
+    )
     looking = [None]  # the thread whose raised_by is calling the real sys._getframe
 
     def raised_by(chain):
@@ -397,6 +452,7 @@ def describe(exc):
 
 # ---- the worker thread -------------------------------------------------------------------------------------
 
+
 def worker(run):
     for phase in (run_response, run_tests):
         run.to_worker.acquire()
@@ -487,6 +543,7 @@ def namespace_changes(run, before, bound):
 
 # ---- the main thread's checks ------------------------------------------------------------------------------
 
+
 def find_tampering(run):
     """The first change the response made to shared state that could sway the tests, or None.
 
@@ -555,8 +612,14 @@ def plain(value):
 
 def load_guards(run):
     """The guards that run with the tests (_code_harness_guards.py), in a namespace of their own."""
-    guards = {"__builtins__": dict(run.builtins_saved), "__name__": "iterpo_guards", "MODULE_NAME": MODULE_NAME,
-              "OWN_MODULES": OWN_MODULES, "PREEXISTING_CLASSES": run.classes, "SAVED_MODULES": run.saved_modules}
+    guards = {
+        "__builtins__": dict(run.builtins_saved),
+        "__name__": "iterpo_guards",
+        "MODULE_NAME": MODULE_NAME,
+        "OWN_MODULES": OWN_MODULES,
+        "PREEXISTING_CLASSES": run.classes,
+        "SAVED_MODULES": run.saved_modules,
+    }
     exec(GUARDS_CODE, guards)  # GUARDS_CODE: set by the loader (main.py, see iterpo.judges.code), which runs this file
     sys._getframe = guards["fake_getframe"]
     vars(sys.modules["_posixsubprocess"]).setdefault("fork_exec", guards["no_processes"])
@@ -568,15 +631,21 @@ def load_guards(run):
 def compile_test(source, guards):
     """Compile one rewritten test statement; its placeholder constants become the guard functions, so the
     tests reach them without any name that code holding the tests' namespace could rebind."""
-    swap = {"\x00iterpo:cmp": guards["compare"], "\x00iterpo:chain": guards["compare_chain"],
-            "\x00iterpo:truth": guards["truth"], "\x00iterpo:pair": guards["pair"]}
+    swap = {
+        "\x00iterpo:cmp": guards["compare"],
+        "\x00iterpo:chain": guards["compare_chain"],
+        "\x00iterpo:truth": guards["truth"],
+        "\x00iterpo:pair": guards["pair"],
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "'str' object is not callable": the placeholders, swapped below
         code = compile(source, "<hidden tests>", "exec", dont_inherit=True, optimize=0)
 
     def swapped(code):
-        consts = tuple(swap[c] if type(c) is str and c in swap else swapped(c) if type(c) is CodeType else c
-                       for c in code.co_consts)
+        consts = tuple(
+            swap[c] if type(c) is str and c in swap else swapped(c) if type(c) is CodeType else c
+            for c in code.co_consts
+        )
         return code.replace(co_consts=consts)
 
     return swapped(code)

@@ -19,9 +19,9 @@ the tests. Two values of the response's classes may be compared (a test of a
 user class needs its __eq__); `is` is never touched.
 """
 
+import _operator
 import collections
 import types
-import _operator
 
 if "PREEXISTING_CLASSES" not in globals():
     raise ImportError("_code_harness_guards runs inside the sandbox, executed by the harness; it is not imported")
@@ -37,14 +37,45 @@ CONTAINERS = (tuple, list, dict, set, frozenset)
 ITERATED = CONTAINERS + (collections.deque,) + tuple(type(view) for view in ({}.keys(), {}.values(), {}.items()))
 # dunders a class may define and stay "transparent" (see response_class_deciding): none takes part in comparing
 # or truth-testing its instances
-INERT_DUNDERS = frozenset({
-    "__module__", "__qualname__", "__doc__", "__slots__", "__dict__", "__weakref__", "__new__", "__init__",
-    "__repr__", "__str__", "__format__", "__getnewargs__", "__match_args__", "__annotations__", "__orig_bases__",
-    "__replace__", "__parameters__", "__firstlineno__", "__static_attributes__", "__reduce__", "__reduce_ex__",
-    "__copy__", "__deepcopy__", "__init_subclass__", "__class_getitem__", "__annotate__", "__type_params__",
-})
-OPERATORS = {"==": _operator.eq, "!=": _operator.ne, "<": _operator.lt, "<=": _operator.le, ">": _operator.gt,
-             ">=": _operator.ge}
+INERT_DUNDERS = frozenset(
+    {
+        "__module__",
+        "__qualname__",
+        "__doc__",
+        "__slots__",
+        "__dict__",
+        "__weakref__",
+        "__new__",
+        "__init__",
+        "__repr__",
+        "__str__",
+        "__format__",
+        "__getnewargs__",
+        "__match_args__",
+        "__annotations__",
+        "__orig_bases__",
+        "__replace__",
+        "__parameters__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "__reduce__",
+        "__reduce_ex__",
+        "__copy__",
+        "__deepcopy__",
+        "__init_subclass__",
+        "__class_getitem__",
+        "__annotate__",
+        "__type_params__",
+    }
+)
+OPERATORS = {
+    "==": _operator.eq,
+    "!=": _operator.ne,
+    "<": _operator.lt,
+    "<=": _operator.le,
+    ">": _operator.gt,
+    ">=": _operator.ge,
+}
 CONTAINS = _operator.contains
 REAL_IMPORT = __import__
 REJECTED = []  # why the guards refused, read by the harness after each test statement
@@ -216,5 +247,6 @@ def fake_getframe(depth=0):
     """Stands in for sys._getframe: real frames lead into the harness. It names the response's module, which
     is all that namedtuple, TypeVar, Enum's functional API and logging ask of it."""
     code = SimpleNamespace(co_filename=MODULE_NAME + ".py", co_name="<module>", co_firstlineno=0)
-    return SimpleNamespace(f_globals={"__name__": MODULE_NAME}, f_locals=BlockedFrameLocals(), f_back=None,
-                           f_lineno=0, f_code=code)
+    return SimpleNamespace(
+        f_globals={"__name__": MODULE_NAME}, f_locals=BlockedFrameLocals(), f_back=None, f_lineno=0, f_code=code
+    )

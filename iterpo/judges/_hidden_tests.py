@@ -36,31 +36,62 @@ CMP, CHAIN, TRUTH, PAIR = "\x00iterpo:cmp", "\x00iterpo:chain", "\x00iterpo:trut
 TEMP_PREFIX = "__iterpo_t"  # names of the temporaries that hold the middle operands of chained comparisons
 ANY_NAME = "*"  # in a statement's bound names: `from m import *` may bind anything
 
-_OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
-        ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not"}
+_OPS = {
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+}
 # unittest.TestCase checks whose first two arguments are compared, and those that truth-test their first
-_PAIR_CHECKS = frozenset({
-    "assertEqual", "assertEquals", "assertNotEqual", "assertAlmostEqual", "assertNotAlmostEqual", "assertGreater",
-    "assertGreaterEqual", "assertLess", "assertLessEqual", "assertIn", "assertNotIn", "assertListEqual",
-    "assertTupleEqual", "assertSetEqual", "assertDictEqual", "assertSequenceEqual", "assertCountEqual",
-    "assertMultiLineEqual"})
+_PAIR_CHECKS = frozenset(
+    {
+        "assertEqual",
+        "assertEquals",
+        "assertNotEqual",
+        "assertAlmostEqual",
+        "assertNotAlmostEqual",
+        "assertGreater",
+        "assertGreaterEqual",
+        "assertLess",
+        "assertLessEqual",
+        "assertIn",
+        "assertNotIn",
+        "assertListEqual",
+        "assertTupleEqual",
+        "assertSetEqual",
+        "assertDictEqual",
+        "assertSequenceEqual",
+        "assertCountEqual",
+        "assertMultiLineEqual",
+    }
+)
 _TRUTH_CHECKS = frozenset({"assertTrue", "assertFalse"})
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 # Standard-library modules the harness may import before the response runs (when the response or the tests
 # import them): shared by both, so their types compare across them, and watched for tampering. A module
 # outside this list that the response imports is dropped before the tests run; the tests import it afresh.
-PRELOADABLE = frozenset("""
+PRELOADABLE = frozenset(
+    """
     abc array asyncio base64 binascii bisect calendar cmath collections contextlib copy copyreg csv dataclasses
     datetime decimal difflib enum fnmatch fractions functools graphlib hashlib heapq html inspect io ipaddress
     itertools json keyword logging math numbers operator os pathlib pprint queue random re reprlib shlex
     statistics string struct tempfile textwrap time traceback types typing unicodedata unittest uuid weakref zlib
-""".split())
+""".split()
+)
 
 
 @dataclass(frozen=True)
 class HiddenTests:
-    statements: tuple[tuple[int, str, tuple[str, ...]], ...]  # (line in the original tests, rewritten source, names bound)
+    statements: tuple[
+        tuple[int, str, tuple[str, ...]], ...
+    ]  # (line in the original tests, rewritten source, names bound)
     global_names: tuple[str, ...]  # names declared `global` somewhere: any statement may rebind them
     imports: tuple[str, ...]  # modules the tests import (dotted names)
 
@@ -72,7 +103,9 @@ def prepare(source: str) -> HiddenTests:
     for stmt in tree.body:
         rewritten = ast.fix_missing_locations(_Rewriter().visit(stmt))
         statements.append((stmt.lineno, ast.unparse(rewritten), tuple(sorted(_bound_names(rewritten)))))
-    global_names = sorted({n for node in ast.walk(tree) if isinstance(node, (ast.Global, ast.Nonlocal)) for n in node.names})
+    global_names = sorted(
+        {n for node in ast.walk(tree) if isinstance(node, (ast.Global, ast.Nonlocal)) for n in node.names}
+    )
     return HiddenTests(tuple(statements), tuple(global_names), tuple(sorted(_imports(tree))))
 
 
@@ -90,7 +123,7 @@ def preload_list(*module_sets: set[str]) -> list[str]:
 
 
 def _imports(tree: ast.AST) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -131,10 +164,12 @@ class _Rewriter(ast.NodeTransformer):
             # An assignment expression is not allowed in some parts of a comprehension: pass the later
             # operands as functions instead, which the guard calls in order, each once.
             thunks = [ast.Lambda(args=_no_args(), body=operand) for operand in operands[1:]]
-            return ast.copy_location(_guard(CHAIN, ast.Tuple([ast.Constant(o) for o in ops], ast.Load()),
-                                             operands[0], *thunks), node)
+            return ast.copy_location(
+                _guard(CHAIN, ast.Tuple([ast.Constant(o) for o in ops], ast.Load()), operands[0], *thunks), node
+            )
         # a < b < c  ->  cmp('<', a, (t := b)) and cmp('<', t, c): each operand evaluated once, short-circuiting
-        pairs, left = [], operands[0]
+        pairs: list[ast.expr] = []
+        left = operands[0]
         for i, op in enumerate(ops):
             right = operands[i + 1]
             if i < len(ops) - 1:

@@ -66,8 +66,14 @@ def main() -> None:
         if libc.unshare(CLONE_NEWUSER) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWUSER): {os.strerror(err)}")
-    for limit, value in [(resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, procs),
-                         (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64)]:
+    for limit, value in [
+        (resource.RLIMIT_CPU, cpu_s),
+        (resource.RLIMIT_AS, memory),
+        (resource.RLIMIT_NPROC, procs),
+        (resource.RLIMIT_FSIZE, fsize),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, 64),
+    ]:
         resource.setrlimit(limit, (value, value))
     os.chdir(workdir)
     if result_fd >= 0 and result_fd != 3:

@@ -19,8 +19,9 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar
 
 from iterpo.errors import JudgeFailure
 from iterpo.records import Judgement, Prompt, Rollout
@@ -34,9 +35,9 @@ class JudgeContext:
     round: int
     seed: int  # the run seed; judges derive their own seeds from it
     cache: Any  # JudgeCache: judges that cache their own units (comparisons) use it
-    policy: Optional[Callable[[], Any]] = None  # () -> the policy being judged (the model that sampled the round)
+    policy: Callable[[], Any] | None = None  # () -> the policy being judged (the model that sampled the round)
     tokenizer: Any = None
-    system_prompt: Optional[str] = None
+    system_prompt: str | None = None
 
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
@@ -65,7 +66,7 @@ class Judge:
     uses_policy: ClassVar[bool] = False  # judges with the policy itself (its identity changes every round)
     volatile_options: ClassVar[tuple[str, ...]] = ()  # options that do not change verdicts (timeouts, concurrency)
     unit: ClassVar[str] = "responses"  # what one verdict judges, for failure counts ("comparisons" for pairwise judges)
-    context: Optional[JudgeContext] = None
+    context: JudgeContext | None = None
 
     def check(self) -> None:
         """Fail early (before a run starts) when this machine cannot run the judge; default: nothing to check."""
@@ -82,8 +83,11 @@ class Judge:
 
     def identity(self) -> str:
         """Names the judge and every option that can change a verdict: the cache key's first part."""
-        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.volatile_options} \
-            if dataclasses.is_dataclass(self) else {}
+        options: dict[str, Any] = (
+            {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.volatile_options}
+            if dataclasses.is_dataclass(self)
+            else {}
+        )
         ident = f"{self.name}:{json.dumps(options, sort_keys=True, default=str)}"
         if self.uses_policy and self.context is not None:
             ident += f"@policy-after-round-{self.context.round - 1}"
@@ -101,12 +105,12 @@ class Judge:
     def reset_tally(self) -> None:
         self.__dict__.pop("_tally", None)
 
-    def outage(self) -> Optional[str]:
+    def outage(self) -> str | None:
         """Why the judge cannot be asked at all any more (e.g. its endpoint is down), or None while it works."""
         return None
 
 
-JUDGES: Registry[type] = Registry("judge")
+JUDGES: Registry[type[Judge]] = Registry("judge")
 register_judge = JUDGES.register
 
 
@@ -155,15 +159,24 @@ def judge_with_cache(judge: Judge, prompt: Prompt, rollouts: list[Rollout], cach
         for j in judge.judge(prompt, todo):
             found[j.sample_idx] = j
             if not j.failed:
-                cache.put(keys[j.sample_idx], {"score": j.score, "detail": j.detail, "uncertainty": j.uncertainty,
-                                               "samples": list(j.samples)})
+                cache.put(
+                    keys[j.sample_idx],
+                    {"score": j.score, "detail": j.detail, "uncertainty": j.uncertainty, "samples": list(j.samples)},
+                )
     verdicts = [found[r.sample_idx] for r in rollouts]
     judge.tally().add(len(verdicts), [j.detail for j in verdicts if j.failed])
     return verdicts
 
 
-def judge_all(judge: Judge, prompts: list[Prompt], rollouts: dict[str, list[Rollout]], cache, flush_every: int,
-              max_failed_share: float, advance: Callable[[int], None] = lambda n: None) -> list[Judgement]:
+def judge_all(
+    judge: Judge,
+    prompts: list[Prompt],
+    rollouts: dict[str, list[Rollout]],
+    cache,
+    flush_every: int,
+    max_failed_share: float,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[Judgement]:
     """Every prompt's rollouts judged through the cache, flushed every ``flush_every`` prompts and at the end.
 
     Raises JudgeFailure, after saving every verdict obtained so far, when the
@@ -178,9 +191,11 @@ def judge_all(judge: Judge, prompts: list[Prompt], rollouts: dict[str, list[Roll
             verdicts += judge_with_cache(judge, p, rollouts[p.prompt_id], cache)
             advance(1)
             if judge.outage():
-                raise JudgeFailure(f"judge {judge.name} stopped answering after {n} of {len(prompts)} prompts: "
-                                   f"{judge.outage()}. Every verdict obtained so far is saved; a resume asks "
-                                   "only for the ones still missing")
+                raise JudgeFailure(
+                    f"judge {judge.name} stopped answering after {n} of {len(prompts)} prompts: "
+                    f"{judge.outage()}. Every verdict obtained so far is saved; a resume asks "
+                    "only for the ones still missing"
+                )
             if n % flush_every == 0:
                 cache.flush()
     finally:
@@ -188,8 +203,10 @@ def judge_all(judge: Judge, prompts: list[Prompt], rollouts: dict[str, list[Roll
     t = judge.tally()
     if t.units and t.failed > max_failed_share * t.units:
         reasons = "; ".join(f"{why} ({count})" for why, count in t.reasons.most_common(3))
-        raise JudgeFailure(f"judge {judge.name}: {t.failed} of {t.units} {t.unit} failed ({t.failed / t.units:.0%}, "
-                           f"above judge.max_failed_share {max_failed_share:g}); most common: {reasons}. The "
-                           "verdicts that succeeded are saved and a resume asks again only the failed ones; fix the "
-                           "judge, or raise judge.max_failed_share to go on without them")
+        raise JudgeFailure(
+            f"judge {judge.name}: {t.failed} of {t.units} {t.unit} failed ({t.failed / t.units:.0%}, "
+            f"above judge.max_failed_share {max_failed_share:g}); most common: {reasons}. The "
+            "verdicts that succeeded are saved and a resume asks again only the failed ones; fix the "
+            "judge, or raise judge.max_failed_share to go on without them"
+        )
     return verdicts

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 
@@ -25,7 +25,7 @@ SCHEMA = pa.schema([("key", pa.string()), ("value", pa.string())])
 
 
 class JudgeCache:
-    def __init__(self, directory: Optional[str | Path] = None, store: Any = None):
+    def __init__(self, directory: str | Path | None = None, store: Any = None):
         self.directory = Path(directory) if directory is not None else None  # None: in memory only
         self.store = store  # the RunStore: checksums on write and read
         self._entries: dict[str, dict] = {}
@@ -39,8 +39,11 @@ class JudgeCache:
         state = self.store.check(shard) if self.store is not None else "ok"
         if state == "damaged":
             aside = self.store.set_aside(shard)
-            print(f"iterpo: judgement cache shard {shard} is damaged (checksum mismatch); moved to {aside.name}, "
-                  "its verdicts will be asked again", file=sys.stderr)
+            print(
+                f"iterpo: judgement cache shard {shard} is damaged (checksum mismatch); moved to {aside.name}, "
+                "its verdicts will be asked again",
+                file=sys.stderr,
+            )
             return
         if state != "ok":  # written by a process killed before it could record it: ignored, asked again
             return
@@ -49,13 +52,15 @@ class JudgeCache:
             for key, value in zip(table.column("key").to_pylist(), table.column("value").to_pylist()):
                 self._entries[key] = json.loads(value)
         except Exception as exc:  # an unreadable shard only costs the verdicts it held
-            print(f"iterpo: judgement cache shard {shard} cannot be read ({exc}); its verdicts will be asked again",
-                  file=sys.stderr)
+            print(
+                f"iterpo: judgement cache shard {shard} cannot be read ({exc}); its verdicts will be asked again",
+                file=sys.stderr,
+            )
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> Optional[dict]:
+    def get(self, key: str) -> dict | None:
         value = self._entries.get(key)
         if value is None:
             self.misses += 1

@@ -50,8 +50,10 @@ else:
 del _take, _size, _version, _blob
 exec(_code)
 """
-_COMPILE = ("import marshal, sys; harness, guards = sys.stdin.read().split(chr(0)); sys.stdout.buffer.write("
-            "marshal.dumps((compile(harness, 'harness.py', 'exec'), compile(guards, 'harness_guards.py', 'exec'))))")
+_COMPILE = (
+    "import marshal, sys; harness, guards = sys.stdin.read().split(chr(0)); sys.stdout.buffer.write("
+    "marshal.dumps((compile(harness, 'harness.py', 'exec'), compile(guards, 'harness_guards.py', 'exec'))))"
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,10 +62,19 @@ def _harness() -> tuple[dict[str, str], bytes]:
     files = {"harness.py": HARNESS.read_text(), "harness_guards.py": GUARDS.read_text()}
     try:
         python = sandbox_python()
-        code = subprocess.run([python, "-I", "-S", "-c", _COMPILE], input="\0".join(files.values()).encode(),
-                              capture_output=True, check=True, timeout=60).stdout
-        version = subprocess.run([python, "-I", "-S", "-c", "import sys; sys.stdout.write(sys.version[:40])"],
-                                 capture_output=True, check=True, timeout=60).stdout
+        code = subprocess.run(
+            [python, "-I", "-S", "-c", _COMPILE],
+            input="\0".join(files.values()).encode(),
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        version = subprocess.run(
+            [python, "-I", "-S", "-c", "import sys; sys.stdout.write(sys.version[:40])"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         code, version = b"", b"none"  # the loader then compiles the sources
     return files, (f"{len(code)} ".encode() + version).ljust(64)[:64] + code
@@ -133,7 +144,9 @@ class PythonTests(Judge):
     def __post_init__(self):
         if self.wall_seconds <= 0 or self.cpu_seconds < 1 or self.memory_mb < 16:
             raise ValueError("wall_seconds must be > 0, cpu_seconds >= 1 and memory_mb >= 16")
-        self.limits = SandboxLimits(wall_seconds=self.wall_seconds, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb)
+        self.limits = SandboxLimits(
+            wall_seconds=self.wall_seconds, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb
+        )
 
     def check(self) -> None:
         check_sandbox()  # SandboxUnavailable (exit 2) before any sampling, not after it

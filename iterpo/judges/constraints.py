@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-
 from dataclasses import dataclass
 
 from iterpo.errors import DataError
@@ -12,8 +11,10 @@ from iterpo.judges.base import Judge, register_judge
 from iterpo.records import Judgement, Prompt, Rollout
 
 # "The answer is (B)", "Answer: B", "**C**", "(D)" ... the last one written wins.
-_CHOICE = re.compile(r"(?:answer\s*(?:is|:)?\s*[\(\[]?\s*([A-J])\b)|(?:[\(\[]([A-J])[\)\]])|(?:\b([A-J])\)(?!\w))|(?:^\s*\**([A-J])\**[\.\)]?\s*$)",
-                     re.IGNORECASE | re.MULTILINE)
+_CHOICE = re.compile(
+    r"(?:answer\s*(?:is|:)?\s*[\(\[]?\s*([A-J])\b)|(?:[\(\[]([A-J])[\)\]])|(?:\b([A-J])\)(?!\w))|(?:^\s*\**([A-J])\**[\.\)]?\s*$)",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def chosen_option(text: str) -> str | None:
@@ -33,7 +34,9 @@ class MultipleChoice(Judge):
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         want = (prompt.answer or "").strip().strip("()").upper()
         if not re.fullmatch(r"[A-J]", want):
-            raise DataError(f"prompt {prompt.prompt_id}: multiple_choice needs an answer letter A-J, got {prompt.answer!r}")
+            raise DataError(
+                f"prompt {prompt.prompt_id}: multiple_choice needs an answer letter A-J, got {prompt.answer!r}"
+            )
         out = []
         for r in rollouts:
             got = chosen_option(r.text)
@@ -76,8 +79,10 @@ def parse_constraints(prompt: Prompt) -> dict:
     try:
         spec = json.loads(prompt.answer or "")
     except ValueError:
-        raise DataError(f"prompt {prompt.prompt_id}: the constraints judge needs 'answer' to be a JSON object of "
-                        f"constraints, got {prompt.answer!r}") from None
+        raise DataError(
+            f"prompt {prompt.prompt_id}: the constraints judge needs 'answer' to be a JSON object of "
+            f"constraints, got {prompt.answer!r}"
+        ) from None
     if not isinstance(spec, dict) or not spec:
         raise DataError(f"prompt {prompt.prompt_id}: constraints must be a non-empty JSON object")
     for key, value in spec.items():
@@ -87,10 +92,13 @@ def parse_constraints(prompt: Prompt) -> dict:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise DataError(f"prompt {prompt.prompt_id}: constraint {key!r} takes a {kind.__name__}, got {value!r}")
         if key == "regex":
+            assert isinstance(value, str)  # the kind CHECKS gives 'regex', checked just above
             try:
                 re.compile(value)
             except re.error as exc:
-                raise DataError(f"prompt {prompt.prompt_id}: constraint 'regex' is not a valid pattern: {exc}") from None
+                raise DataError(
+                    f"prompt {prompt.prompt_id}: constraint 'regex' is not a valid pattern: {exc}"
+                ) from None
     return spec
 
 
@@ -113,6 +121,13 @@ class Constraints(Judge):
         for r in rollouts:
             failed = [k for k, v in spec.items() if not CHECKS[k][0](r.text, v)]
             score = 1.0 - len(failed) / len(spec)
-            out.append(Judgement(r.prompt_id, r.sample_idx, self.name, score,
-                                 "all met" if not failed else "failed: " + ", ".join(failed)))
+            out.append(
+                Judgement(
+                    r.prompt_id,
+                    r.sample_idx,
+                    self.name,
+                    score,
+                    "all met" if not failed else "failed: " + ", ".join(failed),
+                )
+            )
         return out

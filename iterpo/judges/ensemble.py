@@ -24,7 +24,8 @@ class Ensemble(Judge):
 
     name = "ensemble"
     judges: list = field(default_factory=list)
-    """Member judges, each a mapping with 'name' and its options, e.g. [{name: exact_answer}, {name: reward_model, path: ./rm}]."""
+    """Member judges, each a mapping with 'name' and its options,
+    e.g. [{name: exact_answer}, {name: reward_model, path: ./rm}]."""
     combine: str = "mean"
     """'mean' of the scores, or 'vote': the fraction of members scoring at least threshold."""
     threshold: float = 0.5
@@ -61,6 +62,8 @@ class Ensemble(Judge):
             m.reset_tally()
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+        if self.context is None:
+            raise RuntimeError("ensemble needs the round's context (its cache): call setup() before judge()")
         per_member = [judge_with_cache(m, prompt, rollouts, self.context.cache) for m in self.members]
         out = []
         for i, r in enumerate(rollouts):
@@ -68,7 +71,11 @@ class Ensemble(Judge):
             ok = [(name, v.score) for name, v in verdicts if not v.failed]
             if not ok:
                 reasons = "; ".join(f"{name}: {v.detail}" for name, v in verdicts)
-                out.append(Judgement(r.prompt_id, r.sample_idx, self.name, 0.0, f"every member failed ({reasons})", failed=True))
+                out.append(
+                    Judgement(
+                        r.prompt_id, r.sample_idx, self.name, 0.0, f"every member failed ({reasons})", failed=True
+                    )
+                )
                 continue
             scores = [s for _, s in ok]
             if self.combine == "mean":
@@ -77,7 +84,9 @@ class Ensemble(Judge):
                 score = sum(s >= self.threshold for s in scores) / len(scores)
                 uncertainty = 1 - abs(2 * score - 1)
             detail = ", ".join(f"{name}={s:.3g}" for name, s in ok)
-            out.append(Judgement(r.prompt_id, r.sample_idx, self.name, score, detail, uncertainty=uncertainty, samples=scores))
+            out.append(
+                Judgement(r.prompt_id, r.sample_idx, self.name, score, detail, uncertainty=uncertainty, samples=scores)
+            )
         if not self.pointwise:  # judge_with_cache counts pointwise judges' verdicts; count ours here
             self.tally().add(len(out), [j.detail for j in out if j.failed])
         return out

@@ -23,7 +23,6 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
 
 from iterpo.errors import UserInputError
 from iterpo.judges.base import register_judge
@@ -31,15 +30,19 @@ from iterpo.judges.pairwise import PairwiseJudge, fill
 
 _BRACKETED = re.compile(r"\[\[\s*([AB])\s*\]\]")  # MT-Bench style "[[A]]"
 _ALONE = re.compile(r"\W*(?:(?:response|answer|output|assistant)\s*)?\(?([AB])\)?\W*", re.IGNORECASE)
-_NAMED = re.compile(r"\b(?:response|answer|output|assistant|verdict|choice)\s*(?:is\s*)?:?\s*\(?([AB])\)?(?![\w'])",
-                    re.IGNORECASE)
+_NAMED = re.compile(
+    r"\b(?:response|answer|output|assistant|verdict|choice)\s*(?:is\s*)?:?\s*\(?([AB])\)?(?![\w'])", re.IGNORECASE
+)
 
 
-def parse_verdict(reply: str) -> Optional[str]:
+def parse_verdict(reply: str) -> str | None:
     """'A' or 'B' when the reply clearly picks one, else None."""
     text = reply.strip()
-    for found in (_BRACKETED.findall(text), [m.group(1)] if (m := _ALONE.fullmatch(text)) else [],
-                  _NAMED.findall(text)):
+    for found in (
+        _BRACKETED.findall(text),
+        [m.group(1)] if (m := _ALONE.fullmatch(text)) else [],
+        _NAMED.findall(text),
+    ):
         letters = {x.upper() for x in found}
         if len(letters) == 1:
             return letters.pop()
@@ -62,7 +65,7 @@ class PairwiseHTTP(PairwiseJudge):
     """The API root, e.g. http://localhost:8000/v1 (requests go to BASE_URL/chat/completions)."""
     model: str = ""
     """The model name the endpoint serves."""
-    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    api_key_env: str | None = "OPENAI_API_KEY"
     """Environment variable holding the key (sent as a Bearer token); null: send no key."""
     temperature: float = 0.0
     max_tokens: int = 16
@@ -83,17 +86,23 @@ class PairwiseHTTP(PairwiseJudge):
         super().__post_init__()
         self._lock = threading.Lock()
         self._unanswered = 0  # requests in a row that failed after their retries
-        self._down: Optional[str] = None
+        self._down: str | None = None
         if not re.match(r"https?://", self.base_url):
             raise ValueError(f"option base_url must be an http(s) URL, got {self.base_url!r}")
         if not self.model:
             raise ValueError("option model is required (the model name the endpoint serves)")
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0 or self.concurrency < 1 \
-                or self.give_up_after < 1:
-            raise ValueError("options need timeout_s > 0, max_retries >= 0, backoff_s >= 0, concurrency >= 1, "
-                             "give_up_after >= 1")
+        if (
+            self.timeout_s <= 0
+            or self.max_retries < 0
+            or self.backoff_s < 0
+            or self.concurrency < 1
+            or self.give_up_after < 1
+        ):
+            raise ValueError(
+                "options need timeout_s > 0, max_retries >= 0, backoff_s >= 0, concurrency >= 1, give_up_after >= 1"
+            )
 
-    def outage(self) -> Optional[str]:
+    def outage(self) -> str | None:
         return self._down
 
     def _answered(self, ok: bool, why: str = "") -> None:
@@ -101,23 +110,33 @@ class PairwiseHTTP(PairwiseJudge):
         with self._lock:
             self._unanswered = 0 if ok else self._unanswered + 1
             if self._unanswered >= self.give_up_after and self._down is None:
-                self._down = (f"{self._unanswered} requests in a row to {self.base_url} got no answer after "
-                              f"{self.max_retries} retries each (last: {why})")
+                self._down = (
+                    f"{self._unanswered} requests in a row to {self.base_url} got no answer after "
+                    f"{self.max_retries} retries each (last: {why})"
+                )
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise EndpointError(f"judge pairwise_http: environment variable {self.api_key_env} (api_key_env) is not "
-                                    "set; set it, or set judge.api_key_env: null for an endpoint without a key")
+                raise EndpointError(
+                    f"judge pairwise_http: environment variable {self.api_key_env} (api_key_env) is not "
+                    "set; set it, or set judge.api_key_env: null for an endpoint without a key"
+                )
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
     def _request(self, content: str, headers: dict) -> str:
         """The reply text, after retries; raises EndpointError on 401/403/404, RuntimeError when retries run out."""
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": content}],
-                           "temperature": self.temperature, "max_tokens": self.max_tokens}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": content}],
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode()
         url = self.base_url.rstrip("/") + "/chat/completions"
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
@@ -130,18 +149,22 @@ class PairwiseHTTP(PairwiseJudge):
                 return data["choices"][0]["message"]["content"] or ""
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403, 404):
-                    raise EndpointError(f"judge pairwise_http: {url} answered {exc.code} {exc.reason}; check base_url, "
-                                        f"model ({self.model!r}) and the key in {self.api_key_env}") from None
+                    raise EndpointError(
+                        f"judge pairwise_http: {url} answered {exc.code} {exc.reason}; check base_url, "
+                        f"model ({self.model!r}) and the key in {self.api_key_env}"
+                    ) from None
                 last = f"HTTP {exc.code}"
                 if exc.code != 429 and exc.code < 500:
                     break  # this request is refused; retrying will not help
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                last = "timeout" if isinstance(getattr(exc, "reason", exc), TimeoutError) else f"connection error: {exc}"
+                last = (
+                    "timeout" if isinstance(getattr(exc, "reason", exc), TimeoutError) else f"connection error: {exc}"
+                )
             except (ValueError, KeyError, IndexError, TypeError):
                 last = "malformed response body"
         raise RuntimeError(last)
 
-    def _one(self, prompt, a: str, b: str, headers: dict) -> tuple[Optional[float], str]:
+    def _one(self, prompt, a: str, b: str, headers: dict) -> tuple[float | None, str]:
         if self._down is not None:
             return None, "not asked: the endpoint is down"
         try:

@@ -22,15 +22,16 @@ from __future__ import annotations
 import math
 import string
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
 from iterpo.judges.base import Judge, cache_key, prompt_key, register_judge
 from iterpo.records import Judgement, Prompt, Rollout
 
-DEFAULT_TEMPLATE = """Which response answers the user's request better? Judge correctness first, then helpfulness and brevity.
-
+# The text is part of the judge's identity (cached verdicts are keyed by it): keep it as it is.
+DEFAULT_TEMPLATE = (
+    "Which response answers the user's request better? Judge correctness first, then helpfulness and brevity.\n"
+    """
 [Request]
 {prompt}
 
@@ -41,6 +42,7 @@ DEFAULT_TEMPLATE = """Which response answers the user's request better? Judge co
 {response_b}
 
 Reply with one letter: A or B."""
+)
 
 PLACEHOLDERS = {"prompt", "response_a", "response_b", "answer"}
 
@@ -53,7 +55,9 @@ def check_template(template: str) -> None:
         raise ValueError(f"option template is not a valid format string: {exc}") from None
     unknown = names - PLACEHOLDERS
     if unknown:
-        raise ValueError(f"option template uses unknown placeholder(s) {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}")
+        raise ValueError(
+            f"option template uses unknown placeholder(s) {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}"
+        )
     if not {"response_a", "response_b"} <= names:
         raise ValueError("option template must contain {response_a} and {response_b}")
 
@@ -74,17 +78,19 @@ class PairwiseJudge(Judge):
     def __post_init__(self):
         check_template(self.template)
 
-    def ask(self, prompt: Prompt, pairs: list[tuple[str, str]]) -> list[tuple[Optional[float], str]]:
+    def ask(self, prompt: Prompt, pairs: list[tuple[str, str]]) -> list[tuple[float | None, str]]:
         """For each ordered pair (first, second): P(first is better), or None and why it could not be read."""
         raise NotImplementedError  # pragma: no cover
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+        if self.context is None:
+            raise RuntimeError(f"{self.name} needs the round's context (its cache): call setup() before judge()")
         cache, ident, pkey = self.context.cache, self.identity(), prompt_key(prompt)
         texts = [r.text for r in rollouts]
         K = len(rollouts)
         ordered = [(i, j) for i in range(K) for j in range(K) if i != j and texts[i] != texts[j]]
         # One answer per ordered pair of distinct texts: from the cache, else asked now (all misses in one call).
-        known: dict[tuple[str, str], tuple[Optional[float], str]] = {}
+        known: dict[tuple[str, str], tuple[float | None, str]] = {}
         for i, j in ordered:
             hit = cache.get(cache_key(ident, pkey, texts[i], texts[j]))
             if hit is not None:
@@ -123,14 +129,25 @@ class PairwiseJudge(Judge):
             known = [p for j, p in enumerate(beats[i]) if j != i and not math.isnan(p)]
             if K > 1 and not known:
                 why = "; ".join(dict.fromkeys(reasons[i])) or "no opponent"
-                out.append(Judgement(r.prompt_id, r.sample_idx, self.name, 0.0, f"every comparison failed: {why}",
-                                     failed=True, beats=beats[i]))
+                out.append(
+                    Judgement(
+                        r.prompt_id,
+                        r.sample_idx,
+                        self.name,
+                        0.0,
+                        f"every comparison failed: {why}",
+                        failed=True,
+                        beats=beats[i],
+                    )
+                )
                 continue
             win_rate = (0.5 + sum(known)) / (1 + len(known))
             detail = f"win rate {win_rate:.2f} over {len(known)} opponents"
             if unreadable[i]:
                 detail += f"; {unreadable[i]} unparseable answers"
-            out.append(Judgement(r.prompt_id, r.sample_idx, self.name, win_rate, detail, win_rate=win_rate, beats=beats[i]))
+            out.append(
+                Judgement(r.prompt_id, r.sample_idx, self.name, win_rate, detail, win_rate=win_rate, beats=beats[i])
+            )
         return out
 
 
@@ -191,6 +208,8 @@ class PairwiseLM(PairwiseJudge):
             last = hidden[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in batch])]  # (B, H)
             letters = model.get_output_embeddings()(last)[:, self._letters].float()  # (B, 2): logits of "A", "B"
             p_first = torch.softmax(letters, dim=-1)[:, 0]  # (B,) P("A") among {"A", "B"}
-            out += [(float(p), f"P(A)={float(p):.3f}") if math.isfinite(float(p)) else (None, "non-finite logits")
-                    for p in p_first]
+            out += [
+                (float(p), f"P(A)={float(p):.3f}") if math.isfinite(float(p)) else (None, "non-finite logits")
+                for p in p_first
+            ]
         return out

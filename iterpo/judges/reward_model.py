@@ -63,18 +63,26 @@ class RewardModel(Judge):
                 tok = AutoTokenizer.from_pretrained(self.path)
                 model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
             except (OSError, ValueError) as exc:
-                raise DataError(f"judge reward_model: {self.path} is not a sequence-classification model: {exc}") from None
+                raise DataError(
+                    f"judge reward_model: {self.path} is not a sequence-classification model: {exc}"
+                ) from None
             if model.config.num_labels not in (1, 2):
-                raise DataError(f"judge reward_model: {self.path} has {model.config.num_labels} labels; a reward model "
-                                "has 1 (a score) or 2 (bad/good)")
+                raise DataError(
+                    f"judge reward_model: {self.path} has {model.config.num_labels} labels; a reward model "
+                    "has 1 (a score) or 2 (bad/good)"
+                )
             if tok.pad_token_id is None:
                 tok.pad_token = tok.eos_token
             tok.truncation_side = "left"
             model.config.pad_token_id = tok.pad_token_id
-            self._head = next((m for n in ("score", "classifier") if isinstance(m := getattr(model, n, None), torch.nn.Linear)), None)
+            self._head = next(
+                (m for n in ("score", "classifier") if isinstance(m := getattr(model, n, None), torch.nn.Linear)), None
+            )
             if self.mc_dropout and self._head is None:
-                raise DataError(f"judge reward_model: mc_dropout needs a linear head named 'score' or 'classifier'; "
-                                f"{type(model).__name__} has neither")
+                raise DataError(
+                    f"judge reward_model: mc_dropout needs a linear head named 'score' or 'classifier'; "
+                    f"{type(model).__name__} has neither"
+                )
             self._tok, self._model = tok, model.eval()
         return self._model, self._tok
 
@@ -95,14 +103,24 @@ class RewardModel(Judge):
         out = []
         for start in range(0, len(rollouts), self.batch_size):
             batch = rollouts[start : start + self.batch_size]
-            enc = tok([self.text(prompt, r.text) for r in batch], return_tensors="pt", padding=True, truncation=True,
-                      max_length=self.max_length, add_special_tokens=not tok.chat_template)
+            enc = tok(
+                [self.text(prompt, r.text) for r in batch],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=not tok.chat_template,
+            )
             res = model(**enc, output_hidden_states=bool(self.mc_dropout))
             scores = self._reward(res.logits.float())  # (B,)
-            passes = [[] for _ in batch]
+            passes: list[list[float]] = [[] for _ in batch]
             if self.mc_dropout:
                 # the pooled state: the last real token's final hidden state (the head's input), (B, H)
-                last = enc["attention_mask"].sum(1) - 1 if tok.padding_side == "right" else torch.full((len(batch),), enc["input_ids"].shape[1] - 1)
+                last = (
+                    enc["attention_mask"].sum(1) - 1
+                    if tok.padding_side == "right"
+                    else torch.full((len(batch),), enc["input_ids"].shape[1] - 1)
+                )
                 pooled = res.hidden_states[-1][torch.arange(len(batch)), last].float()
                 keep = (torch.rand((self.mc_dropout,) + pooled.shape, generator=gen) >= self.dropout).float()
                 dropped = pooled * keep / (1 - self.dropout)  # (T, B, H)
@@ -113,5 +131,7 @@ class RewardModel(Judge):
                 if not math.isfinite(s):
                     out.append(Judgement(r.prompt_id, r.sample_idx, self.name, 0.0, "non-finite reward", failed=True))
                     continue
-                out.append(Judgement(r.prompt_id, r.sample_idx, self.name, s, detail, uncertainty=uncertainty, samples=ss))
+                out.append(
+                    Judgement(r.prompt_id, r.sample_idx, self.name, s, detail, uncertainty=uncertainty, samples=ss)
+                )
         return out

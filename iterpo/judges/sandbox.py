@@ -100,8 +100,10 @@ def sandbox_python() -> str:
     for candidate in [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""]:
         if candidate and _world_executable(candidate):
             return os.path.realpath(candidate)
-    raise SandboxUnavailable("no Python interpreter that an unprivileged user can run was found for the sandbox "
-                             "(tried this interpreter and /usr/bin/python3)")
+    raise SandboxUnavailable(
+        "no Python interpreter that an unprivileged user can run was found for the sandbox "
+        "(tried this interpreter and /usr/bin/python3)"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,8 +118,14 @@ def check_sandbox() -> str:
     return "namespaces: mount (read-only outside the work dir), network (none), pid; rlimits; empty environment"
 
 
-def run_python(code: str, limits: SandboxLimits = SandboxLimits(), files: dict[str, str] | None = None,
-               stdin: bytes = b"", result_pipe: bool = False, _checked: bool = False) -> SandboxResult:
+def run_python(
+    code: str,
+    limits: SandboxLimits = SandboxLimits(),
+    files: dict[str, str] | None = None,
+    stdin: bytes = b"",
+    result_pipe: bool = False,
+    _checked: bool = False,
+) -> SandboxResult:
     """Run ``code`` as main.py in a fresh sandbox; ``files`` are extra files placed beside it.
 
     ``stdin`` is written to the program's standard input (then closed). With ``result_pipe``, the program
@@ -135,14 +143,29 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), files: dict[s
         if result_pipe:
             result_read, result_write = os.pipe()
         cmd = _unshare_command() + [
-            sys.executable, "-I", "-S", str(CHILD), str(workdir), str(limits.cpu_seconds),
-            str(limits.memory_mb * 2**20), str(limits.max_processes), str(limits.max_file_mb * 2**20), sandbox_python(),
+            sys.executable,
+            "-I",
+            "-S",
+            str(CHILD),
+            str(workdir),
+            str(limits.cpu_seconds),
+            str(limits.memory_mb * 2**20),
+            str(limits.max_processes),
+            str(limits.max_file_mb * 2**20),
+            sandbox_python(),
             str(result_write if result_pipe else -1),
         ]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
-                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, start_new_session=True,
-                                pass_fds=(result_write,) if result_pipe else ())
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            start_new_session=True,
+            pass_fds=(result_write,) if result_write is not None else (),  # set exactly when result_pipe
+        )
+        assert proc.stdout is not None and proc.stderr is not None  # both are pipes (PIPE above)
         if result_write is not None:
             os.close(result_write)  # the program holds the only write end: end of file when it is gone
             result_write = None
@@ -159,7 +182,11 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), files: dict[s
             _exchange(proc, b"", streams, time.perf_counter() + 5)  # what was written before the kill
             status = "timeout"
         else:
-            status = "ok" if proc.returncode == 0 else ("killed" if proc.returncode < 0 or proc.returncode > 128 else "failed")
+            status = (
+                "ok"
+                if proc.returncode == 0
+                else ("killed" if proc.returncode < 0 or proc.returncode > 128 else "failed")
+            )
         seconds = time.perf_counter() - start
         out, err = streams[proc.stdout.fileno()], streams[proc.stderr.fileno()]
         result = streams[result_read].text() if result_read is not None else ""
@@ -190,6 +217,7 @@ class _Tail:
 
 def _exchange(proc: subprocess.Popen, stdin: bytes, streams: dict[int, _Tail], deadline: float) -> bool:
     """Feed stdin and drain the output pipes until they close and the process ends; True past the deadline."""
+    assert proc.stdin is not None  # run_python opens the program's stdin as a pipe
     selector = selectors.DefaultSelector()
     for fd in streams:
         selector.register(fd, selectors.EVENT_READ)  # a pipe already at its end just reads empty again
@@ -208,7 +236,7 @@ def _exchange(proc: subprocess.Popen, stdin: bytes, streams: dict[int, _Tail], d
             for key, _ in selector.select(remaining):
                 if key.events & selectors.EVENT_WRITE:
                     try:
-                        pending = pending[os.write(key.fd, pending[:65536]):]
+                        pending = pending[os.write(key.fd, pending[:65536]) :]
                     except BlockingIOError:
                         continue
                     except BrokenPipeError:
@@ -239,4 +267,3 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-

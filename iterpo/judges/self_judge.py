@@ -33,8 +33,9 @@ Response: {response}
 Explain your evaluation briefly, then finish with the line "Score: <points>"."""
 
 # "Score: 4", "**Score:** 4", "a score of 4", "score is 4", "4/5", "4 out of 5": the last one written wins.
-_SCORE = re.compile(r"score(?:\s+(?:of|is))?\s*[:=]?[\s*]*(\d+(?:\.\d+)?)|(\d+(?:\.\d+)?)\s*(?:/|out of)\s*5\b",
-                    re.IGNORECASE)
+_SCORE = re.compile(
+    r"score(?:\s+(?:of|is))?\s*[:=]?[\s*]*(\d+(?:\.\d+)?)|(\d+(?:\.\d+)?)\s*(?:/|out of)\s*5\b", re.IGNORECASE
+)
 
 
 def read_score(reply: str, top: float = 5.0) -> float | None:
@@ -74,24 +75,58 @@ class SelfJudge(Judge):
         if ctx is None or ctx.policy is None:
             raise RuntimeError("self_judge needs the round's policy (JudgeContext.policy)")
         tok = ctx.tokenizer
-        asks = [encode_prompt(tok, [{"role": "user", "content": self.template.format(prompt=prompt.text, response=r.text)}],
-                              ctx.system_prompt) for r in rollouts]
+        asks = [
+            encode_prompt(
+                tok,
+                [{"role": "user", "content": self.template.format(prompt=prompt.text, response=r.text)}],
+                ctx.system_prompt,
+            )
+            for r in rollouts
+        ]
         # Each evaluation's seed: (run seed, round, prompt, the response's source unless it is the round's own
         # sample, its index, the evaluation). Responses of two sources with one index must not share the judge's draws.
-        seeds = [[derive_seed(ctx.seed, ctx.round, "self-judge", r.prompt_id,
-                              *((r.source,) if r.source != "policy" else ()), r.sample_idx, s)
-                  for s in range(self.samples)] for r in rollouts]
+        seeds = [
+            [
+                derive_seed(
+                    ctx.seed,
+                    ctx.round,
+                    "self-judge",
+                    r.prompt_id,
+                    *((r.source,) if r.source != "policy" else ()),
+                    r.sample_idx,
+                    s,
+                )
+                for s in range(self.samples)
+            ]
+            for r in rollouts
+        ]
         outs = generate(ctx.policy(), tok, asks, seeds, self.temperature, 1.0, self.max_new_tokens, self.batch_size)
         verdicts = []
         for r, evaluations in zip(rollouts, outs):
             replies = [tok.decode(ids, skip_special_tokens=True) for ids, _ in evaluations]
             scores = [s for s in map(read_score, replies) if s is not None]
             if not scores:
-                verdicts.append(Judgement(r.prompt_id, r.sample_idx, self.name, 0.0,
-                                          f"no score in {len(replies)} evaluations, e.g. {replies[0][-80:]!r}", failed=True))
+                verdicts.append(
+                    Judgement(
+                        r.prompt_id,
+                        r.sample_idx,
+                        self.name,
+                        0.0,
+                        f"no score in {len(replies)} evaluations, e.g. {replies[0][-80:]!r}",
+                        failed=True,
+                    )
+                )
                 continue
             mean = sum(scores) / len(scores)
-            verdicts.append(Judgement(r.prompt_id, r.sample_idx, self.name, mean,
-                                      f"scores {scores} from {len(replies)} evaluations",
-                                      uncertainty=statistics.pstdev(scores), samples=scores))
+            verdicts.append(
+                Judgement(
+                    r.prompt_id,
+                    r.sample_idx,
+                    self.name,
+                    mean,
+                    f"scores {scores} from {len(replies)} evaluations",
+                    uncertainty=statistics.pstdev(scores),
+                    samples=scores,
+                )
+            )
         return verdicts

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
-from typing import Optional
-
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 from iterpo.errors import DataError
 from iterpo.judges.base import Judge, register_judge
@@ -16,7 +14,7 @@ from iterpo.records import Judgement, Prompt, Rollout
 _NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?")
 
 
-def last_number(text: str) -> Optional[Decimal]:
+def last_number(text: str) -> Decimal | None:
     """The last number written in text ("1,234", "-7", "3.50"), or None."""
     matches = _NUMBER.findall(text)
     if not matches:

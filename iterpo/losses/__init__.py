@@ -3,6 +3,7 @@
 One module per family; importing this package registers them all.
 """
 
+from iterpo.losses import dpo, exploration, listwise, reference_free, selfplay, token, unpaired  # noqa: F401,E402
 from iterpo.losses.base import (
     LOSSES,
     NEEDS,
@@ -17,7 +18,6 @@ from iterpo.losses.base import (
     loss_hyperparameters,
     register_loss,
 )
-from iterpo.losses import dpo, exploration, listwise, reference_free, selfplay, token, unpaired  # noqa: F401,E402
 
 __all__ = [
     "LOSSES",

@@ -25,8 +25,9 @@ A loss declares what it consumes, and the training loop computes exactly that:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -52,27 +53,27 @@ class PreferenceBatch:
 
     chosen_logps: torch.Tensor  # (B,) sum of policy token log-probs of the chosen response
     rejected_logps: torch.Tensor  # (B,) same for the rejected response
-    ref_chosen_logps: Optional[torch.Tensor] = None  # (B,) under the reference policy   [reference]
-    ref_rejected_logps: Optional[torch.Tensor] = None  # (B,)
-    chosen_lengths: Optional[torch.Tensor] = None  # (B,) response lengths in tokens (always filled by the loop)
-    rejected_lengths: Optional[torch.Tensor] = None  # (B,)
-    prev_chosen_logps: Optional[torch.Tensor] = None  # (B,) under the round's starting policy pi_t   [previous]
-    prev_rejected_logps: Optional[torch.Tensor] = None  # (B,)
-    chosen_win_rate: Optional[torch.Tensor] = None  # (B,) estimate of P(y_w beats pi_t)   [win_rate]
-    rejected_win_rate: Optional[torch.Tensor] = None  # (B,) estimate of P(y_l beats pi_t)
-    soft_label: Optional[torch.Tensor] = None  # (B,) estimate of P(y_w beats y_l)   [soft_label]
-    aux_logps: Optional[torch.Tensor] = None  # (B, k) policy log-probs of extra samples for the prompt   [aux_samples]
-    ref_aux_logps: Optional[torch.Tensor] = None  # (B, k) their reference log-probs
-    chosen_token_logps: Optional[torch.Tensor] = None  # (B, T) policy log-prob per response token   [token_stats]
-    rejected_token_logps: Optional[torch.Tensor] = None  # (B, T)
-    ref_chosen_token_logps: Optional[torch.Tensor] = None  # (B, T)
-    ref_rejected_token_logps: Optional[torch.Tensor] = None  # (B, T)
-    chosen_token_kl: Optional[torch.Tensor] = None  # (B, T) KL(pi_ref || pi_theta) over the vocabulary at each position
-    rejected_token_kl: Optional[torch.Tensor] = None  # (B, T)
-    chosen_mask: Optional[torch.Tensor] = None  # (B, T) bool, True on real response tokens
-    rejected_mask: Optional[torch.Tensor] = None  # (B, T)
-    ref_chosen_hidden: Optional[torch.Tensor] = None  # (B, T, H) reference last-layer states at response positions
-    ref_rejected_hidden: Optional[torch.Tensor] = None  # (B, T, H)
+    ref_chosen_logps: torch.Tensor | None = None  # (B,) under the reference policy   [reference]
+    ref_rejected_logps: torch.Tensor | None = None  # (B,)
+    chosen_lengths: torch.Tensor | None = None  # (B,) response lengths in tokens (always filled by the loop)
+    rejected_lengths: torch.Tensor | None = None  # (B,)
+    prev_chosen_logps: torch.Tensor | None = None  # (B,) under the round's starting policy pi_t   [previous]
+    prev_rejected_logps: torch.Tensor | None = None  # (B,)
+    chosen_win_rate: torch.Tensor | None = None  # (B,) estimate of P(y_w beats pi_t)   [win_rate]
+    rejected_win_rate: torch.Tensor | None = None  # (B,) estimate of P(y_l beats pi_t)
+    soft_label: torch.Tensor | None = None  # (B,) estimate of P(y_w beats y_l)   [soft_label]
+    aux_logps: torch.Tensor | None = None  # (B, k) policy log-probs of extra samples for the prompt   [aux_samples]
+    ref_aux_logps: torch.Tensor | None = None  # (B, k) their reference log-probs
+    chosen_token_logps: torch.Tensor | None = None  # (B, T) policy log-prob per response token   [token_stats]
+    rejected_token_logps: torch.Tensor | None = None  # (B, T)
+    ref_chosen_token_logps: torch.Tensor | None = None  # (B, T)
+    ref_rejected_token_logps: torch.Tensor | None = None  # (B, T)
+    chosen_token_kl: torch.Tensor | None = None  # (B, T) KL(pi_ref || pi_theta) over the vocabulary at each position
+    rejected_token_kl: torch.Tensor | None = None  # (B, T)
+    chosen_mask: torch.Tensor | None = None  # (B, T) bool, True on real response tokens
+    rejected_mask: torch.Tensor | None = None  # (B, T)
+    ref_chosen_hidden: torch.Tensor | None = None  # (B, T, H) reference last-layer states at response positions
+    ref_rejected_hidden: torch.Tensor | None = None  # (B, T, H)
 
 
 @dataclass
@@ -86,10 +87,10 @@ class UnpairedBatch:
 
     logps: torch.Tensor  # (B,) policy log-prob of the response
     desirable: torch.Tensor  # (B,) bool label
-    ref_logps: Optional[torch.Tensor] = None  # (B,)
-    kl_logps: Optional[torch.Tensor] = None  # (B,) policy log-prob of the mismatched response
-    ref_kl_logps: Optional[torch.Tensor] = None  # (B,)
-    lengths: Optional[torch.Tensor] = None  # (B,)
+    ref_logps: torch.Tensor | None = None  # (B,)
+    kl_logps: torch.Tensor | None = None  # (B,) policy log-prob of the mismatched response
+    ref_kl_logps: torch.Tensor | None = None  # (B,)
+    lengths: torch.Tensor | None = None  # (B,)
 
 
 @dataclass
@@ -100,15 +101,15 @@ class RankedBatch:
     scores: torch.Tensor  # (B, n) judge scores, non-increasing along each row
     mask: torch.Tensor  # (B, n) bool, True for real responses
     lengths: torch.Tensor  # (B, n) response lengths in tokens (1 where padded)
-    ref_logps: Optional[torch.Tensor] = None  # (B, n)
+    ref_logps: torch.Tensor | None = None  # (B, n)
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # () mean over the batch, the value to backpropagate
     losses: torch.Tensor  # (B,) one value per example
-    chosen_rewards: Optional[torch.Tensor] = None  # (B,) implicit reward, detached
-    rejected_rewards: Optional[torch.Tensor] = None  # (B,)
+    chosen_rewards: torch.Tensor | None = None  # (B,) implicit reward, detached
+    rejected_rewards: torch.Tensor | None = None  # (B,)
     extra: dict[str, float] = field(default_factory=dict)  # method-specific metrics (z0, mask sparsity, ...)
 
     def metrics(self) -> dict[str, float]:
@@ -129,7 +130,7 @@ class Loss:
 
     data_shape: ClassVar[str] = "pairs"
     needs: ClassVar[frozenset[str]] = frozenset({"reference"})
-    aux_source: ClassVar[Optional[str]] = None  # "reference" or "policy": where aux samples must come from
+    aux_source: ClassVar[str | None] = None  # "reference" or "policy": where aux samples must come from
     # Each example's loss depends on that example alone, so a micro-batch may go through the model in
     # several passes with the same result. False for losses with batch statistics (KTO's z0, BCO's shift).
     per_example: ClassVar[bool] = True
@@ -138,14 +139,15 @@ class Loss:
     def needs_reference(self) -> bool:
         return "reference" in self.needs
 
-    def start(self, model=None, examples=None) -> None:
+    def start(self, model: torch.nn.Module | None = None, examples: Sequence[object] | None = None) -> None:
         """Called when training on a round's data begins: reset running statistics, build any heads."""
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Trainable parameters the loss owns (SparsePO's mask head); trained with the policy."""
         return []
 
-    def __call__(self, batch) -> LossOutput:  # pragma: no cover
+    # batch: the PreferenceBatch, UnpairedBatch or RankedBatch of the loss's data_shape (each loss narrows it)
+    def __call__(self, batch: Any) -> LossOutput:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -153,17 +155,19 @@ class PairwiseLoss(Loss):
     data_shape: ClassVar[str] = "pairs"
 
 
-LOSSES: Registry[type] = Registry("loss")
+LOSSES: Registry[type[Loss]] = Registry("loss")
 register_loss = LOSSES.register
 
 
 def loss_hyperparameters(name: str) -> dict[str, object]:
     """Hyperparameter names of a registered loss with their defaults."""
     cls = LOSSES.get(name)
+    if not dataclasses.is_dataclass(cls):  # every registered loss is a dataclass: its fields are its hyperparameters
+        raise TypeError(f"loss {name!r} is registered but is not a dataclass")
     return {f.name: f.default for f in dataclasses.fields(cls) if f.init}
 
 
-def get_loss(name: str, **hyperparams) -> Loss:
+def get_loss(name: str, **hyperparams: Any) -> Loss:
     """Build the registered loss ``name``; unknown hyperparameters raise ConfigError."""
     known = loss_hyperparameters(name)
     unknown = sorted(set(hyperparams) - set(known))
@@ -192,7 +196,10 @@ def log_ratios(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
     return batch.chosen_logps - batch.ref_chosen_logps, batch.rejected_logps - batch.ref_rejected_logps
 
 
-def require(value, what: str):
+V = TypeVar("V")
+
+
+def require(value: V | None, what: str) -> V:
     if value is None:
         raise ValueError(f"this loss needs {what} in the batch")
     return value
@@ -209,7 +216,12 @@ def check_range(name: str, value: float, lo: float, hi: float, hi_open: bool = T
         raise ValueError(f"{name} must be in [{lo}, {hi}{')' if hi_open else ']'}, got {value}")
 
 
-def pair_output(losses: torch.Tensor, chosen_rewards, rejected_rewards, **extra: float) -> LossOutput:
+def pair_output(
+    losses: torch.Tensor,
+    chosen_rewards: torch.Tensor | None,
+    rejected_rewards: torch.Tensor | None,
+    **extra: float | torch.Tensor,
+) -> LossOutput:
     """LossOutput for per-pair losses, rewards detached."""
     return LossOutput(
         loss=losses.mean(),

@@ -8,14 +8,22 @@ is beta * l(y) unless a docstring says otherwise.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from iterpo.losses.base import (PairwiseLoss, PreferenceBatch, check_positive, check_range, log_ratios,
-                                pair_output, register_loss, require)
+from iterpo.losses.base import (
+    PairwiseLoss,
+    PreferenceBatch,
+    check_positive,
+    check_range,
+    log_ratios,
+    pair_output,
+    register_loss,
+    require,
+)
 
 
 @register_loss("dpo")
@@ -206,8 +214,9 @@ class EXO(PairwiseLoss):
     def __call__(self, batch: PreferenceBatch):
         chosen, rejected = log_ratios(batch)
         z = self.beta * (chosen - rejected)
-        losses = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-self.epsilon))
-                  + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(self.epsilon)))
+        losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-self.epsilon)) + torch.sigmoid(-z) * (
+            F.logsigmoid(-z) - math.log(self.epsilon)
+        )
         return pair_output(losses, self.beta * chosen, self.beta * rejected)
 
 

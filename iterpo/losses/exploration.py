@@ -16,7 +16,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from iterpo.losses.base import PairwiseLoss, PreferenceBatch, check_positive, check_range, log_ratios, pair_output, register_loss, require
+from iterpo.losses.base import (
+    PairwiseLoss,
+    PreferenceBatch,
+    check_positive,
+    check_range,
+    log_ratios,
+    pair_output,
+    register_loss,
+    require,
+)
 
 
 def _dpo(batch: PreferenceBatch, beta: float):

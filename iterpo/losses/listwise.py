@@ -63,8 +63,13 @@ class PRO(Loss):
         sft = self.sft_weight * (n_real - 1) ** 2 * (-batch.logps[:, 0])
         losses = rank + sft
         best, worst = _best_and_worst(s.detach(), mask)
-        return LossOutput(loss=losses.mean(), losses=losses, chosen_rewards=best, rejected_rewards=worst,
-                          extra={"rank_loss": float(rank.detach().mean()), "sft_loss": float(sft.detach().mean())})
+        return LossOutput(
+            loss=losses.mean(),
+            losses=losses,
+            chosen_rewards=best,
+            rejected_rewards=worst,
+            extra={"rank_loss": float(rank.detach().mean()), "sft_loss": float(sft.detach().mean())},
+        )
 
 
 @register_loss("tpo")

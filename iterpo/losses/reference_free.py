@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from iterpo.losses.base import PairwiseLoss, PreferenceBatch, check_positive, check_range, pair_output, register_loss, require
+from iterpo.losses.base import (
+    PairwiseLoss,
+    PreferenceBatch,
+    check_positive,
+    check_range,
+    pair_output,
+    register_loss,
+    require,
+)
 
 
 def _mean_logps(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,5 +93,10 @@ class ORPO(PairwiseLoss):
         log_odds = (mw - torch.log(-torch.expm1(mw))) - (ml - torch.log(-torch.expm1(ml)))
         odds_term = F.softplus(-log_odds)
         losses = -mw + self.weight * odds_term
-        return pair_output(losses, self.weight * mw, self.weight * ml,
-                           nll_chosen=(-mw).detach().mean(), log_odds_ratio=log_odds.detach().mean())
+        return pair_output(
+            losses,
+            self.weight * mw,
+            self.weight * ml,
+            nll_chosen=(-mw).detach().mean(),
+            log_odds_ratio=log_odds.detach().mean(),
+        )

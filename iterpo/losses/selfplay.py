@@ -12,7 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
-from iterpo.losses.base import PairwiseLoss, PreferenceBatch, check_positive, check_range, log_ratios, pair_output, register_loss, require
+from iterpo.losses.base import (
+    PairwiseLoss,
+    PreferenceBatch,
+    check_positive,
+    check_range,
+    log_ratios,
+    pair_output,
+    register_loss,
+    require,
+)
 
 
 def _ratios_to_previous(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from iterpo.losses.base import PairwiseLoss, PreferenceBatch, check_positive, check_range, pair_output, register_loss, require
+from iterpo.losses.base import (
+    PairwiseLoss,
+    PreferenceBatch,
+    check_positive,
+    check_range,
+    pair_output,
+    register_loss,
+    require,
+)
 
 
 @register_loss("sparsepo")
@@ -46,7 +54,7 @@ class SparsePO(PairwiseLoss):
     mask: Literal["ones", "learned"] = "ones"
     l1_u: float = 1e-3
     l1_d: float = 1e-3
-    _head: Optional[torch.nn.Linear] = field(default=None, init=False, repr=False)
+    _head: torch.nn.Linear | None = field(default=None, init=False, repr=False)
 
     needs = frozenset({"token_stats"})
 
@@ -71,12 +79,14 @@ class SparsePO(PairwiseLoss):
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self._head.parameters()) if self._head is not None else []
 
-    def _masks(self, hidden: Optional[torch.Tensor], token_mask: torch.Tensor):
+    def _masks(self, hidden: torch.Tensor | None, token_mask: torch.Tensor):
         """(m_u, m_d), each (B, T), zero outside the response."""
         if self.mask == "ones":
             m = token_mask.to(torch.float32)
             return m, m
         h = require(hidden, "reference hidden states")
+        if self._head is None:  # start() builds it; the training loop calls start() before any batch
+            raise RuntimeError("sparsepo's learned mask head is not built: call start(model) before the loss")
         out = torch.relu(self._head(h.to(self._head.weight.dtype)))  # (B, T, 2)
         m = token_mask.unsqueeze(-1).to(out.dtype)
         return out[..., 0] * m[..., 0], out[..., 1] * m[..., 0]
@@ -84,8 +94,12 @@ class SparsePO(PairwiseLoss):
     def __call__(self, batch: PreferenceBatch):
         mw_tok = require(batch.chosen_mask, "per-token masks")
         ml_tok = require(batch.rejected_mask, "per-token masks")
-        lw = require(batch.chosen_token_logps, "per-token log-probs") - require(batch.ref_chosen_token_logps, "per-token reference log-probs")
-        ll = require(batch.rejected_token_logps, "per-token log-probs") - require(batch.ref_rejected_token_logps, "per-token reference log-probs")
+        lw = require(batch.chosen_token_logps, "per-token log-probs") - require(
+            batch.ref_chosen_token_logps, "per-token reference log-probs"
+        )
+        ll = require(batch.rejected_token_logps, "per-token log-probs") - require(
+            batch.ref_rejected_token_logps, "per-token reference log-probs"
+        )
         kw = require(batch.chosen_token_kl, "per-token KL")
         kl = require(batch.rejected_token_kl, "per-token KL")
         uw, dw = self._masks(batch.ref_chosen_hidden, mw_tok)
@@ -101,5 +115,11 @@ class SparsePO(PairwiseLoss):
         # rewards as the reference code logs them: beta * (masked log-ratio sum - masked KL sum)
         rw = self.beta * ((uw * lw).sum(1) - (dw * kw).sum(1))
         rl = self.beta * ((ul * ll).sum(1) - (dl * kl).sum(1))
-        return pair_output(losses, rw, rl, mask_sparsity_u=zeros_u / n_tok, mask_sparsity_d=zeros_d / n_tok,
-                           kl_chosen=(kw * mw_tok).sum(1).detach().mean())
+        return pair_output(
+            losses,
+            rw,
+            rl,
+            mask_sparsity_u=zeros_u / n_tok,
+            mask_sparsity_d=zeros_d / n_tok,
+            kl_chosen=(kw * mw_tok).sum(1).detach().mean(),
+        )

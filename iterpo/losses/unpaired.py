@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -62,7 +62,9 @@ class KTO(Loss):
 
     def __call__(self, batch: UnpairedBatch) -> LossOutput:
         r = batch.logps - require(batch.ref_logps, "reference log-probs")  # (B,)
-        kl = require(batch.kl_logps, "mismatched-pair log-probs") - require(batch.ref_kl_logps, "mismatched-pair reference log-probs")
+        kl = require(batch.kl_logps, "mismatched-pair log-probs") - require(
+            batch.ref_kl_logps, "mismatched-pair reference log-probs"
+        )
         z0 = kl.mean().detach().clamp(min=0)  # () the reference point: no gradient flows through it
         good = batch.desirable.bool()
         lam_d = self._weight(good)

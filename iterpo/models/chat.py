@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
-
-def encode_prompt(tokenizer, messages: list[dict], system_prompt: Optional[str] = None) -> list[int]:
+def encode_prompt(tokenizer, messages: list[dict], system_prompt: str | None = None) -> list[int]:
     """Token ids of the prompt, ending where the assistant's reply starts."""
     if system_prompt is not None and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}] + list(messages)

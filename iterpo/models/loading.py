@@ -12,7 +12,7 @@ import hashlib
 import importlib.metadata
 import os
 from pathlib import Path
-from typing import Optional
+from typing import cast
 
 import torch
 
@@ -41,7 +41,8 @@ def builtin_gguf(name: str) -> Path:
     files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not files:
         raise UserInputError(f"package {dist_name} is installed but holds no .gguf file; reinstall it with: {hint}")
-    return Path(dist.locate_file(files[0]))
+    # typeshed gives the abstract Distribution's SimplePath; an installed (file-system) distribution gives a Path
+    return Path(cast(Path, dist.locate_file(files[0])))
 
 
 def _gguf_cache_path(gguf: Path) -> Path:
@@ -61,7 +62,9 @@ def convert_gguf(gguf: Path) -> Path:
     with reading("model.path", gguf, UserInputError):
         with open(gguf, "rb") as f:
             if f.read(4) != b"GGUF":
-                raise UserInputError(f"model.path: {gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
+                raise UserInputError(
+                    f"model.path: {gguf} is not a GGUF file (it does not start with the GGUF magic bytes)"
+                )
     print(f"converting {gguf} to a cached safetensors copy in {target} (once)")
     with reading("model.path", gguf, UserInputError):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -102,12 +105,18 @@ def resolve_model_path(path: str, what: str = "model.path") -> str:
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
         return path  # a hub id; from_pretrained fetches it where the network allows
     known = ", ".join(BUILTIN_MODELS)
-    raise UserInputError(f"{what}: {path!r} is neither a built-in model ({known}), a local directory, a .gguf file "
-                         "nor a hub id")
+    raise UserInputError(
+        f"{what}: {path!r} is neither a built-in model ({known}), a local directory, a .gguf file nor a hub id"
+    )
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+)
 
 
 def check_model_dir(path: Path, what: str = "model.path") -> None:
@@ -164,12 +173,17 @@ def check_lora_targets(path: str, targets: list[str]) -> None:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in leaves and not any(n == t or n.endswith("." + t)
-                                                                  for n, _ in model.named_modules())]
+    missing = [
+        t
+        for t in targets
+        if t not in leaves and not any(n == t or n.endswith("." + t) for n, _ in model.named_modules())
+    ]
     if missing:
         known = sorted(n for n in leaves if n and not n.isdigit())
-        raise ConfigError(f"model.lora.target_modules: {', '.join(map(repr, missing))} name no module of the model; "
-                          f"its modules include {', '.join(known[:20])}")
+        raise ConfigError(
+            f"model.lora.target_modules: {', '.join(map(repr, missing))} name no module of the model; "
+            f"its modules include {', '.join(known[:20])}"
+        )
 
 
 def add_lora(model, lora_config):
@@ -223,7 +237,7 @@ def save_policy(model, tokenizer, target: Path, save_merged: bool = False, write
     write_dir(target, fill)
 
 
-def load_policy_checkpoint(path: Path, base_path: str, dtype: str, lora: Optional[object]):
+def load_policy_checkpoint(path: Path, base_path: str, dtype: str, lora: object | None):
     """Reload a saved policy: a full model directory, or an adapter on top of the base model."""
     if lora is None:
         return load_model(str(path), dtype)

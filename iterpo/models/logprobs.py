@@ -9,7 +9,6 @@ the prompt's logits are never built.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -31,12 +30,18 @@ class TokenStats:
 
     logps: torch.Tensor  # (N, R) log pi(token | prefix), 0 where mask is False
     mask: torch.Tensor  # (N, R) bool, True on real response tokens
-    log_dist: Optional[torch.Tensor] = None  # (N, R, V) full log-softmax at each position (when asked)
-    hidden: Optional[torch.Tensor] = None  # (N, R, H) last-layer state at each predicting position (when asked)
+    log_dist: torch.Tensor | None = None  # (N, R, V) full log-softmax at each position (when asked)
+    hidden: torch.Tensor | None = None  # (N, R, H) last-layer state at each predicting position (when asked)
 
 
-def response_token_stats(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0,
-                         full_distribution: bool = False, hidden_states: bool = False) -> TokenStats:
+def response_token_stats(
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    pad_id: int = 0,
+    full_distribution: bool = False,
+    hidden_states: bool = False,
+) -> TokenStats:
     """Per-token log-probs of each response (with gradients when grad is enabled)."""
     assert len(prompts) == len(responses) and all(len(r) > 0 for r in responses)
     seqs = [p + r for p, r in zip(prompts, responses)]
@@ -65,7 +70,9 @@ def response_token_stats(model, prompts: list[list[int]], responses: list[list[i
 
 
 @torch.no_grad()
-def score_responses(model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad_id: int = 0, progress=None) -> list[float]:
+def score_responses(
+    model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad_id: int = 0, progress=None
+) -> list[float]:
     """Sum of response token log-probs for many sequences: responses to the same prompt share one pass over it
     (models/packing.py), at most batch_size responses a batch, shortest groups first."""
     from iterpo.models.packing import sequence_logps

@@ -21,9 +21,9 @@ summation order); they exist as switches so the benchmark can measure each.
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 import torch
 
@@ -56,7 +56,7 @@ class Packed:
     input_ids: torch.Tensor  # (R, L) token ids, pad_id where padded
     position_ids: torch.Tensor  # (R, L) position of each token within its own prompt + response
     attention_mask: torch.Tensor  # (G, 1, Lg, Lg) bool, True where query (row) may attend to key (column)
-    blocks: Optional[torch.Tensor]  # (G, Lg) index into the row of each group's tokens (padding-free only; 0 on padding)
+    blocks: torch.Tensor | None  # (G, Lg) index into the row of each group's tokens (padding-free only; 0 on padding)
     real: torch.Tensor  # (G, Lg) bool, True on a group's real tokens
     predict_at: torch.Tensor  # (M,) flat index (r * L + t) of the position predicting each response token
     targets: torch.Tensor  # (M,) the response token predicted there
@@ -79,18 +79,20 @@ def pack(groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> Pac
     for g, (prompt, responses) in enumerate(groups):
         if not prompt or not responses or any(not r for r in responses):
             raise ValueError("every prompt and response needs at least one token")
-        tok, pos, branch = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+        tok, tok_pos, tok_branch = list(prompt), list(range(len(prompt))), [0] * len(prompt)
         for j, response in enumerate(responses):
             first = len(tok)
             tok += response
-            pos += range(len(prompt), len(prompt) + len(response))
-            branch += [j + 1] * len(response)
+            tok_pos += range(len(prompt), len(prompt) + len(response))
+            tok_branch += [j + 1] * len(response)
             # token 0 is predicted by the prompt's last position, token k by response token k - 1
             predict += [(g, len(prompt) - 1)] + [(g, first + k) for k in range(len(response) - 1)]
             targets += response
             owner += [n] * len(response)
             n += 1
-        toks.append(tok), poss.append(pos), branches.append(branch)
+        toks.append(tok)
+        poss.append(tok_pos)
+        branches.append(tok_branch)
     lengths = torch.tensor([len(t) for t in toks])  # (G,)
     Lg = int(lengths.max())
     real = torch.arange(Lg).unsqueeze(0) < lengths.unsqueeze(1)  # (G, Lg)
@@ -114,9 +116,18 @@ def pack(groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> Pac
         for g in range(G):
             ids[g, : lengths[g]], pos[g, : lengths[g]] = torch.tensor(toks[g]), torch.tensor(poss[g])
         blocks, predict_at = None, at[:, 0] * Lg + at[:, 1]
-    return Packed(input_ids=ids, position_ids=pos, attention_mask=mask.unsqueeze(1), blocks=blocks, real=real,
-                  predict_at=predict_at, targets=torch.tensor(targets, dtype=torch.long),
-                  owner=torch.tensor(owner, dtype=torch.long), n=n, tokens=int(lengths.sum()))
+    return Packed(
+        input_ids=ids,
+        position_ids=pos,
+        attention_mask=mask.unsqueeze(1),
+        blocks=blocks,
+        real=real,
+        predict_at=predict_at,
+        targets=torch.tensor(targets, dtype=torch.long),
+        owner=torch.tensor(owner, dtype=torch.long),
+        n=n,
+        tokens=int(lengths.sum()),
+    )
 
 
 BLOCKED = "iterpo_blocked"  # the attention implementation name registered below
@@ -218,16 +229,23 @@ def plain_head(model) -> bool:
     """Whether the output layer is a plain linear map (no bias, scaling or soft-capping), so chunking is exact."""
     _, head = _parts(model)
     config = model.config
-    return (isinstance(head, torch.nn.Linear) and head.bias is None
-            and getattr(config, "final_logit_softcapping", None) is None
-            and getattr(config, "logit_scale", None) in (None, 1.0))
+    return (
+        isinstance(head, torch.nn.Linear)
+        and head.bias is None
+        and getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logit_scale", None) in (None, 1.0)
+    )
 
 
 def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tensor:
     """log pi(target | prefix) for every response token: (M,). Gradients flow when grad is enabled."""
-    inputs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                  attention_mask=packed.attention_mask, use_cache=False)  # a 4D mask is used as given
-    context = nullcontext()
+    inputs = dict(
+        input_ids=packed.input_ids,
+        position_ids=packed.position_ids,
+        attention_mask=packed.attention_mask,
+        use_cache=False,
+    )  # a 4D mask is used as given
+    context: AbstractContextManager[Any] = nullcontext()
     if packed.blocks is not None:  # padding-free: attention gathers each group's block out of the one row
         inputs.update(blocks=packed.blocks, real=packed.real.reshape(-1))
         context = packed_attention(model)

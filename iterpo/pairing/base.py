@@ -19,13 +19,15 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import TYPE_CHECKING, ClassVar
 
 from iterpo.records import Judgement, LabelledResponse, Preference, Prompt, RankedGroup, Rollout
 from iterpo.registry import Registry
 
-PAIRING: Registry[type] = Registry("pairing strategy")
-register_pairing = PAIRING.register
+if TYPE_CHECKING:
+    from iterpo.config import PairingSection
+
+Example = Preference | LabelledResponse | RankedGroup  # one training example, of one of the data shapes
 
 RECORD_TYPE = {"pairs": Preference, "unpaired": LabelledResponse, "ranked": RankedGroup}
 DEFAULT_STRATEGY = {"pairs": "correct_vs_incorrect", "unpaired": "labelled", "ranked": "ranked"}
@@ -56,8 +58,8 @@ class Candidate:
 @dataclass
 class PairingResult:
     data_shape: str
-    examples: list  # Preference, LabelledResponse or RankedGroup records
-    skipped: Counter = field(default_factory=Counter)  # reason -> number of prompts
+    examples: list[Example]  # Preference, LabelledResponse or RankedGroup records
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> number of prompts
     failed_judgements: int = 0  # responses left out because the judge failed on them
 
 
@@ -67,30 +69,41 @@ class Strategy:
     uses_initial: ClassVar[bool] = False  # needs the initial model's judged responses (anchored rejection)
     min_candidates: ClassVar[int] = 2  # judged responses a prompt needs before the strategy looks at it
 
-    def __post_init__(self):
-        self.config = None  # the PairingSection, set by build_strategy
+    def __post_init__(self) -> None:
+        self.config: PairingSection | None = None  # set by build_strategy
 
     def look_ahead(self) -> bool:
         """True when the loop should improve the chosen responses with a look-ahead model (future-guided chosen)."""
         return False
 
-    def examples(self, prompt: Prompt, cands: list[Candidate], rng: random.Random,
-                 initial: Optional[list[Candidate]] = None) -> tuple[list, Optional[str]]:
+    def examples(
+        self, prompt: Prompt, cands: list[Candidate], rng: random.Random, initial: list[Candidate] | None = None
+    ) -> tuple[list[Example], str | None]:
         raise NotImplementedError  # pragma: no cover
 
     # ---- helpers shared by the strategies
 
+    def shared(self) -> PairingSection:
+        """The pairing section's shared options; build_strategy sets them before the strategy is used."""
+        if self.config is None:
+            raise RuntimeError(f"pairing strategy {type(self).__name__} has no config: build it with build_strategy")
+        return self.config
+
     def ranked(self, cands: list[Candidate]) -> list[Candidate]:
         """Best first; ties keep sample order, or put shorter responses first with prefer_shorter."""
-        if self.config.prefer_shorter:
+        if self.shared().prefer_shorter:
             return sorted(cands, key=lambda c: (-c.score, c.length))
         return sorted(cands, key=lambda c: -c.score)
 
     def worst_first(self, cands: list[Candidate]) -> list[Candidate]:
         """Worst first; ties keep sample order, or put longer responses first with prefer_shorter."""
-        if self.config.prefer_shorter:
+        if self.shared().prefer_shorter:
             return sorted(cands, key=lambda c: (c.score, -c.length))
         return sorted(cands, key=lambda c: c.score)
+
+
+PAIRING: Registry[type[Strategy]] = Registry("pairing strategy")
+register_pairing = PAIRING.register
 
 
 def sigmoid(x: float) -> float:
@@ -115,9 +128,21 @@ def preference(prompt: Prompt, chosen: Candidate, rejected: Candidate) -> Prefer
     beats = chosen.judgement.beats if chosen.source == rejected.source else []
     p = beats[rejected.idx] if rejected.idx < len(beats) and not math.isnan(beats[rejected.idx]) else None
     soft = p if p is not None else sigmoid(chosen.score - rejected.score)
-    return Preference(prompt.prompt_id, chosen.idx, rejected.idx, prompt.text, chosen.rollout.text, rejected.rollout.text,
-                      chosen.score, rejected.score, soft, chosen.win_rate, rejected.win_rate,
-                      chosen_source=chosen.source, rejected_source=rejected.source)
+    return Preference(
+        prompt.prompt_id,
+        chosen.idx,
+        rejected.idx,
+        prompt.text,
+        chosen.rollout.text,
+        rejected.rollout.text,
+        chosen.score,
+        rejected.score,
+        soft,
+        chosen.win_rate,
+        rejected.win_rate,
+        chosen_source=chosen.source,
+        rejected_source=rejected.source,
+    )
 
 
 def distinct(cands: list[Candidate]) -> list[Candidate]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import random
-from typing import Optional
 
 from iterpo.errors import ConfigError
-from iterpo.pairing.base import (DEFAULT_STRATEGY, PAIRING, Candidate, PairingResult, Strategy, distinct,
-                                 win_rates)
+from iterpo.pairing.base import DEFAULT_STRATEGY, PAIRING, Candidate, PairingResult, Strategy, distinct, win_rates
 from iterpo.records import Judgement, LabelledResponse, Prompt, Rollout
 
 
@@ -15,12 +13,16 @@ def _assign_kl_partners(examples: list[LabelledResponse]) -> None:
     """Give each example another prompt's response (the next example with a different prompt, cyclically)."""
     n = len(examples)
     for i, e in enumerate(examples):
-        partner = next((examples[(i + j) % n] for j in range(1, n) if examples[(i + j) % n].prompt_id != e.prompt_id),
-                       examples[(i + 1) % n])
+        partner = next(
+            (examples[(i + j) % n] for j in range(1, n) if examples[(i + j) % n].prompt_id != e.prompt_id),
+            examples[(i + 1) % n],
+        )
         e.kl_prompt_id, e.kl_sample_idx, e.kl_source = partner.prompt_id, partner.sample_idx, partner.source
 
 
-def candidates(rollouts: list[Rollout], judgements: dict[int, Judgement], length_penalty: float = 0.0) -> list[Candidate]:
+def candidates(
+    rollouts: list[Rollout], judgements: dict[int, Judgement], length_penalty: float = 0.0
+) -> list[Candidate]:
     """One prompt's judged responses, failed verdicts left out, duplicates dropped.
 
     Win rates come from the pairwise judge when it gave them, else from the
@@ -32,13 +34,25 @@ def candidates(rollouts: list[Rollout], judgements: dict[int, Judgement], length
     cands = []
     for r in ok:
         j = judgements[r.sample_idx]
-        cands.append(Candidate(r, j, scores[r.sample_idx], j.win_rate if j.win_rate is not None else estimated[r.sample_idx]))
+        cands.append(
+            Candidate(r, j, scores[r.sample_idx], j.win_rate if j.win_rate is not None else estimated[r.sample_idx])
+        )
     return distinct(cands)
 
 
-def build_examples(strategy: Strategy, prompts: list[Prompt], rollouts: list[Rollout], judgements: list[Judgement],
-                   seed: int = 0, initial: Optional[tuple[list[Rollout], list[Judgement]]] = None) -> PairingResult:
-    """Apply strategy to every prompt. ``initial``: the initial model's judged rollouts (strategies that anchor on them)."""
+def build_examples(
+    strategy: Strategy,
+    prompts: list[Prompt],
+    rollouts: list[Rollout],
+    judgements: list[Judgement],
+    seed: int = 0,
+    initial: tuple[list[Rollout], list[Judgement]] | None = None,
+) -> PairingResult:
+    """Apply strategy to every prompt.
+
+    ``initial``: the initial model's judged rollouts, for strategies that anchor on them.
+    """
+
     def group(rs: list[Rollout], js: list[Judgement]):
         by_prompt: dict[str, list[Rollout]] = {}
         for r in rs:
@@ -50,7 +64,7 @@ def build_examples(strategy: Strategy, prompts: list[Prompt], rollouts: list[Rol
 
     by_prompt, verdicts = group(rollouts, judgements)
     first = group(*initial) if initial is not None else None
-    penalty = strategy.config.length_penalty
+    penalty = strategy.shared().length_penalty
     result = PairingResult(strategy.data_shape, [])
     result.failed_judgements = sum(j.failed for j in judgements)
     for p in prompts:
@@ -68,7 +82,10 @@ def build_examples(strategy: Strategy, prompts: list[Prompt], rollouts: list[Rol
         if reason:
             result.skipped[reason] += 1
     if strategy.data_shape == "unpaired" and result.examples:
-        _assign_kl_partners(result.examples)
+        labelled = [e for e in result.examples if isinstance(e, LabelledResponse)]
+        if len(labelled) != len(result.examples):  # an unpaired strategy makes LabelledResponse records only
+            raise TypeError(f"pairing strategy {type(strategy).__name__} made unpaired examples of another type")
+        _assign_kl_partners(labelled)
     return result
 
 
@@ -77,8 +94,10 @@ def build_strategy(config, data_shape: str) -> Strategy:
     name = config.strategy or DEFAULT_STRATEGY[data_shape]
     cls = PAIRING.get(name)
     if cls.data_shape != data_shape:
-        raise ConfigError(f"pairing strategy {name!r} produces {cls.data_shape}, but the loss needs {data_shape}; "
-                          f"use e.g. {DEFAULT_STRATEGY[data_shape]!r}")
+        raise ConfigError(
+            f"pairing strategy {name!r} produces {cls.data_shape}, but the loss needs {data_shape}; "
+            f"use e.g. {DEFAULT_STRATEGY[data_shape]!r}"
+        )
     options = config.options() if hasattr(config, "options") else {}
     strategy = PAIRING.create(name, options, hint=" (and the shared pairing fields)")
     strategy.config = config

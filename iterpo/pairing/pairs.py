@@ -20,8 +20,16 @@ class CorrectVsIncorrect(Strategy):
 
     def examples(self, prompt, cands, rng, initial=None):
         t = self.config.threshold
-        good = self.ranked([c for c in cands if c.score >= t]) if self.config.prefer_shorter else [c for c in cands if c.score >= t]
-        bad = self.worst_first([c for c in cands if c.score < t]) if self.config.prefer_shorter else [c for c in cands if c.score < t]
+        good = (
+            self.ranked([c for c in cands if c.score >= t])
+            if self.config.prefer_shorter
+            else [c for c in cands if c.score >= t]
+        )
+        bad = (
+            self.worst_first([c for c in cands if c.score < t])
+            if self.config.prefer_shorter
+            else [c for c in cands if c.score < t]
+        )
         if not good:
             return [], "no correct response"
         if not bad:

@@ -32,11 +32,14 @@ class RejectionSampling(Strategy):
     def __post_init__(self):
         super().__post_init__()
         if self.beta <= 0 or self.accept < 2:
-            raise ValueError(f"options beta > 0 and accept >= 2 are required, got beta={self.beta}, accept={self.accept}")
+            raise ValueError(
+                f"options beta > 0 and accept >= 2 are required, got beta={self.beta}, accept={self.accept}"
+            )
 
     def accepted(self, cands: list[Candidate], rng: random.Random) -> list[Candidate]:
-        """Sweeps over the remaining candidates in random order; each sweep measures against its best remaining reward."""
-        remaining, out = list(cands), []
+        """Sweeps over the remaining candidates in random order, each measured against its best remaining reward."""
+        remaining = list(cands)
+        out: list[Candidate] = []
         while remaining and len(out) < self.accept:
             r_max = max(c.score for c in remaining)
             rng.shuffle(remaining)

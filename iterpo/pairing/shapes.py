@@ -24,8 +24,11 @@ class Labelled(Strategy):
         t, n = self.config.threshold, self.config.pairs_per_prompt
         good = [c for c in cands if c.score >= t][:n]
         bad = [c for c in cands if c.score < t][:n]
-        out = [LabelledResponse(prompt.prompt_id, c.idx, prompt.text, c.rollout.text, label, c.score, "", -1, c.source)
-               for cs, label in ((good, True), (bad, False)) for c in cs]
+        out = [
+            LabelledResponse(prompt.prompt_id, c.idx, prompt.text, c.rollout.text, label, c.score, "", -1, c.source)
+            for cs, label in ((good, True), (bad, False))
+            for c in cs
+        ]
         return out, None if out else "no responses"
 
 
@@ -47,5 +50,13 @@ class Ranked(Strategy):
         n = min(self.config.group_size, len(ranked))
         picks = sorted({round(i * (len(ranked) - 1) / (n - 1)) for i in range(n)})
         group = [ranked[i] for i in picks]
-        return [RankedGroup(prompt.prompt_id, prompt.text, [c.idx for c in group], [c.rollout.text for c in group],
-                            [c.score for c in group], [c.source for c in group])], None
+        return [
+            RankedGroup(
+                prompt.prompt_id,
+                prompt.text,
+                [c.idx for c in group],
+                [c.rollout.text for c in group],
+                [c.score for c in group],
+                [c.source for c in group],
+            )
+        ], None

@@ -48,8 +48,10 @@ class Uncertainty(Strategy):
 
     def examples(self, prompt, cands, rng, initial=None):
         if any(len(c.judgement.samples) < 2 for c in cands):
-            raise ConfigError("pairing strategy 'upo' needs a judge with per-pass scores: a reward_model judge with "
-                              "mc_dropout >= 2, or an ensemble")
+            raise ConfigError(
+                "pairing strategy 'upo' needs a judge with per-pass scores: a reward_model judge with "
+                "mc_dropout >= 2, or an ensemble"
+            )
         pairs = [(a, b) for a in cands for b in cands if a.score > b.score]
         if not pairs:
             return [], "all responses scored the same"

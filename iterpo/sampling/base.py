@@ -12,24 +12,29 @@ context manager that closes itself.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 Samples = list[list[tuple[list[int], str]]]  # per prompt, per sample: (token ids, "stop" | "length")
 
 
 class Sampler(Protocol):
-    def generate(self, prompts: list[list[int]], seeds: Optional[list[list[int]]], temperature: float, top_p: float,
-                 max_new_tokens: int, batch_size: int, progress: Optional[Callable[[int], None]] = None) -> Samples:
-        ...
+    def generate(
+        self,
+        prompts: list[list[int]],
+        seeds: list[list[int]] | None,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> Samples: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
-    def __enter__(self) -> "Sampler":
-        ...
+    def __enter__(self) -> Sampler: ...
 
-    def __exit__(self, *exc: object) -> None:
-        ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class Closing:
@@ -54,18 +59,6 @@ class TransformersSampler(Closing):
     def generate(self, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress=None) -> Samples:
         from iterpo.sampling.generate import generate
 
-        return generate(self._model(), self.tokenizer, prompts, seeds, temperature, top_p, max_new_tokens, batch_size,
-                        progress)
-
-
-def open_sampler(backend: str, model: Callable[[], Any], model_dir: Callable[[], str], tokenizer: Any, dtype: str,
-                 gpu_memory_utilization: float, seed: int) -> Sampler:
-    """The sampler of a run's backend ('transformers' or 'vllm', as choose_backend resolved it) for one policy.
-
-    model() gives the policy in memory (transformers); model_dir() a directory holding it (vLLM loads from disk).
-    """
-    if backend == "vllm":
-        from iterpo.sampling.vllm_backend import VLLMSampler
-
-        return VLLMSampler(model_dir, tokenizer.eos_token_id, dtype, gpu_memory_utilization, seed)
-    return TransformersSampler(model, tokenizer)
+        return generate(
+            self._model(), self.tokenizer, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress
+        )

@@ -13,7 +13,7 @@ batches and reproduces every sample bit for bit.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -37,7 +37,9 @@ class SeededSampler:
         scores = scores / self.temperature
         if self.top_p < 1.0:
             scores = _top_p_filter(scores, self.top_p)
-        uniform = torch.stack([torch.rand(scores.shape[1], generator=self.generators[r]) for r in rows.tolist()])  # (n, V)
+        uniform = torch.stack(
+            [torch.rand(scores.shape[1], generator=self.generators[r]) for r in rows.tolist()]
+        )  # (n, V)
         gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
         return scores + gumbel
 
@@ -80,8 +82,9 @@ def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[lis
     cache_kw = _cache_kwarg(model)
     cache = _new_cache(model)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)  # (U, T) positions ignoring left padding
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                **{cache_kw: cache})
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{cache_kw: cache}
+    )
     logits = out.logits[:, -1].float()  # (U, V)
     if repeats > 1:
         cache.batch_repeat_interleave(repeats)
@@ -103,8 +106,9 @@ def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[lis
             cache.batch_select_indices(idx)
             alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
-                    **{cache_kw: cache})
+        out = model(
+            input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_kw: cache}
+        )
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
     return tokens
@@ -114,12 +118,12 @@ def generate(
     model,
     tokenizer,
     prompts: list[list[int]],
-    seeds: Optional[list[list[int]]],
+    seeds: list[list[int]] | None,
     temperature: float = 1.0,
     top_p: float = 1.0,
     max_new_tokens: int = 32,
     batch_size: int = 64,
-    progress: Optional[Callable[[int], None]] = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[tuple[list[int], str]]]:
     """Generate responses for each prompt; seeds=None means one greedy response.
 
@@ -148,7 +152,9 @@ def generate(
             sampler = SeededSampler([s for i in idx for s in seeds[i]], temperature, top_p)
         tokens = _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos)
         for row, i in enumerate(idx):
-            results[i] = [(t, "stop" if t[-1] == eos else "length") for t in tokens[row * repeats : (row + 1) * repeats]]
+            results[i] = [
+                (t, "stop" if t[-1] == eos else "length") for t in tokens[row * repeats : (row + 1) * repeats]
+            ]
         if progress is not None:
             progress(len(idx) * repeats)
     return results

@@ -15,37 +15,22 @@ and closed afterwards, so training gets the GPU memory back.
 from __future__ import annotations
 
 import gc
-import importlib.util
-from typing import Callable, Optional
+from collections.abc import Callable
 
-from iterpo.errors import UserInputError
 from iterpo.sampling.base import Closing, Samples
-
-
-def vllm_usable() -> bool:
-    """vLLM installed and a CUDA GPU visible."""
-    if importlib.util.find_spec("vllm") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def choose_backend(name: str) -> str:
-    """'auto' -> 'vllm' where vLLM and a GPU are present, else 'transformers'; 'vllm' is checked."""
-    if name == "auto":
-        return "vllm" if vllm_usable() else "transformers"
-    if name == "vllm" and not vllm_usable():
-        raise UserInputError("sampling.backend: vllm needs the vllm package and a CUDA GPU "
-                             "(pip install vllm on a GPU machine), or use 'auto' / 'transformers'")
-    return name
 
 
 class VLLMSampler(Closing):
     """A vLLM engine over one policy directory, started on the first generate() (the Sampler contract)."""
 
-    def __init__(self, model_dir: str | Callable[[], str], eos: int, dtype: str = "float32",
-                 gpu_memory_utilization: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        model_dir: str | Callable[[], str],
+        eos: int,
+        dtype: str = "float32",
+        gpu_memory_utilization: float = 0.5,
+        seed: int = 0,
+    ):
         self._model_dir = model_dir if callable(model_dir) else (lambda: model_dir)
         self.eos, self.dtype, self.gpu_memory_utilization, self.seed = eos, dtype, gpu_memory_utilization, seed
         self.llm = None
@@ -54,24 +39,43 @@ class VLLMSampler(Closing):
         if self.llm is None:
             from vllm import LLM
 
-            self.llm = LLM(model=self._model_dir(), dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
-                           seed=self.seed, enable_prefix_caching=True)  # the K samples of a prompt share its prefill
+            self.llm = LLM(
+                model=self._model_dir(),
+                dtype=self.dtype,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                seed=self.seed,
+                enable_prefix_caching=True,
+            )  # the K samples of a prompt share its prefill
         return self.llm
 
-    def generate(self, prompts: list[list[int]], seeds: Optional[list[list[int]]], temperature: float, top_p: float,
-                 max_new_tokens: int, batch_size: int = 0, progress: Optional[Callable[[int], None]] = None,
-                 ) -> Samples:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        seeds: list[list[int]] | None,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        batch_size: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> Samples:
         """One request per sample, each with its own seed; vLLM batches them itself (batch_size is not used)."""
         from vllm import SamplingParams
 
         requests, params = [], []
         for i, ids in enumerate(prompts):
-            for seed in (seeds[i] if seeds is not None else [None]):
+            for seed in seeds[i] if seeds is not None else [None]:
                 requests.append({"prompt_token_ids": list(ids)})
-                params.append(SamplingParams(
-                    n=1, seed=seed, temperature=temperature if seed is not None else 0.0,
-                    top_p=top_p if seed is not None else 1.0, max_tokens=max_new_tokens,
-                    stop_token_ids=[self.eos], skip_special_tokens=False))
+                params.append(
+                    SamplingParams(
+                        n=1,
+                        seed=seed,
+                        temperature=temperature if seed is not None else 0.0,
+                        top_p=top_p if seed is not None else 1.0,
+                        max_tokens=max_new_tokens,
+                        stop_token_ids=[self.eos],
+                        skip_special_tokens=False,
+                    )
+                )
         outputs = self._engine().generate(requests, params, use_tqdm=False)
         per_prompt = len(seeds[0]) if seeds is not None else 1
         results: Samples = []

@@ -75,15 +75,16 @@ class Stage:
         """The files it writes, the one that marks it done first."""
         return [self.files[role] for role in self.writes]
 
-    def run(self, ctx: "RunContext", r: int) -> dict:  # pragma: no cover
+    def run(self, ctx: RunContext, r: int) -> dict:  # pragma: no cover
         raise NotImplementedError
 
 
-STAGES: Registry[type] = Registry("stage")
+STAGES: Registry[type[Stage]] = Registry("stage")
 
 
 def register_stage(name: str):
     """Class decorator: register a Stage subclass under name (its ``kind``)."""
+
     def decorator(cls):
         cls.kind = name
         return STAGES.register(name)(cls)

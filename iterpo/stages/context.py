@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 from iterpo.judges import JudgeCache, JudgeContext
 from iterpo.models.chat import encode_prompt
@@ -18,7 +18,8 @@ from iterpo.models.logprobs import score_responses
 from iterpo.pairing import RECORD_TYPE
 from iterpo.records import Judgement, Prompt, Rollout, from_table
 from iterpo.sampling import derive_seed
-from iterpo.sampling.base import Sampler, open_sampler
+from iterpo.sampling.backends import open_sampler
+from iterpo.sampling.base import Sampler
 from iterpo.store import RunStore
 from iterpo.training import LiveReference
 
@@ -36,14 +37,15 @@ class RunContext:
         self.prompts_by_id = {p.prompt_id: p for p in self.train_prompts}
         self._prompt_ids: dict[str, list[int]] = {}
         self._policy: Any = None
-        self._policy_round: Optional[int] = None  # the round whose end the policy in memory is
+        self._policy_round: int | None = None  # the round whose end the policy in memory is
 
     # ------------------------------------------------------------------ prompts
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if prompt.prompt_id not in self._prompt_ids:
-            self._prompt_ids[prompt.prompt_id] = encode_prompt(self.tokenizer, prompt.messages,
-                                                               self.config.model.system_prompt)
+            self._prompt_ids[prompt.prompt_id] = encode_prompt(
+                self.tokenizer, prompt.messages, self.config.model.system_prompt
+            )
         return self._prompt_ids[prompt.prompt_id]
 
     def prompt_ids_of(self, prompt_id: str) -> list[int]:
@@ -58,8 +60,9 @@ class RunContext:
         ckpt = self.store.path(r, "checkpoint")
         lora = self.config.model.lora
         if r == 0:
-            model = load_starting_policy(self.plan.base_path, self.config.model.dtype, lora,
-                                         derive_seed(self.config.run.seed, "lora-init"))
+            model = load_starting_policy(
+                self.plan.base_path, self.config.model.dtype, lora, derive_seed(self.config.run.seed, "lora-init")
+            )
         elif ckpt.exists():
             model = load_policy_checkpoint(ckpt, self.plan.base_path, self.config.model.dtype, lora)
         else:  # a round whose checkpoint was not kept (save_every > 1): replay its training
@@ -94,9 +97,15 @@ class RunContext:
 
     def sampler(self, r: int) -> Sampler:
         """A sampler for the policy after round r, on the run's backend; nothing loads until it generates."""
-        return open_sampler(self.plan.backend, lambda: self.policy_after(r), lambda: self.policy_dir(r),
-                            self.tokenizer, self.config.model.dtype, self.config.sampling.gpu_memory_utilization,
-                            self.config.run.seed)
+        return open_sampler(
+            self.plan.backend,
+            lambda: self.policy_after(r),
+            lambda: self.policy_dir(r),
+            self.tokenizer,
+            self.config.model.dtype,
+            self.config.sampling.gpu_memory_utilization,
+            self.config.run.seed,
+        )
 
     def reference(self, r: int, frozen_copy: bool = False) -> LiveReference:
         """The reference policy of round r as a model run without gradients.
@@ -122,8 +131,14 @@ class RunContext:
         return JudgeCache(self.store.root / "judge-cache", self.store)
 
     def judge_context(self, r: int, cache: JudgeCache) -> JudgeContext:
-        return JudgeContext(r, self.config.run.seed, cache, lambda: self.policy_after(r - 1), self.tokenizer,
-                            self.config.model.system_prompt)
+        return JudgeContext(
+            r,
+            self.config.run.seed,
+            cache,
+            lambda: self.policy_after(r - 1),
+            self.tokenizer,
+            self.config.model.system_prompt,
+        )
 
     # ------------------------------------------------------------------ records in the store
 
@@ -148,8 +163,9 @@ class RunContext:
         for stage in self.plan.stages:
             for role in ROLLOUT_ROLES:
                 if role in stage.writes and self.store.path(r, stage.file(role)).exists():
-                    out.update({(x.prompt_id, x.source, x.sample_idx): x
-                                for x in self.read(r, stage.file(role), Rollout)})
+                    out.update(
+                        {(x.prompt_id, x.source, x.sample_idx): x for x in self.read(r, stage.file(role), Rollout)}
+                    )
         if self.plan.strategy.uses_initial:
             out.update({(x.prompt_id, x.source, x.sample_idx): x for x in self.initial_responses()[0]})
         return out

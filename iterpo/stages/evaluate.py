@@ -23,14 +23,16 @@ class Evaluate(Stage):
     def run(self, ctx, r):
         e, prompts = ctx.config.eval, ctx.eval_prompts
         with ctx.sampler(r) as sampler, bar("evaluation", len(prompts)) as advance:
-            outs = sampler.generate([ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens,
-                                    e.batch_size, advance)
+            outs = sampler.generate(
+                [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
+            )
         items = []
         for p, [(ids, reason)] in zip(prompts, outs):
             text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
             j = ctx.plan.eval_judge.judge(p, [Rollout(p.prompt_id, 0, r, 0, text, ids, reason)])[0]
             items.append({"prompt_id": p.prompt_id, "response": text, "score": j.score, "detail": j.detail})
         accuracy = sum(x["score"] for x in items) / len(items)
-        ctx.store.write_json(ctx.store.path(r, self.file("eval")),
-                             {"round": r, "accuracy": accuracy, "n": len(items), "items": items})
+        ctx.store.write_json(
+            ctx.store.path(r, self.file("eval")), {"round": r, "accuracy": accuracy, "n": len(items), "items": items}
+        )
         return {"accuracy": accuracy}

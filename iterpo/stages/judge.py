@@ -27,9 +27,20 @@ class Judge(Stage):
         judge, cache = ctx.plan.judge, ctx.judge_cache()
         judge.setup(ctx.judge_context(r, cache))
         with bar("judging", len(ctx.train_prompts)) as advance:
-            judgements = judge_all(judge, ctx.train_prompts, by_prompt, cache, ctx.config.sampling.shard_size,
-                                   ctx.config.judge.max_failed_share, advance)
+            judgements = judge_all(
+                judge,
+                ctx.train_prompts,
+                by_prompt,
+                cache,
+                ctx.config.sampling.shard_size,
+                ctx.config.judge.max_failed_share,
+                advance,
+            )
         ctx.store.write_parquet(ctx.store.path(r, self.file("judgements")), to_table(judgements, Judgement))
         failed = Counter(j.detail for j in judgements if j.failed)
-        return {"cache_hits": cache.hits, "cache_misses": cache.misses, "failed": sum(failed.values()),
-                "failure_reasons": dict(failed.most_common(5))}
+        return {
+            "cache_hits": cache.hits,
+            "cache_misses": cache.misses,
+            "failed": sum(failed.values()),
+            "failure_reasons": dict(failed.most_common(5)),
+        }

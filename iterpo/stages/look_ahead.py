@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 from iterpo.judges import judge_all
 from iterpo.pairing import RECORD_TYPE, sigmoid
@@ -38,8 +39,9 @@ class LookAhead(Stage):
     def run(self, ctx, r):
         pairs = ctx.records(r, self.input("examples"))
         replaced = self.guide(ctx, r, pairs) if pairs else 0
-        ctx.store.write_parquet(ctx.store.path(r, self.file("examples")),
-                                to_table(pairs, RECORD_TYPE[ctx.plan.loss.data_shape]))
+        ctx.store.write_parquet(
+            ctx.store.path(r, self.file("examples")), to_table(pairs, RECORD_TYPE[ctx.plan.loss.data_shape])
+        )
         return {"examples": len(pairs), "future_chosen": replaced}
 
     def guide(self, ctx, r: int, pairs: list) -> int:
@@ -50,21 +52,47 @@ class LookAhead(Stage):
         s, K = ctx.config.sampling, ctx.config.sampling.samples_per_prompt
         prompts = [ctx.prompts_by_id[pid] for pid in dict.fromkeys(p.prompt_id for p in pairs)]
         seeds = [[derive_seed(ctx.config.run.seed, r, "future", p.prompt_id, k) for k in range(K)] for p in prompts]
-        with TransformersSampler(lambda: future, ctx.tokenizer) as sampler, \
-                bar("look-ahead samples", len(prompts) * K) as advance:
-            outs = sampler.generate([ctx.prompt_ids(p) for p in prompts], seeds, s.temperature, s.top_p,
-                                    s.max_new_tokens, s.batch_size, advance)
-        del future
-        answers = [Rollout(p.prompt_id, k, r, seeds[i][k], ctx.tokenizer.decode(ids, skip_special_tokens=True), ids,
-                           reason, "look_ahead") for i, p in enumerate(prompts) for k, (ids, reason) in enumerate(outs[i])]
+
+        def future_model(f: Any = future) -> Any:  # the model bound now (mypy infers no lambda with a default)
+            return f
+
+        with (
+            TransformersSampler(future_model, ctx.tokenizer) as sampler,
+            bar("look-ahead samples", len(prompts) * K) as advance,
+        ):
+            outs = sampler.generate(
+                [ctx.prompt_ids(p) for p in prompts],
+                seeds,
+                s.temperature,
+                s.top_p,
+                s.max_new_tokens,
+                s.batch_size,
+                advance,
+            )
+        del sampler, future, future_model  # the look-ahead model is not needed any more: free it before judging
+        answers = [
+            Rollout(
+                p.prompt_id,
+                k,
+                r,
+                seeds[i][k],
+                ctx.tokenizer.decode(ids, skip_special_tokens=True),
+                ids,
+                reason,
+                "look_ahead",
+            )
+            for i, p in enumerate(prompts)
+            for k, (ids, reason) in enumerate(outs[i])
+        ]
         judge, cache = ctx.plan.judge, ctx.judge_cache()
         judge.setup(ctx.judge_context(r, cache))
         by_prompt: dict[str, list[Rollout]] = {}
         for a in answers:
             by_prompt.setdefault(a.prompt_id, []).append(a)
         with bar("judging look-ahead", len(prompts)) as advance:
-            verdicts = judge_all(judge, prompts, by_prompt, cache, s.shard_size, ctx.config.judge.max_failed_share,
-                                 advance)
+            verdicts = judge_all(
+                judge, prompts, by_prompt, cache, s.shard_size, ctx.config.judge.max_failed_share, advance
+            )
         best: dict[str, tuple[float, Rollout]] = {}
         for a, j in zip([a for p in prompts for a in by_prompt[p.prompt_id]], verdicts):
             if not j.failed and (a.prompt_id not in best or j.score > best[a.prompt_id][0]):

@@ -24,13 +24,23 @@ class Pair(Stage):
         plan = ctx.plan
         judgements = ctx.read(r, self.file("judgements"), Judgement)
         initial = ctx.initial_responses() if plan.strategy.uses_initial else None
-        result = build_examples(plan.strategy, ctx.train_prompts, ctx.read(r, self.file("rollouts"), Rollout),
-                                judgements, derive_seed(ctx.config.run.seed, r, "pair"), initial)
+        result = build_examples(
+            plan.strategy,
+            ctx.train_prompts,
+            ctx.read(r, self.file("rollouts"), Rollout),
+            judgements,
+            derive_seed(ctx.config.run.seed, r, "pair"),
+            initial,
+        )
         if "aux_samples" in plan.loss.needs:  # the first k samples of the prompt: i.i.d. draws, unselected
             k = min(AUX_SAMPLES, ctx.config.sampling.samples_per_prompt)
             for x in result.examples:
                 x.aux_idxs = list(range(k))
-        ctx.store.write_parquet(ctx.store.path(r, self.file("examples")),
-                                to_table(result.examples, RECORD_TYPE[result.data_shape]))
-        return {"examples": len(result.examples), "skipped": dict(result.skipped),
-                "failed_judgements": result.failed_judgements}
+        ctx.store.write_parquet(
+            ctx.store.path(r, self.file("examples")), to_table(result.examples, RECORD_TYPE[result.data_shape])
+        )
+        return {
+            "examples": len(result.examples),
+            "skipped": dict(result.skipped),
+            "failed_judgements": result.failed_judgements,
+        }

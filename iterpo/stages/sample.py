@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from iterpo.progress import bar
 from iterpo.records import Rollout, from_table, to_table
@@ -19,7 +18,7 @@ class Sample(Stage):
     a finished shard of ``sampling.shard_size`` prompts survives a crash."""
 
     writes = {"rollouts": "rollouts.parquet"}
-    source: Optional[str] = None
+    source: str | None = None
     """What the responses are recorded as coming from (default: 'policy', or the stage's name when it is not
     'sample', so a second sampling stage's responses stay apart)."""
 
@@ -45,12 +44,28 @@ class Sample(Stage):
                 if state == "damaged":  # sampled again below: each sample depends on its seed alone
                     store.set_aside(path)
                 seeds = [[derive_seed(ctx.config.run.seed, r, p.prompt_id, k) for k in range(K)] for p in shard]
-                outs = sampler.generate([ctx.prompt_ids(p) for p in shard], seeds, s.temperature, s.top_p,
-                                        s.max_new_tokens, s.batch_size, advance)
+                outs = sampler.generate(
+                    [ctx.prompt_ids(p) for p in shard],
+                    seeds,
+                    s.temperature,
+                    s.top_p,
+                    s.max_new_tokens,
+                    s.batch_size,
+                    advance,
+                )
                 shard_rows = [
-                    Rollout(p.prompt_id, k, r, seeds[i][k], ctx.tokenizer.decode(ids, skip_special_tokens=True), ids,
-                            reason, source)
-                    for i, p in enumerate(shard) for k, (ids, reason) in enumerate(outs[i])
+                    Rollout(
+                        p.prompt_id,
+                        k,
+                        r,
+                        seeds[i][k],
+                        ctx.tokenizer.decode(ids, skip_special_tokens=True),
+                        ids,
+                        reason,
+                        source,
+                    )
+                    for i, p in enumerate(shard)
+                    for k, (ids, reason) in enumerate(outs[i])
                 ]
                 new_tokens += sum(len(x.token_ids) for x in shard_rows)
                 store.write_parquet(path, to_table(shard_rows, Rollout))

@@ -54,7 +54,12 @@ class Train(Stage):
         cfg = ctx.config.run
         if r % cfg.save_every == 0 or r == cfg.rounds:
             lora = ctx.config.model.lora
-            save_policy(model, ctx.tokenizer, ctx.store.path(r, self.file("policy")), bool(lora and lora.save_merged),
-                        ctx.store.write_dir)
+            save_policy(
+                model,
+                ctx.tokenizer,
+                ctx.store.path(r, self.file("policy")),
+                bool(lora and lora.save_merged),
+                ctx.store.write_dir,
+            )
         ctx.store.write_text(ctx.store.path(r, self.file("train_log")), "".join(json.dumps(x) + "\n" for x in log))
         return {"steps": len(log)}

@@ -1,7 +1,7 @@
 """Built-in prompt suites with verifiable answers, plus prompts from files."""
 
-from iterpo.tasks.base import TASKS, Task, register_task
 from iterpo.tasks import arithmetic, code, constraints, files, word_problems  # noqa: F401  (register the tasks)
+from iterpo.tasks.base import TASKS, Task, register_task
 from iterpo.tasks.files import read_prompts
 
 

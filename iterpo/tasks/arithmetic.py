@@ -39,22 +39,30 @@ class Arithmetic(Task):
         held_out = {p.metadata for p in self._eval}
         self._train = self._generate("train", config.train_size, seed, exclude=held_out)
 
-    def _generate(self, split: str, n: int, seed: int, exclude: set) -> list["_Question"]:
+    def _generate(self, split: str, n: int, seed: int, exclude: set) -> list[_Question]:
         rng = random.Random(f"arithmetic/{split}/{seed}")
         lo, hi = 10 ** (self.config.digits - 1), 10**self.config.digits - 1
         if self.config.digits == 1:
             lo = 0
         space = (hi - lo + 1) ** 2 * len(self.config.operations)
         if n + len(exclude) > space:
-            raise ConfigError(f"task.train_size/eval_size: asked for {n} {split} questions but only {space - len(exclude)} distinct arithmetic questions exist with these digits and operations")
-        seen, out = set(exclude), []
+            raise ConfigError(
+                f"task.train_size/eval_size: asked for {n} {split} questions but only {space - len(exclude)} "
+                "distinct arithmetic questions exist with these digits and operations"
+            )
+        seen = set(exclude)
+        out: list[_Question] = []
         while len(out) < n:
             a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(self.config.operations)
             if (a, op, b) in seen:
                 continue
             seen.add((a, op, b))
             template = rng.choice(TEMPLATES)
-            out.append(_Question(f"arith-{split}-{len(out):05d}", template.format(a=a, op=op, b=b), _APPLY[op](a, b), (a, op, b)))
+            out.append(
+                _Question(
+                    f"arith-{split}-{len(out):05d}", template.format(a=a, op=op, b=b), _APPLY[op](a, b), (a, op, b)
+                )
+            )
         return out
 
     def train_prompts(self) -> list[Prompt]:

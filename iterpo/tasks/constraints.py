@@ -15,9 +15,28 @@ import random
 from iterpo.tasks.base import register_task
 from iterpo.tasks.generated import GeneratedTask, Item
 
-TOPICS = ["the ocean", "a rainy day", "learning to cook", "city parks", "the history of bicycles", "honeybees",
-          "a favourite book", "morning routines", "mountain hiking", "public libraries", "solar power", "board games",
-          "the moon", "coffee", "volunteering", "trains", "winter", "gardening", "music practice", "recycling"]
+TOPICS = [
+    "the ocean",
+    "a rainy day",
+    "learning to cook",
+    "city parks",
+    "the history of bicycles",
+    "honeybees",
+    "a favourite book",
+    "morning routines",
+    "mountain hiking",
+    "public libraries",
+    "solar power",
+    "board games",
+    "the moon",
+    "coffee",
+    "volunteering",
+    "trains",
+    "winter",
+    "gardening",
+    "music practice",
+    "recycling",
+]
 FORMS = ["a short paragraph", "a brief note", "a short description", "two or three sentences", "a short message"]
 KEYWORDS = ["because", "important", "together", "quiet", "simple", "future", "bright", "careful"]
 AVOID = ["very", "really", "nice", "good", "thing"]
@@ -35,24 +54,30 @@ def _constraint(kind: str, rng: random.Random) -> tuple[dict, str]:
         return {"min_words": n}, f"Use at least {n} words."
     if kind == "must_include":
         w = rng.choice(KEYWORDS)
-        return {"must_include": [w]}, f"Include the word \"{w}\"."
+        return {"must_include": [w]}, f'Include the word "{w}".'
     if kind == "forbidden":
         w = rng.choice(AVOID)
-        return {"forbidden": [w]}, f"Do not use the word \"{w}\"."
+        return {"forbidden": [w]}, f'Do not use the word "{w}".'
     if kind == "lowercase":
         return {"lowercase": True}, "Write everything in lower case letters."
     if kind == "starts_with":
         w = rng.choice(FIRST)
-        return {"starts_with": w}, f"Start your reply with the word \"{w}\"."
+        return {"starts_with": w}, f'Start your reply with the word "{w}".'
     if kind == "ends_with":
         w = rng.choice(LAST)
-        return {"ends_with": w}, f"End your reply with \"{w}\"."
+        return {"ends_with": w}, f'End your reply with "{w}".'
     return {"json": True}, "Format the whole reply as a JSON object."
 
 
 KINDS = ["max_words", "min_words", "must_include", "forbidden", "lowercase", "starts_with", "ends_with", "json"]
-CLASHES = [{"max_words", "min_words"}, {"json", "starts_with"}, {"json", "ends_with"}, {"json", "lowercase"},
-           {"lowercase", "starts_with"}, {"lowercase", "ends_with"}]  # pairs that cannot both hold, or read oddly
+CLASHES = [
+    {"max_words", "min_words"},
+    {"json", "starts_with"},
+    {"json", "ends_with"},
+    {"json", "lowercase"},
+    {"lowercase", "starts_with"},
+    {"lowercase", "ends_with"},
+]  # pairs that cannot both hold, or read oddly
 
 
 @register_task("constraints")

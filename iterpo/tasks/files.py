@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import pyarrow.parquet as pq
 
 from iterpo.config import TaskSection
-from iterpo.errors import DataError, reading
+from iterpo.errors import ConfigError, DataError, reading
 from iterpo.records import Prompt
 from iterpo.tasks.base import Task, register_task
 
@@ -29,8 +28,13 @@ def _row_to_prompt(row: dict, where: str, default_id: str) -> Prompt:
                 messages = json.loads(messages)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: 'messages' is a string but not JSON ({exc})") from None
-        ok = isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+        ok = (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
         )
         if not ok:
             raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role': str, 'content': str}}")
@@ -47,7 +51,7 @@ def _row_to_prompt(row: dict, where: str, default_id: str) -> Prompt:
     return Prompt(str(pid), messages, None if answer is None else str(answer))
 
 
-def read_prompts(path: str | Path, limit: Optional[int] = None, id_prefix: str = "p") -> list[Prompt]:
+def read_prompts(path: str | Path, limit: int | None = None, id_prefix: str = "p") -> list[Prompt]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"prompt file {path} does not exist")
@@ -72,7 +76,9 @@ def read_prompts(path: str | Path, limit: Optional[int] = None, id_prefix: str =
             try:
                 row = json.loads(line)
             except (json.JSONDecodeError, RecursionError) as exc:
-                why = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                why = (
+                    f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                )
                 raise DataError(f"{path} line {lineno} is not valid JSON: {why}") from None
             prompts.append(_row_to_prompt(row, f"{path} line {lineno}", f"{id_prefix}-{len(prompts):06d}"))
     if not prompts:
@@ -90,6 +96,8 @@ class FilePrompts(Task):
     default_judge = "exact_answer"
 
     def __init__(self, config: TaskSection, seed: int):
+        if config.train_file is None:  # TaskSection requires it for task 'file'; a section built for another may not
+            raise ConfigError("task 'file' needs task.train_file")
         self._train = read_prompts(config.train_file, config.train_size, "train")
         self._eval = read_prompts(config.eval_file, config.eval_size, "eval") if config.eval_file else []
 

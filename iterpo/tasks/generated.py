@@ -39,19 +39,28 @@ class GeneratedTask(Task):
 
     def _generate(self, split: str, n: int, seed: int, exclude: set) -> list[tuple[tuple, Prompt]]:
         rng = random.Random(f"{self.name}/{split}/{seed}")
-        seen, out, misses = set(exclude), [], 0
+        seen, misses = set(exclude), 0
+        out: list[tuple[tuple, Prompt]] = []
         while len(out) < n:
             item = self.make(rng)
             if item.key in seen:
                 misses += 1
                 if misses > self.max_misses:
-                    raise ConfigError(f"task {self.name}: could only make {len(out)} distinct {split} problems of the "
-                                      f"{n} asked for; lower task.train_size / task.eval_size")
+                    raise ConfigError(
+                        f"task {self.name}: could only make {len(out)} distinct {split} problems of the "
+                        f"{n} asked for; lower task.train_size / task.eval_size"
+                    )
                 continue
             misses = 0
             seen.add(item.key)
-            out.append((item.key, Prompt(f"{self.name}-{split}-{len(out):05d}", [{"role": "user", "content": item.text}],
-                                         item.answer)))
+            out.append(
+                (
+                    item.key,
+                    Prompt(
+                        f"{self.name}-{split}-{len(out):05d}", [{"role": "user", "content": item.text}], item.answer
+                    ),
+                )
+            )
         return out
 
     def train_prompts(self) -> list[Prompt]:

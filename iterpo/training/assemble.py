@@ -7,7 +7,7 @@ responses and joins everything into the examples the trainer consumes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from iterpo.records import LabelledResponse, Preference, RankedGroup, RefLogp, Rollout
 from iterpo.training.examples import GroupExample, PairExample, UnpairedExample
@@ -17,6 +17,14 @@ Key = tuple[str, str, str, int]  # (prompt scored after, prompt the response was
 # model's, then any other source by name. Batches of the reference pass follow it, and a different batching moves
 # log-probs in their last bits, so it is kept fixed.
 SOURCE_RANK = {"policy": 0, "initial": 1, "look_ahead": 2}
+
+
+def _scored(table: dict[Key, float | None], key: Key) -> float:
+    """A log-prob the reference stage stored (it stores None only for what the loss does not need)."""
+    value = table[key]
+    if value is None:
+        raise ValueError(f"the reference stage stored no log-prob for {key}, which the loss needs")
+    return value
 
 
 def responses_to_score(records: list) -> list[Key]:
@@ -35,8 +43,13 @@ def responses_to_score(records: list) -> list[Key]:
     return sorted(keys, key=lambda k: (k[0], k[1], SOURCE_RANK.get(k[2], len(SOURCE_RANK)), k[2], k[3]))
 
 
-def training_examples(records: list, rollouts: dict[tuple[str, str, int], Rollout],
-                      prompt_ids: Callable[[str], list[int]], scored: list[RefLogp], needs: frozenset[str]) -> list:
+def training_examples(
+    records: list,
+    rollouts: dict[tuple[str, str, int], Rollout],
+    prompt_ids: Callable[[str], list[int]],
+    scored: list[RefLogp],
+    needs: frozenset[str],
+) -> list:
     """Join records, responses (by prompt_id, source, sample_idx) and reference log-probs into PairExample /
     UnpairedExample / GroupExample."""
     ref = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx): x.ref_logp for x in scored}
@@ -46,31 +59,46 @@ def training_examples(records: list, rollouts: dict[tuple[str, str, int], Rollou
     def ids(pid: str, source: str, idx: int) -> list[int]:
         return rollouts[(pid, source, idx)].token_ids
 
-    out = []
+    out: list[PairExample | UnpairedExample | GroupExample] = []
     for x in records:
         pid = x.prompt_id
         if isinstance(x, Preference):
             c, r = (pid, pid, x.chosen_source, x.chosen_idx), (pid, pid, x.rejected_source, x.rejected_idx)
             aux = [(pid, pid, "policy", i) for i in x.aux_idxs]
-            out.append(PairExample(
-                prompt_ids(pid), ids(pid, x.chosen_source, x.chosen_idx), ids(pid, x.rejected_source, x.rejected_idx),
-                ref_logps=(ref[c], ref[r]) if use_ref else None,
-                prev_logps=(prev[c], prev[r]) if use_prev else None,
-                win_rates=(x.chosen_win_rate, x.rejected_win_rate),
-                soft_label=x.soft_label,
-                aux_ids=[ids(pid, "policy", i) for i in x.aux_idxs],
-                ref_aux_logps=[ref[k] for k in aux] if use_ref else None,
-            ))
+            out.append(
+                PairExample(
+                    prompt_ids(pid),
+                    ids(pid, x.chosen_source, x.chosen_idx),
+                    ids(pid, x.rejected_source, x.rejected_idx),
+                    ref_logps=(_scored(ref, c), _scored(ref, r)) if use_ref else None,
+                    prev_logps=(_scored(prev, c), _scored(prev, r)) if use_prev else None,
+                    win_rates=(x.chosen_win_rate, x.rejected_win_rate),
+                    soft_label=x.soft_label,
+                    aux_ids=[ids(pid, "policy", i) for i in x.aux_idxs],
+                    ref_aux_logps=[_scored(ref, k) for k in aux] if use_ref else None,
+                )
+            )
         elif isinstance(x, LabelledResponse):
             own, mismatched = (pid, pid, x.source, x.sample_idx), (pid, x.kl_prompt_id, x.kl_source, x.kl_sample_idx)
-            out.append(UnpairedExample(
-                prompt_ids(pid), ids(pid, x.source, x.sample_idx), x.label,
-                ids(x.kl_prompt_id, x.kl_source, x.kl_sample_idx),
-                ref_logp=ref[own] if use_ref else None, ref_kl_logp=ref[mismatched] if use_ref else None,
-            ))
+            out.append(
+                UnpairedExample(
+                    prompt_ids(pid),
+                    ids(pid, x.source, x.sample_idx),
+                    x.label,
+                    ids(x.kl_prompt_id, x.kl_source, x.kl_sample_idx),
+                    ref_logp=ref[own] if use_ref else None,
+                    ref_kl_logp=ref[mismatched] if use_ref else None,
+                )
+            )
         elif isinstance(x, RankedGroup):
-            out.append(GroupExample(
-                prompt_ids(pid), [ids(pid, s, i) for s, i in zip(x.sources, x.sample_idxs)], list(x.scores),
-                ref_logps=[ref[(pid, pid, s, i)] for s, i in zip(x.sources, x.sample_idxs)] if use_ref else None,
-            ))
+            out.append(
+                GroupExample(
+                    prompt_ids(pid),
+                    [ids(pid, s, i) for s, i in zip(x.sources, x.sample_idxs)],
+                    list(x.scores),
+                    ref_logps=[_scored(ref, (pid, pid, s, i)) for s, i in zip(x.sources, x.sample_idxs)]
+                    if use_ref
+                    else None,
+                )
+            )
     return out

@@ -8,12 +8,13 @@ and fills exactly the fields the loss declares in ``needs``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
 from iterpo.losses import Loss, PreferenceBatch, RankedBatch, UnpairedBatch
+from iterpo.losses.base import require
 from iterpo.models.logprobs import response_token_stats
 from iterpo.models.packing import Layout, sequence_logps
 
@@ -23,12 +24,12 @@ class PairExample:
     prompt_ids: list[int]  # (P,) prompt tokens
     chosen_ids: list[int]  # (Tc,) chosen response tokens
     rejected_ids: list[int]  # (Tr,) rejected response tokens
-    ref_logps: Optional[tuple[float, float]] = None  # (chosen, rejected) under the reference
-    prev_logps: Optional[tuple[float, float]] = None  # (chosen, rejected) under the round's starting policy
-    win_rates: Optional[tuple[float, float]] = None  # (chosen, rejected) estimated P(y beats pi_t)
-    soft_label: Optional[float] = None  # estimated P(chosen beats rejected)
+    ref_logps: tuple[float, float] | None = None  # (chosen, rejected) under the reference
+    prev_logps: tuple[float, float] | None = None  # (chosen, rejected) under the round's starting policy
+    win_rates: tuple[float, float] | None = None  # (chosen, rejected) estimated P(y beats pi_t)
+    soft_label: float | None = None  # estimated P(chosen beats rejected)
     aux_ids: list[list[int]] = field(default_factory=list)  # k extra responses to the same prompt
-    ref_aux_logps: Optional[list[float]] = None  # (k,) their reference log-probs
+    ref_aux_logps: list[float] | None = None  # (k,) their reference log-probs
 
     @property
     def tokens(self) -> int:  # in a packed pass: the prompt once, each response once
@@ -41,8 +42,8 @@ class UnpairedExample:
     response_ids: list[int]
     desirable: bool
     kl_response_ids: list[int]  # another prompt's response: (x, y') for KTO's reference point
-    ref_logp: Optional[float] = None
-    ref_kl_logp: Optional[float] = None
+    ref_logp: float | None = None
+    ref_kl_logp: float | None = None
 
     @property
     def tokens(self) -> int:
@@ -54,7 +55,7 @@ class GroupExample:
     prompt_ids: list[int]
     responses: list[list[int]]  # best first
     scores: list[float]  # non-increasing
-    ref_logps: Optional[list[float]] = None
+    ref_logps: list[float] | None = None
 
     @property
     def tokens(self) -> int:
@@ -65,8 +66,9 @@ def _t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def collate_pairs(model, examples: list[PairExample], loss: Loss, pad_id: int, reference=None,
-                  layout: Layout = Layout()) -> PreferenceBatch:
+def collate_pairs(
+    model, examples: list[PairExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
+) -> PreferenceBatch:
     B = len(examples)
     needs = loss.needs
     prompts = [e.prompt_ids for e in examples]
@@ -74,7 +76,8 @@ def collate_pairs(model, examples: list[PairExample], loss: Loss, pad_id: int, r
     # one group per pair: the prompt once, then chosen, rejected and k aux responses
     groups = [(e.prompt_ids, [e.chosen_ids, e.rejected_ids, *e.aux_ids[:k]]) for e in examples]
     batch = PreferenceBatch(
-        chosen_logps=torch.empty(0), rejected_logps=torch.empty(0),
+        chosen_logps=torch.empty(0),
+        rejected_logps=torch.empty(0),
         chosen_lengths=_t([len(e.chosen_ids) for e in examples]),
         rejected_lengths=_t([len(e.rejected_ids) for e in examples]),
     )
@@ -82,7 +85,10 @@ def collate_pairs(model, examples: list[PairExample], loss: Loss, pad_id: int, r
         responses = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
         s = _token_stats(model, reference, prompts * 2, responses, pad_id, loss)  # rows: chosen, then rejected
         batch.chosen_token_logps, batch.rejected_token_logps = s["token_logps"][:B], s["token_logps"][B:]
-        batch.ref_chosen_token_logps, batch.ref_rejected_token_logps = s["ref_token_logps"][:B], s["ref_token_logps"][B:]
+        batch.ref_chosen_token_logps, batch.ref_rejected_token_logps = (
+            s["ref_token_logps"][:B],
+            s["ref_token_logps"][B:],
+        )
         batch.chosen_token_kl, batch.rejected_token_kl = s["token_kl"][:B], s["token_kl"][B:]
         batch.chosen_mask, batch.rejected_mask = s["mask"][:B], s["mask"][B:]
         if "ref_hidden" in s:
@@ -102,16 +108,16 @@ def collate_pairs(model, examples: list[PairExample], loss: Loss, pad_id: int, r
         if k:
             batch.ref_aux_logps = ref[:, 2:]
     elif "reference" in needs:
-        batch.ref_chosen_logps = _t([e.ref_logps[0] for e in examples])
-        batch.ref_rejected_logps = _t([e.ref_logps[1] for e in examples])
+        batch.ref_chosen_logps = _t([require(e.ref_logps, "stored reference log-probs")[0] for e in examples])
+        batch.ref_rejected_logps = _t([require(e.ref_logps, "stored reference log-probs")[1] for e in examples])
         if k:
             batch.ref_aux_logps = _t([e.ref_aux_logps for e in examples])  # (B, k)
     if "previous" in needs:
-        batch.prev_chosen_logps = _t([e.prev_logps[0] for e in examples])
-        batch.prev_rejected_logps = _t([e.prev_logps[1] for e in examples])
+        batch.prev_chosen_logps = _t([require(e.prev_logps, "previous-policy log-probs")[0] for e in examples])
+        batch.prev_rejected_logps = _t([require(e.prev_logps, "previous-policy log-probs")[1] for e in examples])
     if "win_rate" in needs:
-        batch.chosen_win_rate = _t([e.win_rates[0] for e in examples])
-        batch.rejected_win_rate = _t([e.win_rates[1] for e in examples])
+        batch.chosen_win_rate = _t([require(e.win_rates, "win rates")[0] for e in examples])
+        batch.rejected_win_rate = _t([require(e.win_rates, "win rates")[1] for e in examples])
     if "soft_label" in needs:
         batch.soft_label = _t([e.soft_label for e in examples])
     return batch
@@ -125,21 +131,25 @@ def _token_stats(model, reference, prompts, responses, pad_id, loss) -> dict[str
     pol = response_token_stats(model, prompts, responses, pad_id, full_distribution=True)
     with reference.active() as ref_model:
         ref = response_token_stats(ref_model, prompts, responses, pad_id, full_distribution=True, hidden_states=hidden)
+    assert ref.log_dist is not None and pol.log_dist is not None  # full_distribution=True fills them
     # KL(ref || pi) at each position = sum_v p_ref(v) (log p_ref(v) - log pi(v)): (N, R)
     kl = (ref.log_dist.exp() * (ref.log_dist - pol.log_dist)).sum(-1) * pol.mask
     out = {"token_logps": pol.logps, "ref_token_logps": ref.logps, "token_kl": kl, "mask": pol.mask}
     if hidden:
+        assert ref.hidden is not None  # hidden_states=True fills it
         out["ref_hidden"] = ref.hidden
     return out
 
 
-def collate_unpaired(model, examples: list[UnpairedExample], loss: Loss, pad_id: int, reference=None,
-                     layout: Layout = Layout()) -> UnpairedBatch:
+def collate_unpaired(
+    model, examples: list[UnpairedExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
+) -> UnpairedBatch:
     # the mismatched response is scored after this example's prompt, so both share it
     groups = [(e.prompt_ids, [e.response_ids, e.kl_response_ids]) for e in examples]
     logps = sequence_logps(model, groups, layout, pad_id).view(-1, 2)  # (B, 2): matched, mismatched
     batch = UnpairedBatch(
-        logps=logps[:, 0], desirable=torch.tensor([e.desirable for e in examples]),
+        logps=logps[:, 0],
+        desirable=torch.tensor([e.desirable for e in examples]),
         kl_logps=logps[:, 1].detach(),  # KTO's reference point gets no gradient
         lengths=_t([len(e.response_ids) for e in examples]),
     )
@@ -149,10 +159,13 @@ def collate_unpaired(model, examples: list[UnpairedExample], loss: Loss, pad_id:
     return batch
 
 
-def collate_groups(model, examples: list[GroupExample], loss: Loss, pad_id: int, reference=None,
-                   layout: Layout = Layout()) -> RankedBatch:
+def collate_groups(
+    model, examples: list[GroupExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
+) -> RankedBatch:
     B, n = len(examples), max(len(e.responses) for e in examples)
-    flat = sequence_logps(model, [(e.prompt_ids, e.responses) for e in examples], layout, pad_id)  # (sum of group sizes,)
+    flat = sequence_logps(
+        model, [(e.prompt_ids, e.responses) for e in examples], layout, pad_id
+    )  # (sum of group sizes,)
     logps = torch.zeros(B, n)
     mask = torch.zeros(B, n, dtype=torch.bool)
     scores, lengths, ref = torch.zeros(B, n), torch.ones(B, n), torch.zeros(B, n)
@@ -169,8 +182,14 @@ def collate_groups(model, examples: list[GroupExample], loss: Loss, pad_id: int,
         if e.ref_logps is not None:
             ref[b, :m] = _t(e.ref_logps)
     logps = logps.index_put((torch.tensor(rows), torch.tensor(cols)), flat)  # keeps the graph to flat
-    return RankedBatch(logps=logps, scores=scores, mask=mask, lengths=lengths,
-                       ref_logps=ref if "reference" in loss.needs else None)
+    return RankedBatch(
+        logps=logps, scores=scores, mask=mask, lengths=lengths, ref_logps=ref if "reference" in loss.needs else None
+    )
 
 
-COLLATE = {"pairs": collate_pairs, "unpaired": collate_unpaired, "ranked": collate_groups}
+# data shape -> collate(model, examples, loss, pad_id, reference, layout) -> the loss's batch
+COLLATE: dict[str, Callable[..., PreferenceBatch | UnpairedBatch | RankedBatch]] = {
+    "pairs": collate_pairs,
+    "unpaired": collate_unpaired,
+    "ranked": collate_groups,
+}

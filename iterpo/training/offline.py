@@ -46,8 +46,9 @@ def read_preferences(path: str | Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise UserInputError(f"--preferences: {path} line {lineno} is not valid JSON: {exc.msg} "
-                                         f"(column {exc.colno})") from None
+                    raise UserInputError(
+                        f"--preferences: {path} line {lineno} is not valid JSON: {exc.msg} (column {exc.colno})"
+                    ) from None
     if not isinstance(rows, list) or not rows:
         raise UserInputError(f"--preferences: {path} holds no preference rows")
     for i, row in enumerate(rows, 1):
@@ -60,10 +61,17 @@ def read_preferences(path: str | Path) -> list[dict]:
         chat = isinstance(row["prompt"], list)
         for key in ("prompt", "chosen", "rejected"):
             value = row[key]
-            if chat and not (isinstance(value, list) and value and all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)):
-                raise UserInputError(f"{where}: {key} must be a non-empty list of {{role, content}} messages, "
-                                     "as the prompt is one")
+            if chat and not (
+                isinstance(value, list)
+                and value
+                and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value
+                )
+            ):
+                raise UserInputError(
+                    f"{where}: {key} must be a non-empty list of {{role, content}} messages, as the prompt is one"
+                )
             if not chat and not (isinstance(value, str) and value):
                 raise UserInputError(f"{where}: {key} must be a non-empty string (or every field a list of messages)")
         label = row.get("soft_label")
@@ -82,24 +90,33 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def tokenize_pair(tokenizer, row: dict) -> PairExample:
     """Token ids of one row: (prompt, chosen, rejected), TRL's way (see the module docstring)."""
     if isinstance(row["prompt"], list):
+
         def encode(messages, generation_prompt=False):
-            return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                                      add_generation_prompt=generation_prompt)["input_ids"])
+            return list(
+                tokenizer.apply_chat_template(
+                    messages, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+                )["input_ids"]
+            )
 
         prompt = encode(row["prompt"], generation_prompt=True)
         full = [encode(row["prompt"] + row[k]) for k in ("chosen", "rejected")]
     else:
         eos = tokenizer.eos_token
 
-        def encode(text):
+        def encode_text(text):
             return tokenizer(text)["input_ids"]
 
-        prompt = encode(row["prompt"])
-        full = [encode(row["prompt"] + (row[k] if row[k].endswith(eos) else row[k] + eos)) for k in ("chosen", "rejected")]
+        prompt = encode_text(row["prompt"])
+        full = [
+            encode_text(row["prompt"] + (row[k] if row[k].endswith(eos) else row[k] + eos))
+            for k in ("chosen", "rejected")
+        ]
     cut = min(_common_prefix(prompt, f) for f in full)
     chosen, rejected = full[0][cut:], full[1][cut:]
     if cut == 0 or not chosen or not rejected:
-        raise UserInputError("--preferences: a row's prompt and response do not tokenize into a prompt followed by a response")
+        raise UserInputError(
+            "--preferences: a row's prompt and response do not tokenize into a prompt followed by a response"
+        )
     label = row.get("soft_label")
     return PairExample(prompt[:cut], chosen, rejected, soft_label=None if label is None else float(label))
 
@@ -123,15 +140,17 @@ def check_loss(loss, examples: list[PairExample], name: str) -> None:
     missing = {"win_rate": "win-rate estimates", "aux_samples": "extra samples per prompt"}
     for need, what in missing.items():
         if need in loss.needs:
-            raise UserInputError(f"loss {name} needs {what}, which a preference file does not have; "
-                                 "use it in `iterpo run`")
+            raise UserInputError(
+                f"loss {name} needs {what}, which a preference file does not have; use it in `iterpo run`"
+            )
     if "soft_label" in loss.needs and any(e.soft_label is None for e in examples):
         raise UserInputError(f"loss {name} needs a soft_label on every row of the preference file")
 
 
 @torch.no_grad()
-def reference_logps(model, examples: list[PairExample], batch_size: int, pad_id: int, adapters_off: bool = False,
-                    progress=None) -> list[tuple[float, float]]:
+def reference_logps(
+    model, examples: list[PairExample], batch_size: int, pad_id: int, adapters_off: bool = False, progress=None
+) -> list[tuple[float, float]]:
     """(chosen, rejected) log-probs of every pair under the reference, once; batch_size pairs a batch.
 
     progress, if given, advances by responses (two a pair).
@@ -145,8 +164,9 @@ def reference_logps(model, examples: list[PairExample], batch_size: int, pad_id:
     return [(values[2 * i], values[2 * i + 1]) for i in range(len(examples))]
 
 
-def train_offline(model, examples: list[PairExample], loss, config, pad_id: int, progress_bar=None,
-                  reference=None) -> OfflineResult:
+def train_offline(
+    model, examples: list[PairExample], loss, config, pad_id: int, progress_bar=None, reference=None
+) -> OfflineResult:
     """Reference log-probs once (when the loss needs them), then the training loop over the pairs."""
     from iterpo.models.loading import is_lora
     from iterpo.training.trainer import train

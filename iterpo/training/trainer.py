@@ -12,8 +12,8 @@ stored without them).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Optional
 
 import torch
 
@@ -34,12 +34,12 @@ class LiveReference:
 
     @contextmanager
     def active(self):
-        with torch.no_grad(), (self.model.disable_adapter() if self.adapters_off else nullcontext()):
+        with torch.no_grad(), self.model.disable_adapter() if self.adapters_off else nullcontext():
             yield self.model
 
 
 def _batch_metrics(batch) -> dict[str, float]:
-    """Mean policy log-probs of chosen and rejected responses (ALGORITHMS.md's lp(y_w), lp(y_l))."""
+    """Batch means of the policy's sequence log-probs (summed over response tokens) of chosen and rejected responses."""
     out = {}
     if getattr(batch, "chosen_logps", None) is not None:
         out["logps_chosen"] = float(batch.chosen_logps.detach().mean())
@@ -54,8 +54,8 @@ def train(
     config,  # TrainSection
     seed: int,
     pad_id: int = 0,
-    progress: Optional[Callable[[int], None]] = None,
-    reference: Optional[LiveReference] = None,
+    progress: Callable[[int], None] | None = None,
+    reference: LiveReference | None = None,
     layout: Layout = Layout(),
 ) -> list[dict]:
     """Train model in place on examples of loss_fn.data_shape; return one log record per optimizer step.
@@ -73,7 +73,9 @@ def train(
     micro = config.batch_size
     steps_per_epoch = math.ceil(math.ceil(len(examples) / micro) / config.grad_accum)
     warmup = config.warmup_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+    )
     generator = torch.Generator().manual_seed(seed)
 
     def passes(idx: list[int]) -> list[list[int]]:

@@ -1,5 +1,5 @@
 """Preference games: the equilibrium solver, the gap, the identities between update rules,
-and the convergence claims of ALGORITHMS.md, with fixed seeds."""
+and the convergence claims of the papers (EGPO, Nash-MP, APO; see the README), with fixed seeds."""
 
 import math
 
@@ -25,8 +25,13 @@ def _gaps(P, beta, pis, ref):
 
 def test_game_families_are_valid_preference_matrices():
     rng = np.random.default_rng(0)
-    for P in [games.random_game(7, rng), games.bradley_terry(rng.normal(size=5)), games.rock_paper_scissors(),
-              games.random_cyclic(6, rng), games.random_game(4, rng, contexts=3)]:
+    for P in [
+        games.random_game(7, rng),
+        games.bradley_terry(rng.normal(size=5)),
+        games.rock_paper_scissors(),
+        games.random_cyclic(6, rng),
+        games.random_game(4, rng, contexts=3),
+    ]:
         games.check_game(P)
         assert np.allclose(np.diagonal(P, axis1=-2, axis2=-1), 0.5)
     # the cyclic game: every response ties the uniform policy, so uniform is the unregularised equilibrium
@@ -129,8 +134,10 @@ def test_nash_mp_is_extragradient_with_a_reparametrised_step_and_inpo_is_omd():
     mp = games.run("nash_mp", P, beta, ref, 30, eta)
     eg = games.run("egpo", P, beta, ref, 30, eta / (1 + eta) / beta)
     assert max(np.abs(a - b).max() for a, b in zip(mp, eg)) < 1e-12
-    assert all(np.array_equal(a, b) for a, b in zip(games.run("inpo", P, beta, ref, 10, 1.0),
-                                                    games.run("omd", P, beta, ref, 10, 1.0)))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(games.run("inpo", P, beta, ref, 10, 1.0), games.run("omd", P, beta, ref, 10, 1.0))
+    )
 
 
 def test_one_game_per_context_equals_separate_games():
@@ -252,14 +259,36 @@ def test_games_command_prints_the_table_and_writes_plots(tmp_path, capsys):
 
     game = tmp_path / "rps.csv"
     np.savetxt(game, games.rock_paper_scissors(), delimiter=",")
-    code = main(["games", "--game", "cyclic", "--game", str(game), "--beta", "0.1", "--seeds", "2",
-                 "--iterations", "300", "--algorithm", "egpo", "--algorithm", "nash_md", "--sampled", "50",
-                 "--plots", str(tmp_path / "plots")])
+    code = main(
+        [
+            "games",
+            "--game",
+            "cyclic",
+            "--game",
+            str(game),
+            "--beta",
+            "0.1",
+            "--seeds",
+            "2",
+            "--iterations",
+            "300",
+            "--algorithm",
+            "egpo",
+            "--algorithm",
+            "nash_md",
+            "--sampled",
+            "50",
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "| cyclic | 0.1 | egpo eta=1 |" in out and "| cyclic | 0.1 | nash_md eta=1 | never (300) |" in out
     assert "sampled preferences (50 per query)" in out
-    assert (tmp_path / "plots" / "gap_cyclic_beta0.1.svg").is_file() and (tmp_path / "plots" / "gap_rps_beta0.1.svg").is_file()
+    assert (tmp_path / "plots" / "gap_cyclic_beta0.1.svg").is_file() and (
+        tmp_path / "plots" / "gap_rps_beta0.1.svg"
+    ).is_file()
 
 
 def test_games_command_rejects_bad_input(tmp_path, capsys):

@@ -40,10 +40,16 @@ def test_constraints_score_is_the_fraction_met_and_names_the_failures():
     assert [j.score for j in ok_json] == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("answer,message", [
-    ("not json", "JSON object"), ("{}", "non-empty"), ('{"max_lines": 3}', "unknown constraint 'max_lines'"),
-    ('{"max_words": "five"}', "takes a int"), ('{"regex": "("}', "not a valid pattern"),
-])
+@pytest.mark.parametrize(
+    "answer,message",
+    [
+        ("not json", "JSON object"),
+        ("{}", "non-empty"),
+        ('{"max_lines": 3}', "unknown constraint 'max_lines'"),
+        ('{"max_words": "five"}', "takes a int"),
+        ('{"regex": "("}', "not a valid pattern"),
+    ],
+)
 def test_bad_constraint_specs_fail_with_the_reason(answer, message):
     with pytest.raises(DataError, match=message):
         _judge("constraints", answer, ["x"])

@@ -89,8 +89,16 @@ PROMPT = Prompt("p", [{"role": "user", "content": "What is 2 + 2?"}], "4")
 
 
 def _judge(endpoint, cache=None, **options):
-    options = {"base_url": endpoint.url, "model": "judge-model", "api_key_env": "TEST_JUDGE_KEY", "timeout_s": 0.5,
-               "max_retries": 2, "backoff_s": 0.01, "concurrency": 3, **options}
+    options = {
+        "base_url": endpoint.url,
+        "model": "judge-model",
+        "api_key_env": "TEST_JUDGE_KEY",
+        "timeout_s": 0.5,
+        "max_retries": 2,
+        "backoff_s": 0.01,
+        "concurrency": 3,
+        **options,
+    }
     judge = make_judge("pairwise_http", options)
     judge.setup(JudgeContext(1, 0, cache if cache is not None else JudgeCache()))
     return judge

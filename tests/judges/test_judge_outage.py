@@ -1,7 +1,6 @@
 """A judge that fails systematically stops the run before pairing; a resume asks again only what failed."""
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -12,10 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import REPO, cli_env, run_config, tiny_config
 from iterpo.config import load_config
 from iterpo.errors import JudgeFailure
 from iterpo.plan import build_plan
+
+from helpers import REPO, cli_env, run_config, tiny_config
 
 
 class Endpoint:
@@ -64,17 +64,26 @@ class Endpoint:
 
 def _config(tiny_model_dir, run_dir, port, tmp_path):
     cfg = tiny_config(tiny_model_dir, run_dir, **{"run.rounds": 1, "task.train_size": 6, "sampling.shard_size": 2})
-    cfg["judge"] = {"name": "pairwise_http", "base_url": f"http://127.0.0.1:{port}/v1", "model": "judge",
-                    "api_key_env": None, "timeout_s": 5, "max_retries": 1, "backoff_s": 0.01, "concurrency": 2,
-                    "give_up_after": 4}
+    cfg["judge"] = {
+        "name": "pairwise_http",
+        "base_url": f"http://127.0.0.1:{port}/v1",
+        "model": "judge",
+        "api_key_env": None,
+        "timeout_s": 5,
+        "max_retries": 1,
+        "backoff_s": 0.01,
+        "concurrency": 2,
+        "give_up_after": 4,
+    }
     path = tmp_path / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def _cli(*args):
-    done = subprocess.run([sys.executable, "-m", "iterpo", *args], cwd=REPO, env=cli_env(), capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "iterpo", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
     return done.returncode, " ".join(done.stderr.split())
 
 
@@ -91,7 +100,7 @@ def test_endpoint_that_dies_mid_stage_stops_the_run_and_resume_asks_only_the_res
     comparisons = len(healthy.requests)  # every ordered comparison of round 1, each asked once
     assert comparisons > 40
 
-    dying = Endpoint(port, answer=25)
+    Endpoint(port, answer=25)  # it serves until it stops answering
     run = tmp_path / "outage"
     code, err = _cli("run", str(_config(tiny_model_dir, run, port, tmp_path)))
     assert code == 1, err
@@ -107,10 +116,12 @@ def test_endpoint_that_dies_mid_stage_stops_the_run_and_resume_asks_only_the_res
     assert code == 0, err
     assert len(back.requests) == comparisons - cached  # exactly the comparisons with no saved verdict
     for name in ("judgements.parquet", "preferences.parquet"):  # (as JSON text: NaN, an unknown comparison, != NaN)
-        assert json.dumps(pq.read_table(run / "round-001" / name).to_pylist()) == \
-            json.dumps(pq.read_table(tmp_path / "clean" / "round-001" / name).to_pylist())
-    assert json.loads((run / "round-001" / "eval.json").read_text()) == \
-        json.loads((tmp_path / "clean" / "round-001" / "eval.json").read_text())
+        assert json.dumps(pq.read_table(run / "round-001" / name).to_pylist()) == json.dumps(
+            pq.read_table(tmp_path / "clean" / "round-001" / name).to_pylist()
+        )
+    assert json.loads((run / "round-001" / "eval.json").read_text()) == json.loads(
+        (tmp_path / "clean" / "round-001" / "eval.json").read_text()
+    )
 
 
 def test_too_many_failed_verdicts_stop_before_pairing(tiny_model_dir, tmp_path):

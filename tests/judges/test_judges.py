@@ -2,10 +2,10 @@ from decimal import Decimal
 
 import pytest
 
+from iterpo.config import JudgeSection
 from iterpo.errors import DataError
 from iterpo.judges import build_judge
 from iterpo.judges.verifiers import last_number
-from iterpo.config import JudgeSection
 from iterpo.records import Prompt, Rollout
 
 
@@ -28,7 +28,9 @@ def test_last_number(text, number):
 def test_exact_answer_scores_last_number():
     judge = build_judge(JudgeSection(name="exact_answer"))
     prompt = Prompt("p", [{"role": "user", "content": "What is 47 + 38?"}], "85")
-    rollouts = [Rollout("p", i, 1, 0, t, [1], "stop") for i, t in enumerate(["85", "47 + 38 = 85.", "85 or 86", "none"])]
+    rollouts = [
+        Rollout("p", i, 1, 0, t, [1], "stop") for i, t in enumerate(["85", "47 + 38 = 85.", "85 or 86", "none"])
+    ]
     scores = [j.score for j in judge.judge(prompt, rollouts)]
     assert scores == [1.0, 1.0, 0.0, 0.0]
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from iterpo.config import load_config
-from iterpo.plan import check_components
 from iterpo.errors import ConfigError
 from iterpo.judges import JudgeCache, JudgeContext, judge_with_cache, make_judge
+from iterpo.plan import check_components
 from iterpo.records import Prompt, Rollout
 
 PROMPT = Prompt("p", [{"role": "user", "content": "What is 2 + 2?"}], "4")
@@ -24,8 +24,16 @@ def reward_model_dir(tmp_path_factory, tokenizer):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     path = tmp_path_factory.mktemp("reward-model")
     LlamaForSequenceClassification(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -63,8 +71,9 @@ def test_reward_model_bad_paths_fail_when_the_run_is_planned(tmp_path):
     with pytest.raises(ConfigError, match="local model directory"):
         check_components(load_config(overrides=["judge.name=reward_model", f"judge.path={tmp_path / 'missing'}"]))
     with pytest.raises(ConfigError, match="no option 'temperature'"):
-        check_components(load_config(overrides=["judge.name=reward_model", f"judge.path={tmp_path}",
-                                                "judge.temperature=1"]))
+        check_components(
+            load_config(overrides=["judge.name=reward_model", f"judge.path={tmp_path}", "judge.temperature=1"])
+        )
 
 
 def test_pairwise_lm_cancels_position_bias_and_caches(tiny_model_dir):
@@ -111,7 +120,9 @@ def test_self_judge_averages_readable_scores_and_records_failures(tiny_model_dir
     from iterpo.judges.self_judge import read_score
 
     assert read_score("Relevant and clear.\nScore: 4") == 4.0
-    assert read_score("score = 3.5 ... Score: 2") == 2.0 and read_score("Score: 9") is None and read_score("great") is None
+    assert (
+        read_score("score = 3.5 ... Score: 2") == 2.0 and read_score("Score: 9") is None and read_score("great") is None
+    )
     assert read_score("**Score:** 3") == 3.0 and read_score("The score of 2 is a perfect fit") == 2.0
     assert read_score("I rate it 4/5.") == 4.0 and read_score("4 out of 5, overall") == 4.0
 
@@ -153,13 +164,21 @@ def test_ensemble_mean_vote_and_disagreement():
     # exact_answer reads the number; a second exact_answer-like member: multiple ways to agree
     mean = make_judge("ensemble", {"judges": [{"name": "exact_answer"}, {"name": "first_token_parity"}]})
     mean.setup(_context())
-    rollouts = [Rollout("p", 0, 1, 0, "4", [2], "stop"), Rollout("p", 1, 1, 0, "4", [3], "stop"),
-                Rollout("p", 2, 1, 0, "5", [3], "stop")]
+    rollouts = [
+        Rollout("p", 0, 1, 0, "4", [2], "stop"),
+        Rollout("p", 1, 1, 0, "4", [3], "stop"),
+        Rollout("p", 2, 1, 0, "5", [3], "stop"),
+    ]
     v = mean.judge(prompt, rollouts)
     assert [x.score for x in v] == [1.0, 0.5, 0.0] and [x.uncertainty for x in v] == [0.0, 0.5, 0.0]
     assert v[1].samples == [1.0, 0.0] and "exact_answer=1" in v[1].detail
-    vote = make_judge("ensemble", {"judges": [{"name": "exact_answer"}, {"name": "first_token_parity"},
-                                              {"name": "exact_answer"}], "combine": "vote"})
+    vote = make_judge(
+        "ensemble",
+        {
+            "judges": [{"name": "exact_answer"}, {"name": "first_token_parity"}, {"name": "exact_answer"}],
+            "combine": "vote",
+        },
+    )
     vote.setup(_context())
     v = vote.judge(prompt, rollouts)
     assert [x.score for x in v] == pytest.approx([1.0, 2 / 3, 0.0])

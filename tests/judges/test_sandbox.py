@@ -26,7 +26,9 @@ def _sandbox_processes() -> list[str]:
 
 def test_the_sandbox_is_available_and_runs_good_code():
     assert "network" in check_sandbox()
-    r = run_python("print(sum(range(10)))\nopen('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())", LIMITS)
+    r = run_python(
+        "print(sum(range(10)))\nopen('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())", LIMITS
+    )
     assert r.ok and r.stdout.split() == ["45", "ok"]
 
 
@@ -73,13 +75,17 @@ def test_deleting_or_writing_files_outside_the_work_dir_fails(tmp_path):
     victim.write_text("keep me")
     os.chmod(tmp_path, 0o777)
     os.chmod(victim, 0o666)  # even a world-writable file in a world-writable directory is safe
-    for code in [f"import os\nos.remove({str(victim)!r})", f"open({str(victim)!r}, 'w').write('gone')",
-                 f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')", "open('/tmp/iterpo-pwned', 'w').write('x')",
-                 "import shutil\nshutil.rmtree('/usr/lib', ignore_errors=False)",
-                 # remounting the file system writable first does not work either
-                 "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                 "assert libc.mount(None, b'/', None, 32 | 4096, None) == 0, 'remount refused'\n"
-                 "open('/tmp/iterpo-pwned', 'w').write('x')"]:
+    for code in [
+        f"import os\nos.remove({str(victim)!r})",
+        f"open({str(victim)!r}, 'w').write('gone')",
+        f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')",
+        "open('/tmp/iterpo-pwned', 'w').write('x')",
+        "import shutil\nshutil.rmtree('/usr/lib', ignore_errors=False)",
+        # remounting the file system writable first does not work either
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.mount(None, b'/', None, 32 | 4096, None) == 0, 'remount refused'\n"
+        "open('/tmp/iterpo-pwned', 'w').write('x')",
+    ]:
         r = run_python(code, LIMITS)
         assert not r.ok, code
     assert victim.read_text() == "keep me"
@@ -104,13 +110,15 @@ def test_sockets_cannot_reach_anything():
 def _accept(server):
     try:
         return server.accept()
-    except socket.timeout:
+    except TimeoutError:
         return None
 
 
 def test_environment_variables_do_not_leak(monkeypatch):
     monkeypatch.setenv("ITERPO_TEST_SECRET", "s3cret")
-    r = run_python("import os\nprint(os.environ.get('ITERPO_TEST_SECRET'))\nassert 's3cret' not in str(os.environ)", LIMITS)
+    r = run_python(
+        "import os\nprint(os.environ.get('ITERPO_TEST_SECRET'))\nassert 's3cret' not in str(os.environ)", LIMITS
+    )
     assert r.ok and r.stdout.strip() == "None"
 
 
@@ -118,9 +126,15 @@ def test_python_tests_judge_scores_and_explains(tmp_path):
     from iterpo.judges.code import PythonTests, extract_code
     from iterpo.records import Prompt, Rollout
 
-    prompt = Prompt("p0", [{"role": "user", "content": "Write add(a, b)."}], "assert add(2, 3) == 5\nassert add(-1, 1) == 0")
-    texts = ["Here:\n```python\ndef add(a, b):\n    return a + b\n```", "```python\ndef add(a, b):\n    return a - b\n```",
-             "def add(a, b):\n    while True: pass", "I cannot do that."]
+    prompt = Prompt(
+        "p0", [{"role": "user", "content": "Write add(a, b)."}], "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
+    )
+    texts = [
+        "Here:\n```python\ndef add(a, b):\n    return a + b\n```",
+        "```python\ndef add(a, b):\n    return a - b\n```",
+        "def add(a, b):\n    while True: pass",
+        "I cannot do that.",
+    ]
     rollouts = [Rollout("p0", i, 1, 0, t, [1], "stop") for i, t in enumerate(texts)]
     judgements = PythonTests(wall_seconds=6, cpu_seconds=3, memory_mb=256).judge(prompt, rollouts)
     assert [j.score for j in judgements] == [1.0, 0.0, 0.0, 0.0]

@@ -167,8 +167,9 @@ def test_soft_dpo_weight_is_gamma_times_2p_minus_1():
     # One pair with beta * delta = 0.5 * (1 - (-2)) = 1.5 (the first pair of pair_batch).
     beta, gamma = 0.5, 10.0
     loss = get_loss("soft_dpo", beta=beta, gamma=gamma)
-    one = lambda p, grad=False: PreferenceBatch(t([PC[0]], grad), t([PR[0]], grad), t([RC[0]]), t([RR[0]]),
-                                                soft_label=t([p]))
+    one = lambda p, grad=False: PreferenceBatch(
+        t([PC[0]], grad), t([PR[0]], grad), t([RC[0]]), t([RR[0]]), soft_label=t([p])
+    )
     # p = 0.9: weight 10 * 0.8 = 8, loss = softplus(-8 * 1.5) = log(1 + e^-12)
     assert float(loss(one(0.9)).loss) == pytest.approx(math.log1p(math.exp(-12.0)), abs=1e-12)
     # p = 0.3: weight 10 * -0.4 = -4, loss = softplus(4 * 1.5) = log(1 + e^6)
@@ -196,14 +197,26 @@ def test_soft_dpo_weight_is_gamma_times_2p_minus_1():
 def test_sppo_target_is_the_multiplicative_weights_update():
     eta = 10.0
     pw, pl = [0.8, 0.6], [0.3, 0.5]
-    batch = PreferenceBatch(t(PC, True), t(PR, True), prev_chosen_logps=t(RC), prev_rejected_logps=t(RR),
-                            chosen_win_rate=t(pw), rejected_win_rate=t(pl))
+    batch = PreferenceBatch(
+        t(PC, True),
+        t(PR, True),
+        prev_chosen_logps=t(RC),
+        prev_rejected_logps=t(RR),
+        chosen_win_rate=t(pw),
+        rejected_win_rate=t(pl),
+    )
     out = get_loss("sppo", eta=eta)(batch)
     want = [0.5 * ((w - eta * (a - 0.5)) ** 2 + (l - eta * (b - 0.5)) ** 2) for w, l, a, b in zip(LW, LL, pw, pl)]
     assert out.losses.tolist() == pytest.approx(want, abs=1e-12)
     # the minimiser: log pi(y) - log pi_t(y) = eta (P(y beats pi_t) - 1/2), i.e. pi ∝ pi_t exp(eta P)
-    at = PreferenceBatch(t([eta * 0.3], True), t([eta * -0.2], True), prev_chosen_logps=t([0.0]),
-                         prev_rejected_logps=t([0.0]), chosen_win_rate=t([0.8]), rejected_win_rate=t([0.3]))
+    at = PreferenceBatch(
+        t([eta * 0.3], True),
+        t([eta * -0.2], True),
+        prev_chosen_logps=t([0.0]),
+        prev_rejected_logps=t([0.0]),
+        chosen_win_rate=t([0.8]),
+        rejected_win_rate=t([0.3]),
+    )
     get_loss("sppo", eta=eta)(at).loss.backward()
     assert abs(float(at.chosen_logps.grad)) < 1e-12 and abs(float(at.rejected_logps.grad)) < 1e-12
 
@@ -258,9 +271,18 @@ def test_sparsepo_with_unit_masks_is_token_level_dpo():
     ref_w, ref_l = t([[-1.2, -0.4, -0.3]]), t([[-1.0, -0.6, 0.0]])
     kl_w, kl_l = t([[0.1, 0.0, 0.3]]), t([[0.2, 0.05, 0.0]])
     mask_w, mask_l = torch.tensor([[True] * T]), torch.tensor([[True, True, False]])
-    batch = PreferenceBatch(lp_w.sum(1), lp_l.sum(1), chosen_token_logps=lp_w, rejected_token_logps=lp_l,
-                            ref_chosen_token_logps=ref_w, ref_rejected_token_logps=ref_l, chosen_token_kl=kl_w,
-                            rejected_token_kl=kl_l, chosen_mask=mask_w, rejected_mask=mask_l)
+    batch = PreferenceBatch(
+        lp_w.sum(1),
+        lp_l.sum(1),
+        chosen_token_logps=lp_w,
+        rejected_token_logps=lp_l,
+        ref_chosen_token_logps=ref_w,
+        ref_rejected_token_logps=ref_l,
+        chosen_token_kl=kl_w,
+        rejected_token_kl=kl_l,
+        chosen_mask=mask_w,
+        rejected_mask=mask_l,
+    )
     out = get_loss("sparsepo", beta=0.5)(batch)
     u = (-1 + 1.2 - 0.5 + 0.4 - 0.2 + 0.3) - (-2 + 1.0 - 0.1 + 0.6)
     d = (0.2 + 0.05) - (0.1 + 0.0 + 0.3)
@@ -335,18 +357,21 @@ CASES = [  # (chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_l
 ]
 
 
-@pytest.mark.parametrize("trl_type,ours,hyper,trl_smoothing", [
-    ("sigmoid", "dpo", {"beta": 0.1}, 0.0),
-    ("ipo", "ipo", {"beta": 0.1, "length_normalize": True}, 0.0),
-    ("hinge", "hinge", {"beta": 0.1}, 0.0),
-    ("robust", "rdpo", {"beta": 0.1, "flip_rate": 0.2}, 0.2),
-    ("nca_pair", "nca", {"beta": 0.1}, 0.0),
-    ("exo_pair", "exo", {"beta": 0.1, "epsilon": 1e-3}, 1e-3),
-    ("bco_pair", "bco", {"beta": 0.1, "reward_shift": False}, 0.0),
-    ("sppo_hard", "sppo_hard", {"beta": 0.1}, 0.0),
-    ("apo_zero", "apo_zero", {"beta": 0.1}, 0.0),
-    ("apo_down", "apo_down", {"beta": 0.1}, 0.0),
-])
+@pytest.mark.parametrize(
+    "trl_type,ours,hyper,trl_smoothing",
+    [
+        ("sigmoid", "dpo", {"beta": 0.1}, 0.0),
+        ("ipo", "ipo", {"beta": 0.1, "length_normalize": True}, 0.0),
+        ("hinge", "hinge", {"beta": 0.1}, 0.0),
+        ("robust", "rdpo", {"beta": 0.1, "flip_rate": 0.2}, 0.2),
+        ("nca_pair", "nca", {"beta": 0.1}, 0.0),
+        ("exo_pair", "exo", {"beta": 0.1, "epsilon": 1e-3}, 1e-3),
+        ("bco_pair", "bco", {"beta": 0.1, "reward_shift": False}, 0.0),
+        ("sppo_hard", "sppo_hard", {"beta": 0.1}, 0.0),
+        ("apo_zero", "apo_zero", {"beta": 0.1}, 0.0),
+        ("apo_down", "apo_down", {"beta": 0.1}, 0.0),
+    ],
+)
 def test_pairwise_losses_match_trl(trl_type, ours, hyper, trl_smoothing):
     loss = get_loss(ours, **hyper)
     for c, r, rc, rr, lc, lr in CASES:
@@ -360,7 +385,9 @@ def test_kto_auto_weight_balances_desirable_and_undesirable():
 
     loss = get_loss("kto")  # desirable_weight: auto
     loss.start(None, [SimpleNamespace(desirable=d) for d in [True, False, False, False]])
-    batch = UnpairedBatch(t([-1.0, -2.0]), torch.tensor([True, False]), t([-1.0, -2.0]), t([-1.0, -1.0]), t([-1.0, -1.0]))
+    batch = UnpairedBatch(
+        t([-1.0, -2.0]), torch.tensor([True, False]), t([-1.0, -2.0]), t([-1.0, -1.0]), t([-1.0, -1.0])
+    )
     out = loss(batch)
     assert out.metrics()["desirable_weight"] == pytest.approx(3.0)  # 3 undesirable per desirable in the round
     assert out.losses.tolist() == pytest.approx([3.0 * 0.5, 0.5])
@@ -376,7 +403,8 @@ def test_kto_matches_trl():
         logps, ref, kl, ref_kl = (-torch.rand(6, generator=g, dtype=torch.float64) * 10 for _ in range(4))
         labels = [True, False, True, True, False, False]
         ours = get_loss("kto", beta=0.3, desirable_weight=1.2, undesirable_weight=0.8)(
-            UnpairedBatch(logps, torch.tensor(labels), ref, kl, ref_kl))
+            UnpairedBatch(logps, torch.tensor(labels), ref, kl, ref_kl)
+        )
         want = trl_kto_losses(0.3, logps.tolist(), ref.tolist(), kl.tolist(), ref_kl.tolist(), labels, 1.2, 0.8)
         assert float(ours.loss) == pytest.approx(want, abs=1e-6, rel=1e-6)
 
@@ -385,9 +413,34 @@ def test_kto_matches_trl():
 
 
 def test_registry_lists_every_issue_loss():
-    want = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "rpo", "simpo", "orpo", "nca", "exo", "bco", "apo_zero",
-            "apo_down", "sppo", "sppo_hard", "inpo", "online_ipo", "xpo", "vpo", "hypo", "irepo", "soft_dpo",
-            "sparsepo", "kto", "pro", "tpo"}
+    want = {
+        "dpo",
+        "cdpo",
+        "rdpo",
+        "ipo",
+        "hinge",
+        "rpo",
+        "simpo",
+        "orpo",
+        "nca",
+        "exo",
+        "bco",
+        "apo_zero",
+        "apo_down",
+        "sppo",
+        "sppo_hard",
+        "inpo",
+        "online_ipo",
+        "xpo",
+        "vpo",
+        "hypo",
+        "irepo",
+        "soft_dpo",
+        "sparsepo",
+        "kto",
+        "pro",
+        "tpo",
+    }
     assert want <= set(list_losses())
     from iterpo.losses import LOSSES
 

@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import tiny_config
+from iterpo import driver
 from iterpo.config import load_config
 from iterpo.losses import get_loss, list_losses
-from iterpo import driver
 from iterpo.stages import RunContext
+
+from helpers import tiny_config
 
 # Losses whose defaults are sized for large models get test-sized targets.
 HYPER = {
@@ -35,8 +36,14 @@ VARIANTS = [(name, HYPER.get(name, {}), {}) for name in list_losses()] + [
 
 
 def _config(model_dir, run_dir, **overrides):
-    base = {"run.rounds": 1, "task.train_size": 12, "train.epochs": 4, "train.lr": 3e-3, "train.batch_size": 4,
-            "sampling.samples_per_prompt": 6}
+    base = {
+        "run.rounds": 1,
+        "task.train_size": 12,
+        "train.epochs": 4,
+        "train.lr": 3e-3,
+        "train.batch_size": 4,
+        "sampling.samples_per_prompt": 6,
+    }
     return tiny_config(model_dir, run_dir, **{**base, **overrides})
 
 
@@ -78,7 +85,10 @@ def test_loss_trains_a_round_and_falls(name, hyper, overrides, sampled_round, ti
 
     log = [json.loads(x) for x in (round_dir / "train.jsonl").read_text().splitlines()]
     epochs = sorted({x["epoch"] for x in log})
-    mean = lambda e: sum(x["loss"] * x["examples"] for x in log if x["epoch"] == e) / sum(x["examples"] for x in log if x["epoch"] == e)
+    mean = lambda e: (
+        sum(x["loss"] * x["examples"] for x in log if x["epoch"] == e)
+        / sum(x["examples"] for x in log if x["epoch"] == e)
+    )
     first, last = mean(epochs[0]), mean(epochs[-1])
     assert last < first, f"{name}: mean loss went from {first:.4f} (first epoch) to {last:.4f} (last epoch)"
     assert rows[1]["accuracy"] is not None

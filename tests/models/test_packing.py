@@ -37,7 +37,12 @@ def groups():
         return [rng.randrange(5, 2000) for _ in range(n)]
 
     # prompts of different lengths, 1 to 3 responses each, lengths 1..9 (a 1-token response included)
-    return [(ids(7), [ids(3), ids(9)]), (ids(2), [ids(1)]), (ids(12), [ids(4), ids(4), ids(6)]), (ids(5), [ids(8), ids(2)])]
+    return [
+        (ids(7), [ids(3), ids(9)]),
+        (ids(2), [ids(1)]),
+        (ids(12), [ids(4), ids(4), ids(6)]),
+        (ids(5), [ids(8), ids(2)]),
+    ]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
@@ -72,7 +77,10 @@ def test_a_shared_padding_free_pack_holds_each_prompt_once_and_no_padding(groups
     packed = pack(groups, Layout())
     prompt_tokens = sum(len(p) for p, _ in groups)
     response_tokens = sum(len(r) for _, rs in groups for r in rs)
-    assert packed.input_ids.shape == (1, prompt_tokens + response_tokens) and packed.tokens == prompt_tokens + response_tokens
+    assert (
+        packed.input_ids.shape == (1, prompt_tokens + response_tokens)
+        and packed.tokens == prompt_tokens + response_tokens
+    )
     assert packed.targets.numel() == response_tokens and packed.n == 8
     plain = pack(groups, PLAIN)
     assert plain.input_ids.shape == (8, max(len(p) + len(r) for p, rs in groups for r in rs))

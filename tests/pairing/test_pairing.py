@@ -82,16 +82,22 @@ def test_best_vs_worst_drops_ties_and_pairs_inward():
 def test_best_vs_random_is_seeded_and_only_lower():
     prompts, rollouts, judgements = _data({"a": [0.2, 0.9, 0.5, 0.1, 0.9]})
     s = _strategy(strategy="best_vs_random", pairs_per_prompt=2)
-    runs = [[(p.chosen_idx, p.rejected_idx) for p in build_examples(s, prompts, rollouts, judgements, seed=k).examples]
-            for k in range(8)]
-    assert runs[0] == [(p.chosen_idx, p.rejected_idx) for p in build_examples(s, prompts, rollouts, judgements, seed=0).examples]
+    runs = [
+        [(p.chosen_idx, p.rejected_idx) for p in build_examples(s, prompts, rollouts, judgements, seed=k).examples]
+        for k in range(8)
+    ]
+    assert runs[0] == [
+        (p.chosen_idx, p.rejected_idx) for p in build_examples(s, prompts, rollouts, judgements, seed=0).examples
+    ]
     assert all(c == 1 and r in (0, 2, 3) for run in runs for c, r in run)  # never the tied best (4)
     assert len({tuple(run) for run in runs}) > 1  # the seed matters
 
 
 def test_margin_pairs_largest_gaps_first():
     prompts, rollouts, judgements = _data({"a": [0.0, 1.0, 0.6, 0.2]})
-    result = build_examples(_strategy(strategy="margin", margin=0.5, pairs_per_prompt=10), prompts, rollouts, judgements)
+    result = build_examples(
+        _strategy(strategy="margin", margin=0.5, pairs_per_prompt=10), prompts, rollouts, judgements
+    )
     assert [(p.chosen_idx, p.rejected_idx) for p in result.examples] == [(1, 0), (1, 3), (2, 0)]
     with pytest.raises(ConfigError, match="margin must be > 0"):
         _strategy(strategy="margin", margin=0)
@@ -104,11 +110,15 @@ def test_length_control():
     for r, n in zip(rollouts, [5, 2, 1, 7]):
         r.token_ids = list(range(100 * r.sample_idx, 100 * r.sample_idx + n))
     plain = build_examples(_strategy(strategy="best_vs_worst"), prompts, rollouts, judgements).examples[0]
-    short = build_examples(_strategy(strategy="best_vs_worst", prefer_shorter=True), prompts, rollouts, judgements).examples[0]
+    short = build_examples(
+        _strategy(strategy="best_vs_worst", prefer_shorter=True), prompts, rollouts, judgements
+    ).examples[0]
     assert (plain.chosen_idx, plain.rejected_idx) == (0, 2)
     assert (short.chosen_idx, short.rejected_idx) == (1, 3)  # shortest good, longest bad
     # a length penalty turns a long correct response into the worse one
-    penal = build_examples(_strategy(strategy="best_vs_worst", length_penalty=0.2), prompts, rollouts, judgements).examples[0]
+    penal = build_examples(
+        _strategy(strategy="best_vs_worst", length_penalty=0.2), prompts, rollouts, judgements
+    ).examples[0]
     assert (penal.chosen_idx, penal.rejected_idx) == (1, 3) and penal.chosen_score == pytest.approx(1 - 0.4)
 
 
@@ -141,7 +151,9 @@ def test_rso_accepts_by_estimated_optimal_policy():
             hits[c.idx] += rng.random() < math.exp(c.score - 3.0)
     assert [h / 3000 for h in hits] == pytest.approx([math.exp(r - 3.0) for r in range(4)], abs=0.03)
     # accepted responses pair in acceptance order, labelled by score
-    result = build_examples(_strategy(strategy="rso", beta=1000.0, accept=4, pairs_per_prompt=2), prompts, rollouts, judgements)
+    result = build_examples(
+        _strategy(strategy="rso", beta=1000.0, accept=4, pairs_per_prompt=2), prompts, rollouts, judgements
+    )
     assert len(result.examples) == 2 and all(p.chosen_score > p.rejected_score for p in result.examples)
     assert {p.chosen_idx for p in result.examples} | {p.rejected_idx for p in result.examples} == {0, 1, 2, 3}
 
@@ -153,8 +165,13 @@ def test_bald_and_upo_prefer_certain_pairs():
     assert 0 < bald([3.0, -3.0], [0.0, 0.0]) <= math.log(2)
     prompts, rollouts, judgements = _data({"a": [3.0, 2.0, 0.0]})
     judgements[0].samples, judgements[1].samples, judgements[2].samples = [3.0, 3.0], [2.0, 2.0], [4.0, -4.0]
-    easy = [build_examples(_strategy(strategy="upo"), prompts, rollouts, judgements, seed=k).examples[0] for k in range(200)]
-    hard = [build_examples(_strategy(strategy="upo", mode="hard"), prompts, rollouts, judgements, seed=k).examples[0] for k in range(200)]
+    easy = [
+        build_examples(_strategy(strategy="upo"), prompts, rollouts, judgements, seed=k).examples[0] for k in range(200)
+    ]
+    hard = [
+        build_examples(_strategy(strategy="upo", mode="hard"), prompts, rollouts, judgements, seed=k).examples[0]
+        for k in range(200)
+    ]
     certain = lambda ps: sum((p.chosen_idx, p.rejected_idx) == (0, 1) for p in ps)  # noqa: E731  (the pair the passes agree on)
     # easy: P(pair) ∝ 1 - BALD/log 2, so the pair the passes agree on (weight 1) is drawn most
     w = [1.0, 1 - bald([3.0, 3.0], [4.0, -4.0]) / math.log(2), 1 - bald([2.0, 2.0], [4.0, -4.0]) / math.log(2)]
@@ -173,7 +190,9 @@ def test_anchored_rejection_takes_the_initial_models_worst():
     result = build_examples(_strategy(strategy="anchored"), prompts, rollouts, judgements, initial=(first_r, first_j))
     (pair,) = result.examples
     assert (pair.prompt_id, pair.chosen_idx, pair.rejected_idx, pair.rejected_score) == ("a", 1, 1, 0.1)
-    assert pair.rejected == "a-1" and dict(result.skipped) == {"best response no better than the initial model's worst": 1}
+    assert pair.rejected == "a-1" and dict(result.skipped) == {
+        "best response no better than the initial model's worst": 1
+    }
 
 
 def test_failed_verdicts_are_left_out_and_counted():

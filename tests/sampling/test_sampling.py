@@ -49,7 +49,7 @@ def test_greedy_matches_argmax_of_full_forward(tiny_model_dir, tokenizer):
         seq.append(nxt)
         if nxt == tokenizer.eos_token_id:
             break
-    assert seq[len(prompt):] == ids
+    assert seq[len(prompt) :] == ids
 
 
 def test_top_p_keeps_smallest_set_reaching_p():

@@ -12,12 +12,12 @@ import types
 import pytest
 import yaml
 
-from helpers import tiny_config
 from iterpo.config import load_config
 from iterpo.errors import UserInputError
-from helpers import run_config
 from iterpo.io import read_json
-from iterpo.sampling import vllm_backend
+from iterpo.sampling import backends, vllm_backend
+
+from helpers import run_config, tiny_config
 
 EOS = 2
 
@@ -43,7 +43,9 @@ class FakeLLM:
             seed = p.seed if p.seed is not None else 7
             ids = [100 + seed % 50, 200 + len(req["prompt_token_ids"])]
             reason = "stop" if seed % 2 else "length"
-            outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=tuple(ids), finish_reason=reason)]))
+            outs.append(
+                types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=tuple(ids), finish_reason=reason)])
+            )
         return outs
 
 
@@ -52,20 +54,20 @@ def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
     module.LLM, module.SamplingParams = FakeLLM, FakeParams
     monkeypatch.setitem(sys.modules, "vllm", module)
-    monkeypatch.setattr(vllm_backend, "vllm_usable", lambda: True)
+    monkeypatch.setattr(backends, "vllm_usable", lambda: True)
     FakeLLM.built = []
     return module
 
 
 def test_auto_picks_transformers_without_a_gpu_and_vllm_is_refused_there():
-    assert vllm_backend.choose_backend("auto") == "transformers"
-    assert vllm_backend.choose_backend("transformers") == "transformers"
+    assert backends.choose_backend("auto") == "transformers"
+    assert backends.choose_backend("transformers") == "transformers"
     with pytest.raises(UserInputError, match="vllm needs the vllm package and a CUDA GPU"):
-        vllm_backend.choose_backend("vllm")
+        backends.choose_backend("vllm")
 
 
 def test_one_request_per_seed_in_prompt_order_with_the_eos_kept(fake_vllm):
-    assert vllm_backend.choose_backend("auto") == "vllm"
+    assert backends.choose_backend("auto") == "vllm"
     engine = vllm_backend.VLLMSampler("some/dir", EOS, seed=3)
     assert FakeLLM.built == []  # the engine starts on the first generate()
     prompts = [[5, 6, 7], [8, 9]]
@@ -95,7 +97,8 @@ def test_a_run_samples_each_round_from_the_previous_policy_directory(fake_vllm, 
     _, store = run_config(config)
     dirs = [b["model"] for b in FakeLLM.built]
     ckpt1 = str(store.path(1, "checkpoint"))
-    # eval of round 0, sampling of round 1 (both the starting model), eval 1 and sampling 2 (round 1's checkpoint), eval 2
+    # eval of round 0, sampling of round 1 (both the starting model), eval 1 and sampling 2 (round 1's checkpoint),
+    # eval 2
     assert dirs[:2] == [tiny_model_dir, tiny_model_dir] and dirs[2:4] == [ckpt1, ckpt1]
     assert dirs[4] == str(store.path(2, "checkpoint"))
     manifest = read_json(store.manifest_path)

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import run_config
 from iterpo.config import load_config
+
+from helpers import run_config
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 
@@ -25,8 +26,13 @@ def _recipe(name, tiny_model_dir, run_dir):
     cfg["run"] = {**cfg.get("run", {}), "dir": str(run_dir), "rounds": 2, "threads": 1}
     cfg["model"] = {"path": tiny_model_dir}
     cfg["task"] = {**cfg["task"], "train_size": 6, "eval_size": 3}
-    cfg["sampling"] = {**cfg["sampling"], "samples_per_prompt": min(cfg["sampling"]["samples_per_prompt"], 4),
-                       "max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0}
+    cfg["sampling"] = {
+        **cfg["sampling"],
+        "samples_per_prompt": min(cfg["sampling"]["samples_per_prompt"], 4),
+        "max_new_tokens": 6,
+        "temperature": 1.0,
+        "top_p": 1.0,
+    }
     cfg.setdefault("judge", {})
     if cfg["judge"].get("name") == "pairwise_lm":
         cfg["judge"]["path"] = tiny_model_dir
@@ -52,8 +58,10 @@ def scoring_policy(monkeypatch, tokenizer):
 
     def generate(*args, **kwargs):
         outs = real(*args, **kwargs)
-        return [[(tokenizer.encode(f"Score: {sum(ids) % 6}", add_special_tokens=False), why) for ids, why in row]
-                for row in outs]
+        return [
+            [(tokenizer.encode(f"Score: {sum(ids) % 6}", add_special_tokens=False), why) for ids, why in row]
+            for row in outs
+        ]
 
     monkeypatch.setattr(iterpo.sampling, "generate", generate)
 
@@ -127,7 +135,14 @@ def test_rso_recipe_and_cache_hits_on_resume(tiny_model_dir, tmp_path):
         assert prefs and max(per_prompt.values()) <= 2
     judged = _table(store, 2, "judgements.parquet")
     # lose round 2 from judging on (as a crash before judging finished would), then resume
-    for name in ["judgements.parquet", "preferences.parquet", "ref_logps.parquet", "train.jsonl", "eval.json", "checkpoint"]:
+    for name in [
+        "judgements.parquet",
+        "preferences.parquet",
+        "ref_logps.parquet",
+        "train.jsonl",
+        "eval.json",
+        "checkpoint",
+    ]:
         p = store.path(2, name)
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     _run(cfg, tmp_path)
@@ -141,7 +156,14 @@ def test_pairwise_judge_never_asks_twice_on_resume(tiny_model_dir, tmp_path):
     cfg["run"]["rounds"] = 1
     _, store = _run(cfg, tmp_path)
     asked = _stage(store, 1, "judge")["cache_misses"]
-    for name in ["judgements.parquet", "preferences.parquet", "ref_logps.parquet", "train.jsonl", "eval.json", "checkpoint"]:
+    for name in [
+        "judgements.parquet",
+        "preferences.parquet",
+        "ref_logps.parquet",
+        "train.jsonl",
+        "eval.json",
+        "checkpoint",
+    ]:
         p = store.path(1, name)
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     _run(cfg, tmp_path)

@@ -14,7 +14,11 @@ def test_arithmetic_splits_never_overlap_and_answers_are_exact():
     assert not {p.text for p in train} & {p.text for p in held_out}
     assert len({p.text for p in train}) == 300
     for p in train[:50]:
-        a, op, b = p.text.replace("?", " ").replace(".", " ").replace(":", " ").split()[2:5] if p.text.startswith("What is") else (None, None, None)
+        a, op, b = (
+            p.text.replace("?", " ").replace(".", " ").replace(":", " ").split()[2:5]
+            if p.text.startswith("What is")
+            else (None, None, None)
+        )
         if a is not None:
             assert int(p.answer) == eval(f"{a}{op}{b}")
     assert len({p.text.split(" ")[0] for p in train}) > 1  # several phrasings
@@ -31,10 +35,16 @@ def test_arithmetic_refuses_more_questions_than_exist():
 
 def test_prompt_files(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"prompt": "hi", "answer": 3}) + "\n\n" + json.dumps({"messages": [{"role": "user", "content": "yo"}]}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "hi", "answer": 3})
+        + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "yo"}]})
+        + "\n"
+    )
     prompts = read_prompts(path)
     assert [p.text for p in prompts] == ["hi", "yo"] and prompts[0].answer == "3" and prompts[1].answer is None
-    import pyarrow as pa, pyarrow.parquet as pq
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"prompt": ["a", "b"], "answer": ["1", "2"]}), tmp_path / "p.parquet")
     assert [p.answer for p in read_prompts(tmp_path / "p.parquet")] == ["1", "2"]
@@ -62,8 +72,9 @@ def test_missing_prompt_file():
         read_prompts("/nonexistent/prompts.jsonl")
 
 
-@pytest.mark.parametrize("name,judge", [("word_problems", "exact_answer"), ("code", "python_tests"),
-                                        ("constraints", "constraints")])
+@pytest.mark.parametrize(
+    "name,judge", [("word_problems", "exact_answer"), ("code", "python_tests"), ("constraints", "constraints")]
+)
 def test_generated_tasks_have_fixed_disjoint_splits(name, judge):
     task = build_task(TaskSection(name=name, train_size=64, eval_size=100), seed=0)
     train, held_out = task.train_prompts(), task.eval_prompts()
@@ -118,12 +129,14 @@ def test_code_tests_pass_correct_solutions_and_fail_wrong_ones():
     for p in task.train_prompts():
         f = re.search(r"`(\w+)\(", p.text).group(1)
         assert f.isidentifier() and f"{f}(" in p.answer
-        prefix = next((x for x in SOLUTIONS if f.startswith(x) and f[len(x):].isdigit()), None)
+        prefix = next((x for x in SOLUTIONS if f.startswith(x) and f[len(x) :].isdigit()), None)
         if prefix is None or checked >= 6:
             continue
-        good = "```python\n" + SOLUTIONS[prefix].format(f=f, k=f[len(prefix):]) + "\n```"
-        bad = "```python\n" + SOLUTIONS[prefix].format(f=f, k=int(f[len(prefix):]) + 1) + "\n```"
-        verdicts = judge.judge(p, [Rollout(p.prompt_id, 0, 1, 0, good, [1], "stop"), Rollout(p.prompt_id, 1, 1, 0, bad, [1], "stop")])
+        good = "```python\n" + SOLUTIONS[prefix].format(f=f, k=f[len(prefix) :]) + "\n```"
+        bad = "```python\n" + SOLUTIONS[prefix].format(f=f, k=int(f[len(prefix) :]) + 1) + "\n```"
+        verdicts = judge.judge(
+            p, [Rollout(p.prompt_id, 0, 1, 0, good, [1], "stop"), Rollout(p.prompt_id, 1, 1, 0, bad, [1], "stop")]
+        )
         assert [v.score for v in verdicts] == [1.0, 0.0], (p.text, verdicts)
         checked += 1
     assert checked == 6

@@ -14,13 +14,18 @@ from iterpo.training import LiveReference, train
 from iterpo.training.offline import read_preferences, reference_logps, tokenize_pair
 
 CHAT = [
-    {"prompt": [{"role": "user", "content": f"What is {a} + {b}?"}],
-     "chosen": [{"role": "assistant", "content": f"The answer is {a + b}."}],
-     "rejected": [{"role": "assistant", "content": f"{a + b + 1}"}], "soft_label": 0.8}
+    {
+        "prompt": [{"role": "user", "content": f"What is {a} + {b}?"}],
+        "chosen": [{"role": "assistant", "content": f"The answer is {a + b}."}],
+        "rejected": [{"role": "assistant", "content": f"{a + b + 1}"}],
+        "soft_label": 0.8,
+    }
     for a, b in [(12, 30), (7, 8), (41, 19), (3, 99), (50, 50), (21, 4)]
 ]
-PLAIN = [{"prompt": "Q: what is 2 + 3?\nA:", "chosen": " 5", "rejected": " six, I think"},
-         {"prompt": "Q: name a colour.\nA:", "chosen": " blue<|im_end|>", "rejected": " seven"}]
+PLAIN = [
+    {"prompt": "Q: what is 2 + 3?\nA:", "chosen": " 5", "rejected": " six, I think"},
+    {"prompt": "Q: name a colour.\nA:", "chosen": " blue<|im_end|>", "rejected": " seven"},
+]
 
 
 def _write(path, rows):
@@ -35,11 +40,20 @@ def test_tokenization_matches_trl(tokenizer, rows):
 
     bare = SimpleNamespace(_tokenizer=tokenizer)  # the attributes _prepare_dataset reads
     args = SimpleNamespace(dataset_num_proc=None, max_length=None, truncation_mode="keep_start")
-    theirs = DPOTrainer._prepare_dataset(bare, Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")}
-                                                                  for r in rows]), tokenizer, args, "train")
+    theirs = DPOTrainer._prepare_dataset(
+        bare,
+        Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]),
+        tokenizer,
+        args,
+        "train",
+    )
     for row, t in zip(rows, theirs):
         ours = tokenize_pair(tokenizer, row)
-        assert (ours.prompt_ids, ours.chosen_ids, ours.rejected_ids) == (t["prompt_ids"], t["chosen_ids"], t["rejected_ids"])
+        assert (ours.prompt_ids, ours.chosen_ids, ours.rejected_ids) == (
+            t["prompt_ids"],
+            t["chosen_ids"],
+            t["rejected_ids"],
+        )
         end = "<|im_end|>\n" if isinstance(row["prompt"], list) else tokenizer.eos_token  # the turn's end is trained
         assert tokenizer.decode(ours.chosen_ids).endswith(end)
 
@@ -47,8 +61,26 @@ def test_tokenization_matches_trl(tokenizer, rows):
 def test_train_writes_policy_log_and_reference_and_changes_the_model(tmp_path, tiny_model_dir, tokenizer):
     prefs = _write(tmp_path / "prefs.jsonl", CHAT)
     out = tmp_path / "out"
-    assert main(["train", "--preferences", str(prefs), "--model", tiny_model_dir, "--output", str(out),
-                 "--set", "train.lr=1e-3", "--set", "train.batch_size=2", "--set", "train.epochs=2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preferences",
+                str(prefs),
+                "--model",
+                tiny_model_dir,
+                "--output",
+                str(out),
+                "--set",
+                "train.lr=1e-3",
+                "--set",
+                "train.batch_size=2",
+                "--set",
+                "train.epochs=2",
+            ]
+        )
+        == 0
+    )
     log = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
     assert len(log) == 6 and log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference at step 1
     assert log[-1]["loss"] < log[0]["loss"]
@@ -59,7 +91,9 @@ def test_train_writes_policy_log_and_reference_and_changes_the_model(tmp_path, t
     examples = [tokenize_pair(tokenizer, r) for r in CHAT]
     want = reference_logps(before, examples, 4, tokenizer.pad_token_id)
     stored = [json.loads(x) for x in (out / "ref_logps.jsonl").read_text().splitlines()]
-    assert [v for s in stored for v in (s["chosen"], s["rejected"])] == pytest.approx([v for w in want for v in w], abs=1e-4)
+    assert [v for s in stored for v in (s["chosen"], s["rejected"])] == pytest.approx(
+        [v for w in want for v in w], abs=1e-4
+    )
     after = load_model(str(out / "checkpoint"))
     assert not torch.equal(after.model.layers[0].mlp.up_proj.weight, before.model.layers[0].mlp.up_proj.weight)
     # a second run into the same directory is refused: nothing is overwritten without --force
@@ -68,19 +102,53 @@ def test_train_writes_policy_log_and_reference_and_changes_the_model(tmp_path, t
 
 def test_a_loss_with_soft_labels_reads_them_from_the_file(tmp_path, tiny_model_dir):
     prefs = _write(tmp_path / "prefs.jsonl", CHAT)
-    assert main(["train", "--preferences", str(prefs), "--model", tiny_model_dir, "--output", str(tmp_path / "o"),
-                 "--loss", "irepo"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preferences",
+                str(prefs),
+                "--model",
+                tiny_model_dir,
+                "--output",
+                str(tmp_path / "o"),
+                "--loss",
+                "irepo",
+            ]
+        )
+        == 0
+    )
     no_labels = _write(tmp_path / "plain.jsonl", PLAIN)
-    assert main(["train", "--preferences", str(no_labels), "--model", tiny_model_dir, "--output", str(tmp_path / "p"),
-                 "--loss", "irepo"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--preferences",
+                str(no_labels),
+                "--model",
+                tiny_model_dir,
+                "--output",
+                str(tmp_path / "p"),
+                "--loss",
+                "irepo",
+            ]
+        )
+        == 2
+    )
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"prompt": "x", "chosen": "y"}], "row 1: missing rejected"),
-    ([{"prompt": "x", "chosen": "y", "rejected": ""}], "rejected must be a non-empty string"),
-    ([{"prompt": [{"role": "user", "content": "x"}], "chosen": "y", "rejected": "z"}], "chosen must be a non-empty list"),
-    ([{"prompt": "x", "chosen": "y", "rejected": "z", "soft_label": 2}], "soft_label must be a number in"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"prompt": "x", "chosen": "y"}], "row 1: missing rejected"),
+        ([{"prompt": "x", "chosen": "y", "rejected": ""}], "rejected must be a non-empty string"),
+        (
+            [{"prompt": [{"role": "user", "content": "x"}], "chosen": "y", "rejected": "z"}],
+            "chosen must be a non-empty list",
+        ),
+        ([{"prompt": "x", "chosen": "y", "rejected": "z", "soft_label": 2}], "soft_label must be a number in"),
+    ],
+)
 def test_bad_rows_are_named(tmp_path, rows, message):
     with pytest.raises(Exception, match=message):
         read_preferences(_write(tmp_path / "bad.jsonl", rows))
@@ -112,7 +180,9 @@ def test_a_live_reference_gives_the_losses_of_stored_reference_log_probs(tiny_mo
     frozen = load_model(tiny_model_dir)
     for e in examples:
         e.ref_logps = None
-    log_live = train(live, examples, loss, config, seed=0, pad_id=tokenizer.pad_token_id, reference=LiveReference(frozen))
+    log_live = train(
+        live, examples, loss, config, seed=0, pad_id=tokenizer.pad_token_id, reference=LiveReference(frozen)
+    )
     assert [x["loss"] for x in log_live] == pytest.approx([x["loss"] for x in log_stored], rel=1e-4)
     assert log_stored[-1]["loss"] != pytest.approx(log_stored[0]["loss"], abs=1e-4)  # training moved something
 
@@ -141,7 +211,9 @@ def test_checkpointing_and_bf16_train_on_packed_passes(tiny_model_dir, tokenizer
     for on in (False, True):
         model = load_model(tiny_model_dir)
         config = TrainSection(lr=1e-3, batch_size=3, epochs=1, **{option: on})
-        logs[on] = [x["loss"] for x in train(model, examples, get_loss("dpo"), config, seed=0, pad_id=tokenizer.pad_token_id)]
+        logs[on] = [
+            x["loss"] for x in train(model, examples, get_loss("dpo"), config, seed=0, pad_id=tokenizer.pad_token_id)
+        ]
         assert model.config._attn_implementation != "iterpo_blocked"  # restored after training
     # checkpointing recomputes the same math; bf16 rounds, so only roughly the same
     assert logs[True] == pytest.approx(logs[False], rel=1e-5 if option == "gradient_checkpointing" else 2e-2)

@@ -1,0 +1,88 @@
+"""The plan: the round's stages derived from the config or listed by a recipe, wired role by role."""
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from iterpo.config import load_config
+from iterpo.errors import ConfigError
+from iterpo.plan import build_plan
+
+from helpers import run_config, tiny_config
+
+
+def _plan(tiny_model_dir, tmp_path, **overrides):
+    path = tmp_path / "cfg.yaml"
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", **overrides)
+    path.write_text(yaml.safe_dump(cfg))
+    return build_plan(load_config(path))
+
+
+def _labels(stages):
+    return [s.label for s in stages]
+
+
+def test_the_derived_round_has_the_stages_the_config_needs(tiny_model_dir, tmp_path):
+    plan = _plan(tiny_model_dir, tmp_path)
+    assert _labels(plan.stages) == ["sample", "judge", "pair", "reference", "train", "eval"]
+    assert _labels(plan.initial_stages) == ["eval"] and plan.round(0) == plan.initial_stages
+    train = plan.stage_of_kind("train")
+    assert train.inputs == {"examples": "preferences.parquet", "ref_logps": "ref_logps.parquet"}
+    assert train.outputs() == ["train.jsonl", "checkpoint"]
+    # a reference-free loss needs no reference stage, and its training reads no reference log-probs
+    plan = _plan(tiny_model_dir, tmp_path, **{"loss.name": "simpo"})
+    assert "reference" not in _labels(plan.stages) and plan.stage_of_kind("train").inputs == {
+        "examples": "preferences.parquet"
+    }
+    # future-guided pairing adds the look-ahead stage, whose pairs are the ones trained on
+    plan = _plan(tiny_model_dir, tmp_path, **{"pairing.strategy": "anchored", "pairing.future_guided": True})
+    assert _labels(plan.stages) == ["sample", "judge", "pair", "look_ahead", "reference", "train", "eval"]
+    assert plan.stage_of_kind("look_ahead").inputs == {"examples": "preferences.parquet"}
+    assert plan.stage_of_kind("train").inputs["examples"] == "guided_preferences.parquet"
+
+
+def test_a_recipe_round_with_a_stage_twice(tiny_model_dir, tmp_path):
+    stages = [
+        "sample",
+        "judge",
+        {"stage": "sample", "name": "sample_more", "source": "more"},
+        "pair",
+        {"stage": "judge", "name": "judge_more"},
+        "reference",
+        "train",
+        "eval",
+    ]
+    plan = _plan(tiny_model_dir, tmp_path, **{"round.stages": stages, "run.rounds": 1})
+    more, judge_more, pair = plan.stages[2], plan.stages[4], plan.stages[3]
+    assert more.label == "sample_more" and more.outputs() == ["rollouts_more.parquet"]
+    assert pair.inputs == {"rollouts": "rollouts_more.parquet", "judgements": "judgements.parquet"}
+    assert judge_more.inputs == {"rollouts": "rollouts_more.parquet"} and judge_more.outputs() == [
+        "judgements_more.parquet"
+    ]
+    # it runs: both samplings are kept, each response with its source
+    rows, store = run_config(plan.config)
+    first = pq.read_table(store.path(1, "rollouts.parquet")).to_pylist()
+    second = pq.read_table(store.path(1, "rollouts_more.parquet")).to_pylist()
+    assert {x["source"] for x in first} == {"policy"} and {x["source"] for x in second} == {"more"}
+    assert len(first) == len(second) and store.stage_info(1, "sample_more")["new_tokens"] > 0
+    assert store.stage_info(1, "judge_more") is not None and rows[1]["accuracy"] is not None
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        (["judge", "sample"], "stage 'judge' reads rollouts, which no earlier stage of the round writes"),
+        (["sample", "sample"], "two stages are named 'sample'"),
+        (
+            ["sample", {"stage": "sample", "name": "again", "outputs": {"rollouts": "rollouts.parquet"}}],
+            "stages 'sample' and 'again' both write rollouts.parquet",
+        ),
+        (["sample", {"stage": "judge", "outputs": {"verdicts": "v.parquet"}}], "outputs names roles it does not write"),
+        (["sample", "shuffle"], "unknown stage 'shuffle'"),
+        (["sample", {"stage": "sample", "name": "more", "colour": "red"}], "has no option 'colour'"),
+        ([{"name": "x"}], "a stage name or a mapping with 'stage'"),
+    ],
+)
+def test_bad_rounds_are_refused_with_the_reason(tiny_model_dir, tmp_path, stages, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _plan(tiny_model_dir, tmp_path, **{"round.stages": stages})

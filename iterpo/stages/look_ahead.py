@@ -22,6 +22,7 @@ from iterpo.sampling import derive_seed
 from iterpo.sampling.base import TransformersSampler
 from iterpo.stages.base import Stage, register_stage
 from iterpo.stages.reference import SCORED_NEEDS, reference_rows
+from iterpo.stages.sample import draw
 from iterpo.stages.train import fit
 
 
@@ -60,30 +61,8 @@ class LookAhead(Stage):
             TransformersSampler(future_model, ctx.tokenizer) as sampler,
             bar("look-ahead samples", len(prompts) * K) as advance,
         ):
-            outs = sampler.generate(
-                [ctx.prompt_ids(p) for p in prompts],
-                seeds,
-                s.temperature,
-                s.top_p,
-                s.max_new_tokens,
-                s.batch_size,
-                advance,
-            )
+            answers = draw(ctx, sampler, prompts, seeds, r, "look_ahead", advance)
         del sampler, future, future_model  # the look-ahead model is not needed any more: free it before judging
-        answers = [
-            Rollout(
-                p.prompt_id,
-                k,
-                r,
-                seeds[i][k],
-                ctx.tokenizer.decode(ids, skip_special_tokens=True),
-                ids,
-                reason,
-                "look_ahead",
-            )
-            for i, p in enumerate(prompts)
-            for k, (ids, reason) in enumerate(outs[i])
-        ]
         judge, cache = ctx.plan.judge, ctx.judge_cache()
         judge.setup(ctx.judge_context(r, cache))
         by_prompt: dict[str, list[Rollout]] = {}

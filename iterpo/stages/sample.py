@@ -11,6 +11,21 @@ from iterpo.sampling import derive_seed
 from iterpo.stages.base import Stage, register_stage
 
 
+def draw(ctx, sampler, prompts: list, seeds: list[list[int]], r: int, source: str, advance) -> list[Rollout]:
+    """The samples of prompts from sampler, one per seed (per prompt: K seeds), as round r's Rollouts from source."""
+    s = ctx.config.sampling
+    outs = sampler.generate(
+        [ctx.prompt_ids(p) for p in prompts], seeds, s.temperature, s.top_p, s.max_new_tokens, s.batch_size, advance
+    )
+    return [
+        Rollout(
+            p.prompt_id, k, r, seeds[i][k], ctx.tokenizer.decode(ids, skip_special_tokens=True), ids, reason, source
+        )
+        for i, p in enumerate(prompts)
+        for k, (ids, reason) in enumerate(outs[i])
+    ]
+
+
 @register_stage("sample")
 @dataclass
 class Sample(Stage):
@@ -44,29 +59,7 @@ class Sample(Stage):
                 if state == "damaged":  # sampled again below: each sample depends on its seed alone
                     store.set_aside(path)
                 seeds = [[derive_seed(ctx.config.run.seed, r, p.prompt_id, k) for k in range(K)] for p in shard]
-                outs = sampler.generate(
-                    [ctx.prompt_ids(p) for p in shard],
-                    seeds,
-                    s.temperature,
-                    s.top_p,
-                    s.max_new_tokens,
-                    s.batch_size,
-                    advance,
-                )
-                shard_rows = [
-                    Rollout(
-                        p.prompt_id,
-                        k,
-                        r,
-                        seeds[i][k],
-                        ctx.tokenizer.decode(ids, skip_special_tokens=True),
-                        ids,
-                        reason,
-                        source,
-                    )
-                    for i, p in enumerate(shard)
-                    for k, (ids, reason) in enumerate(outs[i])
-                ]
+                shard_rows = draw(ctx, sampler, shard, seeds, r, source, advance)
                 new_tokens += sum(len(x.token_ids) for x in shard_rows)
                 store.write_parquet(path, to_table(shard_rows, Rollout))
                 rows += shard_rows

@@ -170,6 +170,10 @@ class TrainSection(Section):
     bf16: bool = False
     """Forward and backward under bfloat16 autocast (weights and optimizer stay float32). Fast on GPUs and on
     CPUs with bfloat16 instructions, slow elsewhere."""
+    processes: int = Field(default=1, ge=1)
+    """Data-parallel training processes, launched with torchrun (one per GPU on a GPU machine); an optimizer step
+    takes grad_accum micro-batches on each, so the global batch is batch_size x grad_accum x processes, and N
+    processes give the losses and weights of one with grad_accum x N (to rounding)."""
 
 
 class EvalSection(Section):

@@ -76,6 +76,14 @@ class RunContext:
         """The policy in memory, trained in place, is now the policy after round r."""
         self._policy_round = r
 
+    def set_policy(self, model: Any, r: int) -> None:
+        """model is the policy after round r (trained elsewhere, e.g. by several processes)."""
+        self._policy, self._policy_round = model, r
+
+    def release_policy(self) -> None:
+        """Drop the policy in memory (it is loaded again when needed)."""
+        self._policy, self._policy_round = None, None
+
     def policy_dir(self, r: int) -> str:
         """A directory with the full policy after round r, for an engine that loads weights from disk."""
         lora = self.config.model.lora

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from iterpo.models.loading import save_policy
+from iterpo.models.loading import load_policy_checkpoint, save_policy
 from iterpo.progress import bar
 from iterpo.records import RefLogp
 from iterpo.sampling import derive_seed
@@ -15,6 +17,7 @@ from iterpo.stages.base import Stage, register_stage
 from iterpo.stages.reference import SCORED_NEEDS
 from iterpo.training import train
 from iterpo.training.assemble import training_examples
+from iterpo.training.distributed import TrainJob, launch
 
 
 def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str) -> list[dict]:
@@ -32,6 +35,40 @@ def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str) 
         return train(model, examples, ctx.plan.loss, ctx.config.train, seed, ctx.pad_id, advance, reference)
 
 
+def fit_on_processes(ctx, r: int, records: list, scored: list[RefLogp]) -> tuple[list[dict], object]:
+    """fit() on train.processes processes (iterpo.training.distributed); (the log, the trained policy)."""
+    cfg, plan = ctx.config, ctx.plan
+    needs = plan.loss.needs
+    scratch = ctx.store.round_dir(r) / ".train-processes"
+    shutil.rmtree(scratch, ignore_errors=True)
+    start: str | None = None  # where the processes load the policy the round starts from
+    if r > 1:
+        checkpoint = ctx.store.path(r - 1, "checkpoint")
+        if ctx.store.check(checkpoint) == "ok":
+            start = str(checkpoint)
+        else:  # not kept (save_every > 1): hand over the policy in memory
+            start = str(scratch / "start")
+            save_policy(ctx.policy_after(r - 1), ctx.tokenizer, Path(start))
+    job = TrainJob(
+        examples=training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs),
+        loss={"name": cfg.loss.name, **cfg.loss.hyperparams()},
+        train=cfg.train.model_dump(),
+        seed=derive_seed(cfg.run.seed, r, "train"),
+        pad_id=ctx.pad_id,
+        base_path=plan.base_path,
+        dtype=cfg.model.dtype,
+        lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
+        lora_seed=derive_seed(cfg.run.seed, "lora-init"),
+        start=start,
+        reference=cfg.reference.policy if "token_stats" in needs else None,
+    )
+    ctx.release_policy()  # the processes load their own replicas: do not hold another one meanwhile
+    log, trained = launch(job, scratch, cfg.train.processes, cfg.run.threads)
+    model = load_policy_checkpoint(trained, plan.base_path, cfg.model.dtype, cfg.model.lora)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return log, model
+
+
 @register_stage("train")
 @dataclass
 class Train(Stage):
@@ -45,12 +82,17 @@ class Train(Stage):
         return self.reads if plan.loss.needs & SCORED_NEEDS else ("examples",)
 
     def run(self, ctx, r):
-        model = ctx.policy_after(r - 1)
         scored = []
         if ctx.plan.loss.needs & SCORED_NEEDS:
             scored = ctx.read(r, self.file("ref_logps"), RefLogp)
-        log = fit(ctx, model, r, ctx.records(r, self.file("examples")), scored, "train")
-        ctx.trained(r)
+        records = ctx.records(r, self.file("examples"))
+        if ctx.config.train.processes > 1:
+            log, model = fit_on_processes(ctx, r, records, scored)
+            ctx.set_policy(model, r)
+        else:
+            model = ctx.policy_after(r - 1)
+            log = fit(ctx, model, r, records, scored, "train")
+            ctx.trained(r)
         cfg = ctx.config.run
         if r % cfg.save_every == 0 or r == cfg.rounds:
             lora = ctx.config.model.lora

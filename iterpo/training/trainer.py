@@ -22,6 +22,27 @@ from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
 
 
+class DataParallel:
+    """This process's place among the training processes, and the sums across them (torch.distributed)."""
+
+    def __init__(self, rank: int, processes: int):
+        self.rank, self.processes = rank, processes
+
+    def sum(self, params: list, metrics: dict[str, float]) -> dict[str, float]:
+        """Sum every parameter's gradient, and the step's metrics, over the processes (in place; all get the sums)."""
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:  # this process had no micro-batch in this step, or p took no part
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+        names = sorted(metrics)
+        gathered: list = [None] * self.processes
+        dist.all_gather_object(gathered, metrics)
+        totals = {k: sum(m.get(k, 0.0) for m in gathered) for k in sorted({k for m in gathered for k in m})}
+        return {k: totals[k] for k in names + [k for k in totals if k not in names]}
+
+
 class LiveReference:
     """The reference policy as a model run during training, without gradients.
 
@@ -57,11 +78,19 @@ def train(
     progress: Callable[[int], None] | None = None,
     reference: LiveReference | None = None,
     layout: Layout = Layout(),
+    parallel: DataParallel | None = None,
 ) -> list[dict]:
     """Train model in place on examples of loss_fn.data_shape; return one log record per optimizer step.
 
     ``layout`` chooses how sequences go through the model (models/packing.py);
     every choice gives the same log-probs, the default the fewest tokens.
+    ``parallel``: this is one of several processes (torch.distributed) training
+    replicas of the model. An optimizer step takes ``grad_accum`` micro-batches
+    per process, process k the k-th of every ``processes``; gradients and
+    metrics are summed over the processes before the step, so every replica
+    takes the same step, the one a single process takes with ``grad_accum *
+    processes`` micro-batches (exactly so, up to rounding, for losses whose
+    examples are independent: not for KTO's and BCO's batch statistics).
     """
     if not examples:
         return []
@@ -71,7 +100,9 @@ def train(
     # the fused kernel updates each tensor in one pass instead of a dozen elementwise ones
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=_fused_ok(params))
     micro = config.batch_size
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / micro) / config.grad_accum)
+    rank, world = (parallel.rank, parallel.processes) if parallel else (0, 1)
+    accum = config.grad_accum * world  # micro-batches per optimizer step, over every process
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / micro) / accum)
     warmup = config.warmup_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
@@ -107,16 +138,18 @@ def train(
             order = torch.randperm(len(examples), generator=generator).tolist()
             batches = [order[i : i + micro] for i in range(0, len(order), micro)]
             for s in range(steps_per_epoch):
-                group = batches[s * config.grad_accum : (s + 1) * config.grad_accum]
+                group = batches[s * accum : (s + 1) * accum]
                 n = sum(len(b) for b in group)
                 metrics: dict[str, float] = {}
-                for idx in (p for micro_batch in group for p in passes(micro_batch)):
+                for idx in (p for micro_batch in group[rank::world] for p in passes(micro_batch)):
                     with autocast:
                         batch = collate(model, [examples[i] for i in idx], loss_fn, pad_id, reference, layout)
                     out = loss_fn(batch)
                     (out.loss * len(idx) / n).backward()  # mean over the examples of the step
                     for k, v in {**out.metrics(), **_batch_metrics(batch)}.items():
                         metrics[k] = metrics.get(k, 0.0) + v * len(idx) / n
+                if parallel:
+                    metrics = parallel.sum(params, metrics)
                 grad_norm = None
                 if config.max_grad_norm is not None:
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))

@@ -1,0 +1,142 @@
+"""Training on several processes: torchrun launches them, torch.distributed sums their gradients.
+
+Why torchrun: it ships with PyTorch (no extra dependency), is what accelerate
+and TRL's multi-GPU runs use underneath, starts one process per GPU on a node
+(``--nproc_per_node``) or across nodes, and kills the others when one dies.
+
+The run's process prepares everything a training round needs (the examples,
+with their reference log-probs, and where the starting policy is) as a job in
+a scratch directory, then ``launch`` runs ``torchrun -m
+iterpo.training.distributed JOB``. Each process loads the starting policy,
+trains a replica on its share of every step's micro-batches
+(iterpo.training.trainer.DataParallel), and the first writes the trained
+policy and the training log back into the scratch directory. Only the run's
+process writes to the run store: a crash of any training process ends the
+launch with an error and leaves the round's train stage unfinished, so a
+resume runs it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iterpo.errors import RunFailure
+
+JOB = "job.pt"  # what the processes read: TrainJob
+LOG = "train_log.json"  # what the first process writes: the log, one row per optimizer step
+TRAINED = "trained"  # ... and the trained policy (a directory save_pretrained wrote)
+
+
+@dataclass
+class TrainJob:
+    examples: list  # PairExample / UnpairedExample / GroupExample, reference log-probs filled in
+    loss: dict  # {"name": ..., hyperparameters...}
+    train: dict  # the TrainSection's fields
+    seed: int  # the training seed (batch order)
+    pad_id: int
+    base_path: str  # the starting model as from_pretrained loads it
+    dtype: str
+    lora: dict | None  # the LoraSection's fields when training adapters
+    lora_seed: int  # seeds fresh adapters (round 1)
+    start: str | None  # the policy to start from: a saved checkpoint directory, or None for the base model
+    reference: str | None  # a live reference for per-token losses: "previous" (the starting policy) or "initial"
+
+
+def launch(job: TrainJob, scratch: Path, processes: int, threads: int | None = None) -> tuple[list[dict], Path]:
+    """Run the job on ``processes`` processes; (the training log, the directory of the trained policy)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    torch.save(job, scratch / JOB)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "iterpo.training.distributed",
+        str(scratch),
+    ]
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    done = subprocess.run(cmd, env=env)
+    log_path = scratch / LOG
+    if done.returncode != 0 or not log_path.is_file():
+        raise RunFailure(
+            f"the {processes} training processes did not finish (torchrun exited with {done.returncode}); "
+            "their output above says why"
+        )
+    return json.loads(log_path.read_text()), scratch / TRAINED
+
+
+def _load(job: TrainJob, path: str | None):
+    from iterpo.config import LoraSection
+    from iterpo.models.loading import load_policy_checkpoint, load_starting_policy
+
+    lora = LoraSection(**job.lora) if job.lora is not None else None
+    if path is None:
+        return load_starting_policy(job.base_path, job.dtype, lora, job.lora_seed)
+    return load_policy_checkpoint(Path(path), job.base_path, job.dtype, lora)
+
+
+def _reference(job: TrainJob, policy):
+    import copy
+
+    from iterpo.models.loading import is_lora, load_model
+    from iterpo.training.trainer import LiveReference
+
+    if job.reference == "previous":
+        return LiveReference(copy.deepcopy(policy))
+    if job.reference == "initial":
+        if is_lora(policy):
+            return LiveReference(policy, adapters_off=True)
+        return LiveReference(load_model(job.base_path, job.dtype))
+    return None
+
+
+def main(scratch: str) -> None:
+    """One training process (started by torchrun, which sets RANK, WORLD_SIZE and the rendezvous)."""
+    import torch.distributed as dist
+
+    from iterpo.config import TrainSection
+    from iterpo.losses import get_loss
+    from iterpo.training.trainer import DataParallel, train
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        job: TrainJob = torch.load(Path(scratch) / JOB, weights_only=False)  # written by this run's own process
+        loss = get_loss(job.loss["name"], **{k: v for k, v in job.loss.items() if k != "name"})
+        model = _load(job, job.start)
+        reference = _reference(job, model) if "token_stats" in loss.needs else None
+        torch.manual_seed(job.seed)
+        log = train(
+            model,
+            job.examples,
+            loss,
+            TrainSection(**job.train),
+            job.seed,
+            job.pad_id,
+            reference=reference,
+            parallel=DataParallel(rank, world),
+        )
+        if rank == 0:
+            target = Path(scratch) / TRAINED
+            shutil.rmtree(target, ignore_errors=True)
+            model.save_pretrained(target, safe_serialization=True)
+            (Path(scratch) / LOG).write_text(json.dumps(log))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,49 @@
+"""Data-parallel training: two processes (torchrun, gloo) take the steps one process takes with twice the
+gradient accumulation: the same losses per step and the same weights."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from helpers import cli, tiny_config
+
+
+def _run(tiny_model_dir, tmp_path, name, **overrides):
+    cfg = tiny_config(
+        tiny_model_dir, tmp_path / name, **{"run.rounds": 2, "task.train_size": 8, "train.batch_size": 2, **overrides}
+    )
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, out, err = cli("run", str(path))
+    assert code == 0, err
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_two_processes_equal_one_with_twice_the_accumulation(tiny_model_dir, tmp_path, lora):
+    extra = {"model.lora": {"r": 4, "alpha": 8}} if lora else {}
+    one = _run(tiny_model_dir, tmp_path, "one", **{"train.grad_accum": 2, **extra})
+    two = _run(tiny_model_dir, tmp_path, "two", **{"train.processes": 2, "train.grad_accum": 1, **extra})
+    for r in (1, 2):
+        a = [json.loads(x) for x in (one / f"round-{r:03d}" / "train.jsonl").read_text().splitlines()]
+        b = [json.loads(x) for x in (two / f"round-{r:03d}" / "train.jsonl").read_text().splitlines()]
+        assert len(a) == len(b) > 0 and [x["examples"] for x in a] == [x["examples"] for x in b]
+        for x, y in zip(a, b):
+            assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), (r, x["step"])
+            assert y["reward_margin"] == pytest.approx(x["reward_margin"], rel=1e-4, abs=1e-7)
+        # round 2 sampled from round 1's trained policy: the same samples, so the processes trained the same model
+        assert (one / f"round-{r:03d}" / "rollouts.parquet").read_bytes() == (
+            two / f"round-{r:03d}" / "rollouts.parquet"
+        ).read_bytes()
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    wa, wb = (
+        load_file(one / "round-002" / "checkpoint" / weights),
+        load_file(two / "round-002" / "checkpoint" / weights),
+    )
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-7), k
+    assert not (two / "round-001" / ".train-processes").exists()  # the scratch directory is cleaned up

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from iterpo.errors import RunFailure, UserInputError
+from iterpo.registry import load_plugins
 
 _RUN_DIR: list[str] = []  # the run directory this command works on, for the "how to resume" hint
 
@@ -325,24 +326,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _load_plugins() -> None:
-    """Import the modules named in ITERPO_PLUGINS (comma-separated).
-
-    A plugin registers its own losses, judges, pairing strategies or tasks with
-    the registries' decorators, and the config can then name them.
-    """
-    import importlib
-    import os
-
-    for name in filter(None, (x.strip() for x in os.environ.get("ITERPO_PLUGINS", "").split(","))):
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # a missing module, a syntax error, or the plugin's own failure at import
-            raise UserInputError(
-                f"ITERPO_PLUGINS: cannot import plugin module {name!r}: {type(exc).__name__}: {exc}"
-            ) from None
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: stop at once, keep what is finished."""
 
@@ -374,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        _load_plugins()
+        load_plugins()
         args.fn(args)
     except UserInputError as exc:
         _print_error(str(exc))

@@ -24,6 +24,23 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ClusterSection(Section):
+    engine: Literal["ray"] = "ray"
+    """What runs the workers: Ray (pip install 'iterpo[ray]')."""
+    address: str = "local"
+    """'local': a Ray instance started for this run on this machine; 'auto': the cluster this machine joined with
+    `ray start`; or a cluster's address (HOST:PORT, ray://HOST:PORT). The run directory must be on storage every
+    node sees."""
+    workers: int = Field(default=2, ge=1)
+    """Worker actors; each holds a replica of the policy (and of the judge when it is a model)."""
+    cpus_per_worker: float = Field(default=1, gt=0)
+    gpus_per_worker: float = Field(default=0, ge=0)
+    """GPUs per worker (1: one vLLM engine per GPU)."""
+    threads: int | None = Field(default=None, ge=1)
+    """torch CPU threads in each worker (default: run.threads). Rollouts are byte-identical to one process's when
+    the workers use the thread count and hardware of the run's process."""
+
+
 class RunSection(Section):
     dir: str | None = None
     """Run directory. Default: runs/<config name> ('runs/default' for the built-in default)."""
@@ -35,6 +52,9 @@ class RunSection(Section):
     """Save the policy every k rounds (and always after the last round)."""
     threads: int | None = Field(default=None, ge=1)
     """torch CPU threads; None leaves torch's default."""
+    cluster: ClusterSection | None = None
+    """Send the shards of the sample, judge and reference stages to workers on a cluster (see ClusterSection);
+    null: everything runs in this process. It does not change results, so a run can resume with another one."""
 
 
 class LoraSection(Section):
@@ -237,7 +257,9 @@ def _apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({exc})") from exc
     node = data
     for part in path[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # an unset section (e.g. model.lora: null) given a field: it is set now
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: '{part}' is not a section")
     node[path[-1]] = value

@@ -39,12 +39,15 @@ def run(plan: Plan, store: RunStore) -> list[dict]:
     if plan.config.run.threads:
         torch.set_num_threads(plan.config.run.threads)
     ctx, rounds = RunContext(plan, store), plan.config.run.rounds
-    for r in range(rounds + 1):
-        if r:
-            console.rule(f"round {r} of {rounds}")
-        for stage in plan.round(r):
-            run_stage(ctx, stage, r)
-        console.print(round_table([round_summary(store, i) for i in range(r + 1)]))
+    try:
+        for r in range(rounds + 1):
+            if r:
+                console.rule(f"round {r} of {rounds}")
+            for stage in plan.round(r):
+                run_stage(ctx, stage, r)
+            console.print(round_table([round_summary(store, i) for i in range(r + 1)]))
+    finally:
+        ctx.close()  # a cluster's workers
     return [round_summary(store, i) for i in range(rounds + 1)]
 
 

@@ -17,6 +17,7 @@ chosen point, so crash-safety tests are fast and exact. Events are
 ``write:PATH`` (the temporary is complete, the target not yet replaced),
 ``written:PATH`` (just after the rename; PATH matches any path ending with it)
 and ``progress:LABEL@N`` (a progress bar, e.g. ``training``, reaches N or more).
+With ``ITERPO_FAILPOINT_ONCE_DIR`` set, each fires in one process only.
 Actions: ``kill`` (SIGKILL), ``interrupt`` (SIGINT, as Ctrl-C), ``term``
 (SIGTERM), ``stop`` (SIGSTOP: the process waits, holding what it holds, until
 SIGCONT), ``enospc`` (the write fails with "no space left on device").
@@ -66,6 +67,20 @@ def _failpoints(spec: str) -> tuple[tuple[str, str], ...]:
     return tuple(points)
 
 
+def _first_anywhere(pattern: str, action: str) -> bool:
+    """With ITERPO_FAILPOINT_ONCE_DIR set, a failpoint fires in one process only (e.g. one of a cluster's workers,
+    not again in the worker that replaces it): the first to create its marker file there."""
+    where = os.environ.get("ITERPO_FAILPOINT_ONCE_DIR")
+    if not where:
+        return True
+    marker = Path(where) / hashlib.sha256(f"{pattern}={action}".encode()).hexdigest()[:16]
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def failpoint(event: str) -> None:
     """Carry out the action ITERPO_FAILPOINTS names for event (nothing when it names none)."""
     spec = os.environ.get("ITERPO_FAILPOINTS")
@@ -85,7 +100,7 @@ def failpoint(event: str) -> None:
             continue
         if action == "enospc":  # every matching write fails, as on a disk that stays full
             raise OSError(errno.ENOSPC, "No space left on device (injected by ITERPO_FAILPOINTS)")
-        if (pattern, action) not in _FIRED:  # a signal is sent once per process
+        if (pattern, action) not in _FIRED and _first_anywhere(pattern, action):  # a signal is sent once
             _FIRED.add((pattern, action))
             os.kill(os.getpid(), SIGNALS[action])
 

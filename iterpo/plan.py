@@ -46,6 +46,7 @@ INITIAL_ROUND = ("eval",)  # round 0: the starting model, evaluated
 UNFINGERPRINTED = [
     ("run", "dir"),
     ("run", "threads"),
+    ("run", "cluster"),
     ("train", "max_tokens_per_pass"),
     ("train", "gradient_checkpointing"),
     ("sampling", "gpu_memory_utilization"),

@@ -58,3 +58,28 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+def plugin_names() -> str:
+    """The ITERPO_PLUGINS of this process, for the processes it starts."""
+    import os
+
+    return os.environ.get("ITERPO_PLUGINS", "")
+
+
+def load_plugins() -> None:
+    """Import the modules named in ITERPO_PLUGINS (comma-separated).
+
+    A plugin registers its own losses, judges, pairing strategies, tasks or stages with the registries'
+    decorators, and the config can then name them. Training processes and cluster workers load them too.
+    """
+    import importlib
+    import os
+
+    for name in filter(None, (x.strip() for x in os.environ.get("ITERPO_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a missing module, a syntax error, or the plugin's own failure at import
+            raise ConfigError(
+                f"ITERPO_PLUGINS: cannot import plugin module {name!r}: {type(exc).__name__}: {exc}"
+            ) from None

@@ -50,13 +50,20 @@ def cli_env(plugins: str = "toy_judges", **extra: str) -> dict:
     return dict(os.environ, PYTHONPATH=str(TESTS), ITERPO_PLUGINS=plugins, **extra)
 
 
-def cli(*args: str, failpoints: str = "", wait: bool = True, timeout: float = 300, plugins: str = "toy_judges"):
+def cli(
+    *args: str,
+    failpoints: str = "",
+    wait: bool = True,
+    timeout: float = 300,
+    plugins: str = "toy_judges",
+    once_dir: str = "",
+):
     """`python -m iterpo ARGS` from the repository root; (exit code, stdout, stderr with whitespace joined) or,
     with wait=False, the running process."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "iterpo", *args],
         cwd=REPO,
-        env=cli_env(plugins, ITERPO_FAILPOINTS=failpoints),
+        env=cli_env(plugins, ITERPO_FAILPOINTS=failpoints, ITERPO_FAILPOINT_ONCE_DIR=once_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -10,6 +10,7 @@ from iterpo.judges.base import (
     judge_with_cache,
     make_judge,
     register_judge,
+    uncached,
 )
 from iterpo.judges.cache import JudgeCache
 
@@ -23,4 +24,5 @@ __all__ = [
     "judge_with_cache",
     "make_judge",
     "register_judge",
+    "uncached",
 ]

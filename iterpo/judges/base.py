@@ -139,16 +139,32 @@ def check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ValueError(f"option {name} must lie in [{lo}, {hi}], got {value!r}")
 
 
-def judge_with_cache(judge: Judge, prompt: Prompt, rollouts: list[Rollout], cache) -> list[Judgement]:
+Ask = Callable[[Prompt, list[Rollout]], list[Judgement]]  # judges responses to a prompt: Judge.judge, or elsewhere
+
+
+def _keys(judge: Judge, prompt: Prompt, rollouts: list[Rollout]) -> dict[int, str]:
+    ident, pkey = judge.identity(), prompt_key(prompt)
+    return {r.sample_idx: cache_key(ident, pkey, r.text) for r in rollouts}
+
+
+def uncached(judge: Judge, prompt: Prompt, rollouts: list[Rollout], cache: Any) -> list[Rollout]:
+    """The rollouts a pointwise judge would be asked about: those without a cached verdict (nothing is counted)."""
+    keys = _keys(judge, prompt, rollouts)
+    return [r for r in rollouts if cache.peek(keys[r.sample_idx]) is None]
+
+
+def judge_with_cache(
+    judge: Judge, prompt: Prompt, rollouts: list[Rollout], cache: Any, ask: Ask | None = None
+) -> list[Judgement]:
     """The judge's verdicts on rollouts, asking it only about responses the cache has not seen.
 
     Pointwise verdicts are cached here by (identity, prompt, response text);
     other judges cache their own units (e.g. one comparison) through their context.
+    ``ask`` stands for judge.judge (e.g. verdicts already obtained on a cluster's workers).
     """
     if not judge.pointwise:
         return judge.judge(prompt, rollouts)
-    ident, pkey = judge.identity(), prompt_key(prompt)
-    keys = {r.sample_idx: cache_key(ident, pkey, r.text) for r in rollouts}
+    keys = _keys(judge, prompt, rollouts)
     found: dict[int, Judgement] = {}
     for r in rollouts:
         hit = cache.get(keys[r.sample_idx])
@@ -156,7 +172,7 @@ def judge_with_cache(judge: Judge, prompt: Prompt, rollouts: list[Rollout], cach
             found[r.sample_idx] = Judgement(r.prompt_id, r.sample_idx, judge.name, **hit)
     todo = [r for r in rollouts if r.sample_idx not in found]
     if todo:
-        for j in judge.judge(prompt, todo):
+        for j in (ask or judge.judge)(prompt, todo):
             found[j.sample_idx] = j
             if not j.failed:
                 cache.put(
@@ -176,6 +192,7 @@ def judge_all(
     flush_every: int,
     max_failed_share: float,
     advance: Callable[[int], None] = lambda n: None,
+    ask: Ask | None = None,
 ) -> list[Judgement]:
     """Every prompt's rollouts judged through the cache, flushed every ``flush_every`` prompts and at the end.
 
@@ -188,7 +205,7 @@ def judge_all(
     verdicts: list[Judgement] = []
     try:
         for n, p in enumerate(prompts, start=1):
-            verdicts += judge_with_cache(judge, p, rollouts[p.prompt_id], cache)
+            verdicts += judge_with_cache(judge, p, rollouts[p.prompt_id], cache, ask)
             advance(1)
             if judge.outage():
                 raise JudgeFailure(

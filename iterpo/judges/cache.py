@@ -68,6 +68,10 @@ class JudgeCache:
             self.hits += 1
         return value
 
+    def peek(self, key: str) -> dict | None:
+        """The cached value, without counting a hit or a miss."""
+        return self._entries.get(key)
+
     def put(self, key: str, value: dict) -> None:
         self._entries[key] = value
         self._new[key] = value

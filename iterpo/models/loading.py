@@ -211,6 +211,16 @@ def load_starting_policy(path: str, dtype: str, lora, lora_seed: int):
     return model
 
 
+def load_policy_from(start: str | None, base_path: str, dtype: str, lora, lora_seed: int):
+    """A policy another process hands over: a saved checkpoint directory, or (None) the starting policy.
+
+    What training processes and cluster workers load, so that they hold exactly the run's policy.
+    """
+    if start is None:
+        return load_starting_policy(base_path, dtype, lora, lora_seed)
+    return load_policy_checkpoint(Path(start), base_path, dtype, lora)
+
+
 def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 

@@ -69,34 +69,48 @@ def response_token_stats(
     return stats
 
 
-@torch.no_grad()
-def score_responses(
-    model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad_id: int = 0, progress=None
-) -> list[float]:
-    """Sum of response token log-probs for many sequences: responses to the same prompt share one pass over it
-    (models/packing.py), at most batch_size responses a batch, shortest groups first."""
-    from iterpo.models.packing import sequence_logps
+def score_batches(prompts: list[list[int]], responses: list[list[int]], batch_size: int) -> list[list[list[int]]]:
+    """How score_responses batches its sequences: per batch, groups of indices of responses sharing a prompt.
 
+    Responses to the same prompt form groups of at most batch_size; groups are sorted shortest first and packed
+    into batches of at most batch_size responses. A batch's log-probs depend on its own sequences only, so the
+    batches can be scored anywhere (several workers) with the same results.
+    """
     by_prompt: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompts):
         by_prompt.setdefault(tuple(p), []).append(i)
     groups = [idx[s : s + batch_size] for idx in by_prompt.values() for s in range(0, len(idx), batch_size)]
     groups.sort(key=lambda idx: len(prompts[idx[0]]) + sum(len(responses[i]) for i in idx))
-    out = [0.0] * len(prompts)
+    batches: list[list[list[int]]] = []
     batch: list[list[int]] = []
-
-    def run(batch):
-        values = sequence_logps(model, [(prompts[g[0]], [responses[i] for i in g]) for g in batch], pad_id=pad_id)
-        for i, v in zip([i for g in batch for i in g], values.tolist()):
-            out[i] = v
-        if progress is not None:
-            progress(sum(len(g) for g in batch))
-
     for g in groups:
         if batch and sum(len(b) for b in batch) + len(g) > batch_size:
-            run(batch)
+            batches.append(batch)
             batch = []
         batch.append(g)
     if batch:
-        run(batch)
+        batches.append(batch)
+    return batches
+
+
+@torch.no_grad()
+def score_batch(model, batch: list[tuple[list[int], list[list[int]]]], pad_id: int = 0) -> list[float]:
+    """Sum of response token log-probs of one batch: (prompt ids, its responses' ids) per group, in order."""
+    from iterpo.models.packing import sequence_logps
+
+    return sequence_logps(model, batch, pad_id=pad_id).tolist()
+
+
+def score_responses(
+    model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad_id: int = 0, progress=None
+) -> list[float]:
+    """Sum of response token log-probs for many sequences: responses to the same prompt share one pass over it
+    (models/packing.py), at most batch_size responses a batch, shortest groups first (score_batches)."""
+    out = [0.0] * len(prompts)
+    for batch in score_batches(prompts, responses, batch_size):
+        values = score_batch(model, [(prompts[g[0]], [responses[i] for i in g]) for g in batch], pad_id)
+        for i, v in zip([i for g in batch for i in g], values):
+            out[i] = v
+        if progress is not None:
+            progress(sum(len(g) for g in batch))
     return out

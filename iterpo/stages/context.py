@@ -13,7 +13,7 @@ from typing import Any
 
 from iterpo.judges import JudgeCache, JudgeContext
 from iterpo.models.chat import encode_prompt
-from iterpo.models.loading import is_lora, load_model, load_policy_checkpoint, load_starting_policy
+from iterpo.models.loading import is_lora, load_model, load_policy_checkpoint, load_starting_policy, save_policy
 from iterpo.models.logprobs import score_responses
 from iterpo.pairing import RECORD_TYPE
 from iterpo.records import Judgement, Prompt, Rollout, from_table
@@ -38,6 +38,7 @@ class RunContext:
         self._prompt_ids: dict[str, list[int]] = {}
         self._policy: Any = None
         self._policy_round: int | None = None  # the round whose end the policy in memory is
+        self._pool: Any = None  # the cluster's workers (iterpo.stages.workers.Pool), started when first needed
 
     # ------------------------------------------------------------------ prompts
 
@@ -102,6 +103,70 @@ class RunContext:
 
             self.store.write_dir(target, fill)
         return str(target)
+
+    def policy_source(self, r: int) -> str | None:
+        """Where another process loads the policy after round r: its checkpoint, or None for the starting policy
+        (round 0); a policy not kept (save_every > 1) is saved for the hand-over in the round's directory."""
+        if r == 0:
+            return None
+        checkpoint = self.store.path(r, "checkpoint")
+        if self.store.check(checkpoint) == "ok":
+            return str(checkpoint)
+        handoff = self.store.round_dir(r) / ".policy-handoff"
+        if not handoff.exists():
+            save_policy(self.policy_after(r), self.tokenizer, handoff)
+        return str(handoff)
+
+    # ------------------------------------------------------------------ the cluster
+
+    def pool(self) -> Any:
+        """The cluster's workers (run.cluster), or None when everything runs in this process."""
+        cluster = self.config.run.cluster
+        if cluster is None:
+            return None
+        if self._pool is None:
+            from iterpo.registry import plugin_names
+            from iterpo.stages.workers import Pool, WorkerSpec
+
+            cfg, judge = self.config, self.plan.judge
+            pointwise = judge.pointwise and not judge.uses_policy
+            self._pool = Pool(
+                cluster,
+                WorkerSpec(
+                    base_path=self.plan.base_path,
+                    dtype=cfg.model.dtype,
+                    lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
+                    lora_seed=derive_seed(cfg.run.seed, "lora-init"),
+                    backend=self.plan.backend,
+                    gpu_memory_utilization=cfg.sampling.gpu_memory_utilization,
+                    seed=cfg.run.seed,
+                    threads=cluster.threads or cfg.run.threads,
+                    plugins=plugin_names(),
+                    judge=(judge.name, cfg.judge.options()) if pointwise else None,
+                ),
+            )
+        return self._pool
+
+    def cluster_info(self) -> dict:
+        """For a stage's manifest entry: the workers, and the shards retried since the last call (nothing without a
+        cluster)."""
+        if self._pool is None:
+            return {}
+        return {"workers": len(self._pool.actors), "retries": self._pool.take_retries()}
+
+    def reference_source(self, r: int) -> tuple[str | None, bool]:
+        """Where workers load round r's reference policy, and whether with LoRA adapters off (see reference())."""
+        if self.config.reference.policy == "previous":
+            return self.policy_source(r - 1), False
+        if self.config.model.lora is not None:
+            return self.policy_source(r - 1), True
+        return None, False  # the starting model
+
+    def close(self) -> None:
+        """Stop the cluster's workers, if any were started."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def sampler(self, r: int) -> Sampler:
         """A sampler for the policy after round r, on the run's backend; nothing loads until it generates."""

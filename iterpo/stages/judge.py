@@ -5,10 +5,32 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from iterpo.judges import judge_all
+from iterpo.judges import judge_all, uncached
+from iterpo.judges.base import Ask
 from iterpo.progress import bar
 from iterpo.records import Judgement, Rollout, to_table
 from iterpo.stages.base import Stage, register_stage
+
+
+def remote_verdicts(ctx, judge, by_prompt: dict[str, list[Rollout]], cache) -> Ask | None:
+    """With a cluster, what the cache does not know, judged on the workers (shards of sampling.shard_size prompts),
+    as an ``ask`` for judge_all; None to judge here (no cluster, or a judge that compares responses or is the
+    policy itself, which stay in this process)."""
+    pool = ctx.pool() if judge.pointwise and not judge.uses_policy else None
+    if pool is None:
+        return None
+    items = [(p, todo) for p in ctx.train_prompts if (todo := uncached(judge, p, by_prompt[p.prompt_id], cache))]
+    size = ctx.config.sampling.shard_size
+    shards = [items[i : i + size] for i in range(0, len(items), size)]
+    answers: dict[str, list[Judgement]] = {}
+    with bar("judging on workers", len(items)) as advance:
+
+        def arrived(n: int, verdicts: list[list[Judgement]]) -> None:
+            answers.update({p.prompt_id: v for (p, _), v in zip(shards[n], verdicts)})
+            advance(len(shards[n]))
+
+        pool.map("judge", [(shard,) for shard in shards], arrived)
+    return lambda prompt, todo: answers[prompt.prompt_id]
 
 
 @register_stage("judge")
@@ -26,6 +48,7 @@ class Judge(Stage):
             by_prompt.setdefault(x.prompt_id, []).append(x)
         judge, cache = ctx.plan.judge, ctx.judge_cache()
         judge.setup(ctx.judge_context(r, cache))
+        ask = remote_verdicts(ctx, judge, by_prompt, cache)
         with bar("judging", len(ctx.train_prompts)) as advance:
             judgements = judge_all(
                 judge,
@@ -35,6 +58,7 @@ class Judge(Stage):
                 ctx.config.sampling.shard_size,
                 ctx.config.judge.max_failed_share,
                 advance,
+                ask,
             )
         ctx.store.write_parquet(ctx.store.path(r, self.file("judgements")), to_table(judgements, Judgement))
         failed = Counter(j.detail for j in judgements if j.failed)
@@ -43,4 +67,5 @@ class Judge(Stage):
             "cache_misses": cache.misses,
             "failed": sum(failed.values()),
             "failure_reasons": dict(failed.most_common(5)),
+            **ctx.cluster_info(),
         }

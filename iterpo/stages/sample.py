@@ -11,19 +11,23 @@ from iterpo.sampling import derive_seed
 from iterpo.stages.base import Stage, register_stage
 
 
+def rollouts_of(ctx, prompts: list, seeds: list[list[int]], outs: list, r: int, source: str) -> list[Rollout]:
+    """A sampler's output for prompts (per prompt: one (ids, reason) per seed) as round r's Rollouts from source."""
+    decode = ctx.tokenizer.decode
+    return [
+        Rollout(p.prompt_id, k, r, seeds[i][k], decode(ids, skip_special_tokens=True), ids, reason, source)
+        for i, p in enumerate(prompts)
+        for k, (ids, reason) in enumerate(outs[i])
+    ]
+
+
 def draw(ctx, sampler, prompts: list, seeds: list[list[int]], r: int, source: str, advance) -> list[Rollout]:
     """The samples of prompts from sampler, one per seed (per prompt: K seeds), as round r's Rollouts from source."""
     s = ctx.config.sampling
     outs = sampler.generate(
         [ctx.prompt_ids(p) for p in prompts], seeds, s.temperature, s.top_p, s.max_new_tokens, s.batch_size, advance
     )
-    return [
-        Rollout(
-            p.prompt_id, k, r, seeds[i][k], ctx.tokenizer.decode(ids, skip_special_tokens=True), ids, reason, source
-        )
-        for i, p in enumerate(prompts)
-        for k, (ids, reason) in enumerate(outs[i])
-    ]
+    return rollouts_of(ctx, prompts, seeds, outs, r, source)
 
 
 @register_stage("sample")
@@ -45,25 +49,57 @@ class Sample(Stage):
         shard_dir = out.with_suffix("")  # rollouts.parquet -> rollouts/shard-00000.parquet ...
         prompts = ctx.train_prompts
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
-        rows: list[Rollout] = []
+        seeds = [[[derive_seed(ctx.config.run.seed, r, p.prompt_id, k) for k in range(K)] for p in sh] for sh in shards]
+        done: dict[int, list[Rollout]] = {}  # shard -> its rows
         new_tokens = 0
         start = time.perf_counter()
-        with ctx.sampler(r - 1) as sampler, bar("sampling", len(prompts) * K) as advance:
-            for n, shard in enumerate(shards):
-                path = shard_dir / f"shard-{n:05d}.parquet"
-                state = store.check(path)
-                if state == "ok":
-                    rows += from_table(store.read_parquet(path), Rollout)
-                    advance(len(shard) * K)
-                    continue
-                if state == "damaged":  # sampled again below: each sample depends on its seed alone
-                    store.set_aside(path)
-                seeds = [[derive_seed(ctx.config.run.seed, r, p.prompt_id, k) for k in range(K)] for p in shard]
-                shard_rows = draw(ctx, sampler, shard, seeds, r, source, advance)
-                new_tokens += sum(len(x.token_ids) for x in shard_rows)
-                store.write_parquet(path, to_table(shard_rows, Rollout))
-                rows += shard_rows
+
+        def finish(n: int, rows: list[Rollout]) -> None:
+            nonlocal new_tokens
+            new_tokens += sum(len(x.token_ids) for x in rows)
+            store.write_parquet(shard_dir / f"shard-{n:05d}.parquet", to_table(rows, Rollout))
+            done[n] = rows
+
+        for n in range(len(shards)):
+            path = shard_dir / f"shard-{n:05d}.parquet"
+            state = store.check(path)
+            if state == "ok":
+                done[n] = from_table(store.read_parquet(path), Rollout)
+            elif state == "damaged":  # sampled again below: each sample depends on its seed alone
+                store.set_aside(path)
+        todo = [n for n in range(len(shards)) if n not in done]
+        with bar("sampling", len(prompts) * K) as advance:
+            advance(sum(len(shards[n]) * K for n in done))
+            pool = ctx.pool() if todo else None
+            if pool is None:
+                with ctx.sampler(r - 1) as sampler:
+                    for n in todo:
+                        finish(n, draw(ctx, sampler, shards[n], seeds[n], r, source, advance))
+            else:  # each shard on a worker; written here as it arrives
+                model_dir = ctx.policy_dir(r - 1) if ctx.plan.backend == "vllm" else ""
+                jobs = [
+                    (
+                        ctx.policy_source(r - 1),
+                        model_dir,
+                        [ctx.prompt_ids(p) for p in shards[n]],
+                        seeds[n],
+                        s.temperature,
+                        s.top_p,
+                        s.max_new_tokens,
+                        s.batch_size,
+                    )
+                    for n in todo
+                ]
+
+                def arrived(i: int, outs: list) -> None:
+                    n = todo[i]
+                    finish(n, rollouts_of(ctx, shards[n], seeds[n], outs, r, source))
+                    advance(len(shards[n]) * K)
+
+                pool.map("sample", jobs, arrived)
+        rows = [x for n in range(len(shards)) for x in done[n]]
         store.write_parquet(out, to_table(rows, Rollout))
         store.remove(shard_dir)
         seconds = time.perf_counter() - start
-        return {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1), "backend": ctx.plan.backend}
+        info = {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1), "backend": ctx.plan.backend}
+        return {**info, **ctx.cluster_info()}

@@ -79,12 +79,11 @@ def launch(job: TrainJob, scratch: Path, processes: int, threads: int | None = N
 
 def _load(job: TrainJob, path: str | None):
     from iterpo.config import LoraSection
-    from iterpo.models.loading import load_policy_checkpoint, load_starting_policy
+    from iterpo.models.loading import load_policy_from
 
-    lora = LoraSection(**job.lora) if job.lora is not None else None
-    if path is None:
-        return load_starting_policy(job.base_path, job.dtype, lora, job.lora_seed)
-    return load_policy_checkpoint(Path(path), job.base_path, job.dtype, lora)
+    return load_policy_from(
+        path, job.base_path, job.dtype, LoraSection(**job.lora) if job.lora else None, job.lora_seed
+    )
 
 
 def _reference(job: TrainJob, policy):

@@ -74,6 +74,9 @@ class ModelSection(Section):
     """The built-in model name, a local Hugging Face directory, a .gguf file, or a hub id."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype for training and sampling."""
+    device: str = "auto"
+    """Where the policy, its reference and model judges run: auto (a CUDA GPU, else Apple's MPS, else the CPU),
+    cpu, cuda, cuda:N or mps. Training processes (train.processes) take one GPU each."""
     system_prompt: str | None = None
     """Replaces the chat template's default system prompt when set."""
     lora: LoraSection | None = None
@@ -187,9 +190,9 @@ class TrainSection(Section):
     null: one pass per micro-batch."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass: less memory, about a third more compute."""
-    bf16: bool = False
-    """Forward and backward under bfloat16 autocast (weights and optimizer stay float32). Fast on GPUs and on
-    CPUs with bfloat16 instructions, slow elsewhere."""
+    bf16: bool | None = None
+    """Forward and backward under bfloat16 autocast (weights and optimizer stay float32). null: on CUDA GPUs
+    that support it, off elsewhere (on a CPU without bfloat16 instructions it is slow)."""
     processes: int = Field(default=1, ge=1)
     """Data-parallel training processes, launched with torchrun (one per GPU on a GPU machine); an optimizer step
     takes grad_accum micro-batches on each, so the global batch is batch_size x grad_accum x processes, and N

@@ -33,6 +33,7 @@ from iterpo.config import Config
 from iterpo.errors import ConfigError, DataError
 from iterpo.judges import JUDGES, Judge, make_judge
 from iterpo.losses import Loss, get_loss, loss_hyperparameters
+from iterpo.models.device import resolve_device
 from iterpo.models.loading import check_lora_targets, load_tokenizer, resolve_model_path
 from iterpo.pairing import Strategy, build_strategy
 from iterpo.records import Prompt
@@ -47,6 +48,7 @@ UNFINGERPRINTED = [
     ("run", "dir"),
     ("run", "threads"),
     ("run", "cluster"),
+    ("model", "device"),
     ("train", "max_tokens_per_pass"),
     ("train", "gradient_checkpointing"),
     ("sampling", "gpu_memory_utilization"),
@@ -66,6 +68,7 @@ class Plan:
     loss: Loss
     strategy: Strategy
     base_path: str  # the starting model, as from_pretrained loads it
+    device: str  # where the policy runs: 'cuda', 'cuda:N', 'mps' or 'cpu'
     backend: str  # sampling backend: 'transformers' or 'vllm'
     tokenizer: Any
     stages: list[Stage]  # the stages of every round, in order
@@ -169,6 +172,7 @@ def build_plan(config: Config) -> Plan:
         loss,
         strategy,
         base_path,
+        resolve_device(config.model.device),
         choose_backend(config.sampling.backend),
         load_tokenizer(base_path),
         [],

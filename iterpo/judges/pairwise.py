@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from iterpo.judges.base import Judge, cache_key, prompt_key, register_judge
+from iterpo.models.device import model_device, resolve_device
 from iterpo.records import Judgement, Prompt, Rollout
 
 # The text is part of the judge's identity (cached verdicts are keyed by it): keep it as it is.
@@ -166,7 +167,9 @@ class PairwiseLM(PairwiseJudge):
     """The judge model: a local directory, a .gguf file, or the built-in model's name."""
     batch_size: int = 16
     """Comparisons per forward pass."""
-    volatile_options = ("batch_size",)
+    device: str = "auto"
+    """Where the judge model runs (auto: a CUDA GPU, else MPS, else the CPU)."""
+    volatile_options = ("batch_size", "device")
 
     def __post_init__(self):
         super().__post_init__()
@@ -185,7 +188,8 @@ class PairwiseLM(PairwiseJudge):
 
             what = "judge pairwise_lm: path"
             path = resolve_model_path(self.path, what)
-            self._tokenizer, self._model = load_tokenizer(path, what), load_model(path, "float32", what)
+            device = resolve_device(self.device, "judge pairwise_lm: device")
+            self._tokenizer, self._model = load_tokenizer(path, what), load_model(path, "float32", what, device)
             self._model.eval()
             ids = [self._tokenizer.encode(x, add_special_tokens=False) for x in ("A", "B")]
             self._letters = [x[0] for x in ids]
@@ -201,11 +205,13 @@ class PairwiseLM(PairwiseJudge):
         for start in range(0, len(seqs), self.batch_size):
             batch = seqs[start : start + self.batch_size]
             width = max(map(len, batch))
-            ids = torch.tensor([s + [tok.pad_token_id or 0] * (width - len(s)) for s in batch])
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
+            device = model_device(model)
+            ids = torch.tensor([s + [tok.pad_token_id or 0] * (width - len(s)) for s in batch], device=device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
             # Only the last real position's logits are needed: run the decoder, then the output layer on B rows.
             hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-            last = hidden[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in batch])]  # (B, H)
+            rows = torch.arange(len(batch), device=device)
+            last = hidden[rows, torch.tensor([len(s) - 1 for s in batch], device=device)]  # (B, H)
             letters = model.get_output_embeddings()(last)[:, self._letters].float()  # (B, 2): logits of "A", "B"
             p_first = torch.softmax(letters, dim=-1)[:, 0]  # (B,) P("A") among {"A", "B"}
             out += [

@@ -21,6 +21,7 @@ import torch
 
 from iterpo.errors import DataError
 from iterpo.judges.base import Judge, register_judge
+from iterpo.models.device import model_device, resolve_device
 from iterpo.records import Judgement, Prompt, Rollout
 
 
@@ -41,7 +42,9 @@ class RewardModel(Judge):
     """Dropout rate of those passes."""
     seed: int = 0
     """Seed of the dropout masks."""
-    volatile_options = ("batch_size",)
+    device: str = "auto"
+    """Where the reward model runs (auto: a CUDA GPU, else MPS, else the CPU)."""
+    volatile_options = ("batch_size", "device")
 
     def __post_init__(self):
         if not self.path or not Path(self.path).is_dir():
@@ -62,6 +65,7 @@ class RewardModel(Judge):
             try:
                 tok = AutoTokenizer.from_pretrained(self.path)
                 model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
+                model = model.to(resolve_device(self.device, "judge reward_model: device"))
             except (OSError, ValueError) as exc:
                 raise DataError(
                     f"judge reward_model: {self.path} is not a sequence-classification model: {exc}"
@@ -111,6 +115,8 @@ class RewardModel(Judge):
                 max_length=self.max_length,
                 add_special_tokens=not tok.chat_template,
             )
+            device = model_device(model)
+            enc = {k: v.to(device) for k, v in enc.items()}
             res = model(**enc, output_hidden_states=bool(self.mc_dropout))
             scores = self._reward(res.logits.float())  # (B,)
             passes: list[list[float]] = [[] for _ in batch]
@@ -119,10 +125,12 @@ class RewardModel(Judge):
                 last = (
                     enc["attention_mask"].sum(1) - 1
                     if tok.padding_side == "right"
-                    else torch.full((len(batch),), enc["input_ids"].shape[1] - 1)
+                    else torch.full((len(batch),), enc["input_ids"].shape[1] - 1, device=device)
                 )
-                pooled = res.hidden_states[-1][torch.arange(len(batch)), last].float()
+                pooled = res.hidden_states[-1][torch.arange(len(batch), device=device), last].float()
+                # the masks are drawn on the CPU from the judge's own generator, so they do not depend on the device
                 keep = (torch.rand((self.mc_dropout,) + pooled.shape, generator=gen) >= self.dropout).float()
+                keep = keep.to(device)
                 dropped = pooled * keep / (1 - self.dropout)  # (T, B, H)
                 passes = self._reward(self._head(dropped.to(self._head.weight.dtype)).float()).T.tolist()  # (B, T)
             for r, s, ss in zip(batch, scores.tolist(), passes):

@@ -72,7 +72,8 @@ class SparsePO(PairwiseLoss):
     def start(self, model=None, examples=None) -> None:
         if self.mask == "learned":
             hidden = model.config.hidden_size
-            self._head = torch.nn.Linear(hidden, 2)  # outputs (m_u, m_d) per token
+            device = next(model.parameters()).device
+            self._head = torch.nn.Linear(hidden, 2, device=device)  # outputs (m_u, m_d) per token
             torch.nn.init.zeros_(self._head.weight)
             torch.nn.init.ones_(self._head.bias)
 

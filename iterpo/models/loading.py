@@ -12,7 +12,7 @@ import hashlib
 import importlib.metadata
 import os
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -152,12 +152,14 @@ def load_tokenizer(path: str, what: str = "model.path"):
     return tokenizer
 
 
-def load_model(path: str, dtype: str = "float32", what: str = "model.path"):
-    """A causal LM in train-ready state (dropout off: preference losses compare log-probs)."""
+def load_model(path: str, dtype: str = "float32", what: str = "model.path", device: str = "cpu"):
+    """A causal LM on device, in train-ready state (dropout off: preference losses compare log-probs)."""
     from transformers import AutoModelForCausalLM
 
     with reading(what, path, UserInputError):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    if device != "cpu":
+        model = cast(Any, model).to(device)  # (transformers' decorated .to confuses type checkers)
     model.eval()  # deterministic forward passes; we never rely on dropout
     return model
 
@@ -199,26 +201,26 @@ def add_lora(model, lora_config):
     return get_peft_model(model, config)
 
 
-def load_starting_policy(path: str, dtype: str, lora, lora_seed: int):
+def load_starting_policy(path: str, dtype: str, lora, lora_seed: int, device: str = "cpu"):
     """The policy a run (or ``iterpo train``) starts from: the model, with fresh LoRA adapters when configured.
 
     Adapter initialisation draws random numbers: it is seeded with lora_seed, so a resumed run gets the same adapter.
     """
-    model = load_model(path, dtype)
+    model = load_model(path, dtype, device=device)
     if lora is not None:
         torch.manual_seed(lora_seed)
         model = add_lora(model, lora)
     return model
 
 
-def load_policy_from(start: str | None, base_path: str, dtype: str, lora, lora_seed: int):
+def load_policy_from(start: str | None, base_path: str, dtype: str, lora, lora_seed: int, device: str = "cpu"):
     """A policy another process hands over: a saved checkpoint directory, or (None) the starting policy.
 
     What training processes and cluster workers load, so that they hold exactly the run's policy.
     """
     if start is None:
-        return load_starting_policy(base_path, dtype, lora, lora_seed)
-    return load_policy_checkpoint(Path(start), base_path, dtype, lora)
+        return load_starting_policy(base_path, dtype, lora, lora_seed, device)
+    return load_policy_checkpoint(Path(start), base_path, dtype, lora, device)
 
 
 def is_lora(model) -> bool:
@@ -247,13 +249,13 @@ def save_policy(model, tokenizer, target: Path, save_merged: bool = False, write
     write_dir(target, fill)
 
 
-def load_policy_checkpoint(path: Path, base_path: str, dtype: str, lora: object | None):
-    """Reload a saved policy: a full model directory, or an adapter on top of the base model."""
+def load_policy_checkpoint(path: Path, base_path: str, dtype: str, lora: object | None, device: str = "cpu"):
+    """Reload a saved policy onto device: a full model directory, or an adapter on top of the base model."""
     if lora is None:
-        return load_model(str(path), dtype)
+        return load_model(str(path), dtype, device=device)
     from peft import PeftModel
 
-    base = load_model(base_path, dtype)
+    base = load_model(base_path, dtype, device=device)
     model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
     model.eval()
     return model

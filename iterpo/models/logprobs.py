@@ -45,19 +45,20 @@ def response_token_stats(
     """Per-token log-probs of each response (with gradients when grad is enabled)."""
     assert len(prompts) == len(responses) and all(len(r) > 0 for r in responses)
     seqs = [p + r for p, r in zip(prompts, responses)]
-    ids, attn = _pad_right(seqs, pad_id)  # (N, T)
+    device = next(model.parameters()).device
+    ids, attn = (x.to(device) for x in _pad_right(seqs, pad_id))  # (N, T)
     # Position t predicts token t+1; response token k of row i is predicted at position P_i - 1 + k.
-    starts = torch.tensor([len(p) - 1 for p in prompts])  # (N,) first predicting position per row
-    ends = torch.tensor([len(s) - 1 for s in seqs])  # (N,) one past the last predicting position
+    starts = torch.tensor([len(p) - 1 for p in prompts], device=device)  # (N,) first predicting position per row
+    ends = torch.tensor([len(s) - 1 for s in seqs], device=device)  # (N,) one past the last predicting position
     lo, hi = int(starts.min()), int(ends.max())
-    keep = torch.arange(lo, hi)  # (L,) positions whose logits we need
+    keep = torch.arange(lo, hi, device=device)  # (L,) positions whose logits we need
     out = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep, output_hidden_states=hidden_states)
     logp = torch.log_softmax(out.logits.float(), dim=-1)  # (N, L, V)
     targets = ids[:, lo + 1 : hi + 1]  # (N, L) the token each kept position predicts
     token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N, L)
-    lengths = torch.tensor([len(r) for r in responses])
+    lengths = torch.tensor([len(r) for r in responses], device=device)
     R = int(lengths.max())
-    col = torch.arange(R).unsqueeze(0)  # (1, R)
+    col = torch.arange(R, device=device).unsqueeze(0)  # (1, R)
     mask = col < lengths.unsqueeze(1)  # (N, R)
     idx = ((starts - lo).unsqueeze(1) + col).clamp(max=hi - lo - 1)  # (N, R) kept-position index of token k
     stats = TokenStats(logps=token_logp.gather(1, idx) * mask, mask=mask)

@@ -37,11 +37,12 @@ class SeededSampler:
         scores = scores / self.temperature
         if self.top_p < 1.0:
             scores = _top_p_filter(scores, self.top_p)
+        # drawn on the CPU from each row's generator, so a sample does not depend on the device it decodes on
         uniform = torch.stack(
             [torch.rand(scores.shape[1], generator=self.generators[r]) for r in rows.tolist()]
         )  # (n, V)
         gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
-        return scores + gumbel
+        return scores + gumbel.to(scores.device)
 
 
 def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -90,7 +91,7 @@ def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[lis
         cache.batch_repeat_interleave(repeats)
         logits, mask, pos = (x.repeat_interleave(repeats, dim=0) for x in (logits, mask, pos))
     N = logits.shape[0]
-    alive = torch.arange(N)  # (n,) original row of each row still decoding
+    alive = torch.arange(N, device=logits.device)  # (n,) original row of each row still decoding
     next_pos = pos[:, -1:] + 1  # (n, 1)
     tokens: list[list[int]] = [[] for _ in range(N)]
     for step in range(max_new_tokens):
@@ -150,7 +151,8 @@ def generate(
         sampler = None
         if seeds is not None:
             sampler = SeededSampler([s for i in idx for s in seeds[i]], temperature, top_p)
-        tokens = _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos)
+        device = next(model.parameters()).device
+        tokens = _decode(model, ids.to(device), mask.to(device), repeats, sampler, max_new_tokens, eos)
         for row, i in enumerate(idx):
             results[i] = [
                 (t, "stop" if t[-1] == eos else "length") for t in tokens[row * repeats : (row + 1) * repeats]

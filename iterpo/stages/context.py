@@ -62,10 +62,14 @@ class RunContext:
         lora = self.config.model.lora
         if r == 0:
             model = load_starting_policy(
-                self.plan.base_path, self.config.model.dtype, lora, derive_seed(self.config.run.seed, "lora-init")
+                self.plan.base_path,
+                self.config.model.dtype,
+                lora,
+                derive_seed(self.config.run.seed, "lora-init"),
+                self.plan.device,
             )
         elif ckpt.exists():
-            model = load_policy_checkpoint(ckpt, self.plan.base_path, self.config.model.dtype, lora)
+            model = load_policy_checkpoint(ckpt, self.plan.base_path, self.config.model.dtype, lora, self.plan.device)
         else:  # a round whose checkpoint was not kept (save_every > 1): replay its training
             self.policy_after(r - 1)
             self.plan.stage_of_kind("train").run(self, r)
@@ -192,7 +196,7 @@ class RunContext:
             return LiveReference(copy.deepcopy(policy) if frozen_copy else policy)
         if is_lora(policy):
             return LiveReference(policy, adapters_off=True)
-        return LiveReference(load_model(self.plan.base_path, self.config.model.dtype))
+        return LiveReference(load_model(self.plan.base_path, self.config.model.dtype, device=self.plan.device))
 
     def score(self, reference: LiveReference, prompt_ids: list, responses: list, advance) -> list[float]:
         with reference.active() as model:

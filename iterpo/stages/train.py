@@ -64,7 +64,7 @@ def fit_on_processes(ctx, r: int, records: list, scored: list[RefLogp]) -> tuple
     )
     ctx.release_policy()  # the processes load their own replicas: do not hold another one meanwhile
     log, trained = launch(job, scratch, cfg.train.processes, cfg.run.threads)
-    model = load_policy_checkpoint(trained, plan.base_path, cfg.model.dtype, cfg.model.lora)
+    model = load_policy_checkpoint(trained, plan.base_path, cfg.model.dtype, cfg.model.lora, plan.device)
     shutil.rmtree(scratch, ignore_errors=True)
     return log, model
 

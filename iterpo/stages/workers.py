@@ -66,11 +66,14 @@ class Worker:
     def _policy(self, start: str | None) -> Any:
         if start not in self._policies:
             from iterpo.config import LoraSection
+            from iterpo.models.device import resolve_device
             from iterpo.models.loading import load_policy_from
 
             s = self.spec
             lora = LoraSection(**s.lora) if s.lora else None
-            self._policies = {start: load_policy_from(start, s.base_path, s.dtype, lora, s.lora_seed)}  # one at a time
+            # one policy at a time; a worker with a GPU (gpus_per_worker) sees it as its only CUDA device
+            policy = load_policy_from(start, s.base_path, s.dtype, lora, s.lora_seed, resolve_device("auto"))
+            self._policies = {start: policy}
         return self._policies[start]
 
     def _tokenizer_of(self) -> Any:

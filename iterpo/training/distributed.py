@@ -77,16 +77,16 @@ def launch(job: TrainJob, scratch: Path, processes: int, threads: int | None = N
     return json.loads(log_path.read_text()), scratch / TRAINED
 
 
-def _load(job: TrainJob, path: str | None):
+def _load(job: TrainJob, path: str | None, device: str):
     from iterpo.config import LoraSection
     from iterpo.models.loading import load_policy_from
 
     return load_policy_from(
-        path, job.base_path, job.dtype, LoraSection(**job.lora) if job.lora else None, job.lora_seed
+        path, job.base_path, job.dtype, LoraSection(**job.lora) if job.lora else None, job.lora_seed, device
     )
 
 
-def _reference(job: TrainJob, policy):
+def _reference(job: TrainJob, policy, device: str):
     import copy
 
     from iterpo.models.loading import is_lora, load_model
@@ -97,7 +97,7 @@ def _reference(job: TrainJob, policy):
     if job.reference == "initial":
         if is_lora(policy):
             return LiveReference(policy, adapters_off=True)
-        return LiveReference(load_model(job.base_path, job.dtype))
+        return LiveReference(load_model(job.base_path, job.dtype, device=device))
     return None
 
 
@@ -109,13 +109,17 @@ def main(scratch: str) -> None:
     from iterpo.losses import get_loss
     from iterpo.training.trainer import DataParallel, train
 
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu"  # one GPU per process on its node
+    if cuda:
+        torch.cuda.set_device(device)
     try:
         job: TrainJob = torch.load(Path(scratch) / JOB, weights_only=False)  # written by this run's own process
         loss = get_loss(job.loss["name"], **{k: v for k, v in job.loss.items() if k != "name"})
-        model = _load(job, job.start)
-        reference = _reference(job, model) if "token_stats" in loss.needs else None
+        model = _load(job, job.start, device)
+        reference = _reference(job, model, device) if "token_stats" in loss.needs else None
         torch.manual_seed(job.seed)
         log = train(
             model,

@@ -8,6 +8,7 @@ and fills exactly the fields the loss declares in ``needs``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,6 +67,17 @@ def _t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
+def _on(batch, model):
+    """The batch with every tensor on the model's device (the stored log-probs, labels and lengths are built on the
+    CPU; the policy's log-probs are already there)."""
+    device = next(model.parameters()).device
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor) and value.device != device:
+            setattr(batch, f.name, value.to(device))
+    return batch
+
+
 def collate_pairs(
     model, examples: list[PairExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
 ) -> PreferenceBatch:
@@ -120,7 +132,7 @@ def collate_pairs(
         batch.rejected_win_rate = _t([require(e.win_rates, "win rates")[1] for e in examples])
     if "soft_label" in needs:
         batch.soft_label = _t([e.soft_label for e in examples])
-    return batch
+    return _on(batch, model)
 
 
 def _token_stats(model, reference, prompts, responses, pad_id, loss) -> dict[str, torch.Tensor]:
@@ -156,7 +168,7 @@ def collate_unpaired(
     if "reference" in loss.needs:
         batch.ref_logps = _t([e.ref_logp for e in examples])
         batch.ref_kl_logps = _t([e.ref_kl_logp for e in examples])
-    return batch
+    return _on(batch, model)
 
 
 def collate_groups(
@@ -166,7 +178,7 @@ def collate_groups(
     flat = sequence_logps(
         model, [(e.prompt_ids, e.responses) for e in examples], layout, pad_id
     )  # (sum of group sizes,)
-    logps = torch.zeros(B, n)
+    logps = torch.zeros(B, n, device=flat.device)
     mask = torch.zeros(B, n, dtype=torch.bool)
     scores, lengths, ref = torch.zeros(B, n), torch.ones(B, n), torch.zeros(B, n)
     rows, cols = [], []
@@ -181,10 +193,12 @@ def collate_groups(
         lengths[b, :m] = _t([len(r) for r in e.responses])
         if e.ref_logps is not None:
             ref[b, :m] = _t(e.ref_logps)
-    logps = logps.index_put((torch.tensor(rows), torch.tensor(cols)), flat)  # keeps the graph to flat
-    return RankedBatch(
+    at = (torch.tensor(rows, device=flat.device), torch.tensor(cols, device=flat.device))
+    logps = logps.index_put(at, flat)  # keeps the graph to flat
+    batch = RankedBatch(
         logps=logps, scores=scores, mask=mask, lengths=lengths, ref_logps=ref if "reference" in loss.needs else None
     )
+    return _on(batch, model)
 
 
 # data shape -> collate(model, examples, loss, pad_id, reference, layout) -> the loss's batch

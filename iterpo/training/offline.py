@@ -194,6 +194,7 @@ def train_file(config, rows: list[dict], progress_bar=None) -> tuple:
     import copy
 
     from iterpo.losses import get_loss
+    from iterpo.models.device import resolve_device
     from iterpo.models.loading import load_starting_policy, load_tokenizer, resolve_model_path
     from iterpo.sampling import derive_seed
     from iterpo.training.trainer import LiveReference
@@ -204,7 +205,9 @@ def train_file(config, rows: list[dict], progress_bar=None) -> tuple:
     loss = get_loss(config.loss.name, **config.loss.hyperparams())
     check_loss(loss, examples, config.loss.name)  # before the model loads
     lora = config.model.lora
-    model = load_starting_policy(path, config.model.dtype, lora, derive_seed(config.run.seed, "lora-init"))
+    model = load_starting_policy(
+        path, config.model.dtype, lora, derive_seed(config.run.seed, "lora-init"), resolve_device(config.model.device)
+    )
     reference = None
     if "token_stats" in loss.needs:  # per-token losses compare against a live reference: the starting policy
         reference = LiveReference(model, adapters_off=True) if lora else LiveReference(copy.deepcopy(model))

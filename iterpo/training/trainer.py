@@ -18,6 +18,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from iterpo.losses import Loss
+from iterpo.models.device import bf16_by_default
 from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
 
@@ -130,7 +131,8 @@ def train(
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     device = next(model.parameters()).device.type
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if config.bf16 else nullcontext()
+    bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(next(model.parameters()).device))
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
     attention = packed_attention(model) if layout.padding_free else nullcontext()
     attention.__enter__()
     try:

@@ -292,7 +292,10 @@ def test_sparsepo_with_unit_masks_is_token_level_dpo():
     assert out.rejected_rewards.tolist() == pytest.approx([0.5 * ((-2 + 1.0 - 0.1 + 0.6) - 0.25)])
     # learned masks start at 1, so the objective starts from the unit-mask one plus the L1 terms
     learned = get_loss("sparsepo", beta=0.5, mask="learned", l1_u=0.01, l1_d=0.02)
-    learned.start(type("M", (), {"config": type("C", (), {"hidden_size": 4})})())
+    model = type(
+        "M", (), {"config": type("C", (), {"hidden_size": 4}), "parameters": lambda self: iter([torch.zeros(1)])}
+    )
+    learned.start(model())
     batch.ref_chosen_hidden, batch.ref_rejected_hidden = torch.randn(1, T, 4), torch.randn(1, T, 4)
     out2 = learned(batch)
     assert out2.loss.item() == pytest.approx(sp(-0.5 * (u - d)) + 0.01 * 5 + 0.02 * 5, abs=1e-6)

@@ -1,0 +1,47 @@
+"""Where models run: a CUDA GPU, then Apple's MPS, then the CPU, unless the config names one.
+
+Every model iterpo loads (the policy, reference copies, model judges) is
+placed with ``resolve_device``; the tensors fed to a model are made on (or
+moved to) ``model_device(model)``, so nothing assumes the CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from iterpo.errors import ConfigError
+
+_NAMES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def resolve_device(name: str, what: str = "model.device") -> str:
+    """'auto' -> 'cuda' where a CUDA GPU is visible, else 'mps' where Apple's is, else 'cpu'; others are checked."""
+    if not _NAMES.fullmatch(name):
+        raise ConfigError(f"{what}: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{what}: {name} asked for, but no CUDA GPU is visible to PyTorch")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{what}: {name} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"{what}: mps asked for, but Apple's MPS is not available here")
+    return name
+
+
+def bf16_by_default(device: str) -> bool:
+    """bfloat16 compute is the default on CUDA GPUs that support it (Ampere and later), nowhere else."""
+    return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of a model's parameters (where its inputs must be)."""
+    return next(model.parameters()).device

@@ -8,6 +8,7 @@ the same learning rate, AdamW and clipping, and both log each step's loss.
 
     python benchmarks/train_speed.py                # the full table (about 20 minutes on 2 cores)
     python benchmarks/train_speed.py --repeats 1 --only trl,iterpo
+    python benchmarks/train_speed.py --device cuda --bf16 --only trl,iterpo   # on a GPU (benchmarks/gpu.sh)
 
 Columns:
 - pairs/s: pairs / wall time of everything after the model is loaded and the
@@ -21,7 +22,8 @@ Columns:
   being 2 x (the layers' weights) per token, 2 x vocab x hidden per response
   token for the output layer, and 4 x hidden x (keys seen) per token and layer
   for attention.
-- peak MB: the process's peak resident memory (model loading included).
+- peak MB: the process's peak resident memory (model loading included); with
+  --device cuda, the peak GPU memory PyTorch allocated instead.
 - step-1 loss, logps: the first step's loss and mean chosen log-prob; the
   last column is the largest relative gap of any step's loss to TRL's.
 
@@ -99,19 +101,23 @@ def make_pairs(path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def matmul_peak() -> float:
-    """Best float32 matmul GFLOP/s over the model's shapes and large squares, on this process's threads."""
+def matmul_peak(device: str = "cpu", dtype: str = "float32") -> float:
+    """Best matmul GFLOP/s over the model's shapes and large squares, on this process's threads or the GPU."""
     import torch
 
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = 0.0
     for m, k, n in [(512, 576, 1536), (1024, 576, 1536), (1024, 1536, 576), (2048, 2048, 2048), (3072, 3072, 3072)]:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a = torch.randn(m, k, device=device, dtype=getattr(torch, dtype))
+        b = torch.randn(k, n, device=device, dtype=getattr(torch, dtype))
         a @ b
         for _ in range(3):
-            reps = max(1, int(2e10 / (2 * m * k * n)))
+            reps = max(1, int(2e10 / (2 * m * k * n)) * (100 if device != "cpu" else 1))
+            sync()
             t = time.perf_counter()
             for _ in range(reps):
                 a @ b
+            sync()
             best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -133,7 +139,7 @@ def model_flops(config, examples) -> tuple[float, int]:
     return 4 * forward, tokens  # forward + backward (3 forwards) + a reference forward
 
 
-def child_trl(model_path: str, data: Path) -> dict:
+def child_trl(model_path: str, data: Path, device: str = "cpu", bf16: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -160,8 +166,8 @@ def child_trl(model_path: str, data: Path) -> dict:
             save_strategy="no",
             report_to=[],
             seed=SEED,
-            use_cpu=True,
-            bf16=False,
+            use_cpu=device == "cpu",
+            bf16=bf16,
             train_sampling_strategy="sequential",
             disable_tqdm=True,
             dataset_num_proc=None,
@@ -193,7 +199,7 @@ def _iterpo_order(n: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(SEED)).tolist()
 
 
-def child_iterpo(model_path: str, data: Path, name: str) -> dict:
+def child_iterpo(model_path: str, data: Path, name: str, device: str = "cpu", bf16: bool = False) -> dict:
     import copy
 
     import torch
@@ -209,9 +215,15 @@ def child_iterpo(model_path: str, data: Path, name: str) -> dict:
     layout = Layout(*map(bool, flags))
     tokenizer = load_tokenizer(model_path)
     examples = [tokenize_pair(tokenizer, r) for r in read_preferences(data)]
-    model = load_model(model_path)
+    model = load_model(model_path, device=device)
     config = TrainSection(
-        lr=LR, epochs=1, batch_size=BATCH, max_grad_norm=1.0, weight_decay=0.0, warmup_steps=0, **extra
+        lr=LR,
+        epochs=1,
+        batch_size=BATCH,
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        warmup_steps=0,
+        **{"bf16": bf16, **extra},
     )
     reference = None if stored else LiveReference(copy.deepcopy(model))
     torch.manual_seed(SEED)
@@ -238,9 +250,10 @@ def child_iterpo(model_path: str, data: Path, name: str) -> dict:
     }
 
 
-def run_child(name: str, model_path: str, data: Path) -> dict:
+def run_child(name: str, model_path: str, data: Path, device: str = "cpu", bf16: bool = False) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", name, "--model", model_path, "--data", str(data)],
+        [sys.executable, __file__, "--child", name, "--model", model_path, "--data", str(data), "--device", device]
+        + (["--bf16"] if bf16 else []),
         capture_output=True,
         text=True,
     )
@@ -257,14 +270,21 @@ def main() -> None:
     parser.add_argument("--data")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: both trainers on that device")
+    parser.add_argument("--bf16", action="store_true", help="both trainers under bfloat16 mixed precision")
     args = parser.parse_args()
     if args.child:  # one configuration, in this fresh process
         run = (
-            child_trl(args.model, Path(args.data))
+            child_trl(args.model, Path(args.data), args.device, args.bf16)
             if args.child == "trl"
-            else child_iterpo(args.model, Path(args.data), args.child)
+            else child_iterpo(args.model, Path(args.data), args.child, args.device, args.bf16)
         )
-        run["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.device.startswith("cuda"):
+            import torch
+
+            run["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            run["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(run))
         return
 
@@ -291,20 +311,24 @@ def main() -> None:
         f"{flops / 1e12:.2f} TFLOP of model work; torch {torch.__version__}, {torch.get_num_threads()} threads",
         flush=True,
     )
-    peaks = [matmul_peak()]
+    dtype = "bfloat16" if args.bf16 else "float32"
+    peaks = [matmul_peak(args.device, dtype)]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for rep in range(args.repeats):
         for name in names:
-            run = run_child(name, model_path, data)
+            run = run_child(name, model_path, data, args.device, args.bf16)
             runs[name].append(run)
             print(
                 f"  run {rep + 1}/{args.repeats} {name:<16} {run['seconds']:6.1f} s  peak {run['peak_mb']:6.0f} MB  "
                 f"step-1 loss {run['losses'][0]:.6f}",
                 flush=True,
             )
-    peaks.append(matmul_peak())
+    peaks.append(matmul_peak(args.device, dtype))
     peak = max(peaks)
-    print(f"float32 matmul peak measured in this run: {peak:.0f} GFLOP/s (start {peaks[0]:.0f}, end {peaks[1]:.0f})\n")
+    print(
+        f"{dtype} matmul peak on {args.device} measured in this run: {peak:.0f} GFLOP/s (start {peaks[0]:.0f}, "
+        f"end {peaks[1]:.0f})\n"
+    )
 
     base = runs.get("trl")
     rows = []

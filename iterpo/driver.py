@@ -56,14 +56,17 @@ def run_stage(ctx: RunContext, stage: Stage, r: int) -> None:
     store = ctx.store
     outputs = [store.path(r, name) for name in stage.outputs()]
     states = {path: store.check(path) for path in outputs}
-    damaged = {
-        path: (store.recorded_digest(path), store.written_after(path))
-        for path, state in states.items()
-        if state == "damaged"
-    }
-    if states[outputs[0]] == "ok" and not damaged:
+    if states[outputs[0]] == "ok" and "damaged" not in states.values():
         return
-    for path in damaged:
+    # Outputs the run had (damaged, or gone) while later files were made from them: a recomputation must match.
+    expected = {
+        path: (record, later)
+        for path, state in states.items()
+        if state in ("damaged", "missing")
+        and (record := store.record(path)) is not None
+        and (later := store.written_after(path))
+    }
+    for path in [p for p, state in states.items() if state == "damaged"]:
         aside = store.set_aside(path)
         console.print(
             f"[bold red]{path} is damaged[/bold red] (it does not match the checksum recorded when it "
@@ -76,11 +79,13 @@ def run_stage(ctx: RunContext, stage: Stage, r: int) -> None:
         exc.args = (f"round {r}, stage {stage.label}: {exc}",)
         raise
     store.record_stage(r, stage.label, time.perf_counter() - start, **info)
-    for path, (before, later) in damaged.items():
-        if later and store.recorded_digest(path) != before:
+    for path, (record, later) in expected.items():
+        if store.recorded_digest(path) != record["digest"]:
+            aside = store.set_aside(path, "recomputed")
+            store.restore_record(path, record)  # the stage stays undone: every resume refuses, until the user acts
             raise DamagedFile(
-                f"{path} was damaged, and computing it again gave different contents, but {len(later)} later files "
-                f"of the run ({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}) were made from the original. "
-                "Restore the file from a copy, or delete this round's later outputs and the later rounds so that "
-                "they are computed again"
+                f"{path} was damaged, and computing it again gave different contents (kept as {aside.name}), but "
+                f"{len(later)} later files of the run ({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}) "
+                "were made from the original. Restore the file from a copy, or delete this round's later outputs and "
+                "the later rounds so that they are computed again"
             )

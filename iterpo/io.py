@@ -192,6 +192,7 @@ def atomic_dir(path: Path, fill: Callable[[Path], None], before_rename: Callable
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as exc:
         raise (_no_space(path, exc) if _is_no_space(exc) else _cannot_write(path, exc)) from None
+    old = path.with_name(f".{path.name}.old")
     try:
         fill(tmp)
         for f in sorted(tmp.rglob("*")):
@@ -201,8 +202,7 @@ def atomic_dir(path: Path, fill: Callable[[Path], None], before_rename: Callable
         if before_rename is not None:
             before_rename(tmp)
         if path.exists():
-            # Two renames, so that a crash between them leaves the old copy under a name a later write cleans up.
-            old = path.with_name(f".{path.name}.old")
+            # A directory cannot replace a non-empty one in one rename: the old copy steps aside first.
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -210,6 +210,8 @@ def atomic_dir(path: Path, fill: Callable[[Path], None], before_rename: Callable
         else:
             os.replace(tmp, path)
     except BaseException as exc:
+        if not path.exists() and old.exists():  # stopped between the two renames: the old copy goes back
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         error = _translated(path, exc)
         if error is exc:
@@ -251,6 +253,18 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def stat_of(path: Path) -> dict[str, int]:
+    """Size and modification time of a file, or of a directory's files (total bytes, latest time, count)."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    stats = [f.stat() for f in files]
+    return {
+        "bytes": sum(s.st_size for s in stats),
+        "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
+        "files": len(stats),
+    }
 
 
 def digest(path: Path) -> str:

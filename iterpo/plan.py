@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from iterpo.config import Config
@@ -161,6 +162,12 @@ def build_plan(config: Config) -> Plan:
     base_path = resolve_model_path(config.model.path)
     if config.model.lora is not None:
         check_lora_targets(base_path, config.model.lora.target_modules)
+    device = resolve_device(config.model.device)
+    if device.startswith("cuda") and config.train.processes > torch.cuda.device_count():
+        raise ConfigError(
+            f"train.processes {config.train.processes} asks for a GPU each, but "
+            f"{torch.cuda.device_count()} are visible; use at most that many, or model.device: cpu"
+        )
     plan = Plan(
         config,
         resolve(config),
@@ -172,7 +179,7 @@ def build_plan(config: Config) -> Plan:
         loss,
         strategy,
         base_path,
-        resolve_device(config.model.device),
+        device,
         choose_backend(config.sampling.backend),
         load_tokenizer(base_path),
         [],
@@ -234,6 +241,8 @@ def wire(stages: list[Stage], where: str, plan: Plan) -> list[Stage]:
     labels: set[str] = set()
     written: dict[str, str] = {}
     for stage in stages:
+        if not stage.writes:
+            raise ConfigError(f"{where}: stage {stage.label!r} writes no file, so the run cannot tell when it is done")
         if stage.label in labels:
             raise ConfigError(f"{where}: two stages are named {stage.label!r}; give one another name ('name: ...')")
         labels.add(stage.label)

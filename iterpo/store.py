@@ -36,10 +36,21 @@ from typing import Any, Literal
 
 from iterpo import __version__
 from iterpo.errors import RunDirError, reading
-from iterpo.io import atomic_dir, atomic_write, digest, read_json, read_parquet, write_json, write_parquet, write_text
+from iterpo.io import (
+    atomic_dir,
+    atomic_write,
+    digest,
+    read_json,
+    read_parquet,
+    stat_of,
+    write_json,
+    write_parquet,
+    write_text,
+)
 
 Check = Literal["ok", "missing", "damaged", "unrecorded"]
 FORMAT = 2  # the run directory's layout; 2: responses carry their source, every file its checksum
+LARGE = 64 * 2**20  # files (or directories) at least this big are checked by size and times when those match
 
 
 _HELD: dict[str, list] = {}  # run directories this process has locked: real path -> [fd, stores holding it]
@@ -87,20 +98,16 @@ class RunStore:
                 f"run.dir {store.root} holds other files and is not an iterpo run directory; choose "
                 "an empty or new directory with --set run.dir=PATH, or pass --force to use it anyway"
             )
-        manifest = None if fresh else store.manifest()
-        if manifest is not None and manifest.get("config_fingerprint") != fingerprint and not force:
-            raise RunDirError(
-                f"run directory {store.root} was made with a different config "
-                f"(fingerprint {manifest.get('config_fingerprint')}, this one {fingerprint}); "
-                "choose another directory with --set run.dir=PATH, or pass --force to continue it with the new config"
-            )
+        # Checked before the lock too, so a refused directory is left exactly as it was (no lock record written).
+        store._check_fingerprint(None if fresh else store.manifest(), fingerprint, force)
         try:
             store.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"run.dir {store.root} cannot be created: {exc.strerror or exc}") from None
         store.lock()
         try:
-            manifest = store.manifest() if not fresh else None  # read again under the lock
+            manifest = store.manifest()  # again under the lock: another process may have made or changed it
+            store._check_fingerprint(manifest, fingerprint, force)
             write_text(store.config_path, config_text)
             if manifest is None:
                 manifest = {"created_by": f"iterpo {__version__}", "format": FORMAT, "stages": {}, "files": {}}
@@ -111,6 +118,14 @@ class RunStore:
             store.close()
             raise
         return store
+
+    def _check_fingerprint(self, manifest: dict | None, fingerprint: str, force: bool) -> None:
+        if manifest is not None and manifest.get("config_fingerprint") != fingerprint and not force:
+            raise RunDirError(
+                f"run directory {self.root} was made with a different config "
+                f"(fingerprint {manifest.get('config_fingerprint')}, this one {fingerprint}); "
+                "choose another directory with --set run.dir=PATH, or pass --force to continue it with the new config"
+            )
 
     @classmethod
     def existing(cls, root: str | Path) -> RunStore:
@@ -157,15 +172,19 @@ class RunStore:
                     "which no longer holds it",
                     file=sys.stderr,
                 )
-            write_json(
-                self.root / ".lock",
-                {
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "command": " ".join(["iterpo", *sys.argv[1:]])[:200],
-                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                },
-            )
+            try:
+                write_json(
+                    self.root / ".lock",
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "command": " ".join(["iterpo", *sys.argv[1:]])[:200],
+                        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    },
+                )
+            except BaseException:  # e.g. a full disk: give the lock back at once
+                os.close(fd)
+                raise
             _HELD[key] = [fd, 0]
         _HELD[key][1] += 1
         # A store dropped without close() (a library caller, a test) must not keep the run locked until exit.
@@ -199,9 +218,6 @@ class RunStore:
 
     def path(self, round_idx: int, name: str) -> Path:
         return self.round_dir(round_idx) / name
-
-    def shard_path(self, round_idx: int, stage: str, shard: int) -> Path:
-        return self.round_dir(round_idx) / stage / f"shard-{shard:05d}.parquet"
 
     def _rel(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
@@ -262,10 +278,11 @@ class RunStore:
 
         def record(tmp: Path) -> None:
             entry = digest(tmp)
+            stat = stat_of(tmp)  # the rename keeps sizes and times: a large file that still has them is not re-read
 
             def change(m):
                 m["written"] = m.get("written", 0) + 1  # a write counter orders the files (JSON keys are sorted)
-                m.setdefault("files", {})[self._rel(path)] = {"digest": entry, "seq": m["written"]}
+                m.setdefault("files", {})[self._rel(path)] = {"digest": entry, "seq": m["written"], "stat": stat}
 
             self._update(change)
 
@@ -313,28 +330,47 @@ class RunStore:
         if expected is None:
             return "unrecorded"
         try:
-            return "ok" if digest(path) == expected["digest"] else "damaged"
+            stat = stat_of(path)
+            if stat == expected.get("stat") and stat["bytes"] >= LARGE:
+                return "ok"  # model weights: unchanged size and times, not read again (gigabytes on every resume)
+            if digest(path) != expected["digest"]:
+                return "damaged"
         except OSError:
             return "damaged"
+        if stat != expected.get("stat"):  # intact, e.g. copied elsewhere: remember its new times
+            self._update(lambda m: m["files"][self._rel(path)].__setitem__("stat", stat))
+        return "ok"
 
     def recorded_digest(self, path: Path) -> str | None:
-        entry = (self.manifest() or {}).get("files", {}).get(self._rel(path))
+        entry = self.record(path)
         return entry["digest"] if entry else None
 
-    def set_aside(self, path: Path) -> Path:
-        """Move a damaged file out of the way (kept for inspection as NAME.damaged) and forget its checksum."""
-        target = Path(path).with_name(Path(path).name + ".damaged")
+    def record(self, path: Path) -> dict | None:
+        """What the manifest recorded when path was written (digest, write order), or None."""
+        entry = (self.manifest() or {}).get("files", {}).get(self._rel(path))
+        return dict(entry) if entry else None
+
+    def restore_record(self, path: Path, entry: dict) -> None:
+        """Put back what the manifest recorded for path (a file the run still expects, with those contents)."""
+        self._update(lambda m: m.setdefault("files", {}).__setitem__(self._rel(path), entry))
+
+    def set_aside(self, path: Path, why: str = "damaged") -> Path:
+        """Move a file out of the way (kept for inspection as NAME.damaged, or NAME.<why>).
+
+        Its record stays in the manifest: the run still expects the file, with those contents (see written_after).
+        """
+        target = Path(path).with_name(f"{Path(path).name}.{why}")
         n = 1
         while target.exists():
             n += 1
-            target = Path(path).with_name(f"{Path(path).name}.damaged{n}")
+            target = Path(path).with_name(f"{Path(path).name}.{why}{n}")
         os.replace(path, target)
-        rel = self._rel(path)
-        self._update(lambda m: m.get("files", {}).pop(rel, None))
         return target
 
     def written_after(self, path: Path) -> list[str]:
-        """Files of the run written after path was."""
+        """Files of the run written after path was, and still there (they may have been made from it)."""
         files = (self.manifest() or {}).get("files", {})
         entry = files.get(self._rel(path))
-        return [] if entry is None else sorted(k for k, v in files.items() if v["seq"] > entry["seq"])
+        if entry is None:
+            return []
+        return sorted(k for k, v in files.items() if v["seq"] > entry["seq"] and (self.root / k).exists())

@@ -109,8 +109,12 @@ def test_checksums_tell_intact_damaged_unrecorded_and_missing_files(tmp_path):
     assert store.check(store.path(1, "checkpoint")) == "damaged"
     aside = store.set_aside(path)
     assert aside.name == "rollouts.parquet.damaged" and store.check(path) == "missing"
-    pa.parquet.write_table(pa.table({"a": [1]}), path)  # written behind the store's back: no checksum
-    assert store.check(path) == "unrecorded"
+    assert store.recorded_digest(path) is not None  # the run still expects the file as it was written
+    pa.parquet.write_table(pa.table({"a": [1]}), path)  # something else in its place: not what was recorded
+    assert store.check(path) == "damaged"
+    other = store.path(1, "other.parquet")
+    pa.parquet.write_table(pa.table({"a": [1]}), other)  # written behind the store's back: no checksum
+    assert store.check(other) == "unrecorded"
     store.close()
 
 

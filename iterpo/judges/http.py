@@ -14,6 +14,7 @@ the run (iterpo.judges.base.judge_all) so that a resume asks them again.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -49,6 +50,10 @@ def parse_verdict(reply: str) -> str | None:
         if len(letters) > 1:
             return None  # names both: ambiguous
     return None
+
+
+class Refused(Exception):
+    """The endpoint answered, but refused this one request (a 4xx other than 401/403/404 and 429)."""
 
 
 class EndpointError(UserInputError):
@@ -154,9 +159,9 @@ class PairwiseHTTP(PairwiseJudge):
                         f"model ({self.model!r}) and the key in {self.api_key_env}"
                     ) from None
                 last = f"HTTP {exc.code}"
-                if exc.code != 429 and exc.code < 500:
-                    break  # this request is refused; retrying will not help
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if exc.code != 429 and exc.code < 500:  # this request is refused; retrying will not help
+                    raise Refused(f"refused: HTTP {exc.code} {exc.reason}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 last = (
                     "timeout" if isinstance(getattr(exc, "reason", exc), TimeoutError) else f"connection error: {exc}"
                 )
@@ -169,6 +174,9 @@ class PairwiseHTTP(PairwiseJudge):
             return None, "not asked: the endpoint is down"
         try:
             reply = self._request(fill(self.template, prompt, a, b), headers)
+        except Refused as exc:  # the server answered (e.g. 400: this prompt is too long for it): it is not down
+            self._answered(True)
+            return None, str(exc)
         except RuntimeError as exc:
             self._answered(False, str(exc))
             return None, f"request failed after {self.max_retries} retries: {exc}"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from iterpo.models.device import model_device
+
 
 def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T) ids and attention mask, right-padded."""
@@ -45,7 +47,7 @@ def response_token_stats(
     """Per-token log-probs of each response (with gradients when grad is enabled)."""
     assert len(prompts) == len(responses) and all(len(r) > 0 for r in responses)
     seqs = [p + r for p, r in zip(prompts, responses)]
-    device = next(model.parameters()).device
+    device = model_device(model)
     ids, attn = (x.to(device) for x in _pad_right(seqs, pad_id))  # (N, T)
     # Position t predicts token t+1; response token k of row i is predicted at position P_i - 1 + k.
     starts = torch.tensor([len(p) - 1 for p in prompts], device=device)  # (N,) first predicting position per row

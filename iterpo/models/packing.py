@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from iterpo.models.device import model_device
+
 Group = tuple[list[int], list[list[int]]]  # (prompt ids, its responses' ids)
 
 
@@ -197,17 +199,20 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     """log softmax(h W^T)[target] per row, in chunks of rows; the backward recomputes each chunk's logits.
 
     Memory: O(chunk x vocab) instead of O(rows x vocab), at the price of one more
-    output-layer matmul over the response tokens.
+    output-layer matmul over the response tokens. Both passes compute the logits
+    in the output layer's own dtype, also under autocast (the backward runs
+    outside it), so the recomputed softmax is the one the forward normalised.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk):  # hidden (M, H), weight (V, H), targets (M,)
         out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
         lse = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
-        for s in range(0, hidden.shape[0], chunk):
-            logits = (hidden[s : s + chunk] @ weight.T).float()  # (c, V)
-            lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
-            out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse[s : s + chunk]
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, hidden.shape[0], chunk):
+                logits = (hidden[s : s + chunk].to(weight.dtype) @ weight.T).float()  # (c, V)
+                lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
+                out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse[s : s + chunk]
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk = chunk
         return out
@@ -218,14 +223,14 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         for s in range(0, hidden.shape[0], ctx.chunk):
-            h = hidden[s : s + ctx.chunk]
+            h = hidden[s : s + ctx.chunk].to(weight.dtype)
             logits = (h @ weight.T).float()  # (c, V)
             # d logp[target] / d logits = onehot(target) - softmax
             grad_logits = torch.exp(logits - lse[s : s + ctx.chunk, None]).mul_(-grad_out[s : s + ctx.chunk, None])
             grad_logits.scatter_add_(1, targets[s : s + ctx.chunk, None], grad_out[s : s + ctx.chunk, None])
-            grad_logits = grad_logits.to(hidden.dtype)
+            grad_logits = grad_logits.to(weight.dtype)
             if grad_hidden is not None:
-                grad_hidden[s : s + ctx.chunk] = grad_logits @ weight
+                grad_hidden[s : s + ctx.chunk] = (grad_logits @ weight).to(hidden.dtype)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.T, h)
         return grad_hidden, grad_weight, None, None
@@ -251,7 +256,7 @@ def plain_head(model) -> bool:
 
 def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tensor:
     """log pi(target | prefix) for every response token: (M,). Gradients flow when grad is enabled."""
-    packed = packed.to(next(model.parameters()).device)
+    packed = packed.to(model_device(model))
     inputs = dict(
         input_ids=packed.input_ids,
         position_ids=packed.position_ids,

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from iterpo.models.device import model_device
+
 
 def derive_seed(*parts) -> int:
     """A 63-bit seed from any tuple of ids: stable across processes and machines."""
@@ -151,7 +153,7 @@ def generate(
         sampler = None
         if seeds is not None:
             sampler = SeededSampler([s for i in idx for s in seeds[i]], temperature, top_p)
-        device = next(model.parameters()).device
+        device = model_device(model)
         tokens = _decode(model, ids.to(device), mask.to(device), repeats, sampler, max_new_tokens, eos)
         for row, i in enumerate(idx):
             results[i] = [

@@ -108,6 +108,13 @@ class RunContext:
             self.store.write_dir(target, fill)
         return str(target)
 
+    def forget_handoffs(self, r: int) -> None:
+        """Drop the copies of the policy after round r made for other processes (before that round trains again)."""
+        for name in (".policy-handoff", "policy-full"):
+            path = self.store.round_dir(r) / name
+            if path.exists():
+                self.store.remove(path)
+
     def policy_source(self, r: int) -> str | None:
         """Where another process loads the policy after round r: its checkpoint, or None for the starting policy
         (round 0); a policy not kept (save_every > 1) is saved for the hand-over in the round's directory."""

@@ -77,9 +77,10 @@ class Sample(Stage):
                         finish(n, draw(ctx, sampler, shards[n], seeds[n], r, source, advance))
             else:  # each shard on a worker; written here as it arrives
                 model_dir = ctx.policy_dir(r - 1) if ctx.plan.backend == "vllm" else ""
+                policy = ctx.policy_source(r - 1)  # where the workers load the round's policy
                 jobs = [
                     (
-                        ctx.policy_source(r - 1),
+                        policy,
                         model_dir,
                         [ctx.prompt_ids(p) for p in shards[n]],
                         seeds[n],

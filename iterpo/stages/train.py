@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -41,14 +40,6 @@ def fit_on_processes(ctx, r: int, records: list, scored: list[RefLogp]) -> tuple
     needs = plan.loss.needs
     scratch = ctx.store.round_dir(r) / ".train-processes"
     shutil.rmtree(scratch, ignore_errors=True)
-    start: str | None = None  # where the processes load the policy the round starts from
-    if r > 1:
-        checkpoint = ctx.store.path(r - 1, "checkpoint")
-        if ctx.store.check(checkpoint) == "ok":
-            start = str(checkpoint)
-        else:  # not kept (save_every > 1): hand over the policy in memory
-            start = str(scratch / "start")
-            save_policy(ctx.policy_after(r - 1), ctx.tokenizer, Path(start))
     job = TrainJob(
         examples=training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs),
         loss={"name": cfg.loss.name, **cfg.loss.hyperparams()},
@@ -59,8 +50,9 @@ def fit_on_processes(ctx, r: int, records: list, scored: list[RefLogp]) -> tuple
         dtype=cfg.model.dtype,
         lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
         lora_seed=derive_seed(cfg.run.seed, "lora-init"),
-        start=start,
+        start=ctx.policy_source(r - 1),  # where the processes load the policy the round starts from
         reference=cfg.reference.policy if "token_stats" in needs else None,
+        device=plan.device,
     )
     ctx.release_policy()  # the processes load their own replicas: do not hold another one meanwhile
     log, trained = launch(job, scratch, cfg.train.processes, cfg.run.threads)
@@ -82,6 +74,7 @@ class Train(Stage):
         return self.reads if plan.loss.needs & SCORED_NEEDS else ("examples",)
 
     def run(self, ctx, r):
+        ctx.forget_handoffs(r)  # this round's policy is about to change: copies made of it for other processes go
         scored = []
         if ctx.plan.loss.needs & SCORED_NEEDS:
             scored = ctx.read(r, self.file("ref_logps"), RefLogp)

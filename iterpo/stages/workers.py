@@ -204,6 +204,7 @@ class Pool:
                         f"shard {i} of the {method} work killed {tries[i]} workers in a row; last: "
                         f"{' '.join(str(exc).split())[:300]}"
                     ) from None
+                self.ray.kill(self.actors[slot])  # an unreachable actor may still hold its GPU
                 self.actors[slot] = self._new()
                 todo.insert(0, i)
                 self.retries += 1

@@ -48,6 +48,7 @@ class TrainJob:
     lora_seed: int  # seeds fresh adapters (round 1)
     start: str | None  # the policy to start from: a saved checkpoint directory, or None for the base model
     reference: str | None  # a live reference for per-token losses: "previous" (the starting policy) or "initial"
+    device: str = "cpu"  # the run's device: with "cuda", each process takes the GPU of its local rank
 
 
 def launch(job: TrainJob, scratch: Path, processes: int, threads: int | None = None) -> tuple[list[dict], Path]:
@@ -67,11 +68,20 @@ def launch(job: TrainJob, scratch: Path, processes: int, threads: int | None = N
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    done = subprocess.run(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        returncode = proc.wait()
+    except BaseException:  # Ctrl-C, SIGTERM: torchrun passes the signal on to its processes and waits for them
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     log_path = scratch / LOG
-    if done.returncode != 0 or not log_path.is_file():
+    if returncode != 0 or not log_path.is_file():
         raise RunFailure(
-            f"the {processes} training processes did not finish (torchrun exited with {done.returncode}); "
+            f"the {processes} training processes did not finish (torchrun exited with {returncode}); "
             "their output above says why"
         )
     return json.loads(log_path.read_text()), scratch / TRAINED
@@ -109,14 +119,14 @@ def main(scratch: str) -> None:
     from iterpo.losses import get_loss
     from iterpo.training.trainer import DataParallel, train
 
-    cuda = torch.cuda.is_available()
+    job: TrainJob = torch.load(Path(scratch) / JOB, weights_only=False)  # written by this run's own process
+    cuda = job.device.startswith("cuda")
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu"  # one GPU per process on its node
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else job.device  # one GPU per process on its node
     if cuda:
         torch.cuda.set_device(device)
     try:
-        job: TrainJob = torch.load(Path(scratch) / JOB, weights_only=False)  # written by this run's own process
         loss = get_loss(job.loss["name"], **{k: v for k, v in job.loss.items() if k != "name"})
         model = _load(job, job.start, device)
         reference = _reference(job, model, device) if "token_stats" in loss.needs else None

@@ -16,6 +16,7 @@ import torch
 
 from iterpo.losses import Loss, PreferenceBatch, RankedBatch, UnpairedBatch
 from iterpo.losses.base import require
+from iterpo.models.device import model_device
 from iterpo.models.logprobs import response_token_stats
 from iterpo.models.packing import Layout, sequence_logps
 
@@ -70,7 +71,7 @@ def _t(values) -> torch.Tensor:
 def _on(batch, model):
     """The batch with every tensor on the model's device (the stored log-probs, labels and lengths are built on the
     CPU; the policy's log-probs are already there)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     for f in dataclasses.fields(batch):
         value = getattr(batch, f.name)
         if isinstance(value, torch.Tensor) and value.device != device:

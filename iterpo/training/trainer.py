@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from iterpo.losses import Loss
-from iterpo.models.device import bf16_by_default
+from iterpo.models.device import bf16_by_default, model_device
 from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
 
@@ -33,8 +33,14 @@ class DataParallel:
         """Sum every parameter's gradient, and the step's metrics, over the processes (in place; all get the sums)."""
         import torch.distributed as dist
 
-        for p in params:
-            if p.grad is None:  # this process had no micro-batch in this step, or p took no part
+        # Which parameters got a gradient in some process: the others keep none, as in one process (so the
+        # optimizer leaves them alone, e.g. experts no token was routed to).
+        used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+        dist.all_reduce(used)
+        for p, anywhere in zip(params, used.tolist()):
+            if not anywhere:
+                continue
+            if p.grad is None:  # this process had no micro-batch in this step, or p took no part in it
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
         names = sorted(metrics)
@@ -130,8 +136,8 @@ def train(
     model.train()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    device = next(model.parameters()).device.type
-    bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(next(model.parameters()).device))
+    device = model_device(model).type
+    bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(model_device(model)))
     autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
     attention = packed_attention(model) if layout.padding_free else nullcontext()
     attention.__enter__()

@@ -7,6 +7,7 @@ moved to) ``model_device(model)``, so nothing assumes the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -45,3 +46,14 @@ def bf16_by_default(device: str) -> bool:
 def model_device(model: Any) -> torch.device:
     """The device of a model's parameters (where its inputs must be)."""
     return next(model.parameters()).device
+
+
+def tensors_to(obj: Any, device: torch.device) -> Any:
+    """obj (a dataclass: a pack, a loss batch) with each of its tensors moved to device, in place; returns obj.
+
+    Inputs are built on the CPU; this puts them where the model is (a no-op for those already there)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, torch.Tensor) and value.device != device:
+            setattr(obj, f.name, value.to(device))
+    return obj

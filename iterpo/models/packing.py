@@ -21,14 +21,13 @@ summation order); they exist as switches so the benchmark can measure each.
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from iterpo.models.device import model_device
+from iterpo.models.device import model_device, tensors_to
 
 Group = tuple[list[int], list[list[int]]]  # (prompt ids, its responses' ids)
 
@@ -66,17 +65,6 @@ class Packed:
     owner: torch.Tensor  # (M,) which response (0..n-1, group by group) the token belongs to
     n: int  # number of responses
     tokens: int  # real (non-padding) tokens in the batch
-
-    def to(self, device: torch.device | str) -> Packed:
-        """The same pack with its tensors on device (built on the CPU, they go where the model is)."""
-        return dataclasses.replace(
-            self,
-            **{
-                f.name: getattr(self, f.name).to(device)
-                for f in dataclasses.fields(self)
-                if isinstance(getattr(self, f.name), torch.Tensor)
-            },
-        )
 
 
 def pack(groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> Packed:
@@ -256,7 +244,7 @@ def plain_head(model) -> bool:
 
 def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tensor:
     """log pi(target | prefix) for every response token: (M,). Gradients flow when grad is enabled."""
-    packed = packed.to(model_device(model))
+    tensors_to(packed, model_device(model))  # built on the CPU: to where the model is
     inputs = dict(
         input_ids=packed.input_ids,
         position_ids=packed.position_ids,
@@ -288,5 +276,4 @@ def sequence_logps(model, groups: list[Group], layout: Layout = Layout(), pad_id
     """Sum of log pi(response token | prefix) per response, group by group: (n,) float32."""
     packed = pack(groups, layout, pad_id)
     per_token = token_logps(model, packed, layout)  # (M,)
-    owner = packed.owner.to(per_token.device)
-    return torch.zeros(packed.n, dtype=per_token.dtype, device=per_token.device).index_add(0, owner, per_token)
+    return torch.zeros(packed.n, dtype=per_token.dtype, device=per_token.device).index_add(0, packed.owner, per_token)

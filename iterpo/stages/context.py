@@ -13,7 +13,7 @@ from typing import Any
 
 from iterpo.judges import JudgeCache, JudgeContext
 from iterpo.models.chat import encode_prompt
-from iterpo.models.loading import is_lora, load_model, load_policy_checkpoint, load_starting_policy, save_policy
+from iterpo.models.loading import is_lora, load_policy_checkpoint, load_starting_policy, save_policy
 from iterpo.models.logprobs import score_responses
 from iterpo.pairing import RECORD_TYPE
 from iterpo.records import Judgement, Prompt, Rollout, from_table
@@ -22,6 +22,7 @@ from iterpo.sampling.backends import open_sampler
 from iterpo.sampling.base import Sampler
 from iterpo.store import RunStore
 from iterpo.training import LiveReference
+from iterpo.training.trainer import reference_model
 
 ROLLOUT_ROLES = ("rollouts", "look_ahead_rollouts")  # roles whose files hold responses that examples may name
 ResponseKey = tuple[str, str, int]  # (prompt_id, source, sample_idx)
@@ -198,12 +199,14 @@ class RunContext:
         outlive training's updates); 'initial' is the same weights with LoRA
         adapters off, or the base model loaded again.
         """
-        policy = self.policy_after(r - 1)
-        if self.config.reference.policy == "previous":
-            return LiveReference(copy.deepcopy(policy) if frozen_copy else policy)
-        if is_lora(policy):
-            return LiveReference(policy, adapters_off=True)
-        return LiveReference(load_model(self.plan.base_path, self.config.model.dtype, device=self.plan.device))
+        return reference_model(
+            self.config.reference.policy,
+            self.policy_after(r - 1),
+            self.plan.base_path,
+            self.config.model.dtype,
+            self.plan.device,
+            frozen_copy,
+        )
 
     def score(self, reference: LiveReference, prompt_ids: list, responses: list, advance) -> list[float]:
         with reference.active() as model:

@@ -96,28 +96,13 @@ def _load(job: TrainJob, path: str | None, device: str):
     )
 
 
-def _reference(job: TrainJob, policy, device: str):
-    import copy
-
-    from iterpo.models.loading import is_lora, load_model
-    from iterpo.training.trainer import LiveReference
-
-    if job.reference == "previous":
-        return LiveReference(copy.deepcopy(policy))
-    if job.reference == "initial":
-        if is_lora(policy):
-            return LiveReference(policy, adapters_off=True)
-        return LiveReference(load_model(job.base_path, job.dtype, device=device))
-    return None
-
-
 def main(scratch: str) -> None:
     """One training process (started by torchrun, which sets RANK, WORLD_SIZE and the rendezvous)."""
     import torch.distributed as dist
 
     from iterpo.config import TrainSection
     from iterpo.losses import get_loss
-    from iterpo.training.trainer import DataParallel, train
+    from iterpo.training.trainer import DataParallel, reference_model, train
 
     job: TrainJob = torch.load(Path(scratch) / JOB, weights_only=False)  # written by this run's own process
     cuda = job.device.startswith("cuda")
@@ -129,7 +114,9 @@ def main(scratch: str) -> None:
     try:
         loss = get_loss(job.loss["name"], **{k: v for k, v in job.loss.items() if k != "name"})
         model = _load(job, job.start, device)
-        reference = _reference(job, model, device) if "token_stats" in loss.needs else None
+        reference = None
+        if job.reference is not None:  # per-token losses compare against a live reference
+            reference = reference_model(job.reference, model, job.base_path, job.dtype, device, frozen_copy=True)
         torch.manual_seed(job.seed)
         log = train(
             model,

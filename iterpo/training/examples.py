@@ -8,7 +8,6 @@ and fills exactly the fields the loss declares in ``needs``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ import torch
 
 from iterpo.losses import Loss, PreferenceBatch, RankedBatch, UnpairedBatch
 from iterpo.losses.base import require
-from iterpo.models.device import model_device
+from iterpo.models.device import model_device, tensors_to
 from iterpo.models.logprobs import response_token_stats
 from iterpo.models.packing import Layout, sequence_logps
 
@@ -66,17 +65,6 @@ class GroupExample:
 
 def _t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
-
-
-def _on(batch, model):
-    """The batch with every tensor on the model's device (the stored log-probs, labels and lengths are built on the
-    CPU; the policy's log-probs are already there)."""
-    device = model_device(model)
-    for f in dataclasses.fields(batch):
-        value = getattr(batch, f.name)
-        if isinstance(value, torch.Tensor) and value.device != device:
-            setattr(batch, f.name, value.to(device))
-    return batch
 
 
 def collate_pairs(
@@ -133,7 +121,7 @@ def collate_pairs(
         batch.rejected_win_rate = _t([require(e.win_rates, "win rates")[1] for e in examples])
     if "soft_label" in needs:
         batch.soft_label = _t([e.soft_label for e in examples])
-    return _on(batch, model)
+    return tensors_to(batch, model_device(model))
 
 
 def _token_stats(model, reference, prompts, responses, pad_id, loss) -> dict[str, torch.Tensor]:
@@ -169,7 +157,7 @@ def collate_unpaired(
     if "reference" in loss.needs:
         batch.ref_logps = _t([e.ref_logp for e in examples])
         batch.ref_kl_logps = _t([e.ref_kl_logp for e in examples])
-    return _on(batch, model)
+    return tensors_to(batch, model_device(model))
 
 
 def collate_groups(
@@ -199,7 +187,7 @@ def collate_groups(
     batch = RankedBatch(
         logps=logps, scores=scores, mask=mask, lengths=lengths, ref_logps=ref if "reference" in loss.needs else None
     )
-    return _on(batch, model)
+    return tensors_to(batch, model_device(model))
 
 
 # data shape -> collate(model, examples, loss, pad_id, reference, layout) -> the loss's batch

@@ -11,9 +11,11 @@ stored without them).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
 
@@ -48,6 +50,20 @@ class DataParallel:
         dist.all_gather_object(gathered, metrics)
         totals = {k: sum(m.get(k, 0.0) for m in gathered) for k in sorted({k for m in gathered for k in m})}
         return {k: totals[k] for k in names + [k for k in totals if k not in names]}
+
+
+def reference_model(
+    kind: str, policy: Any, base_path: str, dtype: str, device: str, frozen_copy: bool
+) -> LiveReference:
+    """The reference as a model run without gradients: "previous" is the policy as it is now (a frozen copy when it
+    must outlive training's updates); "initial" is the same weights with LoRA adapters off, or the base model."""
+    from iterpo.models.loading import is_lora, load_model
+
+    if kind == "previous":
+        return LiveReference(copy.deepcopy(policy) if frozen_copy else policy)
+    if is_lora(policy):
+        return LiveReference(policy, adapters_off=True)
+    return LiveReference(load_model(base_path, dtype, device=device))
 
 
 class LiveReference:

@@ -3,7 +3,8 @@
 #   1. a round of the default recipe on the GPU (model.device: cuda, bf16 autocast by default, vLLM sampling where
 #      vLLM is installed, else transformers), with sampling tokens/s, stage times and peak GPU memory;
 #   2. DPO training speed against TRL's DPOTrainer on the same GPU (benchmarks/train_speed.py --device cuda --bf16);
-#   3. two training processes on two GPUs when there are two (train.processes: 2, NCCL).
+#   3. two training processes on two GPUs when there are two (train.processes: 2, NCCL), as replicas and sharded
+#      (train.fsdp).
 # MODEL=/path/to/a/larger/model benchmarks/gpu.sh uses that model instead of the built-in one (nothing is downloaded).
 # Run from the repository root with iterpo installed (the README's first command, on the GPU machine).
 set -euo pipefail
@@ -38,4 +39,8 @@ if [ "$(nvidia-smi --list-gpus | wc -l)" -ge 2 ]; then
   start=$(date +%s)
   iterpo run --set run.dir="$OUT/two-gpus" --set run.rounds=1 --set model.path="$MODEL" --set train.processes=2
   echo "round with 2 training processes (one GPU each): $(( $(date +%s) - start )) s"
+  start=$(date +%s)
+  iterpo run --set run.dir="$OUT/two-gpus-fsdp" --set run.rounds=1 --set model.path="$MODEL" --set train.processes=2 \
+    --set train.fsdp=true
+  echo "round with 2 sharded training processes (FSDP): $(( $(date +%s) - start )) s"
 fi

@@ -197,6 +197,16 @@ class TrainSection(Section):
     """Data-parallel training processes, launched with torchrun (one per GPU on a GPU machine); an optimizer step
     takes grad_accum micro-batches on each, so the global batch is batch_size x grad_accum x processes, and N
     processes give the losses and weights of one with grad_accum x N (to rounding)."""
+    fsdp: bool = False
+    """With processes > 1: shard each decoder layer's weights, gradients and optimizer state over the processes
+    (PyTorch FSDP) instead of a whole replica on each, for models that do not fit one device. The same steps
+    as replicas, to rounding; the output layer's logits are then computed whole for the response tokens."""
+
+    @model_validator(mode="after")
+    def _fsdp_needs_processes(self):
+        if self.fsdp and self.processes < 2:
+            raise ValueError("train.fsdp shards the model over training processes: set train.processes to 2 or more")
+        return self
 
 
 class EvalSection(Section):

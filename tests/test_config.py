@@ -29,6 +29,7 @@ def test_overrides_are_typed_yaml(tmp_path):
         ("train.nonsense=1", "'train.nonsense': unknown field"),
         ("reference.policy=latest", "'reference.policy'"),
         ("task.name=file", "task.train_file"),
+        ("train.fsdp=true", "train.processes to 2 or more"),
         ("lr", "expected section.field=value"),
     ],
 )

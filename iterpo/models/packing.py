@@ -21,6 +21,7 @@ summation order); they exist as switches so the benchmark can measure each.
 
 from __future__ import annotations
 
+import sys
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -230,12 +231,20 @@ def _parts(model):
     return inner.get_decoder(), inner.get_output_embeddings()
 
 
+def _sharded(model) -> bool:
+    """Whether FSDP shards the model (training on several processes): then only its own forward gathers the
+    weights, so the backbone and the output layer cannot be called one by one."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing is sharded (and no import cost)
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
 def plain_head(model) -> bool:
     """Whether the output layer is a plain linear map (no bias, scaling or soft-capping), so chunking is exact."""
     _, head = _parts(model)
     config = model.config
     return (
-        isinstance(head, torch.nn.Linear)
+        not _sharded(model)
+        and isinstance(head, torch.nn.Linear)
         and head.bias is None
         and getattr(config, "final_logit_softcapping", None) is None
         and getattr(config, "logit_scale", None) in (None, 1.0)

@@ -8,9 +8,10 @@ The run's process prepares everything a training round needs (the examples,
 with their reference log-probs, and where the starting policy is) as a job in
 a scratch directory, then ``launch`` runs ``torchrun -m
 iterpo.training.distributed JOB``. Each process loads the starting policy,
-trains a replica on its share of every step's micro-batches
-(iterpo.training.trainer.DataParallel), and the first writes the trained
-policy and the training log back into the scratch directory. Only the run's
+trains on its share of every step's micro-batches (a whole replica of the
+model, or with ``train.fsdp`` a shard of it: iterpo.training.parallel), and
+the first writes the trained policy and the training log back into the
+scratch directory. Only the run's
 process writes to the run store: a crash of any training process ends the
 launch with an error and leaves the round's train stage unfinished, so a
 resume runs it again.
@@ -102,7 +103,8 @@ def main(scratch: str) -> None:
 
     from iterpo.config import TrainSection
     from iterpo.losses import get_loss
-    from iterpo.training.trainer import DataParallel, reference_model, train
+    from iterpo.training.parallel import DataParallel, full_state_dict, shard
+    from iterpo.training.trainer import reference_model, train
 
     job: TrainJob = torch.load(Path(scratch) / JOB, weights_only=False)  # written by this run's own process
     cuda = job.device.startswith("cuda")
@@ -114,23 +116,32 @@ def main(scratch: str) -> None:
     try:
         loss = get_loss(job.loss["name"], **{k: v for k, v in job.loss.items() if k != "name"})
         model = _load(job, job.start, device)
+        config = TrainSection(**job.train)
         reference = None
         if job.reference is not None:  # per-token losses compare against a live reference
             reference = reference_model(job.reference, model, job.base_path, job.dtype, device, frozen_copy=True)
+        if config.fsdp:
+            if reference is not None and reference.model is not model:
+                shard(reference.model)  # a model of its own (not the policy with adapters off): sharded too
+            shard(model)
         torch.manual_seed(job.seed)
         log = train(
             model,
             job.examples,
             loss,
-            TrainSection(**job.train),
+            config,
             job.seed,
             job.pad_id,
             reference=reference,
-            parallel=DataParallel(rank, world),
+            parallel=DataParallel(rank, world, sharded=config.fsdp),
         )
+        weights = full_state_dict(model) if config.fsdp else None  # every process sends its shards to the first
         if rank == 0:
             target = Path(scratch) / TRAINED
             shutil.rmtree(target, ignore_errors=True)
+            if weights is not None:  # a whole model on the CPU to save them from
+                model = _load(job, job.start, "cpu")
+                model.load_state_dict(weights)
             model.save_pretrained(target, safe_serialization=True)
             (Path(scratch) / LOG).write_text(json.dumps(log))
         dist.barrier()

@@ -23,33 +23,7 @@ from iterpo.losses import Loss
 from iterpo.models.device import bf16_by_default, model_device
 from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
-
-
-class DataParallel:
-    """This process's place among the training processes, and the sums across them (torch.distributed)."""
-
-    def __init__(self, rank: int, processes: int):
-        self.rank, self.processes = rank, processes
-
-    def sum(self, params: list, metrics: dict[str, float]) -> dict[str, float]:
-        """Sum every parameter's gradient, and the step's metrics, over the processes (in place; all get the sums)."""
-        import torch.distributed as dist
-
-        # Which parameters got a gradient in some process: the others keep none, as in one process (so the
-        # optimizer leaves them alone, e.g. experts no token was routed to).
-        used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
-        dist.all_reduce(used)
-        for p, anywhere in zip(params, used.tolist()):
-            if not anywhere:
-                continue
-            if p.grad is None:  # this process had no micro-batch in this step, or p took no part in it
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-        names = sorted(metrics)
-        gathered: list = [None] * self.processes
-        dist.all_gather_object(gathered, metrics)
-        totals = {k: sum(m.get(k, 0.0) for m in gathered) for k in sorted({k for m in gathered for k in m})}
-        return {k: totals[k] for k in names + [k for k in totals if k not in names]}
+from iterpo.training.parallel import DataParallel
 
 
 def reference_model(
@@ -91,6 +65,12 @@ def _batch_metrics(batch) -> dict[str, float]:
     return out
 
 
+def _graph_sum(batch) -> torch.Tensor:
+    """The sum of every tensor of a collated batch that the model computed (those that take gradients)."""
+    parts = [t.sum() for t in vars(batch).values() if isinstance(t, torch.Tensor) and t.requires_grad]
+    return torch.stack(parts).sum()
+
+
 def train(
     model,
     examples: list,
@@ -119,9 +99,12 @@ def train(
         return []
     collate = COLLATE[loss_fn.data_shape]
     loss_fn.start(model, examples)
-    params = [p for p in model.parameters() if p.requires_grad] + loss_fn.parameters()
-    # the fused kernel updates each tensor in one pass instead of a dozen elementwise ones
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=_fused_ok(params))
+    own = loss_fn.parameters()
+    params = [p for p in model.parameters() if p.requires_grad] + own
+    # the fused kernel updates each tensor in one pass instead of a dozen elementwise ones; the loss's own
+    # parameters in a group of their own, as FSDP's sharded ones cannot share a kernel call with plain tensors
+    groups = [{"params": params[: len(params) - len(own)]}] + ([{"params": own}] if own else [])
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=_fused_ok(params))
     micro = config.batch_size
     rank, world = (parallel.rank, parallel.processes) if parallel else (0, 1)
     accum = config.grad_accum * world  # micro-batches per optimizer step, over every process
@@ -165,18 +148,30 @@ def train(
                 group = batches[s * accum : (s + 1) * accum]
                 n = sum(len(b) for b in group)
                 metrics: dict[str, float] = {}
-                for idx in (p for micro_batch in group[rank::world] for p in passes(micro_batch)):
+                mine = [p for micro_batch in group[rank::world] for p in passes(micro_batch)]
+                every = parallel.passes(len(mine)) if parallel else len(mine)
+                for k in range(every):
+                    # a pass beyond this process's own (sharded training only) repeats the step's first examples
+                    # and counts for nothing
+                    idx, counts = (mine[k], True) if k < len(mine) else (group[0][:1], False)
                     with autocast:
                         batch = collate(model, [examples[i] for i in idx], loss_fn, pad_id, reference, layout)
+                    if not counts:  # through the model and back (FSDP's gathers), leaving the loss's state alone
+                        (_graph_sum(batch) * 0.0).backward()
+                        continue
                     out = loss_fn(batch)
                     (out.loss * len(idx) / n).backward()  # mean over the examples of the step
-                    for k, v in {**out.metrics(), **_batch_metrics(batch)}.items():
-                        metrics[k] = metrics.get(k, 0.0) + v * len(idx) / n
+                    for key, v in {**out.metrics(), **_batch_metrics(batch)}.items():
+                        metrics[key] = metrics.get(key, 0.0) + v * len(idx) / n
                 if parallel:
                     metrics = parallel.sum(params, metrics)
                 grad_norm = None
                 if config.max_grad_norm is not None:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                    grad_norm = (
+                        parallel.clip(params, config.max_grad_norm)
+                        if parallel
+                        else float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                    )
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 schedule.step()

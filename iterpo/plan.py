@@ -136,6 +136,11 @@ def check_components(config: Config) -> tuple[Loss, Strategy, Judge, Judge | Non
             f"loss {config.loss.name!r} needs samples from the reference policy; with reference.policy 'initial' "
             "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous"
         )
+    if loss.reference_policy is not None and config.reference.policy != loss.reference_policy:
+        raise ConfigError(
+            f"loss {config.loss.name!r} is defined against reference.policy {loss.reference_policy!r} "
+            f"(the round's starting policy), not {config.reference.policy!r}"
+        )
     return loss, strategy, judge, eval_judge
 
 

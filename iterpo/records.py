@@ -95,13 +95,14 @@ class LabelledResponse:
 
 @dataclass
 class RankedGroup:
-    """Responses to one prompt, best first (PRO and TPO's data)."""
+    """Responses to one prompt with their scores: best first for ranked losses (PRO, TPO); every sample in sample
+    order, with its reward, for policy-gradient losses."""
 
     prompt_id: str
     prompt: str
     sample_idxs: list[int]
     responses: list[str]
-    scores: list[float]  # non-increasing
+    scores: list[float]  # non-increasing for ranked losses
     sources: list[str] = field(default_factory=list)  # where each response came from
 
 

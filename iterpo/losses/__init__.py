@@ -3,7 +3,16 @@
 One module per family; importing this package registers them all.
 """
 
-from iterpo.losses import dpo, exploration, listwise, reference_free, selfplay, token, unpaired  # noqa: F401,E402
+from iterpo.losses import (  # noqa: F401,E402
+    dpo,
+    exploration,
+    listwise,
+    policy_gradient,
+    reference_free,
+    selfplay,
+    token,
+    unpaired,
+)
 from iterpo.losses.base import (
     LOSSES,
     NEEDS,
@@ -12,6 +21,7 @@ from iterpo.losses.base import (
     PairwiseLoss,
     PreferenceBatch,
     RankedBatch,
+    ScoredBatch,
     UnpairedBatch,
     get_loss,
     list_losses,
@@ -27,6 +37,7 @@ __all__ = [
     "PairwiseLoss",
     "PreferenceBatch",
     "RankedBatch",
+    "ScoredBatch",
     "UnpairedBatch",
     "get_loss",
     "list_losses",

@@ -15,8 +15,10 @@ raises ConfigError listing what exists, so a bad run config fails at load.
 A loss declares what it consumes, and the training loop computes exactly that:
 
 - ``data_shape``: "pairs" (PreferenceBatch), "unpaired" (UnpairedBatch: single
-  responses labelled desirable or not) or "ranked" (RankedBatch: groups of
-  responses ordered by score);
+  responses labelled desirable or not), "ranked" (RankedBatch: groups of
+  responses ordered by score), "scored" (ScoredBatch: every sample of a
+  prompt with its reward, for policy-gradient losses) or "demonstrations"
+  (ScoredBatch: the responses to imitate, for SFT);
 - ``needs``: the optional inputs beyond the policy's sequence log-probs, drawn
   from NEEDS below. A reference-free loss needs nothing, and the loop then
   computes no reference log-probs at all.
@@ -41,7 +43,9 @@ NEEDS = {
     "soft_label": "an empirical probability that the chosen response is preferred",
     "aux_samples": "log-probs of extra samples per prompt (from the reference, or the policy's own)",
     "token_stats": "per-token log-probs, reference log-probs and KL(ref || policy), from a live reference model",
+    "token_logps": "per-token log-probs of every sample under the policy and a live reference model",
 }
+LIVE_NEEDS = frozenset({"token_stats", "token_logps"})  # needs that hold a reference model during training
 
 
 @dataclass
@@ -105,6 +109,22 @@ class RankedBatch:
 
 
 @dataclass
+class ScoredBatch:
+    """A prompt's responses with their rewards: every sample (policy-gradient losses) or the demonstrations (SFT).
+    B = prompts, n = largest group, M = response tokens in the batch (filled for token-level losses only)."""
+
+    logps: torch.Tensor  # (B, n) policy log-prob of each sample (summed over its tokens), 0 where mask is False
+    rewards: torch.Tensor  # (B, n) the judge's score (or win proportion), 0 where mask is False
+    mask: torch.Tensor  # (B, n) bool, True for real samples
+    lengths: torch.Tensor  # (B, n) response lengths in tokens (1 where padded)
+    ref_logps: torch.Tensor | None = None  # (B, n) under the reference policy   [reference]
+    prev_logps: torch.Tensor | None = None  # (B, n) under the policy that sampled them (the round's start) [previous]
+    token_logps: torch.Tensor | None = None  # (M,) policy log-prob of each response token   [token_logps]
+    ref_token_logps: torch.Tensor | None = None  # (M,) the same under the live reference model
+    token_slot: torch.Tensor | None = None  # (M,) long, the sample each token belongs to: b * n + i
+
+
+@dataclass
 class LossOutput:
     loss: torch.Tensor  # () mean over the batch, the value to backpropagate
     losses: torch.Tensor  # (B,) one value per example
@@ -131,6 +151,8 @@ class Loss:
     data_shape: ClassVar[str] = "pairs"
     needs: ClassVar[frozenset[str]] = frozenset({"reference"})
     aux_source: ClassVar[str | None] = None  # "reference" or "policy": where aux samples must come from
+    # the reference policy the method is defined against ("previous": the round's starting policy), if it fixes one
+    reference_policy: ClassVar[str | None] = None
     # Each example's loss depends on that example alone, so a micro-batch may go through the model in
     # several passes with the same result. False for losses with batch statistics (KTO's z0, BCO's shift).
     per_example: ClassVar[bool] = True

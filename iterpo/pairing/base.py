@@ -29,8 +29,21 @@ if TYPE_CHECKING:
 
 Example = Preference | LabelledResponse | RankedGroup  # one training example, of one of the data shapes
 
-RECORD_TYPE = {"pairs": Preference, "unpaired": LabelledResponse, "ranked": RankedGroup}
-DEFAULT_STRATEGY = {"pairs": "correct_vs_incorrect", "unpaired": "labelled", "ranked": "ranked"}
+# the scored and demonstrations shapes store RankedGroup records too: a prompt's responses with their rewards
+RECORD_TYPE = {
+    "pairs": Preference,
+    "unpaired": LabelledResponse,
+    "ranked": RankedGroup,
+    "scored": RankedGroup,
+    "demonstrations": RankedGroup,
+}
+DEFAULT_STRATEGY = {
+    "pairs": "correct_vs_incorrect",
+    "unpaired": "labelled",
+    "ranked": "ranked",
+    "scored": "all_samples",
+    "demonstrations": "correct",
+}
 
 
 @dataclass

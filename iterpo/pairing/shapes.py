@@ -1,7 +1,9 @@
-"""Examples of the other data shapes: labelled single responses (KTO) and ranked groups (PRO, TPO)."""
+"""Examples of the other data shapes: labelled single responses (KTO), ranked groups (PRO, TPO), every
+sample with its reward (policy-gradient losses) and responses to imitate (SFT)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from iterpo.pairing.base import Strategy, register_pairing
@@ -60,3 +62,103 @@ class Ranked(Strategy):
                 [c.source for c in group],
             )
         ], None
+
+
+@register_pairing("all_samples")
+@dataclass
+class AllSamples(Strategy):
+    """Every judged sample of a prompt with its reward, in sample order, for policy-gradient losses (RLOO, GRPO).
+
+    Unlike the other strategies it keeps duplicates: the estimators average over the samples as drawn.
+    ``reward``: "score" (the judge's score less the length penalty), or "win_proportion", the share of the
+    prompt's other samples it beats (Swamy et al. 2024, "A Minimaximalist Approach to Reinforcement Learning
+    from Human Feedback", SPO): P(i beats j) from a pairwise judge where it compared the two, else 1, 1/2 or 0
+    as i's score is above, equal to or below j's. ``keep_uniform``: keep prompts whose samples all got the
+    same reward (their advantages are all zero; GRPO's KL term still sees them).
+    """
+
+    reward: str = "score"
+    keep_uniform: bool = False
+
+    data_shape = "scored"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reward not in ("score", "win_proportion"):
+            raise ValueError(f"option reward must be 'score' or 'win_proportion', got {self.reward!r}")
+
+    def examples(self, prompt, cands, rng, initial=None):
+        rewards = [c.score for c in cands] if self.reward == "score" else win_proportions(cands)
+        if not self.keep_uniform and len(set(rewards)) < 2:
+            return [], "all samples got the same reward"
+        group = _group(prompt, cands)
+        group.scores = list(rewards)
+        return [group], None
+
+
+def win_proportions(cands) -> list[float]:
+    """For each sample, the mean over the prompt's other samples j of P(it beats j)."""
+
+    def beats(a, b) -> float:
+        known = a.judgement.beats if a.source == b.source else []
+        if b.idx < len(known) and not math.isnan(known[b.idx]):
+            return known[b.idx]
+        return 1.0 if a.score > b.score else 0.5 if a.score == b.score else 0.0
+
+    n = len(cands)
+    return [sum(beats(a, b) for b in cands if b is not a) / max(n - 1, 1) for a in cands]
+
+
+def _group(prompt, cands) -> RankedGroup:
+    return RankedGroup(
+        prompt.prompt_id,
+        prompt.text,
+        [c.idx for c in cands],
+        [c.rollout.text for c in cands],
+        [c.score for c in cands],
+        [c.source for c in cands],
+    )
+
+
+@register_pairing("correct")
+@dataclass
+class Correct(Strategy):
+    """Up to ``per_prompt`` distinct responses scoring at least ``threshold``, in sample order, to imitate
+    (rejection-sampling fine-tuning: STaR, RFT, ReST-EM). Distinct by text: RFT keeps distinct reasoning paths."""
+
+    per_prompt: int = 4
+
+    data_shape = "demonstrations"
+    min_candidates = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.per_prompt < 1:
+            raise ValueError(f"option per_prompt must be >= 1, got {self.per_prompt}")
+
+    def examples(self, prompt, cands, rng, initial=None):
+        seen: set[str] = set()
+        kept = []
+        for c in cands:
+            if c.score >= self.shared().threshold and c.rollout.text not in seen:
+                seen.add(c.rollout.text)
+                kept.append(c)
+        if not kept:
+            return [], "no response reached the threshold"
+        return [_group(prompt, kept[: self.per_prompt])], None
+
+
+@register_pairing("best")
+@dataclass
+class Best(Strategy):
+    """Each prompt's best response to imitate (ties: the first sampled, or the shortest with prefer_shorter),
+    when it scores at least ``threshold`` (OLAPH's SFT on the best response)."""
+
+    data_shape = "demonstrations"
+    min_candidates = 1
+
+    def examples(self, prompt, cands, rng, initial=None):
+        best = self.ranked(cands)[0]
+        if best.score < self.shared().threshold:
+            return [], "no response reached the threshold"
+        return [_group(prompt, [best])], None

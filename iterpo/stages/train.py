@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from iterpo.losses.base import LIVE_NEEDS
 from iterpo.models.loading import load_policy_checkpoint, save_policy
 from iterpo.progress import bar
 from iterpo.records import RefLogp
@@ -27,7 +28,7 @@ def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str) 
     """
     needs = ctx.plan.loss.needs
     examples = training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs)
-    reference = ctx.reference(r, frozen_copy=True) if "token_stats" in needs else None
+    reference = ctx.reference(r, frozen_copy=True) if needs & LIVE_NEEDS else None
     seed = derive_seed(ctx.config.run.seed, r, purpose)
     torch.manual_seed(seed)
     with bar("training" if purpose == "train" else purpose, len(examples) * ctx.config.train.epochs) as advance:
@@ -51,7 +52,7 @@ def fit_on_processes(ctx, r: int, records: list, scored: list[RefLogp]) -> tuple
         lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
         lora_seed=derive_seed(cfg.run.seed, "lora-init"),
         start=ctx.policy_source(r - 1),  # where the processes load the policy the round starts from
-        reference=cfg.reference.policy if "token_stats" in needs else None,
+        reference=cfg.reference.policy if needs & LIVE_NEEDS else None,
         device=plan.device,
     )
     ctx.release_policy()  # the processes load their own replicas: do not hold another one meanwhile

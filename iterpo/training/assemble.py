@@ -99,6 +99,9 @@ def training_examples(
                     ref_logps=[_scored(ref, (pid, pid, s, i)) for s, i in zip(x.sources, x.sample_idxs)]
                     if use_ref
                     else None,
+                    prev_logps=[_scored(prev, (pid, pid, s, i)) for s, i in zip(x.sources, x.sample_idxs)]
+                    if use_prev
+                    else None,
                 )
             )
     return out

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from iterpo.losses import Loss, PreferenceBatch, RankedBatch, UnpairedBatch
+from iterpo.losses import Loss, PreferenceBatch, RankedBatch, ScoredBatch, UnpairedBatch
 from iterpo.losses.base import require
 from iterpo.models.device import model_device, tensors_to
 from iterpo.models.logprobs import response_token_stats
-from iterpo.models.packing import Layout, sequence_logps
+from iterpo.models.packing import Layout, pack, sequence_logps, token_logps
 
 
 @dataclass
@@ -53,10 +53,13 @@ class UnpairedExample:
 
 @dataclass
 class GroupExample:
+    """Responses to one prompt: best first for ranked losses, every sample in sample order for scored ones."""
+
     prompt_ids: list[int]
-    responses: list[list[int]]  # best first
-    scores: list[float]  # non-increasing
+    responses: list[list[int]]
+    scores: list[float]  # non-increasing for ranked losses
     ref_logps: list[float] | None = None
+    prev_logps: list[float] | None = None  # under the policy that sampled them (scored losses)
 
     @property
     def tokens(self) -> int:
@@ -190,9 +193,54 @@ def collate_groups(
     return tensors_to(batch, model_device(model))
 
 
+def collate_scored(
+    model, examples: list[GroupExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
+) -> ScoredBatch:
+    B, n = len(examples), max(len(e.responses) for e in examples)
+    groups = [(e.prompt_ids, e.responses) for e in examples]
+    # slot of each response, numbered group by group as pack numbers them: b * n + i
+    slot = torch.tensor([b * n + i for b, e in enumerate(examples) for i in range(len(e.responses))])
+    mask = torch.zeros(B, n, dtype=torch.bool)
+    rewards, lengths = torch.zeros(B, n), torch.ones(B, n)
+    for b, e in enumerate(examples):
+        m = len(e.responses)
+        mask[b, :m] = True
+        rewards[b, :m] = _t(e.scores)
+        lengths[b, :m] = _t([len(r) for r in e.responses])
+    batch = ScoredBatch(logps=torch.empty(0), rewards=rewards, mask=mask, lengths=lengths)
+    if "token_logps" in loss.needs:  # per token, under the policy and the live reference, in one layout
+        if reference is None:
+            raise ValueError(f"{type(loss).__name__} needs a live reference model during training")
+        packed = pack(groups, layout, pad_id)
+        batch.token_logps = token_logps(model, packed, layout)  # (M,)
+        with reference.active() as ref_model:
+            batch.ref_token_logps = token_logps(ref_model, packed, layout)  # (M,)
+        owner = packed.owner.to(batch.token_logps.device)
+        batch.token_slot = slot.to(owner.device)[owner]  # (M,)
+        flat = torch.zeros(len(slot), dtype=batch.token_logps.dtype, device=owner.device)
+        flat = flat.index_add(0, owner, batch.token_logps)  # (responses,)
+    else:
+        flat = sequence_logps(model, groups, layout, pad_id)  # (responses,)
+    batch.logps = (
+        torch.zeros(B * n, dtype=flat.dtype, device=flat.device).index_put((slot.to(flat.device),), flat).view(B, n)
+    )  # keeps the graph to flat
+    if "reference" in loss.needs:
+        batch.ref_logps = _padded([require(e.ref_logps, "stored reference log-probs") for e in examples], n)
+    if "previous" in loss.needs:
+        batch.prev_logps = _padded([require(e.prev_logps, "sampling-policy log-probs") for e in examples], n)
+    return tensors_to(batch, model_device(model))
+
+
+def _padded(rows: list[list[float]], n: int) -> torch.Tensor:
+    """(B, n) float32, each row padded with zeros."""
+    return _t([list(r) + [0.0] * (n - len(r)) for r in rows])
+
+
 # data shape -> collate(model, examples, loss, pad_id, reference, layout) -> the loss's batch
-COLLATE: dict[str, Callable[..., PreferenceBatch | UnpairedBatch | RankedBatch]] = {
+COLLATE: dict[str, Callable[..., PreferenceBatch | UnpairedBatch | RankedBatch | ScoredBatch]] = {
     "pairs": collate_pairs,
     "unpaired": collate_unpaired,
     "ranked": collate_groups,
+    "scored": collate_scored,
+    "demonstrations": collate_scored,
 }

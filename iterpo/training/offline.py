@@ -194,6 +194,7 @@ def train_file(config, rows: list[dict], progress_bar=None) -> tuple:
     import copy
 
     from iterpo.losses import get_loss
+    from iterpo.losses.base import LIVE_NEEDS
     from iterpo.models.device import resolve_device
     from iterpo.models.loading import load_starting_policy, load_tokenizer, resolve_model_path
     from iterpo.sampling import derive_seed
@@ -209,7 +210,7 @@ def train_file(config, rows: list[dict], progress_bar=None) -> tuple:
         path, config.model.dtype, lora, derive_seed(config.run.seed, "lora-init"), resolve_device(config.model.device)
     )
     reference = None
-    if "token_stats" in loss.needs:  # per-token losses compare against a live reference: the starting policy
+    if loss.needs & LIVE_NEEDS:  # per-token losses compare against a live reference: the starting policy
         reference = LiveReference(model, adapters_off=True) if lora else LiveReference(copy.deepcopy(model))
     torch.manual_seed(config.run.seed)
     result = train_offline(model, examples, loss, config, tokenizer.pad_token_id, progress_bar, reference)

@@ -32,6 +32,8 @@ VARIANTS = [(name, HYPER.get(name, {}), {}) for name in list_losses()] + [
     ("inpo", {"eta": 4.0, "tau": 0.05}, {"reference.policy": "initial"}),  # reference and previous differ
     ("dpo", {}, {"model.lora": {"r": 4, "alpha": 8}, "reference.policy": "initial"}),
     ("sparsepo", {}, {"model.lora": {"r": 4, "alpha": 8}, "reference.policy": "initial"}),
+    ("rloo", {"beta": 0.1}, {"reference.policy": "initial", "pairing.reward": "win_proportion"}),  # SPO's reward
+    ("grpo", {}, {"model.lora": {"r": 4, "alpha": 8}}),  # the live sampling policy: a frozen copy, adapters on
 ]
 
 
@@ -78,7 +80,7 @@ def test_loss_trains_a_round_and_falls(name, hyper, overrides, sampled_round, ti
 
     loss = get_loss(name, **hyper)
     shape = pq.read_table(round_dir / "preferences.parquet").column_names
-    want = {"pairs": "chosen", "unpaired": "label", "ranked": "sample_idxs"}[loss.data_shape]
+    want = {"pairs": "chosen", "unpaired": "label"}.get(loss.data_shape, "sample_idxs")
     assert want in shape
     # the reference stage runs exactly when the loss needs stored reference or previous-policy log-probs
     assert (round_dir / "ref_logps.parquet").exists() == bool(loss.needs & {"reference", "previous"})

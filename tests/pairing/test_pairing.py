@@ -215,3 +215,32 @@ def test_pairwise_judgements_give_win_rates_and_soft_labels():
         j.beats, j.win_rate = row, j.score
     (pair,) = build_examples(_strategy(strategy="best_vs_worst"), prompts, rollouts, judgements).examples
     assert pair.soft_label == 0.7 and (pair.chosen_win_rate, pair.rejected_win_rate) == (0.75, 0.25)
+
+
+def test_all_samples_keeps_every_sample_with_its_reward_or_win_proportion():
+    prompts, rollouts, judgements = _data({"a": [1, 0, 1, 0.5], "b": [1, 1]})
+    rollouts[2].text = rollouts[0].text  # a duplicate stays: the estimators average over samples as drawn
+    result = build_examples(_strategy("scored"), prompts, rollouts, judgements)
+    (group,) = result.examples
+    assert group.sample_idxs == [0, 1, 2, 3] and group.scores == [1, 0, 1, 0.5]
+    assert dict(result.skipped) == {"all samples got the same reward": 1}
+    kept = build_examples(_strategy("scored", keep_uniform=True), prompts, rollouts, judgements).examples
+    assert [g.prompt_id for g in kept] == ["a", "b"]
+    # win proportions: the share of the 3 other samples each beats, ties 1/2; a pairwise judge's own
+    # comparison replaces the score comparison where it made one
+    judgements[0].beats = [math.nan, 0.9, math.nan, math.nan]
+    (group,) = build_examples(_strategy("scored", reward="win_proportion"), prompts, rollouts, judgements).examples
+    assert group.scores == pytest.approx([(0.9 + 0.5 + 1) / 3, 0.0, (1 + 0.5 + 1) / 3, (1 + 0 + 0) / 3])
+    with pytest.raises(ConfigError, match="reward"):
+        _strategy("scored", reward="rank")
+
+
+def test_demonstrations_correct_distinct_responses_or_the_best():
+    prompts, rollouts, judgements = _data({"a": [1, 0, 1, 1, 1], "b": [0, 0.5], "c": [0.2, 0.9, 0.9]})
+    rollouts[2].text = rollouts[0].text  # the same text: one demonstration
+    result = build_examples(_strategy("demonstrations", per_prompt=2), prompts, rollouts, judgements)
+    assert [(g.prompt_id, g.sample_idxs) for g in result.examples] == [("a", [0, 3])]
+    assert dict(result.skipped) == {"no response reached the threshold": 2}
+    best = _strategy("demonstrations", strategy="best", threshold=0.5)
+    result = build_examples(best, prompts, rollouts, judgements)
+    assert [(g.prompt_id, g.sample_idxs) for g in result.examples] == [("a", [0]), ("b", [1]), ("c", [1])]

@@ -122,6 +122,50 @@ def test_sppo_recipe_with_a_pairwise_judge(tiny_model_dir, tmp_path):
         assert log and all("loss" in x for x in log)
 
 
+@pytest.mark.parametrize("name", ["grpo", "spo"])
+def test_policy_gradient_recipes_train_on_every_sample(name, tiny_model_dir, tmp_path):
+    cfg = _recipe(name, tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "token_sum"}  # graded scores the random model can vary (it never answers right)
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        judged = {(j["prompt_id"], j["sample_idx"]): j["score"] for j in _table(store, r, "judgements.parquet")}
+        groups = _table(store, r, "preferences.parquet")
+        assert groups
+        for g in groups:  # every sample, in sample order, duplicates included
+            mine = sorted(i for p, i in judged if p == g["prompt_id"])
+            assert g["sample_idxs"] == mine
+            scores = [judged[(g["prompt_id"], i)] for i in mine]
+            if name == "grpo":
+                assert g["scores"] == pytest.approx(scores)
+            else:  # the share of the other samples each one beats (ties count 1/2)
+                n = len(scores)
+                want = [
+                    sum(1.0 if s > t else 0.5 if s == t else 0.0 for j, t in enumerate(scores) if j != i) / (n - 1)
+                    for i, s in enumerate(scores)
+                ]
+                assert g["scores"] == pytest.approx(want)
+        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        assert log and all("advantage_abs" in x for x in log)
+    assert store.path(1, "ref_logps.parquet").exists() == (name == "spo")  # GRPO scores live, RLOO from the store
+
+
+def test_rft_recipe_imitates_the_accepted_samples(tiny_model_dir, tmp_path):
+    cfg = _recipe("rft", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "first_token_parity"}  # accepts about half of the random model's samples
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        judged = {(j["prompt_id"], j["sample_idx"]): j["score"] for j in _table(store, r, "judgements.parquet")}
+        texts = {(x["prompt_id"], x["sample_idx"]): x["text"] for x in _table(store, r, "rollouts.parquet")}
+        groups = _table(store, r, "preferences.parquet")
+        assert groups
+        for g in groups:  # accepted, distinct, at most per_prompt
+            assert all(judged[(g["prompt_id"], i)] >= 1.0 for i in g["sample_idxs"])
+            assert len({texts[(g["prompt_id"], i)] for i in g["sample_idxs"]}) == len(g["sample_idxs"]) <= 4
+        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        assert log and all(x["loss"] > 0 for x in log)
+    assert not store.path(1, "ref_logps.parquet").exists()  # SFT needs no reference
+
+
 def test_rso_recipe_and_cache_hits_on_resume(tiny_model_dir, tmp_path):
     cfg = _recipe("rso", tiny_model_dir, tmp_path / "run")
     cfg["judge"] = {"name": "token_sum"}  # graded scores the random model can vary (it meets no format constraint)

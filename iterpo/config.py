@@ -161,8 +161,19 @@ class PairingSection(Section):
 
 
 class ReferenceSection(Section):
-    policy: Literal["initial", "previous"] = "previous"
-    """'initial': the starting model, fixed; 'previous': the policy each round starts from."""
+    policy: Literal["initial", "previous", "ema", "extrapolated"] = "previous"
+    """'initial': the starting model, fixed; 'previous': the policy each round starts from; 'ema': an
+    exponential moving average of the policy's weights over the rounds so far (ema_decay); 'extrapolated': APO's
+    Nesterov-style reference, log pi_ref(y) = (1 + alpha) log pi_t(y) - alpha log pi_{t-1}(y) per response."""
+    ema_decay: float = Field(default=0.5, ge=0, lt=1)
+    """ema: after round t the average becomes ema_decay x average + (1 - ema_decay) x policy (round 0: the
+    starting model); round t + 1 is trained against it."""
+    alpha: float = Field(default=0.5, ge=0, lt=1)
+    """extrapolated: the extrapolation weight (0: the previous policy)."""
+
+    def options(self) -> list[str]:
+        """The fields this policy uses: the others are left out of the config as run."""
+        return {"ema": ["ema_decay"], "extrapolated": ["alpha"]}.get(self.policy, [])
 
 
 class LossSection(Section):

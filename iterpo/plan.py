@@ -34,6 +34,7 @@ from iterpo.config import Config
 from iterpo.errors import ConfigError, DataError
 from iterpo.judges import JUDGES, Judge, make_judge
 from iterpo.losses import Loss, get_loss, loss_hyperparameters
+from iterpo.losses.base import LIVE_NEEDS
 from iterpo.models.device import resolve_device
 from iterpo.models.loading import check_lora_targets, load_tokenizer, resolve_model_path
 from iterpo.pairing import Strategy, build_strategy
@@ -42,7 +43,7 @@ from iterpo.sampling.backends import choose_backend
 from iterpo.stages import STAGES, Stage
 from iterpo.tasks import TASKS, Task, build_task
 
-DEFAULT_ROUND = ("sample", "judge", "pair", "look_ahead", "reference", "train", "eval")
+DEFAULT_ROUND = ("sample", "judge", "pair", "look_ahead", "reference", "train", "ema", "eval")
 INITIAL_ROUND = ("eval",)  # round 0: the starting model, evaluated
 # Settings that do not change what a run computes: they may differ when a run directory is reopened.
 UNFINGERPRINTED = [
@@ -106,6 +107,9 @@ def resolve(config: Config) -> dict:
     data = config.model_dump(mode="json")
     data["loss"] = {"name": config.loss.name, **loss_hyperparameters(config.loss.name), **config.loss.hyperparams()}
     data["judge"]["name"] = judge_name(config)
+    for key in ("ema_decay", "alpha"):  # a reference policy's own option, only where that policy is chosen
+        if key not in config.reference.options():
+            data["reference"].pop(key)
     if data.get("round", {}).get("stages") is None:
         data.pop("round", None)  # a derived round is not a setting: it follows from the others
     return data
@@ -131,10 +135,22 @@ def check_components(config: Config) -> tuple[Loss, Strategy, Judge, Judge | Non
                 f"eval.judge {config.eval.judge!r} is not a verifier; held-out accuracy needs one, e.g. exact_answer"
             )
         eval_judge = judge if config.eval.judge == judge.name else make_judge(config.eval.judge, {})
-    if loss.aux_source == "reference" and config.reference.policy == "initial":
+    kind = config.reference.policy
+    if loss.aux_source == "reference" and kind != "previous":
         raise ConfigError(
-            f"loss {config.loss.name!r} needs samples from the reference policy; with reference.policy 'initial' "
+            f"loss {config.loss.name!r} needs samples from the reference policy; with reference.policy {kind!r} "
             "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous"
+        )
+    if kind == "extrapolated" and loss.needs & LIVE_NEEDS:
+        raise ConfigError(
+            f"loss {config.loss.name!r} runs a reference model token by token; the extrapolated reference is "
+            "defined on whole responses (a difference of two policies' log-probs, not a distribution), so use "
+            "reference.policy previous, initial or ema"
+        )
+    if kind == "ema" and config.model.lora is not None:
+        raise ConfigError(
+            "reference.policy ema averages the policy's weights; with model.lora it would average the adapters' "
+            "two factors, which is not an average of the policy. Use previous, initial or extrapolated"
         )
     if loss.reference_policy is not None and config.reference.policy != loss.reference_policy:
         raise ConfigError(

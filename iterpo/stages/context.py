@@ -13,7 +13,7 @@ from typing import Any
 
 from iterpo.judges import JudgeCache, JudgeContext
 from iterpo.models.chat import encode_prompt
-from iterpo.models.loading import is_lora, load_policy_checkpoint, load_starting_policy, save_policy
+from iterpo.models.loading import is_lora, load_model, load_policy_checkpoint, load_starting_policy, save_policy
 from iterpo.models.logprobs import score_responses
 from iterpo.pairing import RECORD_TYPE
 from iterpo.records import Judgement, Prompt, Rollout, from_table
@@ -170,6 +170,8 @@ class RunContext:
         """Where workers load round r's reference policy, and whether with LoRA adapters off (see reference())."""
         if self.config.reference.policy == "previous":
             return self.policy_source(r - 1), False
+        if self.config.reference.policy == "ema":
+            return self.ema_source(r - 1), False
         if self.config.model.lora is not None:
             return self.policy_source(r - 1), True
         return None, False  # the starting model
@@ -206,7 +208,20 @@ class RunContext:
             self.config.model.dtype,
             self.plan.device,
             frozen_copy,
+            self.ema_source(r - 1) if self.config.reference.policy == "ema" else None,
         )
+
+    def ema_source(self, r: int) -> str | None:
+        """The directory of the weight average after round r (reference.policy ema), or None for round 0's, the
+        starting model."""
+        if r == 0:
+            return None
+        return str(self.store.path(r, self.plan.stage_of_kind("ema").file("reference_ema")))
+
+    def ema_after(self, r: int):
+        """The weight average after round r, loaded as a model of its own."""
+        path = self.ema_source(r)
+        return load_model(path or self.plan.base_path, self.config.model.dtype, device=self.plan.device)
 
     def score(self, reference: LiveReference, prompt_ids: list, responses: list, advance) -> list[float]:
         with reference.active() as model:

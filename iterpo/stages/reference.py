@@ -16,13 +16,15 @@ BATCHES_PER_SHARD = 4  # reference batches a cluster worker scores at a time
 
 
 def score(ctx, r: int, which: str, prompt_ids: list, responses: list, advance) -> list[float]:
-    """Log-probs of responses under round r's "reference" or "previous" policy (the one it starts from), here or,
-    batch by batch, on the cluster's workers (the batches are score_responses', so the values are the same)."""
+    """Log-probs of responses under round r's "reference" policy, or the policy after round r - back (back 1:
+    the one the round starts from), here or, batch by batch, on the cluster's workers (the batches are
+    score_responses', so the values are the same)."""
     pool = ctx.pool()
+    back = 0 if which == "reference" else {"previous": 1, "before previous": 2}[which]
     if pool is None:
-        model = ctx.reference(r) if which == "reference" else LiveReference(ctx.policy_after(r - 1))
+        model = ctx.reference(r) if which == "reference" else LiveReference(ctx.policy_after(r - back))
         return ctx.score(model, prompt_ids, responses, advance)
-    start, adapters_off = ctx.reference_source(r) if which == "reference" else (ctx.policy_source(r - 1), False)
+    start, adapters_off = ctx.reference_source(r) if which == "reference" else (ctx.policy_source(r - back), False)
     batches = score_batches(prompt_ids, responses, ctx.config.eval.batch_size)
     shards = [batches[i : i + BATCHES_PER_SHARD] for i in range(0, len(batches), BATCHES_PER_SHARD)]
     jobs = [
@@ -48,18 +50,39 @@ def reference_rows(ctx, r: int, records: list) -> list[RefLogp]:
     prompt_ids = [ctx.prompt_ids_of(pid) for pid, _, _, _ in keys]
     responses = [rollouts[(rpid, source, idx)].token_ids for _, rpid, source, idx in keys]
     needs = ctx.plan.loss.needs
-    ref: list[float | None] = [None] * len(keys)
-    prev: list[float | None] = [None] * len(keys)
+    done: dict[str, list[float]] = {}  # policy -> log-probs of every response: each policy is scored once
+
+    def under(which: str, title: str) -> list[float]:
+        if which not in done:
+            with bar(title, len(keys)) as advance:
+                done[which] = list(score(ctx, r, which, prompt_ids, responses, advance))
+        return done[which]
+
+    ref: list[float] | list[None] = [None] * len(keys)
+    prev: list[float] | list[None] = [None] * len(keys)
+    kind = ctx.config.reference.policy
     if "reference" in needs:
-        with bar("reference", len(keys)) as advance:
-            ref = list(score(ctx, r, "reference", prompt_ids, responses, advance))
+        if kind == "extrapolated":
+            ref = extrapolated(r, ctx.config.reference.alpha, under)
+        else:  # "previous" is the policy the round starts from: scored once if the loss needs both
+            ref = under("previous" if kind == "previous" else "reference", "reference")
     if "previous" in needs:
-        if "reference" in needs and ctx.config.reference.policy == "previous":
-            prev = ref  # the same model: score once
-        else:
-            with bar("previous policy", len(keys)) as advance:
-                prev = list(score(ctx, r, "previous", prompt_ids, responses, advance))
+        prev = under("previous", "previous policy")
     return [RefLogp(pid, rpid, idx, a, b, source) for (pid, rpid, source, idx), a, b in zip(keys, ref, prev)]
+
+
+def extrapolated(r: int, alpha: float, under) -> list[float]:
+    """APO's reference (He et al. 2024, "Accelerated Preference Optimization", arXiv 2410.06293): round r is
+    trained against pi_hat proportional to pi_t (pi_t / pi_{t-1})^alpha, with pi_t the policy the round starts
+    from. Pairwise losses see only differences of log-probs of responses to one prompt, where the normaliser
+    cancels, so each response gets log pi_hat(y) = (1 + alpha) log pi_t(y) - alpha log pi_{t-1}(y). It is not a
+    distribution, so token-level losses cannot use it (the plan refuses them). Round 1 has no pi_{t-1}: pi_hat is
+    the starting policy. under(which, title) scores every response under a policy."""
+    if r == 1:
+        return under("previous", "reference")
+    before = under("before previous", "reference: the policy before")  # first: pi_t stays in memory to train
+    now = under("previous", "reference: previous policy")
+    return [(1 + alpha) * a - alpha * b for a, b in zip(now, before)]
 
 
 @register_stage("reference")

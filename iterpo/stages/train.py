@@ -54,6 +54,7 @@ def fit_on_processes(ctx, r: int, records: list, scored: list[RefLogp]) -> tuple
         start=ctx.policy_source(r - 1),  # where the processes load the policy the round starts from
         reference=cfg.reference.policy if needs & LIVE_NEEDS else None,
         device=plan.device,
+        ema_path=ctx.ema_source(r - 1) if cfg.reference.policy == "ema" else None,
     )
     ctx.release_policy()  # the processes load their own replicas: do not hold another one meanwhile
     log, trained = launch(job, scratch, cfg.train.processes, cfg.run.threads)

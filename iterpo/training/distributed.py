@@ -50,6 +50,7 @@ class TrainJob:
     start: str | None  # the policy to start from: a saved checkpoint directory, or None for the base model
     reference: str | None  # a live reference for per-token losses: "previous" (the starting policy) or "initial"
     device: str = "cpu"  # the run's device: with "cuda", each process takes the GPU of its local rank
+    ema_path: str | None = None  # reference "ema": the weight average's directory (None: the base model)
 
 
 def launch(job: TrainJob, scratch: Path, processes: int, threads: int | None = None) -> tuple[list[dict], Path]:
@@ -119,7 +120,9 @@ def main(scratch: str) -> None:
         config = TrainSection(**job.train)
         reference = None
         if job.reference is not None:  # per-token losses compare against a live reference
-            reference = reference_model(job.reference, model, job.base_path, job.dtype, device, frozen_copy=True)
+            reference = reference_model(
+                job.reference, model, job.base_path, job.dtype, device, frozen_copy=True, ema_path=job.ema_path
+            )
         if config.fsdp:
             if reference is not None and reference.model is not model:
                 shard(reference.model)  # a model of its own (not the policy with adapters off): sharded too

@@ -27,14 +27,25 @@ from iterpo.training.parallel import DataParallel
 
 
 def reference_model(
-    kind: str, policy: Any, base_path: str, dtype: str, device: str, frozen_copy: bool
+    kind: str,
+    policy: Any,
+    base_path: str,
+    dtype: str,
+    device: str,
+    frozen_copy: bool,
+    ema_path: str | None = None,
 ) -> LiveReference:
     """The reference as a model run without gradients: "previous" is the policy as it is now (a frozen copy when it
-    must outlive training's updates); "initial" is the same weights with LoRA adapters off, or the base model."""
+    must outlive training's updates); "initial" is the same weights with LoRA adapters off, or the base model;
+    "ema" the weight average saved at ema_path (None: round 0's, the base model)."""
     from iterpo.models.loading import is_lora, load_model
 
     if kind == "previous":
         return LiveReference(copy.deepcopy(policy) if frozen_copy else policy)
+    if kind == "ema":
+        return LiveReference(load_model(ema_path or base_path, dtype, device=device))
+    if kind != "initial":
+        raise ValueError(f"reference.policy {kind!r} has no model to run (it is scored per response)")
     if is_lora(policy):
         return LiveReference(policy, adapters_off=True)
     return LiveReference(load_model(base_path, dtype, device=device))

@@ -149,6 +149,17 @@ def test_policy_gradient_recipes_train_on_every_sample(name, tiny_model_dir, tmp
     assert store.path(1, "ref_logps.parquet").exists() == (name == "spo")  # GRPO scores live, RLOO from the store
 
 
+def test_apo_recipe_trains_against_the_extrapolated_reference(tiny_model_dir, tmp_path):
+    cfg = _recipe("apo", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "first_token_parity"}
+    cfg["run"]["rounds"] = 3
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2, 3):
+        assert _table(store, r, "ref_logps.parquet")  # rounds 2 and 3 combine two policies' log-probs
+        assert store.path(r, "train.jsonl").read_text()
+    assert yaml.safe_load(store.config_path.read_text())["reference"] == {"policy": "extrapolated", "alpha": 0.5}
+
+
 def test_rft_recipe_imitates_the_accepted_samples(tiny_model_dir, tmp_path):
     cfg = _recipe("rft", tiny_model_dir, tmp_path / "run")
     cfg["judge"] = {"name": "first_token_parity"}  # accepts about half of the random model's samples

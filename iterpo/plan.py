@@ -86,6 +86,17 @@ class Plan:
     def round(self, r: int) -> list[Stage]:
         return self.initial_stages if r == 0 else self.stages
 
+    def stage_labelled(self, label: str) -> Stage:
+        """The round's stage of that name."""
+        return next(s for s in self.stages if s.label == label)
+
+    def policy_stage(self) -> Stage:
+        """The train stage whose policy becomes the round's (not a side training such as EGPO's half step)."""
+        for stage in self.stages:
+            if stage.kind == "train" and getattr(stage, "updates_policy", True):
+                return stage
+        raise ConfigError("round.stages has no train stage that updates the policy, which this run needs")
+
     def stage_of_kind(self, kind: str) -> Stage:
         """The first stage of a kind in the round (ConfigError if the round has none)."""
         for stage in self.stages:
@@ -207,6 +218,8 @@ def build_plan(config: Config) -> Plan:
         [],
     )
     plan.stages = wire(round_stages(plan), "round.stages", plan)
+    if any(s.kind == "train" for s in plan.stages):
+        plan.policy_stage()  # side trainings alone would leave every round's policy as it was
     plan.initial_stages = wire(
         [s for s in (STAGES.create(k, {}) for k in INITIAL_ROUND) if s.needed(plan)], "round 0", plan
     )
@@ -261,12 +274,16 @@ def wire(stages: list[Stage], where: str, plan: Plan) -> list[Stage]:
     latest: dict[str, str] = {}
     labels: set[str] = set()
     written: dict[str, str] = {}
-    for stage in stages:
+    for i, stage in enumerate(stages):
         if not stage.writes:
             raise ConfigError(f"{where}: stage {stage.label!r} writes no file, so the run cannot tell when it is done")
         if stage.label in labels:
             raise ConfigError(f"{where}: two stages are named {stage.label!r}; give one another name ('name: ...')")
         labels.add(stage.label)
+        try:
+            stage.check(stages[:i])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: stage {stage.label!r}: {exc}") from None
         for role in stage.reads_for(plan):
             if role not in latest:
                 raise ConfigError(

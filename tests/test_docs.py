@@ -31,6 +31,6 @@ def test_readme_documents_every_judge_strategy_task_and_recipe():
     shipped = [n for n in JUDGES.names() if JUDGES.get(n).__module__ != "toy_judges"]  # not the tests' own judges
     for name in shipped + PAIRING.names() + TASKS.names():
         assert f"| `{name}` |" in text, f"README lacks a row for {name}"
-    for recipe in ["self_rewarding", "temporal_self_rewarding", "sppo", "rso", "grpo", "spo", "rft", "apo"]:
+    for recipe in ["self_rewarding", "temporal_self_rewarding", "sppo", "rso", "grpo", "spo", "rft", "apo", "egpo"]:
         assert f"configs/{recipe}.yaml" in text, recipe
         assert (Path(__file__).resolve().parent.parent / "configs" / f"{recipe}.yaml").is_file()

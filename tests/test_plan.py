@@ -81,6 +81,14 @@ def test_a_recipe_round_with_a_stage_twice(tiny_model_dir, tmp_path):
         (["sample", "shuffle"], "unknown stage 'shuffle'"),
         (["sample", {"stage": "sample", "name": "more", "colour": "red"}], "has no option 'colour'"),
         ([{"name": "x"}], "a stage name or a mapping with 'stage'"),
+        (
+            ["sample", {"stage": "sample", "name": "sample_half", "policy": "train_half"}],
+            "stage 'sample_half': policy 'train_half' names no earlier train stage of the round",
+        ),
+        (
+            ["sample", "judge", "pair", "reference", {"stage": "train", "updates_policy": False}, "eval"],
+            "no train stage that updates the policy",
+        ),
     ],
 )
 def test_bad_rounds_are_refused_with_the_reason(tiny_model_dir, tmp_path, stages, message):

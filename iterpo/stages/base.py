@@ -59,6 +59,9 @@ class Stage:
         themselves)."""
         return True
 
+    def check(self, earlier: list[Stage]) -> None:
+        """ValueError when the stage's options do not fit the stages before it in the round."""
+
     def reads_for(self, plan: Any) -> tuple[str, ...]:
         """The roles it reads in this plan (a stage may need some only for some losses)."""
         return self.reads

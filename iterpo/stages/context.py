@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from iterpo.judges import JudgeCache, JudgeContext
@@ -73,7 +74,7 @@ class RunContext:
             model = load_policy_checkpoint(ckpt, self.plan.base_path, self.config.model.dtype, lora, self.plan.device)
         else:  # a round whose checkpoint was not kept (save_every > 1): replay its training
             self.policy_after(r - 1)
-            self.plan.stage_of_kind("train").run(self, r)
+            self.plan.policy_stage().run(self, r)
             return self._policy
         self._policy, self._policy_round = model, r
         return model
@@ -193,6 +194,37 @@ class RunContext:
             self.config.sampling.gpu_memory_utilization,
             self.config.run.seed,
         )
+
+    def sampler_from(self, checkpoint: Path) -> Sampler:
+        """A sampler for a policy saved in the run (e.g. a side training's), loaded when it first generates."""
+        return open_sampler(
+            self.plan.backend,
+            lambda: load_policy_checkpoint(
+                checkpoint, self.plan.base_path, self.config.model.dtype, self.config.model.lora, self.plan.device
+            ),
+            lambda: self.full_policy_dir(checkpoint),
+            self.tokenizer,
+            self.config.model.dtype,
+            self.config.sampling.gpu_memory_utilization,
+            self.config.run.seed,
+        )
+
+    def full_policy_dir(self, checkpoint: Path) -> str:
+        """A directory with the whole policy saved at checkpoint (with LoRA: merged into a copy beside it)."""
+        if self.config.model.lora is None:
+            return str(checkpoint)
+        target = checkpoint.with_name(checkpoint.name + "-full")
+        if self.store.check(target) != "ok":
+            model = load_policy_checkpoint(
+                checkpoint, self.plan.base_path, self.config.model.dtype, self.config.model.lora, "cpu"
+            ).merge_and_unload()
+
+            def fill(tmp):
+                model.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+
+            self.store.write_dir(target, fill)
+        return str(target)
 
     def reference(self, r: int, frozen_copy: bool = False) -> LiveReference:
         """The reference policy of round r as a model run without gradients.

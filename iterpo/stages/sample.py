@@ -40,6 +40,13 @@ class Sample(Stage):
     source: str | None = None
     """What the responses are recorded as coming from (default: 'policy', or the stage's name when it is not
     'sample', so a second sampling stage's responses stay apart)."""
+    policy: str | None = None
+    """Sample from the policy an earlier train stage of the round made (its name, e.g. EGPO's half step
+    'train_half'); default: the policy the round starts from."""
+
+    def check(self, earlier: list[Stage]) -> None:
+        if self.policy is not None and not any(s.label == self.policy and s.kind == "train" for s in earlier):
+            raise ValueError(f"policy {self.policy!r} names no earlier train stage of the round")
 
     def run(self, ctx, r):
         s, store = ctx.config.sampling, ctx.store
@@ -49,7 +56,13 @@ class Sample(Stage):
         shard_dir = out.with_suffix("")  # rollouts.parquet -> rollouts/shard-00000.parquet ...
         prompts = ctx.train_prompts
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
-        seeds = [[[derive_seed(ctx.config.run.seed, r, p.prompt_id, k) for k in range(K)] for p in sh] for sh in shards]
+        # a second sampling stage draws its own samples: its name goes into the seeds
+        tag = () if self.label == "sample" else (self.label,)
+        seeds = [
+            [[derive_seed(ctx.config.run.seed, r, *tag, p.prompt_id, k) for k in range(K)] for p in sh] for sh in shards
+        ]
+        made_by = ctx.plan.stage_labelled(self.policy) if self.policy else None
+        checkpoint = store.path(r, made_by.file("policy")) if made_by else None
         done: dict[int, list[Rollout]] = {}  # shard -> its rows
         new_tokens = 0
         start = time.perf_counter()
@@ -72,12 +85,16 @@ class Sample(Stage):
             advance(sum(len(shards[n]) * K for n in done))
             pool = ctx.pool() if todo else None
             if pool is None:
-                with ctx.sampler(r - 1) as sampler:
+                with ctx.sampler(r - 1) if checkpoint is None else ctx.sampler_from(checkpoint) as sampler:
                     for n in todo:
                         finish(n, draw(ctx, sampler, shards[n], seeds[n], r, source, advance))
             else:  # each shard on a worker; written here as it arrives
-                model_dir = ctx.policy_dir(r - 1) if ctx.plan.backend == "vllm" else ""
-                policy = ctx.policy_source(r - 1)  # where the workers load the round's policy
+                if checkpoint is None:
+                    model_dir = ctx.policy_dir(r - 1) if ctx.plan.backend == "vllm" else ""
+                    policy = ctx.policy_source(r - 1)  # where the workers load the round's policy
+                else:
+                    model_dir = ctx.full_policy_dir(checkpoint) if ctx.plan.backend == "vllm" else ""
+                    policy = str(checkpoint)
                 jobs = [
                     (
                         policy,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass
@@ -35,17 +36,19 @@ def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str) 
         return train(model, examples, ctx.plan.loss, ctx.config.train, seed, ctx.pad_id, advance, reference)
 
 
-def fit_on_processes(ctx, r: int, records: list, scored: list[RefLogp]) -> tuple[list[dict], object]:
+def fit_on_processes(
+    ctx, r: int, records: list, scored: list[RefLogp], purpose: str = "train"
+) -> tuple[list[dict], object]:
     """fit() on train.processes processes (iterpo.training.distributed); (the log, the trained policy)."""
     cfg, plan = ctx.config, ctx.plan
     needs = plan.loss.needs
-    scratch = ctx.store.round_dir(r) / ".train-processes"
+    scratch = ctx.store.round_dir(r) / f".{purpose}-processes"
     shutil.rmtree(scratch, ignore_errors=True)
     job = TrainJob(
         examples=training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs),
         loss={"name": cfg.loss.name, **cfg.loss.hyperparams()},
         train=cfg.train.model_dump(),
-        seed=derive_seed(cfg.run.seed, r, "train"),
+        seed=derive_seed(cfg.run.seed, r, purpose),
         pad_id=ctx.pad_id,
         base_path=plan.base_path,
         dtype=cfg.model.dtype,
@@ -71,16 +74,22 @@ class Train(Stage):
 
     reads = ("examples", "ref_logps")
     writes = {"train_log": "train.jsonl", "policy": "checkpoint"}
+    updates_policy: bool = True
+    """False: a side training from the round's starting policy (EGPO's and Nash-MP's half step): its policy is
+    always saved, under the stage's own name, for later stages of the round (``sample: {policy: NAME}``), and
+    the round's policy stays as it was."""
 
     def reads_for(self, plan) -> tuple[str, ...]:
         return self.reads if plan.loss.needs & SCORED_NEEDS else ("examples",)
 
     def run(self, ctx, r):
-        ctx.forget_handoffs(r)  # this round's policy is about to change: copies made of it for other processes go
         scored = []
         if ctx.plan.loss.needs & SCORED_NEEDS:
             scored = ctx.read(r, self.file("ref_logps"), RefLogp)
         records = ctx.records(r, self.file("examples"))
+        if not self.updates_policy:
+            return self.side(ctx, r, records, scored)
+        ctx.forget_handoffs(r)  # this round's policy is about to change: copies made of it for other processes go
         if ctx.config.train.processes > 1:
             log, model = fit_on_processes(ctx, r, records, scored)
             ctx.set_policy(model, r)
@@ -98,5 +107,16 @@ class Train(Stage):
                 bool(lora and lora.save_merged),
                 ctx.store.write_dir,
             )
+        ctx.store.write_text(ctx.store.path(r, self.file("train_log")), "".join(json.dumps(x) + "\n" for x in log))
+        return {"steps": len(log)}
+
+    def side(self, ctx, r: int, records: list, scored: list[RefLogp]) -> dict:
+        """Train a copy of the round's starting policy and save it under this stage's name."""
+        if ctx.config.train.processes > 1:
+            log, model = fit_on_processes(ctx, r, records, scored, self.label)
+        else:
+            model = copy.deepcopy(ctx.policy_after(r - 1))
+            log = fit(ctx, model, r, records, scored, self.label)
+        save_policy(model, ctx.tokenizer, ctx.store.path(r, self.file("policy")), write_dir=ctx.store.write_dir)
         ctx.store.write_text(ctx.store.path(r, self.file("train_log")), "".join(json.dumps(x) + "\n" for x in log))
         return {"steps": len(log)}

@@ -149,6 +149,73 @@ def test_policy_gradient_recipes_train_on_every_sample(name, tiny_model_dir, tmp
     assert store.path(1, "ref_logps.parquet").exists() == (name == "spo")  # GRPO scores live, RLOO from the store
 
 
+def _egpo(tiny_model_dir, run_dir):
+    cfg = _recipe("egpo", tiny_model_dir, run_dir)
+    cfg["judge"] = {"name": "token_sum"}  # graded scores: best_vs_worst finds pairs
+    return cfg
+
+
+def test_egpo_recipe_samples_the_half_step_and_steps_again_from_the_rounds_policy(tiny_model_dir, tmp_path):
+    from iterpo import driver
+    from iterpo.stages import RunContext
+    from iterpo.stages.sample import draw
+
+    cfg = _egpo(tiny_model_dir, tmp_path / "run")
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        first, half = _table(store, r, "rollouts.parquet"), _table(store, r, "rollouts_half.parquet")
+        assert {x["source"] for x in half} == {"sample_half"} and len(half) == len(first)
+        assert {x["seed"] for x in half}.isdisjoint({x["seed"] for x in first})  # its own samples
+        assert store.path(r, "checkpoint_half").is_dir() and store.path(r, "checkpoint").is_dir()
+        pairs = _table(store, r, "preferences_half.parquet")
+        assert pairs and {p["chosen_source"] for p in pairs} == {"sample_half"}
+        for name in ("train_half.jsonl", "train.jsonl"):
+            log = [json.loads(x) for x in store.path(r, name).read_text().splitlines()]
+            # both steps start from the round's policy, which is also the reference: no margin at the first step
+            assert log[0]["reward_chosen"] == 0.0 and log[0]["reward_rejected"] == 0.0, name
+    # the half-step samples are the half-step policy's: drawn again from checkpoint_half with their seeds
+    plan, store = driver.open_run(load_config(tmp_path / "recipe.yaml"))
+    try:
+        ctx = RunContext(plan, store)
+        prompt = ctx.train_prompts[0]
+        half = [x for x in _table(store, 1, "rollouts_half.parquet") if x["prompt_id"] == prompt.prompt_id]
+        with ctx.sampler_from(store.path(1, "checkpoint_half")) as sampler:
+            again = draw(ctx, sampler, [prompt], [[x["seed"] for x in half]], 1, "sample_half", None)
+        assert [x.token_ids for x in again] == [x["token_ids"] for x in half]
+    finally:
+        store.close()
+
+
+def test_egpo_killed_in_either_sampling_resumes_to_the_same_run(tiny_model_dir, tmp_path):
+    from helpers import cli
+
+    cfg = _egpo(tiny_model_dir, tmp_path / "clean")
+    _run(cfg, tmp_path)
+    crash = tmp_path / "crash"
+    cfg["run"]["dir"] = str(crash)
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    kills = ["written:round-001/checkpoint_half", "written:round-002/rollouts_half/shard-00000.parquet"]
+    for n, point in enumerate(kills):
+        code, _, err = cli("run" if n == 0 else "resume", str(path if n == 0 else crash), failpoints=f"{point}=kill")
+        assert code == -9, f"{point}: {err}"
+    code, _, err = cli("resume", str(crash))
+    assert code == 0, err
+    for r in (1, 2):
+        for name in ("rollouts.parquet", "rollouts_half.parquet", "preferences_half.parquet", "train.jsonl"):
+            a = pq.read_table(tmp_path / "clean" / f"round-{r:03d}" / name) if name.endswith("parquet") else None
+            if a is not None:
+                assert a.to_pylist() == pq.read_table(crash / f"round-{r:03d}" / name).to_pylist(), (r, name)
+            else:
+                assert (tmp_path / "clean" / f"round-{r:03d}" / name).read_text() == (
+                    crash / f"round-{r:03d}" / name
+                ).read_text()
+        for weights in ("checkpoint/model.safetensors", "checkpoint_half/model.safetensors"):
+            assert (tmp_path / "clean" / f"round-{r:03d}" / weights).read_bytes() == (
+                crash / f"round-{r:03d}" / weights
+            ).read_bytes(), (r, weights)
+
+
 def test_apo_recipe_trains_against_the_extrapolated_reference(tiny_model_dir, tmp_path):
     cfg = _recipe("apo", tiny_model_dir, tmp_path / "run")
     cfg["judge"] = {"name": "first_token_parity"}

@@ -31,6 +31,7 @@ def test_readme_documents_every_judge_strategy_task_and_recipe():
     shipped = [n for n in JUDGES.names() if JUDGES.get(n).__module__ != "toy_judges"]  # not the tests' own judges
     for name in shipped + PAIRING.names() + TASKS.names():
         assert f"| `{name}` |" in text, f"README lacks a row for {name}"
-    for recipe in ["self_rewarding", "temporal_self_rewarding", "sppo", "rso", "grpo", "spo", "rft", "apo", "egpo"]:
-        assert f"configs/{recipe}.yaml" in text, recipe
-        assert (Path(__file__).resolve().parent.parent / "configs" / f"{recipe}.yaml").is_file()
+    # every shipped config is documented: the recipes in this section's table, the variants elsewhere
+    for path in sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")):
+        assert f"configs/{path.name}" in README, path.name
+    assert "configs/grpo.yaml" in text and "configs/egpo.yaml" in text

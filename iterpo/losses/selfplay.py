@@ -135,3 +135,37 @@ class OnlineIPO(PairwiseLoss):
         pl = require(batch.rejected_win_rate, "win-rate estimates")
         losses = (lw - ll - (pw - pl) / self.beta) ** 2
         return pair_output(losses, self.beta * lw, self.beta * ll)
+
+
+@register_loss("nash_mp")
+@dataclass
+class NashMP(PairwiseLoss):
+    """Nash Mirror Prox's proximal step (Tiapkin et al. 2025, "Accelerating Nash Learning from Human
+    Feedback via Mirror Prox"), as a squared regression like online IPO.
+
+    With a = 1/(1 + eta), the step's target is log pi = a log pi_t + (1 - a)(log pi_ref + P pi_s / beta) + c,
+    pi_t the round's starting policy, pi_ref the fixed reference and P pi_s the win rate against the opponent
+    (the policy that sampled the pair: pi_t in the half step, the half-step policy in the full step). On pairs:
+        h = [lp(y_w) - lp(y_l)] - a [lt(y_w) - lt(y_l)] - (1 - a) [lr(y_w) - lr(y_l)]
+        loss = (h - (1 - a)(P_w - P_l) / beta)^2
+    whose tabular minimiser is the target. eta is the paper's proximal step, beta its KL regularisation.
+    """
+
+    eta: float = 1.0
+    beta: float = 0.1
+
+    needs = frozenset({"reference", "previous", "win_rate"})
+
+    def __post_init__(self):
+        check_positive("eta", self.eta)
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        a = 1.0 / (1.0 + self.eta)
+        ref_w, ref_l = log_ratios(batch)  # lp - lr
+        prev_w, prev_l = _ratios_to_previous(batch)  # lp - lt
+        h = a * (prev_w - prev_l) + (1 - a) * (ref_w - ref_l)  # = margin - a lt-margin - (1 - a) lr-margin
+        pw = require(batch.chosen_win_rate, "win-rate estimates")
+        pl = require(batch.rejected_win_rate, "win-rate estimates")
+        losses = (h - (1 - a) * (pw - pl) / self.beta) ** 2
+        return pair_output(losses, prev_w, prev_l)

@@ -243,6 +243,24 @@ def test_online_ipo_regresses_onto_win_rate_differences():
     assert out.losses.tolist() == pytest.approx(want, abs=1e-12)
 
 
+def test_nash_mp_regresses_onto_the_mirror_prox_target():
+    eta, beta = 3.0, 0.5  # a = 1/4
+    prev_c, prev_r = [-1.5, -4.0], [-2.0, -2.5]
+    pw, pl = [0.7, 0.4], [0.2, 0.6]
+    batch = pair_batch(
+        prev_chosen_logps=t(prev_c),
+        prev_rejected_logps=t(prev_r),
+        chosen_win_rate=t(pw),
+        rejected_win_rate=t(pl),
+    )
+    out = get_loss("nash_mp", eta=eta, beta=beta)(batch)
+    want = []
+    for pc, pr, rc, rr, tc, tr, a, b in zip(PC, PR, RC, RR, prev_c, prev_r, pw, pl):
+        h = (pc - pr) - 0.25 * (tc - tr) - 0.75 * (rc - rr)
+        want.append((h - 0.75 * (a - b) / beta) ** 2)
+    assert out.losses.tolist() == pytest.approx(want, abs=1e-12)
+
+
 def test_xpo_vpo_hypo_terms_on_extra_samples():
     aux, ref_aux = [[-3.0, -5.0], [-2.0, -6.0]], [[-2.0, -4.0], [-3.0, -4.0]]
     dpo = get_loss("dpo", beta=0.5)(pair_batch()).losses.tolist()
@@ -443,6 +461,10 @@ def test_registry_lists_every_issue_loss():
         "kto",
         "pro",
         "tpo",
+        "rloo",
+        "grpo",
+        "sft",
+        "nash_mp",
     }
     assert want <= set(list_losses())
     from iterpo.losses import LOSSES

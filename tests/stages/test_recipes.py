@@ -216,6 +216,19 @@ def test_egpo_killed_in_either_sampling_resumes_to_the_same_run(tiny_model_dir, 
             ).read_bytes(), (r, weights)
 
 
+def test_nash_mp_recipe_mixes_the_fixed_reference_into_both_steps(tiny_model_dir, tmp_path):
+    cfg = _recipe("nash_mp", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "token_sum"}
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        for name in ("ref_logps.parquet", "ref_logps_half.parquet"):
+            scored = _table(store, r, name)
+            assert scored and all(x["ref_logp"] is not None and x["prev_logp"] is not None for x in scored)
+            if r == 2:  # the starting model and the round's policy differ: two log-probs per response
+                assert any(x["ref_logp"] != x["prev_logp"] for x in scored)
+        assert store.path(r, "checkpoint_half").is_dir() and _table(store, r, "rollouts_half.parquet")
+
+
 def test_apo_recipe_trains_against_the_extrapolated_reference(tiny_model_dir, tmp_path):
     cfg = _recipe("apo", tiny_model_dir, tmp_path / "run")
     cfg["judge"] = {"name": "first_token_parity"}

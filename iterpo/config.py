@@ -119,6 +119,9 @@ class SamplingSection(Section):
     """Sequences generated together."""
     shard_size: int = Field(default=16, ge=1)
     """Prompts per shard; a finished shard survives a crash."""
+    prompts_per_round: int | None = Field(default=None, ge=1)
+    """Each round samples this many training prompts, the next ones in a fixed order (cycling through them), for
+    online rounds of a few prompts and one optimizer step. null: every training prompt every round."""
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     """Generation engine: auto = vLLM where vLLM and a CUDA GPU are present, else transformers."""
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
@@ -225,6 +228,9 @@ class EvalSection(Section):
     batch_size: int = Field(default=64, ge=1)
     judge: str | None = None
     """Judge of held-out accuracy. Default: the training judge when it is a verifier, else the task's judge."""
+    every: int = Field(default=1, ge=1)
+    """Evaluate after every k-th round (and after the last, and the starting model); the other rounds record
+    that they were skipped."""
 
 
 class RoundSection(Section):

@@ -57,6 +57,10 @@ UNFINGERPRINTED = [
     ("judge", "max_failed_share"),
 ]
 
+# Settings added after runs were made: left out of the config as run while at their default, so those runs
+# keep their fingerprints and can be resumed.
+OMITTED_AT_DEFAULT = {("sampling", "prompts_per_round"): None, ("eval", "every"): 1}
+
 
 @dataclass
 class Plan:
@@ -121,6 +125,9 @@ def resolve(config: Config) -> dict:
     for key in ("ema_decay", "alpha"):  # a reference policy's own option, only where that policy is chosen
         if key not in config.reference.options():
             data["reference"].pop(key)
+    for (section, key), default in OMITTED_AT_DEFAULT.items():
+        if data[section].get(key) == default:
+            data[section].pop(key)
     if data.get("round", {}).get("stages") is None:
         data.pop("round", None)  # a derived round is not a setting: it follows from the others
     return data

@@ -44,6 +44,15 @@ class RunContext:
 
     # ------------------------------------------------------------------ prompts
 
+    def prompts_of_round(self, r: int) -> list[Prompt]:
+        """The training prompts round r samples: all of them, or sampling.prompts_per_round of them, the next in
+        the fixed order each round (cycling)."""
+        n, prompts = self.config.sampling.prompts_per_round, self.train_prompts
+        if n is None or n >= len(prompts):
+            return prompts
+        start = (r - 1) * n % len(prompts)
+        return [prompts[(start + i) % len(prompts)] for i in range(n)]
+
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if prompt.prompt_id not in self._prompt_ids:
             self._prompt_ids[prompt.prompt_id] = encode_prompt(

@@ -22,6 +22,9 @@ class Evaluate(Stage):
 
     def run(self, ctx, r):
         e, prompts = ctx.config.eval, ctx.eval_prompts
+        if r % e.every and r != ctx.config.run.rounds:  # eval.every: not this round
+            ctx.store.write_json(ctx.store.path(r, self.file("eval")), {"round": r, "accuracy": None, "skipped": True})
+            return {"skipped": True}
         with ctx.sampler(r) as sampler, bar("evaluation", len(prompts)) as advance:
             outs = sampler.generate(
                 [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance

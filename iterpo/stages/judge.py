@@ -12,14 +12,15 @@ from iterpo.records import Judgement, Rollout, to_table
 from iterpo.stages.base import Stage, register_stage
 
 
-def remote_verdicts(ctx, judge, by_prompt: dict[str, list[Rollout]], cache) -> Ask | None:
+def remote_verdicts(ctx, r: int, judge, by_prompt: dict[str, list[Rollout]], cache) -> Ask | None:
     """With a cluster, what the cache does not know, judged on the workers (shards of sampling.shard_size prompts),
     as an ``ask`` for judge_all; None to judge here (no cluster, or a judge that compares responses or is the
     policy itself, which stay in this process)."""
     pool = ctx.pool() if judge.pointwise and not judge.uses_policy else None
     if pool is None:
         return None
-    items = [(p, todo) for p in ctx.train_prompts if (todo := uncached(judge, p, by_prompt[p.prompt_id], cache))]
+    prompts = ctx.prompts_of_round(r)
+    items = [(p, todo) for p in prompts if (todo := uncached(judge, p, by_prompt[p.prompt_id], cache))]
     size = ctx.config.sampling.shard_size
     shards = [items[i : i + size] for i in range(0, len(items), size)]
     answers: dict[str, list[Judgement]] = {}
@@ -48,11 +49,12 @@ class Judge(Stage):
             by_prompt.setdefault(x.prompt_id, []).append(x)
         judge, cache = ctx.plan.judge, ctx.judge_cache()
         judge.setup(ctx.judge_context(r, cache))
-        ask = remote_verdicts(ctx, judge, by_prompt, cache)
-        with bar("judging", len(ctx.train_prompts)) as advance:
+        ask = remote_verdicts(ctx, r, judge, by_prompt, cache)
+        prompts = ctx.prompts_of_round(r)
+        with bar("judging", len(prompts)) as advance:
             judgements = judge_all(
                 judge,
-                ctx.train_prompts,
+                prompts,
                 by_prompt,
                 cache,
                 ctx.config.sampling.shard_size,

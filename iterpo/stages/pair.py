@@ -26,7 +26,7 @@ class Pair(Stage):
         initial = ctx.initial_responses() if plan.strategy.uses_initial else None
         result = build_examples(
             plan.strategy,
-            ctx.train_prompts,
+            ctx.prompts_of_round(r),
             ctx.read(r, self.file("rollouts"), Rollout),
             judgements,
             derive_seed(ctx.config.run.seed, r, "pair"),

@@ -54,7 +54,7 @@ class Sample(Stage):
         source = self.source or ("policy" if self.label == "sample" else self.label)
         out = store.path(r, self.file("rollouts"))
         shard_dir = out.with_suffix("")  # rollouts.parquet -> rollouts/shard-00000.parquet ...
-        prompts = ctx.train_prompts
+        prompts = ctx.prompts_of_round(r)
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
         # a second sampling stage draws its own samples: its name goes into the seeds
         tag = () if self.label == "sample" else (self.label,)

@@ -94,12 +94,23 @@ class Plan:
         """The round's stage of that name."""
         return next(s for s in self.stages if s.label == label)
 
+    def updating(self) -> list[Stage]:
+        """The round's train stages that update the policy, in order (side trainings such as EGPO's half step
+        do not): each starts from what the one before made, and the last one's policy is the round's."""
+        return [s for s in self.stages if s.kind == "train" and getattr(s, "updates_policy", True)]
+
     def policy_stage(self) -> Stage:
-        """The train stage whose policy becomes the round's (not a side training such as EGPO's half step)."""
-        for stage in self.stages:
-            if stage.kind == "train" and getattr(stage, "updates_policy", True):
-                return stage
-        raise ConfigError("round.stages has no train stage that updates the policy, which this run needs")
+        """The train stage whose policy becomes the round's: the last that updates it."""
+        stages = self.updating()
+        if not stages:
+            raise ConfigError("round.stages has no train stage that updates the policy, which this run needs")
+        return stages[-1]
+
+    def updating_before(self, stage: Stage) -> Stage | None:
+        """The last policy-updating train stage before stage in the round (None: the round's start)."""
+        at = next(i for i, s in enumerate(self.stages) if s is stage)
+        earlier = [s for s in self.stages[:at] if s.kind == "train" and getattr(s, "updates_policy", True)]
+        return earlier[-1] if earlier else None
 
     def stage_of_kind(self, kind: str) -> Stage:
         """The first stage of a kind in the round (ConfigError if the round has none)."""
@@ -227,6 +238,7 @@ def build_plan(config: Config) -> Plan:
     plan.stages = wire(round_stages(plan), "round.stages", plan)
     if any(s.kind == "train" for s in plan.stages):
         plan.policy_stage()  # side trainings alone would leave every round's policy as it was
+    check_stage_losses(plan)
     plan.initial_stages = wire(
         [s for s in (STAGES.create(k, {}) for k in INITIAL_ROUND) if s.needed(plan)], "round 0", plan
     )
@@ -266,6 +278,44 @@ def round_stages(plan: Plan) -> list[Stage]:
     return stages
 
 
+def check_stage_losses(plan: Plan) -> None:
+    """Each stage's own loss and pairing options are valid, and the stages of one loss fit together: a train or
+    reference stage reads examples of its loss's data shape, and a train stage's stored log-probs come from a
+    reference stage that scored what its loss needs."""
+    from iterpo.stages.base import ServesLoss
+    from iterpo.stages.reference import SCORED_NEEDS
+
+    def loss(stage: Stage) -> Loss:
+        if not isinstance(stage, ServesLoss):
+            return plan.loss
+        try:
+            out = stage.loss_of(plan)
+            if hasattr(stage, "strategy_of"):
+                stage.strategy_of(plan)
+            return out
+        except ValueError as exc:
+            raise ConfigError(f"round.stages: stage {stage.label!r}: {exc}") from None
+
+    writer = {name: stage for stage in plan.stages for name in stage.files.values()}
+    for stage in plan.stages:
+        mine = loss(stage)
+        source = writer.get(stage.inputs.get("examples", ""))
+        if source is not None and stage.kind in ("train", "reference") and loss(source).data_shape != mine.data_shape:
+            raise ConfigError(
+                f"round.stages: stage {stage.label!r} serves a loss on {mine.data_shape} data, but the examples it "
+                f"reads come from stage {source.label!r}, which builds {loss(source).data_shape}; give the stages "
+                "of one loss the same loss option"
+            )
+        scorer = writer.get(stage.inputs.get("ref_logps", ""))
+        if stage.kind == "train" and scorer is not None:
+            missing = (mine.needs & SCORED_NEEDS) - loss(scorer).needs
+            if missing:
+                raise ConfigError(
+                    f"round.stages: stage {stage.label!r}'s loss needs {sorted(missing)} log-probs, which stage "
+                    f"{scorer.label!r} does not score for its own loss; give both the same loss option"
+                )
+
+
 def _named(default: str, stage: Stage) -> str:
     """A stage's file under its own name: 'sample_half' writes rollouts_half.parquet where 'sample' writes
     rollouts.parquet."""
@@ -289,9 +339,10 @@ def wire(stages: list[Stage], where: str, plan: Plan) -> list[Stage]:
         labels.add(stage.label)
         try:
             stage.check(stages[:i])
+            reads = stage.reads_for(plan)
         except ValueError as exc:
             raise ConfigError(f"{where}: stage {stage.label!r}: {exc}") from None
-        for role in stage.reads_for(plan):
+        for role in reads:
             if role not in latest:
                 raise ConfigError(
                     f"{where}: stage {stage.label!r} reads {role}, which no earlier stage of the round writes"

@@ -82,6 +82,38 @@ class Stage:
         raise NotImplementedError
 
 
+@dataclass
+class ServesLoss(Stage):
+    """A stage that works for one loss (pair, reference, train): the run's, or its own ``loss`` option, so that
+    one round can train two losses, e.g. SFT on the best responses, then DPO."""
+
+    loss: str | dict[str, Any] | None = None
+    """This stage's loss: a name or {name: ..., hyperparameters...}; default: the run's loss section. Give the
+    same to the pair, reference and train stages of that loss."""
+
+    def loss_of(self, plan: Any) -> Any:
+        """The loss this stage serves (a Loss; built once, ConfigError if the option is bad)."""
+        if self.loss is None:
+            return plan.loss
+        if getattr(self, "_loss", None) is None:
+            from iterpo.losses import get_loss
+
+            spec = {"name": self.loss} if isinstance(self.loss, str) else dict(self.loss)
+            if not isinstance(spec.get("name"), str):
+                raise ValueError(f"loss must be a loss name or a mapping with 'name', got {self.loss!r}")
+            name = spec.pop("name")
+            self._loss = get_loss(name, **spec)
+            self._loss_spec = {"name": name, **spec}
+        return self._loss
+
+    def loss_spec(self, plan: Any) -> dict[str, Any]:
+        """{name: ..., hyperparameters...} of the loss this stage serves, as a training process builds it again."""
+        if self.loss is None:
+            return {"name": plan.config.loss.name, **plan.config.loss.hyperparams()}
+        self.loss_of(plan)
+        return dict(self._loss_spec)
+
+
 STAGES: Registry[type[Stage]] = Registry("stage")
 
 

@@ -39,7 +39,9 @@ class RunContext:
         self.prompts_by_id = {p.prompt_id: p for p in self.train_prompts}
         self._prompt_ids: dict[str, list[int]] = {}
         self._policy: Any = None
-        self._policy_round: int | None = None  # the round whose end the policy in memory is
+        # which policy is in memory: (r, None) the one after round r; (r, NAME) the one train stage NAME made in
+        # round r before the round's last (e.g. SFT before DPO)
+        self._policy_tag: tuple[int, str | None] | None = None
         self._pool: Any = None  # the cluster's workers (iterpo.stages.workers.Pool), started when first needed
 
     # ------------------------------------------------------------------ prompts
@@ -65,11 +67,15 @@ class RunContext:
 
     # ------------------------------------------------------------------ policies
 
+    def checkpoint(self, r: int):
+        """Where the policy after round r is saved (when it is): its last policy-updating train stage's output."""
+        return self.store.path(r, self.plan.policy_stage().file("policy"))
+
     def policy_after(self, r: int):
         """The policy as it was at the end of round r (0 = the starting model)."""
-        if self._policy_round == r:
+        if self._policy_tag == (r, None):
             return self._policy
-        ckpt = self.store.path(r, "checkpoint")
+        ckpt = self.checkpoint(r)
         lora = self.config.model.lora
         if r == 0:
             model = load_starting_policy(
@@ -81,32 +87,52 @@ class RunContext:
             )
         elif ckpt.exists():
             model = load_policy_checkpoint(ckpt, self.plan.base_path, self.config.model.dtype, lora, self.plan.device)
-        else:  # a round whose checkpoint was not kept (save_every > 1): replay its training
-            self.policy_after(r - 1)
+        else:  # a round whose checkpoint was not kept (save_every > 1): replay its (last) training
             self.plan.policy_stage().run(self, r)
             return self._policy
-        self._policy, self._policy_round = model, r
+        self._policy, self._policy_tag = model, (r, None)
         return model
 
-    def trained(self, r: int) -> None:
-        """The policy in memory, trained in place, is now the policy after round r."""
-        self._policy_round = r
+    def policy_before(self, r: int, stage: Any):
+        """The policy at stage's place in round r: what the last policy-updating train stage before it made, or
+        the policy after round r - 1 (what a train stage starts from, and what reference.policy previous is)."""
+        made_by = self.plan.updating_before(stage)
+        if made_by is None:
+            return self.policy_after(r - 1)
+        if self._policy_tag != (r, made_by.label):
+            path = self.store.path(r, made_by.file("policy"))
+            lora = self.config.model.lora
+            model = load_policy_checkpoint(path, self.plan.base_path, self.config.model.dtype, lora, self.plan.device)
+            self._policy, self._policy_tag = model, (r, made_by.label)
+        return self._policy
 
-    def set_policy(self, model: Any, r: int) -> None:
-        """model is the policy after round r (trained elsewhere, e.g. by several processes)."""
-        self._policy, self._policy_round = model, r
+    def source_before(self, r: int, stage: Any) -> str | None:
+        """Where another process loads policy_before(r, stage) (see policy_source)."""
+        made_by = self.plan.updating_before(stage)
+        return self.policy_source(r - 1) if made_by is None else str(self.store.path(r, made_by.file("policy")))
+
+    def trained(self, r: int, stage: Any = None) -> None:
+        """The policy in memory, trained in place by stage (default: the round's last train stage), is now the
+        policy after it in round r."""
+        final = stage is None or stage is self.plan.policy_stage()
+        self._policy_tag = (r, None if final else stage.label)
+
+    def set_policy(self, model: Any, r: int, stage: Any = None) -> None:
+        """model is the policy after stage in round r (trained elsewhere, e.g. by several processes)."""
+        self._policy = model
+        self.trained(r, stage)
 
     def release_policy(self) -> None:
         """Drop the policy in memory (it is loaded again when needed)."""
-        self._policy, self._policy_round = None, None
+        self._policy, self._policy_tag = None, None
 
     def policy_dir(self, r: int) -> str:
         """A directory with the full policy after round r, for an engine that loads weights from disk."""
         lora = self.config.model.lora
         if r == 0 and not lora:
             return self.plan.base_path
-        if self.store.path(r, "checkpoint").exists() and not lora:
-            return str(self.store.path(r, "checkpoint"))
+        if self.checkpoint(r).exists() and not lora:
+            return str(self.checkpoint(r))
         target = self.store.path(r, "policy-full")
         if self.store.check(target) != "ok":
             model = self.policy_after(r)
@@ -131,7 +157,7 @@ class RunContext:
         (round 0); a policy not kept (save_every > 1) is saved for the hand-over in the round's directory."""
         if r == 0:
             return None
-        checkpoint = self.store.path(r, "checkpoint")
+        checkpoint = self.checkpoint(r)
         if self.store.check(checkpoint) == "ok":
             return str(checkpoint)
         handoff = self.store.round_dir(r) / ".policy-handoff"
@@ -176,10 +202,11 @@ class RunContext:
             return {}
         return {"workers": len(self._pool.actors), "retries": self._pool.take_retries()}
 
-    def reference_source(self, r: int) -> tuple[str | None, bool]:
-        """Where workers load round r's reference policy, and whether with LoRA adapters off (see reference())."""
+    def reference_source(self, r: int, stage: Any = None) -> tuple[str | None, bool]:
+        """Where workers load round r's reference policy for stage, and whether with LoRA adapters off (see
+        reference())."""
         if self.config.reference.policy == "previous":
-            return self.policy_source(r - 1), False
+            return (self.policy_source(r - 1) if stage is None else self.source_before(r, stage)), False
         if self.config.reference.policy == "ema":
             return self.ema_source(r - 1), False
         if self.config.model.lora is not None:
@@ -235,7 +262,7 @@ class RunContext:
             self.store.write_dir(target, fill)
         return str(target)
 
-    def reference(self, r: int, frozen_copy: bool = False) -> LiveReference:
+    def reference(self, r: int, frozen_copy: bool = False, stage: Any = None) -> LiveReference:
         """The reference policy of round r as a model run without gradients.
 
         'previous' is the policy the round starts from (a frozen copy when it must
@@ -244,7 +271,7 @@ class RunContext:
         """
         return reference_model(
             self.config.reference.policy,
-            self.policy_after(r - 1),
+            self.policy_after(r - 1) if stage is None else self.policy_before(r, stage),
             self.plan.base_path,
             self.config.model.dtype,
             self.plan.device,
@@ -288,9 +315,9 @@ class RunContext:
     def read(self, r: int, name: str, cls: type) -> list:
         return from_table(self.store.read_parquet(self.store.path(r, name)), cls)
 
-    def records(self, r: int, name: str) -> list:
-        """The training examples in a round's file, of the loss's data shape."""
-        return self.read(r, name, RECORD_TYPE[self.plan.loss.data_shape])
+    def records(self, r: int, name: str, data_shape: str | None = None) -> list:
+        """The training examples in a round's file, of that data shape (default: the run's loss's)."""
+        return self.read(r, name, RECORD_TYPE[data_shape or self.plan.loss.data_shape])
 
     def initial_responses(self) -> tuple[list[Rollout], list[Judgement]]:
         """The initial model's judged responses (round 1's samples), as source 'initial'."""

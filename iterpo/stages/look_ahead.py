@@ -47,7 +47,8 @@ class LookAhead(Stage):
 
     def guide(self, ctx, r: int, pairs: list) -> int:
         """Replace chosen responses in place; returns how many it replaced."""
-        scored = reference_rows(ctx, r, pairs) if ctx.plan.loss.needs & SCORED_NEEDS else []
+        needs = ctx.plan.loss.needs
+        scored = reference_rows(ctx, r, pairs, needs) if needs & SCORED_NEEDS else []
         future = copy.deepcopy(ctx.policy_after(r - 1))
         fit(ctx, future, r, pairs, scored, "look-ahead")
         s, K = ctx.config.sampling, ctx.config.sampling.samples_per_prompt

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from iterpo.models.logprobs import score_batches
 from iterpo.progress import bar
 from iterpo.records import RefLogp, to_table
-from iterpo.stages.base import Stage, register_stage
+from iterpo.stages.base import ServesLoss, register_stage
 from iterpo.training import LiveReference
 from iterpo.training.assemble import responses_to_score
 
@@ -15,16 +15,26 @@ SCORED_NEEDS = frozenset({"reference", "previous"})  # the needs of a loss this 
 BATCHES_PER_SHARD = 4  # reference batches a cluster worker scores at a time
 
 
-def score(ctx, r: int, which: str, prompt_ids: list, responses: list, advance) -> list[float]:
-    """Log-probs of responses under round r's "reference" policy, or the policy after round r - back (back 1:
-    the one the round starts from), here or, batch by batch, on the cluster's workers (the batches are
+def score(ctx, r: int, which: str, prompt_ids: list, responses: list, advance, stage=None) -> list[float]:
+    """Log-probs of responses under round r's "reference" policy, the "previous" one (the policy at stage's place
+    in the round: the one the round starts from, unless a train stage before it changed it) or the one "before
+    previous" (after round r - 2), here or, batch by batch, on the cluster's workers (the batches are
     score_responses', so the values are the same)."""
     pool = ctx.pool()
-    back = 0 if which == "reference" else {"previous": 1, "before previous": 2}[which]
     if pool is None:
-        model = ctx.reference(r) if which == "reference" else LiveReference(ctx.policy_after(r - back))
+        if which == "reference":
+            model = ctx.reference(r, stage=stage)
+        elif which == "previous":
+            model = LiveReference(ctx.policy_before(r, stage) if stage is not None else ctx.policy_after(r - 1))
+        else:
+            model = LiveReference(ctx.policy_after(r - 2))
         return ctx.score(model, prompt_ids, responses, advance)
-    start, adapters_off = ctx.reference_source(r) if which == "reference" else (ctx.policy_source(r - back), False)
+    if which == "reference":
+        start, adapters_off = ctx.reference_source(r, stage)
+    elif which == "previous":
+        start, adapters_off = (ctx.source_before(r, stage) if stage is not None else ctx.policy_source(r - 1)), False
+    else:
+        start, adapters_off = ctx.policy_source(r - 2), False
     batches = score_batches(prompt_ids, responses, ctx.config.eval.batch_size)
     shards = [batches[i : i + BATCHES_PER_SHARD] for i in range(0, len(batches), BATCHES_PER_SHARD)]
     jobs = [
@@ -43,19 +53,19 @@ def score(ctx, r: int, which: str, prompt_ids: list, responses: list, advance) -
     return out
 
 
-def reference_rows(ctx, r: int, records: list) -> list[RefLogp]:
-    """Reference (and previous-policy) log-probs of every response records name, scored once each."""
+def reference_rows(ctx, r: int, records: list, needs: frozenset[str], stage=None) -> list[RefLogp]:
+    """Reference (and previous-policy) log-probs of every response records name, scored once each, as a loss
+    with these needs uses them; the previous policy is the one at stage's place in the round."""
     rollouts = ctx.responses(r)
     keys = responses_to_score(records)
     prompt_ids = [ctx.prompt_ids_of(pid) for pid, _, _, _ in keys]
     responses = [rollouts[(rpid, source, idx)].token_ids for _, rpid, source, idx in keys]
-    needs = ctx.plan.loss.needs
     done: dict[str, list[float]] = {}  # policy -> log-probs of every response: each policy is scored once
 
     def under(which: str, title: str) -> list[float]:
         if which not in done:
             with bar(title, len(keys)) as advance:
-                done[which] = list(score(ctx, r, which, prompt_ids, responses, advance))
+                done[which] = list(score(ctx, r, which, prompt_ids, responses, advance, stage))
         return done[which]
 
     ref: list[float] | list[None] = [None] * len(keys)
@@ -87,7 +97,7 @@ def extrapolated(r: int, alpha: float, under) -> list[float]:
 
 @register_stage("reference")
 @dataclass
-class Reference(Stage):
+class Reference(ServesLoss):
     """Once per round, so training never runs a reference model (with LoRA: the policy with adapters off).
     Derived rounds skip it for reference-free losses."""
 
@@ -98,6 +108,7 @@ class Reference(Stage):
         return bool(plan.loss.needs & SCORED_NEEDS)
 
     def run(self, ctx, r):
-        rows = reference_rows(ctx, r, ctx.records(r, self.file("examples")))
+        loss = self.loss_of(ctx.plan)
+        rows = reference_rows(ctx, r, ctx.records(r, self.file("examples"), loss.data_shape), loss.needs, self)
         ctx.store.write_parquet(ctx.store.path(r, self.file("ref_logps")), to_table(rows, RefLogp))
         return ctx.cluster_info()

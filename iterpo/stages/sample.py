@@ -62,6 +62,11 @@ class Sample(Stage):
             [[derive_seed(ctx.config.run.seed, r, *tag, p.prompt_id, k) for k in range(K)] for p in sh] for sh in shards
         ]
         made_by = ctx.plan.stage_labelled(self.policy) if self.policy else None
+        if made_by is not None and made_by is ctx.plan.policy_stage():  # the round's policy: kept in memory
+            made_by = None
+            after = r
+        else:
+            after = r - 1  # the policy after round r - 1: the one the round starts from
         checkpoint = store.path(r, made_by.file("policy")) if made_by else None
         done: dict[int, list[Rollout]] = {}  # shard -> its rows
         new_tokens = 0
@@ -85,13 +90,13 @@ class Sample(Stage):
             advance(sum(len(shards[n]) * K for n in done))
             pool = ctx.pool() if todo else None
             if pool is None:
-                with ctx.sampler(r - 1) if checkpoint is None else ctx.sampler_from(checkpoint) as sampler:
+                with ctx.sampler(after) if checkpoint is None else ctx.sampler_from(checkpoint) as sampler:
                     for n in todo:
                         finish(n, draw(ctx, sampler, shards[n], seeds[n], r, source, advance))
             else:  # each shard on a worker; written here as it arrives
                 if checkpoint is None:
-                    model_dir = ctx.policy_dir(r - 1) if ctx.plan.backend == "vllm" else ""
-                    policy = ctx.policy_source(r - 1)  # where the workers load the round's policy
+                    model_dir = ctx.policy_dir(after) if ctx.plan.backend == "vllm" else ""
+                    policy = ctx.policy_source(after)  # where the workers load the policy
                 else:
                     model_dir = ctx.full_policy_dir(checkpoint) if ctx.plan.backend == "vllm" else ""
                     policy = str(checkpoint)

@@ -9,44 +9,47 @@ from dataclasses import dataclass
 
 import torch
 
-from iterpo.losses.base import LIVE_NEEDS
+from iterpo.losses.base import LIVE_NEEDS, LOSSES
 from iterpo.models.loading import load_policy_checkpoint, save_policy
 from iterpo.progress import bar
 from iterpo.records import RefLogp
 from iterpo.sampling import derive_seed
-from iterpo.stages.base import Stage, register_stage
+from iterpo.stages.base import ServesLoss, register_stage
 from iterpo.stages.reference import SCORED_NEEDS
 from iterpo.training import train
 from iterpo.training.assemble import training_examples
 from iterpo.training.distributed import TrainJob, launch
 
 
-def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str) -> list[dict]:
-    """Train model in place on round r's records with the run's loss; the log, one row per optimizer step.
+def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str, loss=None, stage=None) -> list[dict]:
+    """Train model in place on round r's records with loss (default: the run's); the log, one row per optimizer
+    step. A live reference "previous" is the policy at stage's place in the round (default: the round's start).
 
     purpose names the training ("train", "look-ahead"): its seed derives from it, so two trainings of a round
     draw different batch orders, and a repeated one the same.
     """
-    needs = ctx.plan.loss.needs
+    loss = loss or ctx.plan.loss
+    needs = loss.needs
     examples = training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs)
-    reference = ctx.reference(r, frozen_copy=True) if needs & LIVE_NEEDS else None
+    reference = ctx.reference(r, frozen_copy=True, stage=stage) if needs & LIVE_NEEDS else None
     seed = derive_seed(ctx.config.run.seed, r, purpose)
     torch.manual_seed(seed)
     with bar("training" if purpose == "train" else purpose, len(examples) * ctx.config.train.epochs) as advance:
-        return train(model, examples, ctx.plan.loss, ctx.config.train, seed, ctx.pad_id, advance, reference)
+        return train(model, examples, loss, ctx.config.train, seed, ctx.pad_id, advance, reference)
 
 
 def fit_on_processes(
-    ctx, r: int, records: list, scored: list[RefLogp], purpose: str = "train"
+    ctx, r: int, records: list, scored: list[RefLogp], purpose: str, loss_spec: dict, stage
 ) -> tuple[list[dict], object]:
-    """fit() on train.processes processes (iterpo.training.distributed); (the log, the trained policy)."""
+    """fit() on train.processes processes (iterpo.training.distributed); (the log, the trained policy).
+    loss_spec: {name: ..., hyperparameters...}, as the processes build the loss again."""
     cfg, plan = ctx.config, ctx.plan
-    needs = plan.loss.needs
+    needs = LOSSES.get(loss_spec["name"]).needs
     scratch = ctx.store.round_dir(r) / f".{purpose}-processes"
     shutil.rmtree(scratch, ignore_errors=True)
     job = TrainJob(
         examples=training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs),
-        loss={"name": cfg.loss.name, **cfg.loss.hyperparams()},
+        loss=loss_spec,
         train=cfg.train.model_dump(),
         seed=derive_seed(cfg.run.seed, r, purpose),
         pad_id=ctx.pad_id,
@@ -54,7 +57,7 @@ def fit_on_processes(
         dtype=cfg.model.dtype,
         lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
         lora_seed=derive_seed(cfg.run.seed, "lora-init"),
-        start=ctx.policy_source(r - 1),  # where the processes load the policy the round starts from
+        start=ctx.source_before(r, stage),  # where the processes load the policy the stage starts from
         reference=cfg.reference.policy if needs & LIVE_NEEDS else None,
         device=plan.device,
         ema_path=ctx.ema_source(r - 1) if cfg.reference.policy == "ema" else None,
@@ -68,37 +71,40 @@ def fit_on_processes(
 
 @register_stage("train")
 @dataclass
-class Train(Stage):
+class Train(ServesLoss):
     """AdamW with warm-up, gradient accumulation and clipping (iterpo.training); the policy is saved every
     ``run.save_every`` rounds and after the last, and kept in memory for the next round."""
 
     reads = ("examples", "ref_logps")
     writes = {"train_log": "train.jsonl", "policy": "checkpoint"}
     updates_policy: bool = True
-    """False: a side training from the round's starting policy (EGPO's and Nash-MP's half step): its policy is
-    always saved, under the stage's own name, for later stages of the round (``sample: {policy: NAME}``), and
-    the round's policy stays as it was."""
+    """True: train the policy at this place in the round (the round's start, or what an earlier train stage of
+    the round made: SFT, then DPO); the round's last such stage makes the round's policy. False: a side training
+    of a copy (EGPO's and Nash-MP's half step), always saved under the stage's own name for later stages of the
+    round (``sample: {policy: NAME}``), the policy left as it was."""
 
     def reads_for(self, plan) -> tuple[str, ...]:
-        return self.reads if plan.loss.needs & SCORED_NEEDS else ("examples",)
+        return self.reads if self.loss_of(plan).needs & SCORED_NEEDS else ("examples",)
 
     def run(self, ctx, r):
+        loss = self.loss_of(ctx.plan)
         scored = []
-        if ctx.plan.loss.needs & SCORED_NEEDS:
+        if loss.needs & SCORED_NEEDS:
             scored = ctx.read(r, self.file("ref_logps"), RefLogp)
-        records = ctx.records(r, self.file("examples"))
+        records = ctx.records(r, self.file("examples"), loss.data_shape)
         if not self.updates_policy:
             return self.side(ctx, r, records, scored)
         ctx.forget_handoffs(r)  # this round's policy is about to change: copies made of it for other processes go
         if ctx.config.train.processes > 1:
-            log, model = fit_on_processes(ctx, r, records, scored)
-            ctx.set_policy(model, r)
+            log, model = fit_on_processes(ctx, r, records, scored, self.label, self.loss_spec(ctx.plan), self)
+            ctx.set_policy(model, r, self)
         else:
-            model = ctx.policy_after(r - 1)
-            log = fit(ctx, model, r, records, scored, "train")
-            ctx.trained(r)
+            model = ctx.policy_before(r, self)  # the round's start, or what an earlier train stage of it made
+            log = fit(ctx, model, r, records, scored, self.label, loss, self)
+            ctx.trained(r, self)
         cfg = ctx.config.run
-        if r % cfg.save_every == 0 or r == cfg.rounds:
+        last = self is ctx.plan.policy_stage()  # a train stage before the round's last always saves: it resumes
+        if not last or r % cfg.save_every == 0 or r == cfg.rounds:
             lora = ctx.config.model.lora
             save_policy(
                 model,
@@ -111,12 +117,12 @@ class Train(Stage):
         return {"steps": len(log)}
 
     def side(self, ctx, r: int, records: list, scored: list[RefLogp]) -> dict:
-        """Train a copy of the round's starting policy and save it under this stage's name."""
+        """Train a copy of the policy at this stage's place in the round and save it under this stage's name."""
         if ctx.config.train.processes > 1:
-            log, model = fit_on_processes(ctx, r, records, scored, self.label)
+            log, model = fit_on_processes(ctx, r, records, scored, self.label, self.loss_spec(ctx.plan), self)
         else:
-            model = copy.deepcopy(ctx.policy_after(r - 1))
-            log = fit(ctx, model, r, records, scored, self.label)
+            model = copy.deepcopy(ctx.policy_before(r, self))
+            log = fit(ctx, model, r, records, scored, self.label, self.loss_of(ctx.plan), self)
         save_policy(model, ctx.tokenizer, ctx.store.path(r, self.file("policy")), write_dir=ctx.store.write_dir)
         ctx.store.write_text(ctx.store.path(r, self.file("train_log")), "".join(json.dumps(x) + "\n" for x in log))
         return {"steps": len(log)}

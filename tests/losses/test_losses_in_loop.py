@@ -26,7 +26,6 @@ HYPER = {
     "vpo": {"alpha": 0.1},
     "hypo": {"kl_weight": 0.1},
     "rpo": {"sft_weight": 0.05},
-    "nash_mp": {"beta": 1.0},
 }
 VARIANTS = [(name, HYPER.get(name, {}), {}) for name in list_losses()] + [
     ("sparsepo", {"mask": "learned"}, {}),

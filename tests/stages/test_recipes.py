@@ -216,6 +216,69 @@ def test_egpo_killed_in_either_sampling_resumes_to_the_same_run(tiny_model_dir, 
             ).read_bytes(), (r, weights)
 
 
+def test_sft_then_dpo_recipe_trains_dpo_from_the_sft_policy_and_resumes(tiny_model_dir, tmp_path):
+    from helpers import cli
+
+    cfg = _recipe("sft_dpo", tiny_model_dir, tmp_path / "clean")
+    cfg["judge"] = {"name": "first_token_parity"}
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        demos = _table(store, r, "preferences_sft.parquet")
+        assert demos and all(len(g["sample_idxs"]) == 1 and g["scores"][0] >= 1.0 for g in demos)  # the best
+        assert store.path(r, "checkpoint_sft").is_dir() and store.path(r, "checkpoint").is_dir()
+        sft = [json.loads(x) for x in store.path(r, "train_sft.jsonl").read_text().splitlines()]
+        dpo = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        assert sft and "reward_margin" not in sft[0] and dpo
+        # DPO starts from the SFT policy, which is also its reference: no margin at its first step (from the
+        # round's starting policy, against the SFT reference, there would be one)
+        assert dpo[0]["reward_chosen"] == 0.0 and dpo[0]["reward_rejected"] == 0.0
+    assert (tmp_path / "clean" / "round-001" / "checkpoint" / "model.safetensors").read_bytes() != (
+        tmp_path / "clean" / "round-001" / "checkpoint_sft" / "model.safetensors"
+    ).read_bytes()
+
+    # killed after the SFT step is saved and again in the middle of round 2's DPO training: the same run
+    crash = tmp_path / "crash"
+    cfg["run"]["dir"] = str(crash)
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    kills = ["written:round-001/checkpoint_sft", "progress:training@2"]
+    for n, point in enumerate(kills):
+        code, _, err = cli("run" if n == 0 else "resume", str(path if n == 0 else crash), failpoints=f"{point}=kill")
+        assert code == -9, f"{point}: {err}"
+    code, _, err = cli("resume", str(crash))
+    assert code == 0, err
+    for r in (1, 2):
+        for name in ("preferences_sft.parquet", "preferences.parquet", "ref_logps.parquet"):
+            a = pq.read_table(tmp_path / "clean" / f"round-{r:03d}" / name).to_pylist()
+            assert a == pq.read_table(crash / f"round-{r:03d}" / name).to_pylist(), (r, name)
+        for name in (
+            "train_sft.jsonl",
+            "train.jsonl",
+            "checkpoint_sft/model.safetensors",
+            "checkpoint/model.safetensors",
+        ):
+            a, b = tmp_path / "clean" / f"round-{r:03d}" / name, crash / f"round-{r:03d}" / name
+            assert a.read_bytes() == b.read_bytes(), (r, name)
+
+
+def test_stages_of_one_loss_must_agree(tiny_model_dir, tmp_path):
+    from iterpo.errors import ConfigError
+
+    cfg = _recipe("sft_dpo", tiny_model_dir, tmp_path / "run")
+    # a pairwise loss on the SFT stage's demonstrations
+    cfg["round"]["stages"][3] = {"stage": "train", "name": "train_sft", "loss": "simpo"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    from iterpo.plan import build_plan
+
+    with pytest.raises(ConfigError, match="stage 'train_sft' serves a loss on pairs data, but the examples it reads"):
+        build_plan(load_config(path))
+    cfg["round"]["stages"][3] = {"stage": "train", "name": "train_sft", "loss": {"name": "sft", "beta": 1}}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="no hyperparameter 'beta'"):
+        build_plan(load_config(path))
+
+
 def test_nash_mp_recipe_mixes_the_fixed_reference_into_both_steps(tiny_model_dir, tmp_path):
     cfg = _recipe("nash_mp", tiny_model_dir, tmp_path / "run")
     cfg["judge"] = {"name": "token_sum"}

@@ -41,6 +41,8 @@ from iterpo.pairing import Strategy, build_strategy
 from iterpo.records import Prompt
 from iterpo.sampling.backends import choose_backend
 from iterpo.stages import STAGES, Stage
+from iterpo.stages.base import ServesLoss
+from iterpo.stages.reference import SCORED_NEEDS
 from iterpo.tasks import TASKS, Task, build_task
 
 DEFAULT_ROUND = ("sample", "judge", "pair", "look_ahead", "reference", "train", "ema", "eval")
@@ -176,6 +178,12 @@ def check_components(config: Config) -> tuple[Loss, Strategy, Judge, Judge | Non
             "defined on whole responses (a difference of two policies' log-probs, not a distribution), so use "
             "reference.policy previous, initial or ema"
         )
+    if kind == "extrapolated" and loss.needs & {"reference"} and not loss.reference_cancels:
+        raise ConfigError(
+            f"loss {config.loss.name!r} uses reference log-probs of single responses (or across prompts); the "
+            "extrapolated reference is known only up to a constant per prompt, which cancels only in differences "
+            "between responses to one prompt (DPO, IPO, INPO, online IPO, Nash-MP, TPO, RLOO, ...)"
+        )
     if kind == "ema" and config.model.lora is not None:
         raise ConfigError(
             "reference.policy ema averages the policy's weights; with model.lora it would average the adapters' "
@@ -239,6 +247,16 @@ def build_plan(config: Config) -> Plan:
     if any(s.kind == "train" for s in plan.stages):
         plan.policy_stage()  # side trainings alone would leave every round's policy as it was
     check_stage_losses(plan)
+    needs_reference = any(
+        s.loss_of(plan).needs & (SCORED_NEEDS | LIVE_NEEDS) for s in plan.stages if isinstance(s, ServesLoss)
+    )
+    if config.reference.policy == "ema" and needs_reference and not any(s.kind == "ema" for s in plan.stages):
+        raise ConfigError("reference.policy ema needs an 'ema' stage after the round's train stage in round.stages")
+    if config.sampling.prompts_per_round is not None and plan.strategy.uses_initial:
+        raise ConfigError(
+            f"pairing strategy {config.pairing.strategy!r} pairs against the initial model's responses, which "
+            "round 1 samples; with sampling.prompts_per_round later rounds' prompts have none. Leave it unset"
+        )
     plan.initial_stages = wire(
         [s for s in (STAGES.create(k, {}) for k in INITIAL_ROUND) if s.needed(plan)], "round 0", plan
     )
@@ -282,8 +300,6 @@ def check_stage_losses(plan: Plan) -> None:
     """Each stage's own loss and pairing options are valid, and the stages of one loss fit together: a train or
     reference stage reads examples of its loss's data shape, and a train stage's stored log-probs come from a
     reference stage that scored what its loss needs."""
-    from iterpo.stages.base import ServesLoss
-    from iterpo.stages.reference import SCORED_NEEDS
 
     def loss(stage: Stage) -> Loss:
         if not isinstance(stage, ServesLoss):

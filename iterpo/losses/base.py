@@ -153,6 +153,9 @@ class Loss:
     aux_source: ClassVar[str | None] = None  # "reference" or "policy": where aux samples must come from
     # the reference policy the method is defined against ("previous": the round's starting policy), if it fixes one
     reference_policy: ClassVar[str | None] = None
+    # reference log-probs enter only through differences between responses to the same prompt, so a constant
+    # per prompt in them cancels (what reference.policy extrapolated, known up to such a constant, needs)
+    reference_cancels: ClassVar[bool] = False
     # Each example's loss depends on that example alone, so a micro-batch may go through the model in
     # several passes with the same result. False for losses with batch statistics (KTO's z0, BCO's shift).
     per_example: ClassVar[bool] = True

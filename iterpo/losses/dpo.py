@@ -34,6 +34,8 @@ class DPO(PairwiseLoss):
     loss = -log sigmoid(beta * delta). Same definition as TRL's ``sigmoid``.
     """
 
+    reference_cancels = True  # only differences within a prompt
+
     beta: float = 0.1
 
     def __post_init__(self):
@@ -54,6 +56,8 @@ class ConservativeDPO(PairwiseLoss):
     The gradient vanishes at beta*delta = log((1 - eps) / eps), so margins stay
     bounded instead of growing without limit.
     """
+
+    reference_cancels = True  # only differences within a prompt
 
     beta: float = 0.1
     label_smoothing: float = 0.1
@@ -87,6 +91,8 @@ class RobustDPO(PairwiseLoss):
     flip_rate, on summed log-ratios, rewards beta * l(y); TRL 1.16 still has it.
     """
 
+    reference_cancels = True  # only differences within a prompt
+
     beta: float = 0.1
     flip_rate: float = 0.1
 
@@ -113,6 +119,10 @@ class IPO(PairwiseLoss):
     equation.
     """
 
+    @property
+    def reference_cancels(self) -> bool:  # type: ignore[override]
+        return not self.length_normalize  # each response's log-ratio over its own length: no constant cancels
+
     beta: float = 0.1
     length_normalize: bool = False
 
@@ -136,6 +146,8 @@ class Hinge(PairwiseLoss):
     loss = max(0, 1 - beta * delta).
     """
 
+    reference_cancels = True  # only differences within a prompt
+
     beta: float = 0.1
 
     def __post_init__(self):
@@ -158,6 +170,8 @@ class RPO(PairwiseLoss):
     eta * beta (eta = 0.005 in the paper's runs); sft_weight is that product.
     Not TRL's ``rpo_alpha``, which follows a different paper (Pang et al.).
     """
+
+    reference_cancels = True  # only differences within a prompt
 
     beta: float = 0.1
     sft_weight: float = 5e-4
@@ -202,6 +216,8 @@ class EXO(PairwiseLoss):
     KL(q || p) between q = softmax(beta * [l_w, l_l]) and the smoothed label
     p = [1 - eps, eps]: loss = q_w (log q_w - log(1-eps)) + q_l (log q_l - log eps).
     """
+
+    reference_cancels = True  # only differences within a prompt
 
     beta: float = 0.1
     epsilon: float = 1e-3
@@ -324,6 +340,8 @@ class IREPO(PairwiseLoss):
     of the authors; TRL has no such loss).
     """
 
+    reference_cancels = True  # only differences within a prompt
+
     beta: float = 0.1
     clip: float = 0.01
 
@@ -366,6 +384,8 @@ class SoftDPO(PairwiseLoss):
     sigmoid(s_w - s_l), a softmax over the two unnormalised scores), and the
     default gamma = 1 keeps beta on DPO's scale (only gamma * beta matters).
     """
+
+    reference_cancels = True  # only differences within a prompt
 
     beta: float = 0.1
     gamma: float = 1.0

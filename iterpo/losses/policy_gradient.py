@@ -51,6 +51,8 @@ class RLOO(Loss):
     use them off-policy, without an importance ratio (GRPO has one).
     """
 
+    reference_cancels = True  # only differences within a prompt
+
     beta: float = 0.0
 
     data_shape = "scored"
@@ -89,7 +91,10 @@ class GRPO(Loss):
     iterative GRPO, section 4.1.3, resets the reference to the current policy
     every iteration). On a round's first step rho = 1 and D = 0.
     ``scale_rewards: false`` leaves out the division by std (Liu et al. 2025,
-    "Understanding R1-Zero-Like Training", arXiv 2503.20783).
+    "Understanding R1-Zero-Like Training", arXiv 2503.20783). The log-probs are
+    the policy's own (temperature 1): with ``sampling.temperature`` below 1 the
+    ratio is taken against the untempered sampling policy, not against the
+    tempered distribution the samples were drawn from.
     """
 
     clip: float = 0.2

@@ -91,6 +91,8 @@ class INPO(PairwiseLoss):
     the defaults reproduce (eta = 200, tau = 1/600).
     """
 
+    reference_cancels = True  # only differences within a prompt
+
     eta: float = 200.0
     tau: float = 1.0 / 600.0
 
@@ -122,6 +124,8 @@ class OnlineIPO(PairwiseLoss):
     regularised best response log pi = log pi_ref + P pi_s / beta + c.
     """
 
+    reference_cancels = True  # only differences within a prompt
+
     beta: float = 0.1
 
     needs = frozenset({"reference", "win_rate"})
@@ -150,6 +154,8 @@ class NashMP(PairwiseLoss):
         loss = (h - (1 - a)(P_w - P_l) / beta)^2
     whose tabular minimiser is the target. eta is the paper's proximal step, beta its KL regularisation.
     """
+
+    reference_cancels = True  # only differences within a prompt
 
     eta: float = 1.0
     beta: float = 0.1

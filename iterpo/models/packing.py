@@ -235,7 +235,8 @@ def _sharded(model) -> bool:
     """Whether FSDP shards the model (training on several processes): then only its own forward gathers the
     weights, so the backbone and the output layer cannot be called one by one."""
     fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing is sharded (and no import cost)
-    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+    kind = getattr(fsdp, "FSDPModule", None)  # PyTorch before 2.6 has none
+    return kind is not None and isinstance(model, kind)
 
 
 def plain_head(model) -> bool:

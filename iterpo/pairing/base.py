@@ -81,6 +81,7 @@ class Strategy:
     data_shape: ClassVar[str] = "pairs"
     uses_initial: ClassVar[bool] = False  # needs the initial model's judged responses (anchored rejection)
     min_candidates: ClassVar[int] = 2  # judged responses a prompt needs before the strategy looks at it
+    keeps_duplicates: ClassVar[bool] = False  # sees every sample, repeated responses included (estimators)
 
     def __post_init__(self) -> None:
         self.config: PairingSection | None = None  # set by build_strategy

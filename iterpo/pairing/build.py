@@ -21,9 +21,9 @@ def _assign_kl_partners(examples: list[LabelledResponse]) -> None:
 
 
 def candidates(
-    rollouts: list[Rollout], judgements: dict[int, Judgement], length_penalty: float = 0.0
+    rollouts: list[Rollout], judgements: dict[int, Judgement], length_penalty: float = 0.0, keep_duplicates=False
 ) -> list[Candidate]:
-    """One prompt's judged responses, failed verdicts left out, duplicates dropped.
+    """One prompt's judged responses, failed verdicts left out, duplicates dropped (unless keep_duplicates).
 
     Win rates come from the pairwise judge when it gave them, else from the
     scores of all K samples (duplicates included: they are draws of the policy).
@@ -37,7 +37,7 @@ def candidates(
         cands.append(
             Candidate(r, j, scores[r.sample_idx], j.win_rate if j.win_rate is not None else estimated[r.sample_idx])
         )
-    return distinct(cands)
+    return cands if keep_duplicates else distinct(cands)
 
 
 def build_examples(
@@ -68,7 +68,9 @@ def build_examples(
     result = PairingResult(strategy.data_shape, [])
     result.failed_judgements = sum(j.failed for j in judgements)
     for p in prompts:
-        cands = candidates(by_prompt.get(p.prompt_id, []), verdicts.get(p.prompt_id, {}), penalty)
+        cands = candidates(
+            by_prompt.get(p.prompt_id, []), verdicts.get(p.prompt_id, {}), penalty, strategy.keeps_duplicates
+        )
         if not cands:
             result.skipped["judge failed on every response" if by_prompt.get(p.prompt_id) else "no responses"] += 1
             continue

@@ -81,6 +81,7 @@ class AllSamples(Strategy):
     keep_uniform: bool = False
 
     data_shape = "scored"
+    keeps_duplicates = True
 
     def __post_init__(self):
         super().__post_init__()

@@ -85,7 +85,8 @@ class RunContext:
                 derive_seed(self.config.run.seed, "lora-init"),
                 self.plan.device,
             )
-        elif ckpt.exists():
+        elif ckpt.exists() or (ckpt := self.store.round_dir(r) / ".policy-handoff").exists():
+            # the checkpoint, or the copy saved for other processes when it was not kept (save_every > 1)
             model = load_policy_checkpoint(ckpt, self.plan.base_path, self.config.model.dtype, lora, self.plan.device)
         else:  # a round whose checkpoint was not kept (save_every > 1): replay its (last) training
             self.plan.policy_stage().run(self, r)

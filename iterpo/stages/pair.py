@@ -56,7 +56,7 @@ class Pair(ServesLoss):
             ctx.prompts_of_round(r),
             ctx.read(r, self.file("rollouts"), Rollout),
             judgements,
-            derive_seed(ctx.config.run.seed, r, "pair"),
+            derive_seed(ctx.config.run.seed, r, "pair" if self.label == "pair" else self.label),
             initial,
         )
         if "aux_samples" in self.loss_of(plan).needs:  # the first k samples of the prompt: i.i.d. draws, unselected

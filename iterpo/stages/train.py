@@ -60,7 +60,7 @@ def fit_on_processes(
         start=ctx.source_before(r, stage),  # where the processes load the policy the stage starts from
         reference=cfg.reference.policy if needs & LIVE_NEEDS else None,
         device=plan.device,
-        ema_path=ctx.ema_source(r - 1) if cfg.reference.policy == "ema" else None,
+        ema_path=ctx.ema_source(r - 1) if cfg.reference.policy == "ema" and needs & LIVE_NEEDS else None,
     )
     ctx.release_policy()  # the processes load their own replicas: do not hold another one meanwhile
     log, trained = launch(job, scratch, cfg.train.processes, cfg.run.threads)
@@ -123,6 +123,10 @@ class Train(ServesLoss):
         else:
             model = copy.deepcopy(ctx.policy_before(r, self))
             log = fit(ctx, model, r, records, scored, self.label, self.loss_of(ctx.plan), self)
-        save_policy(model, ctx.tokenizer, ctx.store.path(r, self.file("policy")), write_dir=ctx.store.write_dir)
+        target = ctx.store.path(r, self.file("policy"))
+        merged = target.with_name(target.name + "-full")  # a merged copy of an earlier version (vLLM, LoRA)
+        if merged.exists():
+            ctx.store.remove(merged)
+        save_policy(model, ctx.tokenizer, target, write_dir=ctx.store.write_dir)
         ctx.store.write_text(ctx.store.path(r, self.file("train_log")), "".join(json.dumps(x) + "\n" for x in log))
         return {"steps": len(log)}

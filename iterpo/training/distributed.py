@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -101,6 +102,7 @@ def _load(job: TrainJob, path: str | None, device: str):
 def main(scratch: str) -> None:
     """One training process (started by torchrun, which sets RANK, WORLD_SIZE and the rendezvous)."""
     import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
 
     from iterpo.config import TrainSection
     from iterpo.losses import get_loss
@@ -109,24 +111,33 @@ def main(scratch: str) -> None:
 
     job: TrainJob = torch.load(Path(scratch) / JOB, weights_only=False)  # written by this run's own process
     cuda = job.device.startswith("cuda")
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # NCCL for the GPUs' tensors, gloo for the few on the CPU (which parameters got gradients, metrics)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(hours=2))
     rank, world = dist.get_rank(), dist.get_world_size()
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else job.device  # one GPU per process on its node
     if cuda:
         torch.cuda.set_device(device)
     try:
         loss = get_loss(job.loss["name"], **{k: v for k, v in job.loss.items() if k != "name"})
-        model = _load(job, job.start, device)
         config = TrainSection(**job.train)
+        # sharded, the whole model is loaded on the CPU only; each process moves its shard to its device
+        model = _load(job, job.start, "cpu" if config.fsdp else device)
         reference = None
         if job.reference is not None:  # per-token losses compare against a live reference
             reference = reference_model(
-                job.reference, model, job.base_path, job.dtype, device, frozen_copy=True, ema_path=job.ema_path
+                job.reference,
+                model,
+                job.base_path,
+                job.dtype,
+                "cpu" if config.fsdp else device,
+                frozen_copy=True,
+                ema_path=job.ema_path,
             )
         if config.fsdp:
+            mesh = init_device_mesh("cuda" if cuda else "cpu", (world,))
             if reference is not None and reference.model is not model:
-                shard(reference.model)  # a model of its own (not the policy with adapters off): sharded too
-            shard(model)
+                shard(reference.model, mesh)  # a model of its own (not the policy with adapters off): sharded too
+            shard(model, mesh)
         torch.manual_seed(job.seed)
         log = train(
             model,

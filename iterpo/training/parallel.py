@@ -91,9 +91,10 @@ class DataParallel:
         return norm
 
 
-def shard(model) -> None:
+def shard(model, mesh=None) -> None:
     """FSDP over the processes, in place: each decoder layer its own unit, the rest (embeddings, final norm,
-    output layer) the root's; sharded gradients are summed over the processes, not averaged."""
+    output layer) the root's; sharded gradients are summed over the processes, not averaged. Each process keeps
+    its shards on the mesh's device (a model loaded on the CPU moves there shard by shard)."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -104,8 +105,8 @@ def shard(model) -> None:
         )
     for module in list(model.modules()):
         if type(module).__name__ in layer_types:
-            fully_shard(module)
-    fully_shard(model)
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)

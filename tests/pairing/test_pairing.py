@@ -219,8 +219,8 @@ def test_pairwise_judgements_give_win_rates_and_soft_labels():
 
 def test_all_samples_keeps_every_sample_with_its_reward_or_win_proportion():
     prompts, rollouts, judgements = _data({"a": [1, 0, 1, 0.5], "b": [1, 1]})
-    rollouts[2].text = rollouts[0].text  # a duplicate stays: the estimators average over samples as drawn
-    result = build_examples(_strategy("scored"), prompts, rollouts, judgements)
+    rollouts[2].text, rollouts[2].token_ids = rollouts[0].text, list(rollouts[0].token_ids)
+    result = build_examples(_strategy("scored"), prompts, rollouts, judgements)  # the duplicate stays
     (group,) = result.examples
     assert group.sample_idxs == [0, 1, 2, 3] and group.scores == [1, 0, 1, 0.5]
     assert dict(result.skipped) == {"all samples got the same reward": 1}
@@ -237,7 +237,7 @@ def test_all_samples_keeps_every_sample_with_its_reward_or_win_proportion():
 
 def test_demonstrations_correct_distinct_responses_or_the_best():
     prompts, rollouts, judgements = _data({"a": [1, 0, 1, 1, 1], "b": [0, 0.5], "c": [0.2, 0.9, 0.9]})
-    rollouts[2].text = rollouts[0].text  # the same text: one demonstration
+    rollouts[2].text, rollouts[2].token_ids = rollouts[0].text, list(rollouts[0].token_ids)  # one demonstration
     result = build_examples(_strategy("demonstrations", per_prompt=2), prompts, rollouts, judgements)
     assert [(g.prompt_id, g.sample_idxs) for g in result.examples] == [("a", [0, 3])]
     assert dict(result.skipped) == {"no response reached the threshold": 2}

@@ -53,3 +53,18 @@ def test_each_round_takes_the_next_prompts_and_evaluates_every_k_rounds(tiny_mod
     default = resolve(load_config())
     assert "prompts_per_round" not in default["sampling"] and "every" not in default["eval"]
     assert resolve(config)["sampling"]["prompts_per_round"] == 4
+
+
+def test_pairing_against_the_initial_models_responses_needs_every_prompt_in_round_1(tiny_model_dir, tmp_path):
+    import pytest
+
+    from iterpo.errors import ConfigError
+    from iterpo.plan import build_plan
+
+    cfg = tiny_config(
+        tiny_model_dir, tmp_path / "run", **{"sampling.prompts_per_round": 2, "pairing.strategy": "anchored"}
+    )
+    path = tmp_path / "anchored.yaml"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="prompts_per_round"):
+        build_plan(load_config(path))

@@ -104,6 +104,8 @@ def test_ema_reference_averages_the_weights_and_resumes_after_a_kill(tiny_model_
         (["reference.policy=ema", "model.lora={r: 4}"], "averages the policy's weights"),
         (["reference.policy=extrapolated", "loss.name=sparsepo"], "defined on whole responses"),
         (["reference.policy=ema", "loss.name=xpo"], "samples from the reference policy"),
+        (["reference.policy=extrapolated", "loss.name=kto"], "known only up to a constant per prompt"),
+        (["reference.policy=extrapolated", "loss.name=ipo", "loss.length_normalize=true"], "constant per prompt"),
     ],
 )
 def test_reference_policies_refuse_what_they_cannot_do(overrides, fragment):
@@ -117,3 +119,16 @@ def test_a_reference_policys_options_are_kept_only_where_it_is_chosen():
     assert resolve(load_config(overrides=["reference.policy=ema"]))["reference"] == {"policy": "ema", "ema_decay": 0.5}
     apo = resolve(load_config(overrides=["reference.policy=extrapolated", "reference.alpha=0.3"]))
     assert apo["reference"] == {"policy": "extrapolated", "alpha": 0.3}
+
+
+def test_an_ema_reference_needs_its_stage_in_a_listed_round(tiny_model_dir, tmp_path):
+    from iterpo.plan import build_plan
+
+    path = _config(
+        tiny_model_dir,
+        tmp_path / "run",
+        tmp_path,
+        **{"reference.policy": "ema", "round.stages": ["sample", "judge", "pair", "reference", "train", "eval"]},
+    )
+    with pytest.raises(ConfigError, match="needs an 'ema' stage"):
+        build_plan(load_config(path))

@@ -61,7 +61,7 @@ UNFINGERPRINTED = [
 
 # Settings added after runs were made: left out of the config as run while at their default, so those runs
 # keep their fingerprints and can be resumed.
-OMITTED_AT_DEFAULT = {("sampling", "prompts_per_round"): None, ("eval", "every"): 1}
+OMITTED_AT_DEFAULT = {("sampling", "prompts_per_round"): None, ("eval", "every"): 1, ("train", "fsdp"): False}
 
 
 @dataclass

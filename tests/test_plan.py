@@ -94,3 +94,12 @@ def test_a_recipe_round_with_a_stage_twice(tiny_model_dir, tmp_path):
 def test_bad_rounds_are_refused_with_the_reason(tiny_model_dir, tmp_path, stages, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _plan(tiny_model_dir, tmp_path, **{"round.stages": stages})
+
+
+def test_the_default_configs_fingerprint_is_stable():
+    """Runs made by earlier versions resume only while their fingerprint is unchanged: a new setting must stay out
+    of the config as run at its default (plan.OMITTED_AT_DEFAULT), or say in its change why runs cannot resume."""
+    from iterpo.config import load_config
+    from iterpo.plan import fingerprint, resolve
+
+    assert fingerprint(resolve(load_config())) == "2d9eaedaf8baa595"

@@ -119,3 +119,40 @@ def test_killed_with_two_workers_resumed_in_one_process_and_the_reverse(one_proc
     assert files.keys() == one_process.keys()
     for key in files:
         assert files[key] == one_process[key], key
+
+
+def test_a_two_step_round_samples_its_half_step_on_the_workers_alike(tiny_model_dir, tmp_path):
+    """EGPO's round: the workers load the half-step policy from the run directory and sample what one process
+    samples; the prompts' second sampling and scoring are theirs too."""
+    stages = [
+        "sample",
+        "judge",
+        "pair",
+        "reference",
+        {"stage": "train", "name": "train_half", "updates_policy": False},
+        {"stage": "sample", "name": "sample_half", "policy": "train_half"},
+        {"stage": "judge", "name": "judge_half"},
+        {"stage": "pair", "name": "pair_half"},
+        {"stage": "reference", "name": "reference_half"},
+        "train",
+        "eval",
+    ]
+    extra = {
+        "loss.name": "online_ipo",
+        "pairing.strategy": "best_vs_worst",
+        "judge.name": "token_sum",
+        "round.stages": stages,
+        "run.rounds": 1,
+    }
+    runs = {}
+    for name, cluster in (("one", None), ("two", CLUSTER)):
+        code, out, err = cli("run", str(_config(tiny_model_dir, tmp_path, name, cluster, **extra)))
+        assert code == 0, err
+        runs[name] = _files(tmp_path / name)
+    assert runs["one"].keys() == runs["two"].keys()
+    assert any(k.endswith("rollouts_half.parquet") for k in runs["one"])
+    assert any(k.endswith("checkpoint_half/model.safetensors") for k in runs["one"])
+    for key in runs["one"]:
+        assert runs["one"][key] == runs["two"][key], key
+    stages_info = json.loads((tmp_path / "two" / "manifest.json").read_text())["stages"]
+    assert stages_info["round-001/sample_half"]["workers"] == 2

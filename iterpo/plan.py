@@ -96,6 +96,12 @@ class Plan:
         """The round's stage of that name."""
         return next(s for s in self.stages if s.label == label)
 
+    def uses_initial(self) -> bool:
+        """Whether a pairing strategy of the round pairs against the initial model's responses (round 1's)."""
+        return self.strategy.uses_initial or any(
+            s.strategy_of(self).uses_initial for s in self.stages if hasattr(s, "strategy_of")
+        )
+
     def updating(self) -> list[Stage]:
         """The round's train stages that update the policy, in order (side trainings such as EGPO's half step
         do not): each starts from what the one before made, and the last one's policy is the round's."""
@@ -167,34 +173,40 @@ def check_components(config: Config) -> tuple[Loss, Strategy, Judge, Judge | Non
             )
         eval_judge = judge if config.eval.judge == judge.name else make_judge(config.eval.judge, {})
     kind = config.reference.policy
-    if loss.aux_source == "reference" and kind != "previous":
-        raise ConfigError(
-            f"loss {config.loss.name!r} needs samples from the reference policy; with reference.policy {kind!r} "
-            "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous"
-        )
-    if kind == "extrapolated" and loss.needs & LIVE_NEEDS:
-        raise ConfigError(
-            f"loss {config.loss.name!r} runs a reference model token by token; the extrapolated reference is "
-            "defined on whole responses (a difference of two policies' log-probs, not a distribution), so use "
-            "reference.policy previous, initial or ema"
-        )
-    if kind == "extrapolated" and loss.needs & {"reference"} and not loss.reference_cancels:
-        raise ConfigError(
-            f"loss {config.loss.name!r} uses reference log-probs of single responses (or across prompts); the "
-            "extrapolated reference is known only up to a constant per prompt, which cancels only in differences "
-            "between responses to one prompt (DPO, IPO, INPO, online IPO, Nash-MP, TPO, RLOO, ...)"
-        )
     if kind == "ema" and config.model.lora is not None:
         raise ConfigError(
             "reference.policy ema averages the policy's weights; with model.lora it would average the adapters' "
             "two factors, which is not an average of the policy. Use previous, initial or extrapolated"
         )
-    if loss.reference_policy is not None and config.reference.policy != loss.reference_policy:
-        raise ConfigError(
-            f"loss {config.loss.name!r} is defined against reference.policy {loss.reference_policy!r} "
-            f"(the round's starting policy), not {config.reference.policy!r}"
-        )
+    check_loss(loss, f"loss {config.loss.name!r}", config)
     return loss, strategy, judge, eval_judge
+
+
+def check_loss(loss: Loss, what: str, config: Config) -> None:
+    """ConfigError when the loss (the run's, or a stage's own) cannot work with the configured reference policy."""
+    kind = config.reference.policy
+    if loss.aux_source == "reference" and kind != "previous":
+        raise ConfigError(
+            f"{what} needs samples from the reference policy; with reference.policy {kind!r} "
+            "the round's rollouts are not (they come from the previous policy). Use reference.policy: previous"
+        )
+    if kind == "extrapolated" and loss.needs & LIVE_NEEDS:
+        raise ConfigError(
+            f"{what} runs a reference model token by token; the extrapolated reference is "
+            "defined on whole responses (a difference of two policies' log-probs, not a distribution), so use "
+            "reference.policy previous, initial or ema"
+        )
+    if kind == "extrapolated" and loss.needs & {"reference"} and not loss.reference_cancels:
+        raise ConfigError(
+            f"{what} uses reference log-probs of single responses (or across prompts); the "
+            "extrapolated reference is known only up to a constant per prompt, which cancels only in differences "
+            "between responses to one prompt (DPO, IPO, INPO, online IPO, Nash-MP, RLOO, ...)"
+        )
+    if loss.reference_policy is not None and kind != loss.reference_policy:
+        raise ConfigError(
+            f"{what} is defined against reference.policy {loss.reference_policy!r} "
+            f"(the round's starting policy), not {kind!r}"
+        )
 
 
 # ---------------------------------------------------------------- building
@@ -250,9 +262,11 @@ def build_plan(config: Config) -> Plan:
     needs_reference = any(
         s.loss_of(plan).needs & (SCORED_NEEDS | LIVE_NEEDS) for s in plan.stages if isinstance(s, ServesLoss)
     )
-    if config.reference.policy == "ema" and needs_reference and not any(s.kind == "ema" for s in plan.stages):
-        raise ConfigError("reference.policy ema needs an 'ema' stage after the round's train stage in round.stages")
-    if config.sampling.prompts_per_round is not None and plan.strategy.uses_initial:
+    emas = [i for i, s in enumerate(plan.stages) if s.kind == "ema"]
+    last_train = max((i for i, s in enumerate(plan.stages) if s is plan.policy_stage()), default=-1) if emas else -1
+    if config.reference.policy == "ema" and needs_reference and (not emas or min(emas) < last_train):
+        raise ConfigError("reference.policy ema needs an 'ema' stage after the round's last train stage")
+    if config.sampling.prompts_per_round is not None and plan.uses_initial():
         raise ConfigError(
             f"pairing strategy {config.pairing.strategy!r} pairs against the initial model's responses, which "
             "round 1 samples; with sampling.prompts_per_round later rounds' prompts have none. Leave it unset"
@@ -308,9 +322,11 @@ def check_stage_losses(plan: Plan) -> None:
             out = stage.loss_of(plan)
             if hasattr(stage, "strategy_of"):
                 stage.strategy_of(plan)
-            return out
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"round.stages: stage {stage.label!r}: {exc}") from None
+        if stage.loss is not None:
+            check_loss(out, f"loss {stage.loss_spec(plan)['name']!r} of stage {stage.label!r}", plan.config)
+        return out
 
     writer = {name: stage for stage in plan.stages for name in stage.files.values()}
     for stage in plan.stages:
@@ -356,7 +372,7 @@ def wire(stages: list[Stage], where: str, plan: Plan) -> list[Stage]:
         try:
             stage.check(stages[:i])
             reads = stage.reads_for(plan)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"{where}: stage {stage.label!r}: {exc}") from None
         for role in reads:
             if role not in latest:

@@ -89,6 +89,9 @@ def test_a_recipe_round_with_a_stage_twice(tiny_model_dir, tmp_path):
             ["sample", "judge", "pair", "reference", {"stage": "train", "updates_policy": False}, "eval"],
             "no train stage that updates the policy",
         ),
+        (["sample", "judge", {"stage": "pair", "pairing": "best"}], "pairing must be a mapping"),
+        (["sample", "judge", {"stage": "pair", "loss": 5}], "loss must be a loss name or a mapping"),
+        (["sample", "judge", {"stage": "pair", "loss": {"beta": 1}}], "loss must be a loss name or a mapping"),
     ],
 )
 def test_bad_rounds_are_refused_with_the_reason(tiny_model_dir, tmp_path, stages, message):
@@ -103,3 +106,14 @@ def test_the_default_configs_fingerprint_is_stable():
     from iterpo.plan import fingerprint, resolve
 
     assert fingerprint(resolve(load_config())) == "2d9eaedaf8baa595"
+
+
+def test_a_stages_own_loss_is_checked_against_the_reference_policy_too(tiny_model_dir, tmp_path):
+    stages = ["sample", "judge", {"stage": "pair", "loss": "grpo"}, {"stage": "train", "loss": "grpo"}, "eval"]
+    with pytest.raises(ConfigError, match="loss 'grpo' of stage 'pair' is defined against reference.policy"):
+        _plan(tiny_model_dir, tmp_path, **{"round.stages": stages, "reference.policy": "initial"})
+    stages = ["sample", "judge", "pair", "reference", "train", "ema", "eval"]
+    _plan(tiny_model_dir, tmp_path, **{"round.stages": stages, "reference.policy": "ema"})  # in order: accepted
+    stages = ["sample", "judge", "pair", "reference", "ema", "train", "eval"]
+    with pytest.raises(ConfigError, match="an 'ema' stage after the round's last train stage"):
+        _plan(tiny_model_dir, tmp_path, **{"round.stages": stages, "reference.policy": "ema"})

@@ -98,8 +98,10 @@ class ServesLoss(Stage):
         if getattr(self, "_loss", None) is None:
             from iterpo.losses import get_loss
 
+            if not isinstance(self.loss, str | dict):
+                raise ValueError(f"loss must be a loss name or a mapping with 'name', got {self.loss!r}")
             spec = {"name": self.loss} if isinstance(self.loss, str) else dict(self.loss)
-            if not isinstance(spec.get("name"), str):
+            if not isinstance(spec.get("name"), str) or not all(isinstance(k, str) for k in spec):
                 raise ValueError(f"loss must be a loss name or a mapping with 'name', got {self.loss!r}")
             name = spec.pop("name")
             self._loss = get_loss(name, **spec)

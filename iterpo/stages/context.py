@@ -100,6 +100,8 @@ class RunContext:
         made_by = self.plan.updating_before(stage)
         if made_by is None:
             return self.policy_after(r - 1)
+        if made_by is self.plan.policy_stage():  # after the round's last train stage: the round's policy
+            return self.policy_after(r)
         if self._policy_tag != (r, made_by.label):
             path = self.store.path(r, made_by.file("policy"))
             lora = self.config.model.lora
@@ -110,7 +112,11 @@ class RunContext:
     def source_before(self, r: int, stage: Any) -> str | None:
         """Where another process loads policy_before(r, stage) (see policy_source)."""
         made_by = self.plan.updating_before(stage)
-        return self.policy_source(r - 1) if made_by is None else str(self.store.path(r, made_by.file("policy")))
+        if made_by is None:
+            return self.policy_source(r - 1)
+        if made_by is self.plan.policy_stage():
+            return self.policy_source(r)
+        return str(self.store.path(r, made_by.file("policy")))
 
     def trained(self, r: int, stage: Any = None) -> None:
         """The policy in memory, trained in place by stage (default: the round's last train stage), is now the
@@ -337,6 +343,6 @@ class RunContext:
                     out.update(
                         {(x.prompt_id, x.source, x.sample_idx): x for x in self.read(r, stage.file(role), Rollout)}
                     )
-        if self.plan.strategy.uses_initial:
+        if self.plan.uses_initial():
             out.update({(x.prompt_id, x.source, x.sample_idx): x for x in self.initial_responses()[0]})
         return out

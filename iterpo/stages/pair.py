@@ -34,6 +34,8 @@ class Pair(ServesLoss):
         if self.loss is None and self.pairing is None:
             return plan.strategy
         if getattr(self, "_strategy", None) is None:
+            if self.pairing is not None and not isinstance(self.pairing, dict):
+                raise ValueError(f"pairing must be a mapping of pairing options, got {self.pairing!r}")
             section = plan.config.pairing
             base = section.model_dump() if self.loss is None else section.model_dump(exclude={"strategy"})
             if self.loss is not None:

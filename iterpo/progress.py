@@ -52,8 +52,13 @@ def round_table(rows: list[dict]) -> Table:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
+    def seconds(times: dict[str, float], kind: str) -> str:
+        """A kind's stages together: 'train' with 'train_half' or 'train_sft' (a stage named after its kind)."""
+        mine = [v for label, v in times.items() if label == kind or label.startswith(kind + "_")]
+        return f"{sum(mine):.0f}" if mine else "-"
+
     for r in rows:
-        times = " / ".join(f"{r['times'][k]:.0f}" if k in r["times"] else "-" for k in STAGES)
+        times = " / ".join(seconds(r["times"], k) for k in STAGES)
         pairs = "-" if r["pairs"] is None else f"{r['pairs']} / {r['skipped']}"
         table.add_row(
             str(r["round"]),

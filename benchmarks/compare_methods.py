@@ -32,12 +32,12 @@ METHODS = [  # (name, config, overrides, what it is)
     ("online_ipo", "default", ["loss.name=online_ipo", "pairing.strategy=best_vs_worst"], "online IPO"),
     ("egpo", "egpo", [], "EGPO (extragradient, online IPO steps)"),
     ("nash_mp", "nash_mp", [], "Nash-MP (mirror prox)"),
+    ("nash_md", "nash_md", [], "Nash-MD (opponents from the geometric mixture)"),
     ("apo", "apo", [], "APO (DPO, extrapolated reference)"),
     ("spo", "spo", [], "SPO (win proportions, RLOO)"),
     ("grpo", "grpo", [], "GRPO"),
     ("rft", "rft", [], "RFT (SFT on correct samples)"),
 ]
-NOT_BUILT = [("nash_md", "Nash-MD (sampling from the geometric mixture): not built yet")]
 
 
 def complete(run_dir: Path, rounds: int) -> bool:
@@ -84,9 +84,6 @@ def main() -> None:
         acc = " / ".join(f"{a:.2f}" for a in f["accuracy"])
         ratio = f"{f['seconds'] / base:.2f}x" if base else "-"
         print(f"| {what} (`{name}`) | {acc} | {f['samples']:,} | {f['seconds']:.0f} | {ratio} |")
-    for name, what in NOT_BUILT:
-        if not only or name in only:
-            print(f"| {what} (`{name}`) | - | - | - | - |")
 
 
 if __name__ == "__main__":

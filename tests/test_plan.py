@@ -90,6 +90,8 @@ def test_a_recipe_round_with_a_stage_twice(tiny_model_dir, tmp_path):
             "no train stage that updates the policy",
         ),
         (["sample", "judge", {"stage": "pair", "pairing": "best"}], "pairing must be a mapping"),
+        (["sample", "judge", {"stage": "pair", "opponents": "judge_mix"}], "names no earlier judge stage"),
+        (["sample", {"stage": "sample", "name": "sample_mix", "mixture": 1.5}], "mixture must be a weight"),
         (["sample", "judge", {"stage": "pair", "loss": 5}], "loss must be a loss name or a mapping"),
         (["sample", "judge", {"stage": "pair", "loss": {"beta": 1}}], "loss must be a loss name or a mapping"),
     ],

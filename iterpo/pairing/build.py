@@ -5,7 +5,16 @@ from __future__ import annotations
 import random
 
 from iterpo.errors import ConfigError
-from iterpo.pairing.base import DEFAULT_STRATEGY, PAIRING, Candidate, PairingResult, Strategy, distinct, win_rates
+from iterpo.pairing.base import (
+    DEFAULT_STRATEGY,
+    PAIRING,
+    Candidate,
+    PairingResult,
+    Strategy,
+    distinct,
+    sigmoid,
+    win_rates,
+)
 from iterpo.records import Judgement, LabelledResponse, Prompt, Rollout
 
 
@@ -21,22 +30,29 @@ def _assign_kl_partners(examples: list[LabelledResponse]) -> None:
 
 
 def candidates(
-    rollouts: list[Rollout], judgements: dict[int, Judgement], length_penalty: float = 0.0, keep_duplicates=False
+    rollouts: list[Rollout],
+    judgements: dict[int, Judgement],
+    length_penalty: float = 0.0,
+    keep_duplicates=False,
+    opponents: list[float] | None = None,
 ) -> list[Candidate]:
     """One prompt's judged responses, failed verdicts left out, duplicates dropped (unless keep_duplicates).
 
     Win rates come from the pairwise judge when it gave them, else from the
-    scores of all K samples (duplicates included: they are draws of the policy).
+    scores of all K samples (duplicates included: they are draws of the policy);
+    against ``opponents`` (another policy's samples' scores, e.g. Nash-MD's
+    mixture) when given: mean_j sigmoid(s - s_j) over them.
     """
     ok = [r for r in rollouts if r.sample_idx in judgements and not judgements[r.sample_idx].failed]
     scores = {r.sample_idx: judgements[r.sample_idx].score - length_penalty * len(r.token_ids) for r in ok}
     estimated = win_rates(scores) if scores else {}
+    if opponents:
+        estimated = {i: sum(sigmoid(s - t) for t in opponents) / len(opponents) for i, s in scores.items()}
     cands = []
     for r in ok:
         j = judgements[r.sample_idx]
-        cands.append(
-            Candidate(r, j, scores[r.sample_idx], j.win_rate if j.win_rate is not None else estimated[r.sample_idx])
-        )
+        own = j.win_rate if j.win_rate is not None and not opponents else estimated[r.sample_idx]
+        cands.append(Candidate(r, j, scores[r.sample_idx], own))
     return cands if keep_duplicates else distinct(cands)
 
 
@@ -47,10 +63,12 @@ def build_examples(
     judgements: list[Judgement],
     seed: int = 0,
     initial: tuple[list[Rollout], list[Judgement]] | None = None,
+    opponents: dict[str, list[float]] | None = None,
 ) -> PairingResult:
     """Apply strategy to every prompt.
 
-    ``initial``: the initial model's judged rollouts, for strategies that anchor on them.
+    ``initial``: the initial model's judged rollouts, for strategies that anchor on them. ``opponents``: per
+    prompt, the scores of another policy's samples, which win rates are then taken against.
     """
 
     def group(rs: list[Rollout], js: list[Judgement]):
@@ -69,7 +87,11 @@ def build_examples(
     result.failed_judgements = sum(j.failed for j in judgements)
     for p in prompts:
         cands = candidates(
-            by_prompt.get(p.prompt_id, []), verdicts.get(p.prompt_id, {}), penalty, strategy.keeps_duplicates
+            by_prompt.get(p.prompt_id, []),
+            verdicts.get(p.prompt_id, {}),
+            penalty,
+            strategy.keeps_duplicates,
+            (opponents or {}).get(p.prompt_id),
         )
         if not cands:
             result.skipped["judge failed on every response" if by_prompt.get(p.prompt_id) else "no responses"] += 1

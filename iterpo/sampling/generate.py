@@ -66,6 +66,8 @@ def _cache_kwarg(model) -> str:
 
 
 def _new_cache(model):
+    if hasattr(model, "new_cache"):  # a model of several (sampling.mixture): caches of its own
+        return model.new_cache()
     from transformers import DynamicCache
 
     try:

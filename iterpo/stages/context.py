@@ -252,6 +252,23 @@ class RunContext:
             self.config.run.seed,
         )
 
+    def mixture_sampler(self, r: int, stage: Any, after: int, checkpoint: Path | None, weight: float) -> Sampler:
+        """A sampler for the geometric mixture of a policy (the one after round ``after``, or saved at checkpoint)
+        and round r's reference at stage's place (iterpo.sampling.mixture); transformers, in this process."""
+        from iterpo.sampling.base import TransformersSampler
+        from iterpo.sampling.mixture import GeometricMixture
+
+        def model():
+            if checkpoint is None:
+                policy = self.policy_after(after)
+            else:
+                lora, dtype = self.config.model.lora, self.config.model.dtype
+                policy = load_policy_checkpoint(checkpoint, self.plan.base_path, dtype, lora, self.plan.device)
+            reference = self.reference(r, frozen_copy=True, stage=stage)  # its own copy where it is the policy
+            return GeometricMixture(policy, reference, weight)
+
+        return TransformersSampler(model, self.tokenizer)
+
     def full_policy_dir(self, checkpoint: Path) -> str:
         """A directory with the whole policy saved at checkpoint (with LoRA: merged into a copy beside it)."""
         if self.config.model.lora is None:

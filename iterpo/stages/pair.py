@@ -29,6 +29,15 @@ class Pair(ServesLoss):
     with its own loss takes only the section's shared options, and the default strategy of its loss's data
     shape unless it names one."""
 
+    opponents: str | None = None
+    """An earlier judge stage of the round (e.g. 'judge_mix'): each response's win rate is estimated against
+    the responses that stage judged, mean sigmoid(score difference), instead of against its own policy's
+    samples (Nash-MD's win rates against the mixture)."""
+
+    def check(self, earlier: list) -> None:
+        if self.opponents is not None and not any(s.label == self.opponents and s.kind == "judge" for s in earlier):
+            raise ValueError(f"opponents {self.opponents!r} names no earlier judge stage of the round")
+
     def strategy_of(self, plan) -> Strategy:
         """The pairing strategy this stage applies (built once; ConfigError if it does not fit the loss)."""
         if self.loss is None and self.pairing is None:
@@ -48,6 +57,17 @@ class Pair(ServesLoss):
             self._strategy = build_strategy(options, self.loss_of(plan).data_shape)
         return self._strategy
 
+    def opponent_scores(self, ctx, r: int) -> dict[str, list[float]] | None:
+        """Per prompt, the scores the opponents' judge stage gave (failed verdicts left out)."""
+        if self.opponents is None:
+            return None
+        path = ctx.plan.stage_labelled(self.opponents).file("judgements")
+        out: dict[str, list[float]] = {}
+        for j in ctx.read(r, path, Judgement):
+            if not j.failed:
+                out.setdefault(j.prompt_id, []).append(j.score)
+        return out
+
     def run(self, ctx, r):
         plan = ctx.plan
         strategy = self.strategy_of(plan)
@@ -60,6 +80,7 @@ class Pair(ServesLoss):
             judgements,
             derive_seed(ctx.config.run.seed, r, "pair" if self.label == "pair" else self.label),
             initial,
+            self.opponent_scores(ctx, r),
         )
         if "aux_samples" in self.loss_of(plan).needs:  # the first k samples of the prompt: i.i.d. draws, unselected
             k = min(AUX_SAMPLES, ctx.config.sampling.samples_per_prompt)

@@ -44,7 +44,14 @@ class Sample(Stage):
     """Sample from the policy an earlier train stage of the round made (its name, e.g. EGPO's half step
     'train_half'); default: the policy the round starts from."""
 
+    mixture: float | None = None
+    """Sample from the geometric mixture pi^(1 - w) ref^w of the stage's policy and the round's reference
+    (reference.policy), token by token, with w this weight: Nash-MD's opponent. With the transformers backend,
+    in this process (vLLM runs one model per engine)."""
+
     def check(self, earlier: list[Stage]) -> None:
+        if self.mixture is not None and not 0.0 <= self.mixture <= 1.0:
+            raise ValueError(f"mixture must be a weight in [0, 1], got {self.mixture}")
         if self.policy is not None and not any(s.label == self.policy and s.kind == "train" for s in earlier):
             raise ValueError(f"policy {self.policy!r} names no earlier train stage of the round")
 
@@ -88,9 +95,15 @@ class Sample(Stage):
         todo = [n for n in range(len(shards)) if n not in done]
         with bar("sampling", len(prompts) * K) as advance:
             advance(sum(len(shards[n]) * K for n in done))
-            pool = ctx.pool() if todo else None
+            pool = ctx.pool() if todo and self.mixture is None else None
+            if self.mixture is not None:
+                sampler = ctx.mixture_sampler(r, self, after, checkpoint, self.mixture)
+            elif checkpoint is None:
+                sampler = ctx.sampler(after)
+            else:
+                sampler = ctx.sampler_from(checkpoint)
             if pool is None:
-                with ctx.sampler(after) if checkpoint is None else ctx.sampler_from(checkpoint) as sampler:
+                with sampler:
                     for n in todo:
                         finish(n, draw(ctx, sampler, shards[n], seeds[n], r, source, advance))
             else:  # each shard on a worker; written here as it arrives
@@ -124,5 +137,6 @@ class Sample(Stage):
         store.write_parquet(out, to_table(rows, Rollout))
         store.remove(shard_dir)
         seconds = time.perf_counter() - start
-        info = {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1), "backend": ctx.plan.backend}
+        backend = "transformers" if self.mixture is not None else ctx.plan.backend
+        info = {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1), "backend": backend}
         return {**info, **ctx.cluster_info()}

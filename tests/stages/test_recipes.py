@@ -292,6 +292,31 @@ def test_nash_mp_recipe_mixes_the_fixed_reference_into_both_steps(tiny_model_dir
         assert store.path(r, "checkpoint_half").is_dir() and _table(store, r, "rollouts_half.parquet")
 
 
+def test_nash_md_recipe_judges_the_policy_against_the_mixtures_samples(tiny_model_dir, tmp_path):
+    import math
+
+    cfg = _recipe("nash_md", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "token_sum"}
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        mix = _table(store, r, "rollouts_mix.parquet")
+        own = _table(store, r, "rollouts.parquet")
+        assert {x["source"] for x in mix} == {"sample_mix"} and len(mix) == len(own)
+        assert [x["token_ids"] for x in mix] != [x["token_ids"] for x in own]
+        opponents = {}
+        for j in _table(store, r, "judgements_mix.parquet"):
+            opponents.setdefault(j["prompt_id"], []).append(j["score"])
+        scores = {(j["prompt_id"], j["sample_idx"]): j["score"] for j in _table(store, r, "judgements.parquet")}
+        pairs = _table(store, r, "preferences.parquet")
+        assert pairs
+        for p in pairs:  # win rates against the mixture's samples
+            theirs = opponents[p["prompt_id"]]
+            s = scores[(p["prompt_id"], p["chosen_idx"])]
+            want = sum(1 / (1 + math.exp(-(s - t))) for t in theirs) / len(theirs)
+            assert p["chosen_win_rate"] == pytest.approx(want)
+    assert store.stage_info(1, "sample_mix")["backend"] == "transformers"
+
+
 def test_apo_recipe_trains_against_the_extrapolated_reference(tiny_model_dir, tmp_path):
     cfg = _recipe("apo", tiny_model_dir, tmp_path / "run")
     cfg["judge"] = {"name": "first_token_parity"}

@@ -78,16 +78,18 @@ def _cmd_train(args) -> None:
             f"--output: {output} already holds a trained checkpoint; choose another directory "
             "or pass --force to replace it"
         )
-    rows = read_preferences(args.preferences)  # bad input fails before the model loads
+    sft = get_loss(config.loss.name, **config.loss.hyperparams()).data_shape == "demonstrations"
+    rows = read_preferences(args.preferences, demonstrations=sft)  # bad input fails before the model loads
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     console.print(
-        f"iterpo train: {len(rows)} pairs from {args.preferences}, loss {config.loss.name}, model {config.model.path}"
+        f"iterpo train: {len(rows)} {'demonstrations' if sft else 'pairs'} from {args.preferences}, "
+        f"loss {config.loss.name}, model {config.model.path}"
     )
     model, tokenizer, examples, result = train_file(config, rows, bar)
     output.mkdir(parents=True, exist_ok=True)
     write_text(output / "train.jsonl", "".join(json.dumps(row) + "\n" for row in result.log))
-    if examples[0].ref_logps is not None:
+    if getattr(examples[0], "ref_logps", None) is not None:
         write_text(
             output / "ref_logps.jsonl",
             "".join(

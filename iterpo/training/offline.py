@@ -1,4 +1,5 @@
-"""One round of offline preference training from a preference file (``iterpo train``).
+"""One round of offline preference training from a preference file (``iterpo train``), or SFT on its chosen
+responses (``--loss sft``: a warm-up before ``iterpo run``; ``rejected`` may then be absent).
 
 The file holds one pair per row in the layout TRL and most trainers read:
 ``prompt``, ``chosen``, ``rejected``, either plain strings or chat messages
@@ -25,11 +26,13 @@ import pyarrow.parquet as pq
 import torch
 
 from iterpo.errors import UserInputError, reading
-from iterpo.training.examples import PairExample
+from iterpo.training.examples import GroupExample, PairExample
 
 
-def read_preferences(path: str | Path) -> list[dict]:
-    """The rows of a preference file, checked: prompt, chosen and rejected present and of a known shape."""
+def read_preferences(path: str | Path, demonstrations: bool = False) -> list[dict]:
+    """The rows of a preference file, checked: prompt, chosen and rejected present and of a known shape
+    (``demonstrations``: for SFT on the chosen responses, rejected may be absent)."""
+    keys = ("prompt", "chosen") if demonstrations else ("prompt", "chosen", "rejected")
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"--preferences: {path} does not exist")
@@ -55,11 +58,11 @@ def read_preferences(path: str | Path) -> list[dict]:
         where = f"--preferences: {path}, row {i}"
         if not isinstance(row, dict):
             raise UserInputError(f"{where}: expected an object with prompt, chosen and rejected")
-        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+        missing = [k for k in keys if k not in row]
         if missing:
             raise UserInputError(f"{where}: missing {', '.join(missing)} (has {', '.join(row) or 'nothing'})")
         chat = isinstance(row["prompt"], list)
-        for key in ("prompt", "chosen", "rejected"):
+        for key in keys:
             value = row[key]
             if chat and not (
                 isinstance(value, list)
@@ -89,6 +92,19 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def tokenize_pair(tokenizer, row: dict) -> PairExample:
     """Token ids of one row: (prompt, chosen, rejected), TRL's way (see the module docstring)."""
+    prompt, (chosen, rejected) = _tokenize(tokenizer, row, ("chosen", "rejected"))
+    label = row.get("soft_label")
+    return PairExample(prompt, chosen, rejected, soft_label=None if label is None else float(label))
+
+
+def tokenize_demonstration(tokenizer, row: dict) -> GroupExample:
+    """Token ids of one row's prompt and chosen response, to imitate (SFT)."""
+    prompt, (chosen,) = _tokenize(tokenizer, row, ("chosen",))
+    return GroupExample(prompt, [chosen], [1.0])
+
+
+def _tokenize(tokenizer, row: dict, keys: tuple[str, ...]) -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, the ids of each response named by keys), TRL's way."""
     if isinstance(row["prompt"], list):
 
         def encode(messages, generation_prompt=False):
@@ -99,7 +115,7 @@ def tokenize_pair(tokenizer, row: dict) -> PairExample:
             )
 
         prompt = encode(row["prompt"], generation_prompt=True)
-        full = [encode(row["prompt"] + row[k]) for k in ("chosen", "rejected")]
+        full = [encode(row["prompt"] + row[k]) for k in keys]
     else:
         eos = tokenizer.eos_token
 
@@ -107,18 +123,14 @@ def tokenize_pair(tokenizer, row: dict) -> PairExample:
             return tokenizer(text)["input_ids"]
 
         prompt = encode_text(row["prompt"])
-        full = [
-            encode_text(row["prompt"] + (row[k] if row[k].endswith(eos) else row[k] + eos))
-            for k in ("chosen", "rejected")
-        ]
+        full = [encode_text(row["prompt"] + (row[k] if row[k].endswith(eos) else row[k] + eos)) for k in keys]
     cut = min(_common_prefix(prompt, f) for f in full)
-    chosen, rejected = full[0][cut:], full[1][cut:]
-    if cut == 0 or not chosen or not rejected:
+    responses = [f[cut:] for f in full]
+    if cut == 0 or not all(responses):
         raise UserInputError(
             "--preferences: a row's prompt and response do not tokenize into a prompt followed by a response"
         )
-    label = row.get("soft_label")
-    return PairExample(prompt[:cut], chosen, rejected, soft_label=None if label is None else float(label))
+    return prompt[:cut], responses
 
 
 @dataclass
@@ -133,8 +145,11 @@ class OfflineResult:
         return self.pairs / max(self.reference_seconds + self.train_seconds, 1e-9)
 
 
-def check_loss(loss, examples: list[PairExample], name: str) -> None:
-    """A preference file has pairs, optionally soft labels; refuse losses that need more."""
+def check_loss(loss, examples: list, name: str) -> None:
+    """A preference file has pairs, optionally soft labels (or, for SFT, the chosen responses to imitate); refuse
+    losses that need more."""
+    if loss.data_shape == "demonstrations":
+        return
     if loss.data_shape != "pairs":
         raise UserInputError(f"loss {name} trains on {loss.data_shape} data; a preference file holds pairs")
     missing = {"win_rate": "win-rate estimates", "aux_samples": "extra samples per prompt"}
@@ -164,10 +179,9 @@ def reference_logps(
     return [(values[2 * i], values[2 * i + 1]) for i in range(len(examples))]
 
 
-def train_offline(
-    model, examples: list[PairExample], loss, config, pad_id: int, progress_bar=None, reference=None
-) -> OfflineResult:
-    """Reference log-probs once (when the loss needs them), then the training loop over the pairs."""
+def train_offline(model, examples: list, loss, config, pad_id: int, progress_bar=None, reference=None) -> OfflineResult:
+    """Reference log-probs once (when the loss needs them), then the training loop over the examples (PairExample,
+    or GroupExample for SFT)."""
     from iterpo.models.loading import is_lora
     from iterpo.training.trainer import train
 
@@ -202,8 +216,9 @@ def train_file(config, rows: list[dict], progress_bar=None) -> tuple:
 
     path = resolve_model_path(config.model.path)
     tokenizer = load_tokenizer(path)
-    examples = [tokenize_pair(tokenizer, row) for row in rows]
     loss = get_loss(config.loss.name, **config.loss.hyperparams())
+    tokenize = tokenize_demonstration if loss.data_shape == "demonstrations" else tokenize_pair
+    examples = [tokenize(tokenizer, row) for row in rows]
     check_loss(loss, examples, config.loss.name)  # before the model loads
     lora = config.model.lora
     model = load_starting_policy(

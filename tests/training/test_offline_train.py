@@ -217,3 +217,20 @@ def test_checkpointing_and_bf16_train_on_packed_passes(tiny_model_dir, tokenizer
         assert model.config._attn_implementation != "iterpo_blocked"  # restored after training
     # checkpointing recomputes the same math; bf16 rounds, so only roughly the same
     assert logs[True] == pytest.approx(logs[False], rel=1e-5 if option == "gradient_checkpointing" else 2e-2)
+
+
+def test_sft_on_a_files_chosen_responses_is_a_warm_up_for_a_run(tmp_path, tiny_model_dir):
+    rows = [{"prompt": r["prompt"], "chosen": r["chosen"]} for r in CHAT]  # no rejected: SFT does not need one
+    demos = _write(tmp_path / "demos.jsonl", rows)
+    out = tmp_path / "warm"
+    args = ["train", "--preferences", str(demos), "--model", tiny_model_dir, "--output", str(out), "--loss", "sft"]
+    assert main([*args, "--set", "train.lr=1e-3", "--set", "train.batch_size=2", "--set", "train.epochs=3"]) == 0
+    log = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    assert len(log) == 9 and log[-1]["loss"] < log[0]["loss"]  # the mean token NLL of the chosen responses falls
+    assert not (out / "ref_logps.jsonl").exists()  # SFT needs no reference
+    warm = load_model(str(out / "checkpoint"))  # a model directory `iterpo run --set model.path=...` starts from
+    assert not torch.equal(
+        warm.model.layers[0].mlp.up_proj.weight, load_model(tiny_model_dir).model.layers[0].mlp.up_proj.weight
+    )
+    # a pairwise loss still needs every row's rejected response
+    assert main(["train", "--preferences", str(demos), "--model", tiny_model_dir, "--output", str(tmp_path / "x")]) == 2

@@ -178,7 +178,7 @@ CASES = [
         ["base_url", "localhost:8000"],
     ),
     ("eval judge not a verifier", RUN + SET + ["eval.judge=pairwise_lm"], ["eval.judge", "not a verifier"]),
-    ("unknown pairing", RUN + SET + ["pairing.strategy=best"], ["unknown pairing", "best"]),
+    ("unknown pairing", RUN + SET + ["pairing.strategy=bestest"], ["unknown pairing", "bestest"]),
     (
         "pairing for another data shape",
         RUN + SET + ["loss.name=kto", "--set", "pairing.strategy=best_vs_worst"],

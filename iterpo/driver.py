@@ -34,6 +34,9 @@ def open_run(config: Config, force: bool = False) -> tuple[Plan, RunStore]:
     return plan, RunStore.open(config.run.dir, plan.config_text(), plan.fingerprint, force)
 
 
+TABLE_ROUNDS = 12  # rounds the table printed after each round shows
+
+
 def run(plan: Plan, store: RunStore) -> list[dict]:
     """Every round of the plan; returns the round table's rows."""
     if plan.config.run.threads:
@@ -45,7 +48,9 @@ def run(plan: Plan, store: RunStore) -> list[dict]:
                 console.rule(f"round {r} of {rounds}")
             for stage in plan.round(r):
                 run_stage(ctx, stage, r)
-            console.print(round_table([round_summary(store, i) for i in range(r + 1)]))
+            # the last rounds only: reading every round's files again each round would grow with the run
+            # (`iterpo status` shows them all)
+            console.print(round_table([round_summary(store, i) for i in range(max(0, r + 1 - TABLE_ROUNDS), r + 1)]))
     finally:
         ctx.close()  # a cluster's workers
     return [round_summary(store, i) for i in range(rounds + 1)]

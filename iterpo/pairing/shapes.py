@@ -51,17 +51,7 @@ class Ranked(Strategy):
             return [], "all responses scored the same"
         n = min(self.config.group_size, len(ranked))
         picks = sorted({round(i * (len(ranked) - 1) / (n - 1)) for i in range(n)})
-        group = [ranked[i] for i in picks]
-        return [
-            RankedGroup(
-                prompt.prompt_id,
-                prompt.text,
-                [c.idx for c in group],
-                [c.rollout.text for c in group],
-                [c.score for c in group],
-                [c.source for c in group],
-            )
-        ], None
+        return [_group(prompt, [ranked[i] for i in picks])], None
 
 
 @register_pairing("all_samples")

@@ -149,6 +149,33 @@ def test_policy_gradient_recipes_train_on_every_sample(name, tiny_model_dir, tmp
     assert store.path(1, "ref_logps.parquet").exists() == (name == "spo")  # GRPO scores live, RLOO from the store
 
 
+def _killed_then_resumed(cfg, tmp_path, kills):
+    """The recipe run again in tmp_path/crash, SIGKILLed at each failpoint in turn, then resumed to the end."""
+    from helpers import cli
+
+    crash = tmp_path / "crash"
+    cfg["run"]["dir"] = str(crash)
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for n, point in enumerate(kills):
+        code, _, err = cli("run" if n == 0 else "resume", str(path if n == 0 else crash), failpoints=f"{point}=kill")
+        assert code == -9, f"{point}: {err}"
+    code, _, err = cli("resume", str(crash))
+    assert code == 0, err
+    return crash
+
+
+def _same_files(clean, crash, tables, files, rounds=(1, 2)):
+    """Each round's tables have the same rows, and its other files the same bytes, in both runs."""
+    for r in rounds:
+        for name in tables:
+            a = pq.read_table(clean / f"round-{r:03d}" / name).to_pylist()
+            assert a == pq.read_table(crash / f"round-{r:03d}" / name).to_pylist(), (r, name)
+        for name in files:
+            a, b = clean / f"round-{r:03d}" / name, crash / f"round-{r:03d}" / name
+            assert a.read_bytes() == b.read_bytes(), (r, name)
+
+
 def _egpo(tiny_model_dir, run_dir):
     cfg = _recipe("egpo", tiny_model_dir, run_dir)
     cfg["judge"] = {"name": "token_sum"}  # graded scores: best_vs_worst finds pairs
@@ -187,38 +214,20 @@ def test_egpo_recipe_samples_the_half_step_and_steps_again_from_the_rounds_polic
 
 
 def test_egpo_killed_in_either_sampling_resumes_to_the_same_run(tiny_model_dir, tmp_path):
-    from helpers import cli
-
     cfg = _egpo(tiny_model_dir, tmp_path / "clean")
     _run(cfg, tmp_path)
-    crash = tmp_path / "crash"
-    cfg["run"]["dir"] = str(crash)
-    path = tmp_path / "crash.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    kills = ["written:round-001/checkpoint_half", "written:round-002/rollouts_half/shard-00000.parquet"]
-    for n, point in enumerate(kills):
-        code, _, err = cli("run" if n == 0 else "resume", str(path if n == 0 else crash), failpoints=f"{point}=kill")
-        assert code == -9, f"{point}: {err}"
-    code, _, err = cli("resume", str(crash))
-    assert code == 0, err
-    for r in (1, 2):
-        for name in ("rollouts.parquet", "rollouts_half.parquet", "preferences_half.parquet", "train.jsonl"):
-            a = pq.read_table(tmp_path / "clean" / f"round-{r:03d}" / name) if name.endswith("parquet") else None
-            if a is not None:
-                assert a.to_pylist() == pq.read_table(crash / f"round-{r:03d}" / name).to_pylist(), (r, name)
-            else:
-                assert (tmp_path / "clean" / f"round-{r:03d}" / name).read_text() == (
-                    crash / f"round-{r:03d}" / name
-                ).read_text()
-        for weights in ("checkpoint/model.safetensors", "checkpoint_half/model.safetensors"):
-            assert (tmp_path / "clean" / f"round-{r:03d}" / weights).read_bytes() == (
-                crash / f"round-{r:03d}" / weights
-            ).read_bytes(), (r, weights)
+    crash = _killed_then_resumed(
+        cfg, tmp_path, ["written:round-001/checkpoint_half", "written:round-002/rollouts_half/shard-00000.parquet"]
+    )
+    _same_files(
+        tmp_path / "clean",
+        crash,
+        ["rollouts.parquet", "rollouts_half.parquet", "preferences_half.parquet"],
+        ["train.jsonl", "checkpoint/model.safetensors", "checkpoint_half/model.safetensors"],
+    )
 
 
 def test_sft_then_dpo_recipe_trains_dpo_from_the_sft_policy_and_resumes(tiny_model_dir, tmp_path):
-    from helpers import cli
-
     cfg = _recipe("sft_dpo", tiny_model_dir, tmp_path / "clean")
     cfg["judge"] = {"name": "first_token_parity"}
     rows, store = _run(cfg, tmp_path)
@@ -237,28 +246,13 @@ def test_sft_then_dpo_recipe_trains_dpo_from_the_sft_policy_and_resumes(tiny_mod
     ).read_bytes()
 
     # killed after the SFT step is saved and again in the middle of round 2's DPO training: the same run
-    crash = tmp_path / "crash"
-    cfg["run"]["dir"] = str(crash)
-    path = tmp_path / "crash.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    kills = ["written:round-001/checkpoint_sft", "progress:training@2"]
-    for n, point in enumerate(kills):
-        code, _, err = cli("run" if n == 0 else "resume", str(path if n == 0 else crash), failpoints=f"{point}=kill")
-        assert code == -9, f"{point}: {err}"
-    code, _, err = cli("resume", str(crash))
-    assert code == 0, err
-    for r in (1, 2):
-        for name in ("preferences_sft.parquet", "preferences.parquet", "ref_logps.parquet"):
-            a = pq.read_table(tmp_path / "clean" / f"round-{r:03d}" / name).to_pylist()
-            assert a == pq.read_table(crash / f"round-{r:03d}" / name).to_pylist(), (r, name)
-        for name in (
-            "train_sft.jsonl",
-            "train.jsonl",
-            "checkpoint_sft/model.safetensors",
-            "checkpoint/model.safetensors",
-        ):
-            a, b = tmp_path / "clean" / f"round-{r:03d}" / name, crash / f"round-{r:03d}" / name
-            assert a.read_bytes() == b.read_bytes(), (r, name)
+    crash = _killed_then_resumed(cfg, tmp_path, ["written:round-001/checkpoint_sft", "progress:training@2"])
+    _same_files(
+        tmp_path / "clean",
+        crash,
+        ["preferences_sft.parquet", "preferences.parquet", "ref_logps.parquet"],
+        ["train_sft.jsonl", "train.jsonl", "checkpoint_sft/model.safetensors", "checkpoint/model.safetensors"],
+    )
 
 
 def test_stages_of_one_loss_must_agree(tiny_model_dir, tmp_path):

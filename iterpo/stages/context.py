@@ -71,6 +71,11 @@ class RunContext:
         """Where the policy after round r is saved (when it is): its last policy-updating train stage's output."""
         return self.store.path(r, self.plan.policy_stage().file("policy"))
 
+    def load_saved(self, path, device: str | None = None):
+        """A policy saved in the run (a checkpoint directory), on the run's device unless told another."""
+        lora, dtype = self.config.model.lora, self.config.model.dtype
+        return load_policy_checkpoint(path, self.plan.base_path, dtype, lora, device or self.plan.device)
+
     def policy_after(self, r: int):
         """The policy as it was at the end of round r (0 = the starting model)."""
         if self._policy_tag == (r, None):
@@ -87,7 +92,7 @@ class RunContext:
             )
         elif ckpt.exists() or (ckpt := self.store.round_dir(r) / ".policy-handoff").exists():
             # the checkpoint, or the copy saved for other processes when it was not kept (save_every > 1)
-            model = load_policy_checkpoint(ckpt, self.plan.base_path, self.config.model.dtype, lora, self.plan.device)
+            model = self.load_saved(ckpt)
         else:  # a round whose checkpoint was not kept (save_every > 1): replay its (last) training
             self.plan.policy_stage().run(self, r)
             return self._policy
@@ -103,10 +108,8 @@ class RunContext:
         if made_by is self.plan.policy_stage():  # after the round's last train stage: the round's policy
             return self.policy_after(r)
         if self._policy_tag != (r, made_by.label):
-            path = self.store.path(r, made_by.file("policy"))
-            lora = self.config.model.lora
-            model = load_policy_checkpoint(path, self.plan.base_path, self.config.model.dtype, lora, self.plan.device)
-            self._policy, self._policy_tag = model, (r, made_by.label)
+            self._policy = self.load_saved(self.store.path(r, made_by.file("policy")))
+            self._policy_tag = (r, made_by.label)
         return self._policy
 
     def source_before(self, r: int, stage: Any) -> str | None:
@@ -242,9 +245,7 @@ class RunContext:
         """A sampler for a policy saved in the run (e.g. a side training's), loaded when it first generates."""
         return open_sampler(
             self.plan.backend,
-            lambda: load_policy_checkpoint(
-                checkpoint, self.plan.base_path, self.config.model.dtype, self.config.model.lora, self.plan.device
-            ),
+            lambda: self.load_saved(checkpoint),
             lambda: self.full_policy_dir(checkpoint),
             self.tokenizer,
             self.config.model.dtype,
@@ -259,11 +260,7 @@ class RunContext:
         from iterpo.sampling.mixture import GeometricMixture
 
         def model():
-            if checkpoint is None:
-                policy = self.policy_after(after)
-            else:
-                lora, dtype = self.config.model.lora, self.config.model.dtype
-                policy = load_policy_checkpoint(checkpoint, self.plan.base_path, dtype, lora, self.plan.device)
+            policy = self.policy_after(after) if checkpoint is None else self.load_saved(checkpoint)
             reference = self.reference(r, frozen_copy=True, stage=stage)  # its own copy where it is the policy
             return GeometricMixture(policy, reference, weight)
 
@@ -275,9 +272,7 @@ class RunContext:
             return str(checkpoint)
         target = checkpoint.with_name(checkpoint.name + "-full")
         if self.store.check(target) != "ok":
-            model = load_policy_checkpoint(
-                checkpoint, self.plan.base_path, self.config.model.dtype, self.config.model.lora, "cpu"
-            ).merge_and_unload()
+            model = self.load_saved(checkpoint, "cpu").merge_and_unload()
 
             def fill(tmp):
                 model.save_pretrained(tmp, safe_serialization=True)

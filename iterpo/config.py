@@ -72,8 +72,9 @@ class LoraSection(Section):
 class ModelSection(Section):
     path: str = "smollm2-135m-instruct"
     """The built-in model name, a local Hugging Face directory, a .gguf file, or a hub id."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Parameter dtype for training and sampling."""
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"
+    """Parameter dtype for training and sampling (float64: exact checks on small models such as the tabular
+    policy of iterpo.models.tabular; log-probs are then computed in float64 too)."""
     device: str = "auto"
     """Where the policy, its reference and model judges run: auto (a CUDA GPU, else Apple's MPS, else the CPU),
     cpu, cuda, cuda:N or mps. Training processes (train.processes) take one GPU each."""
@@ -126,6 +127,11 @@ class SamplingSection(Section):
     """Generation engine: auto = vLLM where vLLM and a CUDA GPU are present, else transformers."""
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
     """vLLM: the share of GPU memory its engine may take while sampling (it is closed before training)."""
+    exhaustive: bool = False
+    """Instead of samples_per_prompt drawn samples, every response of nonzero probability under the sampling
+    distribution (temperature, top_p) within max_new_tokens, each weighted by its probability, so judges'
+    win rates and the losses take exact expectations over the policy. For small response spaces (the tabular
+    policy, iterpo.models.tabular; at most 4096 responses a prompt); transformers, in this process."""
 
 
 class JudgeSection(Section):
@@ -190,6 +196,12 @@ class LossSection(Section):
 
 class TrainSection(Section):
     lr: float = Field(default=5e-6, gt=0)
+    optimizer: Literal["adamw", "sgd", "lbfgs"] = "adamw"
+    """adamw: AdamW (fused where it can be); sgd: plain gradient descent, parameters -= lr x gradient (no
+    momentum), whose steps the closed-form updates of iterpo.games are written in; lbfgs: each optimizer step
+    L-BFGS with a strong-Wolfe line search until the gradient vanishes (up to 200 evaluations of the step's
+    whole batch; no clipping, one process), for small models trained to the loss's minimiser, as the closed
+    forms of iterative DPO and APO assume."""
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=4, ge=1)
     """Pairs per optimizer micro-batch."""
@@ -220,6 +232,11 @@ class TrainSection(Section):
     def _fsdp_needs_processes(self):
         if self.fsdp and self.processes < 2:
             raise ValueError("train.fsdp shards the model over training processes: set train.processes to 2 or more")
+        if self.optimizer == "lbfgs" and (self.processes > 1 or self.weight_decay > 0):
+            raise ValueError(
+                "train.optimizer lbfgs runs in one process without weight decay (train.processes 1, "
+                "train.weight_decay 0)"
+            )
         return self
 
 

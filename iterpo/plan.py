@@ -34,7 +34,7 @@ from iterpo.config import Config
 from iterpo.errors import ConfigError, DataError
 from iterpo.judges import JUDGES, Judge, make_judge
 from iterpo.losses import Loss, get_loss, loss_hyperparameters
-from iterpo.losses.base import LIVE_NEEDS
+from iterpo.losses.base import LIVE_NEEDS, LOSSES
 from iterpo.models.device import resolve_device
 from iterpo.models.loading import check_lora_targets, load_tokenizer, resolve_model_path
 from iterpo.pairing import Strategy, build_strategy
@@ -61,7 +61,13 @@ UNFINGERPRINTED = [
 
 # Settings added after runs were made: left out of the config as run while at their default, so those runs
 # keep their fingerprints and can be resumed.
-OMITTED_AT_DEFAULT = {("sampling", "prompts_per_round"): None, ("eval", "every"): 1, ("train", "fsdp"): False}
+OMITTED_AT_DEFAULT = {
+    ("sampling", "prompts_per_round"): None,
+    ("sampling", "exhaustive"): False,
+    ("eval", "every"): 1,
+    ("train", "fsdp"): False,
+    ("train", "optimizer"): "adamw",
+}
 
 
 @dataclass
@@ -255,7 +261,17 @@ def build_plan(config: Config) -> Plan:
         [],
         [],
     )
+    if config.sampling.exhaustive and plan.backend != "transformers":
+        raise ConfigError(
+            "sampling.exhaustive lists every response with the transformers backend; set sampling.backend: transformers"
+        )
     plan.stages = wire(round_stages(plan), "round.stages", plan)
+    for stage in plan.stages:
+        if getattr(stage, "opponents", None) and stage.kind == "judge" and not hasattr(judge, "judge_against"):
+            raise ConfigError(
+                f"round.stages: judge stage {stage.label!r} compares responses with opponents, which takes a "
+                f"pairwise judge; {judge.name!r} scores each response alone (use the pair stage's opponents option)"
+            )
     if any(s.kind == "train" for s in plan.stages):
         plan.policy_stage()  # side trainings alone would leave every round's policy as it was
     check_stage_losses(plan)
@@ -331,6 +347,12 @@ def check_stage_losses(plan: Plan) -> None:
     writer = {name: stage for stage in plan.stages for name in stage.files.values()}
     for stage in plan.stages:
         mine = loss(stage)
+        if plan.config.sampling.exhaustive and stage.kind == "train" and not mine.exact_weights:
+            raise ConfigError(
+                f"sampling.exhaustive: the loss of stage {stage.label!r} ({type(mine).__name__}) is written for "
+                "drawn samples and has no exact form over listed, probability-weighted responses; exact: "
+                + ", ".join(sorted(n for n in LOSSES.names() if LOSSES.get(n).exact_weights))
+            )
         source = writer.get(stage.inputs.get("examples", ""))
         if source is not None and stage.kind in ("train", "reference") and loss(source).data_shape != mine.data_shape:
             raise ConfigError(

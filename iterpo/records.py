@@ -36,11 +36,12 @@ class Rollout:
     prompt_id: str
     sample_idx: int  # 0..K-1 within the prompt
     round: int
-    seed: int  # derived from (run seed, round, prompt id, sample index)
+    seed: int  # derived from (run seed, round, prompt id, sample index); 0 for an enumerated response
     text: str  # decoded response, special tokens removed
     token_ids: list[int]  # (T_resp,) generated tokens, including the final EOS if it stopped
     finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
     source: str = "policy"  # where the response came from (see the module docstring)
+    weight: float | None = None  # sampling.exhaustive: the response's probability under the sampling policy
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Preference:
     )  # extra samples of the prompt (source policy), for losses that need them
     chosen_source: str = "policy"  # where the chosen and rejected responses came from
     rejected_source: str = "policy"
+    weight: float = 1.0  # the pair's weight in the loss (all_pairs weighted: pi(chosen) pi(rejected) soft_label)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class RankedGroup:
     responses: list[str]
     scores: list[float]  # non-increasing for ranked losses
     sources: list[str] = field(default_factory=list)  # where each response came from
+    weights: list[float] = field(default_factory=list)  # each response's probability (sampling.exhaustive), or empty
 
 
 @dataclass
@@ -131,6 +134,7 @@ SCHEMAS = {
             ("token_ids", pa.list_(pa.int32())),
             ("finish_reason", pa.string()),
             ("source", pa.string()),
+            ("weight", pa.float64()),
         ]
     ),
     Judgement: pa.schema(
@@ -163,6 +167,7 @@ SCHEMAS = {
             ("aux_idxs", pa.list_(pa.int32())),
             ("chosen_source", pa.string()),
             ("rejected_source", pa.string()),
+            ("weight", pa.float64()),
         ]
     ),
     LabelledResponse: pa.schema(
@@ -187,6 +192,7 @@ SCHEMAS = {
             ("responses", pa.list_(pa.string())),
             ("scores", pa.list_(pa.float64())),
             ("sources", pa.list_(pa.string())),
+            ("weights", pa.list_(pa.float64())),
         ]
     ),
     RefLogp: pa.schema(

@@ -163,7 +163,7 @@ def judge_with_cache(
     ``ask`` stands for judge.judge (e.g. verdicts already obtained on a cluster's workers).
     """
     if not judge.pointwise:
-        return judge.judge(prompt, rollouts)
+        return (ask or judge.judge)(prompt, rollouts)
     keys = _keys(judge, prompt, rollouts)
     found: dict[int, Judgement] = {}
     for r in rollouts:

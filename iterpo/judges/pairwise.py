@@ -10,6 +10,7 @@ comparison is recorded as failed). Each response's verdict then carries
 
     beats[j] = P(i beats j)                         (NaN where unknown)
     win_rate = (½ + Σ_j beats[j]) / (1 + #known j)  SPPO's estimate of P(i beats the policy), self included
+               (with sampling.exhaustive, each term weighted by the response's probability: exactly P(i beats pi))
     score    = win_rate
 
 so best-vs-worst pairing, SPPO's and GPO's win-rate targets, and soft labels
@@ -83,28 +84,69 @@ class PairwiseJudge(Judge):
         """For each ordered pair (first, second): P(first is better), or None and why it could not be read."""
         raise NotImplementedError  # pragma: no cover
 
-    def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+    def _answers(
+        self, prompt: Prompt, ordered: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[float | None, str]]:
+        """One answer per ordered pair of distinct texts: from the cache, else asked now (all misses in one call)."""
         if self.context is None:
             raise RuntimeError(f"{self.name} needs the round's context (its cache): call setup() before judge()")
         cache, ident, pkey = self.context.cache, self.identity(), prompt_key(prompt)
-        texts = [r.text for r in rollouts]
-        K = len(rollouts)
-        ordered = [(i, j) for i in range(K) for j in range(K) if i != j and texts[i] != texts[j]]
-        # One answer per ordered pair of distinct texts: from the cache, else asked now (all misses in one call).
         known: dict[tuple[str, str], tuple[float | None, str]] = {}
-        for i, j in ordered:
-            hit = cache.get(cache_key(ident, pkey, texts[i], texts[j]))
+        for a, b in ordered:
+            hit = cache.get(cache_key(ident, pkey, a, b))
             if hit is not None:
-                known[(texts[i], texts[j])] = (hit["p_first"], hit["detail"])
-        todo = list(dict.fromkeys((texts[i], texts[j]) for i, j in ordered if (texts[i], texts[j]) not in known))
+                known[(a, b)] = (hit["p_first"], hit["detail"])
+        todo = list(dict.fromkeys(pair for pair in ordered if pair not in known))
         if todo:
             for (a, b), (p, detail) in zip(todo, self.ask(prompt, todo)):
                 known[(a, b)] = (p, detail)
                 if p is not None:  # failures are asked again next time
                     cache.put(cache_key(ident, pkey, a, b), {"p_first": p, "detail": detail})
+        self.tally().add(len(ordered), [known[pair][1] for pair in ordered if known[pair][0] is None])
+        return known
+
+    def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+        texts = [r.text for r in rollouts]
+        K = len(rollouts)
+        ordered = [(i, j) for i in range(K) for j in range(K) if i != j and texts[i] != texts[j]]
+        known = self._answers(prompt, [(texts[i], texts[j]) for i, j in ordered])
         answers = {(i, j): known[(texts[i], texts[j])] for i, j in ordered}
-        self.tally().add(len(ordered), [why for p, why in answers.values() if p is None])
         return self._verdicts(rollouts, texts, answers)
+
+    def judge_against(self, prompt: Prompt, rollouts: list[Rollout], opponents: list[Rollout]) -> list[Judgement]:
+        """Each response compared with every opponent (another policy's responses to the prompt, e.g. Nash-MD's
+        mixture), both orders; its win rate is the mean P(it beats the opponent), each opponent weighted by its
+        probability where sampling listed them all, so it estimates P(it beats the opponents' policy)."""
+        pairs = [(r.text, o.text) for r in rollouts for o in opponents if r.text != o.text]
+        known = self._answers(prompt, pairs + [(b, a) for a, b in pairs])
+        weight = [1.0 if o.weight is None else o.weight for o in opponents]
+        out = []
+        for r in rollouts:
+            total = mass = 0.0
+            why: list[str] = []
+            for o, w in zip(opponents, weight):
+                if o.text == r.text:
+                    p: float | None = 0.5
+                else:
+                    forward, backward = known[(r.text, o.text)][0], known[(o.text, r.text)][0]
+                    found = [x for x in (forward, None if backward is None else 1 - backward) if x is not None]
+                    p = sum(found) / len(found) if found else None
+                    if p is None:
+                        why += [known[(r.text, o.text)][1], known[(o.text, r.text)][1]]
+                if p is not None:
+                    total, mass = total + w * p, mass + w
+            if mass == 0.0:
+                reason = "; ".join(dict.fromkeys(why)) or "no opponent"
+                out.append(
+                    Judgement(
+                        r.prompt_id, r.sample_idx, self.name, 0.0, f"every comparison failed: {reason}", failed=True
+                    )
+                )
+                continue
+            win_rate = total / mass
+            detail = f"win rate {win_rate:.2f} against {len(opponents)} opponents"
+            out.append(Judgement(r.prompt_id, r.sample_idx, self.name, win_rate, detail, win_rate=win_rate))
+        return out
 
     def _verdicts(self, rollouts, texts, answers) -> list[Judgement]:
         K = len(rollouts)
@@ -142,7 +184,12 @@ class PairwiseJudge(Judge):
                     )
                 )
                 continue
-            win_rate = (0.5 + sum(known)) / (1 + len(known))
+            # opponents weigh by their probability where sampling listed every response (else 1 each)
+            weight = [1.0 if x.weight is None else x.weight for x in rollouts]
+            mass = weight[i] + sum(weight[j] for j, p in enumerate(beats[i]) if j != i and not math.isnan(p))
+            win_rate = (
+                0.5 * weight[i] + sum(weight[j] * p for j, p in enumerate(beats[i]) if j != i and not math.isnan(p))
+            ) / mass
             detail = f"win rate {win_rate:.2f} over {len(known)} opponents"
             if unreadable[i]:
                 detail += f"; {unreadable[i]} unparseable answers"

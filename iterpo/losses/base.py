@@ -122,6 +122,7 @@ class ScoredBatch:
     token_logps: torch.Tensor | None = None  # (M,) policy log-prob of each response token   [token_logps]
     ref_token_logps: torch.Tensor | None = None  # (M,) the same under the live reference model
     token_slot: torch.Tensor | None = None  # (M,) long, the sample each token belongs to: b * n + i
+    weights: torch.Tensor | None = None  # (B, n) each response's probability when sampling listed them all, else None
 
 
 @dataclass
@@ -159,6 +160,10 @@ class Loss:
     # Each example's loss depends on that example alone, so a micro-batch may go through the model in
     # several passes with the same result. False for losses with batch statistics (KTO's z0, BCO's shift).
     per_example: ClassVar[bool] = True
+    # Exact over listed responses (sampling.exhaustive): the loss over every response, weighted by its
+    # probability (scored data: batch.weights), or over every pair (all_pairs) with exact win rates, is the
+    # expectation the method is defined by. Other losses are written for drawn samples and refuse the mode.
+    exact_weights: ClassVar[bool] = False
 
     @property
     def needs_reference(self) -> bool:

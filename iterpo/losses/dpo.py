@@ -35,6 +35,7 @@ class DPO(PairwiseLoss):
     """
 
     reference_cancels = True  # only differences within a prompt
+    exact_weights = True  # over all_pairs weighted (pi(y_w) pi(y_l) P(y_w beats y_l)): the on-policy expectation
 
     beta: float = 0.1
 

@@ -49,9 +49,16 @@ class RLOO(Loss):
     ``reference.policy: previous`` pi_ref is pi_old and the KL term vanishes.
     The update is REINFORCE's: several optimizer steps on one round's samples
     use them off-policy, without an importance ratio (GRPO has one).
+
+    With every response listed and weighted by its probability pi_old(y)
+    (sampling.exhaustive, batch.weights), the sums become the expectation they
+    estimate: A_i = R_i - E_pi_old[R] and the loss -sum_i pi_old(y_i) A_i
+    log pi_theta(y_i), whose gradient is exactly grad E_pi[R] at pi_old (a
+    leave-one-out baseline has no meaning without draws).
     """
 
     reference_cancels = True  # only differences within a prompt
+    exact_weights = True
 
     beta: float = 0.0
 
@@ -65,6 +72,12 @@ class RLOO(Loss):
         mask = batch.mask.to(batch.logps.dtype)  # (B, n)
         kl = require(batch.prev_logps, "sampling-policy log-probs") - require(batch.ref_logps, "reference log-probs")
         reward = (batch.rewards - self.beta * kl) * mask  # (B, n)
+        if batch.weights is not None:  # exact expectations over listed responses
+            w = batch.weights * mask  # (B, n)
+            mass = w.sum(1, keepdim=True).clamp(min=1e-300)  # (B, 1)
+            advantage = (reward - (w * reward).sum(1, keepdim=True) / mass) * mask  # (B, n)
+            losses = -(w * advantage.detach() * batch.logps).sum(1) / mass.squeeze(1)  # (B,)
+            return _output(losses, advantage, mask, kl=float(_group_mean(kl * mask, mask).mean()))
         k = mask.sum(1, keepdim=True)  # (B, 1)
         baseline = (reward.sum(1, keepdim=True) - reward) / (k - 1).clamp(min=1)  # mean of the others
         advantage = torch.where(k > 1, reward - baseline, torch.zeros_like(reward)) * mask  # (B, n)

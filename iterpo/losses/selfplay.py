@@ -125,6 +125,7 @@ class OnlineIPO(PairwiseLoss):
     """
 
     reference_cancels = True  # only differences within a prompt
+    exact_weights = True  # over all_pairs with exact win rates: EGPO's loss with y, y' uniform
 
     beta: float = 0.1
 
@@ -156,6 +157,7 @@ class NashMP(PairwiseLoss):
     """
 
     reference_cancels = True  # only differences within a prompt
+    exact_weights = True  # over all_pairs with exact win rates, as online IPO
 
     eta: float = 1.0
     beta: float = 0.1

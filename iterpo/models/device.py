@@ -57,3 +57,25 @@ def tensors_to(obj: Any, device: torch.device) -> Any:
         if isinstance(value, torch.Tensor) and value.device != device:
             setattr(obj, f.name, value.to(device))
     return obj
+
+
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype log-probs are computed in for a model whose logits are dtype: float32, or float64 for a float64
+    model (the tabular policy's exact checks), never narrower than the model."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def model_dtype(model: Any) -> torch.dtype:
+    """The dtype of a model's floating-point parameters."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def batch_to(batch: Any, model: Any) -> Any:
+    """A loss batch built on the CPU (stored values as float64) moved to the model's device, its stored values
+    (the tensors without a graph) in the model's score dtype: float32, or float64 for a float64 model."""
+    wide = score_dtype(model_dtype(model))
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor) and value.dtype == torch.float64 and not value.requires_grad:
+            setattr(batch, f.name, value.to(wide))
+    return tensors_to(batch, model_device(model))

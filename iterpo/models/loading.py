@@ -156,6 +156,8 @@ def load_model(path: str, dtype: str = "float32", what: str = "model.path", devi
     """A causal LM on device, in train-ready state (dropout off: preference losses compare log-probs)."""
     from transformers import AutoModelForCausalLM
 
+    from iterpo.models import tabular  # noqa: F401  (registers the tabular policy with the Auto classes)
+
     with reading(what, path, UserInputError):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     if device != "cpu":
@@ -169,6 +171,7 @@ def check_lora_targets(path: str, targets: list[str]) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from iterpo.errors import ConfigError
+    from iterpo.models import tabular  # noqa: F401  (registers the tabular policy with the Auto classes)
 
     with reading("model.path", path, UserInputError):
         config = AutoConfig.from_pretrained(path)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from iterpo.models.device import model_device
+from iterpo.models.device import model_device, score_dtype
 
 
 def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ def response_token_stats(
     lo, hi = int(starts.min()), int(ends.max())
     keep = torch.arange(lo, hi, device=device)  # (L,) positions whose logits we need
     out = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep, output_hidden_states=hidden_states)
-    logp = torch.log_softmax(out.logits.float(), dim=-1)  # (N, L, V)
+    logp = torch.log_softmax(out.logits.to(score_dtype(out.logits.dtype)), dim=-1)  # (N, L, V)
     targets = ids[:, lo + 1 : hi + 1]  # (N, L) the token each kept position predicts
     token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N, L)
     lengths = torch.tensor([len(r) for r in responses], device=device)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from iterpo.models.device import model_device, tensors_to
+from iterpo.models.device import model_device, score_dtype, tensors_to
 
 Group = tuple[list[int], list[list[int]]]  # (prompt ids, its responses' ids)
 
@@ -195,11 +195,12 @@ class _ChunkedTokenLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk):  # hidden (M, H), weight (V, H), targets (M,)
-        out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
-        lse = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        wide = score_dtype(weight.dtype)
+        out = hidden.new_empty(hidden.shape[0], dtype=wide)
+        lse = hidden.new_empty(hidden.shape[0], dtype=wide)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], chunk):
-                logits = (hidden[s : s + chunk].to(weight.dtype) @ weight.T).float()  # (c, V)
+                logits = (hidden[s : s + chunk].to(weight.dtype) @ weight.T).to(wide)  # (c, V)
                 lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
                 out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse[s : s + chunk]
         ctx.save_for_backward(hidden, weight, targets, lse)
@@ -213,7 +214,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         for s in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[s : s + ctx.chunk].to(weight.dtype)
-            logits = (h @ weight.T).float()  # (c, V)
+            logits = (h @ weight.T).to(lse.dtype)  # (c, V)
             # d logp[target] / d logits = onehot(target) - softmax
             grad_logits = torch.exp(logits - lse[s : s + ctx.chunk, None]).mul_(-grad_out[s : s + ctx.chunk, None])
             grad_logits.scatter_add_(1, targets[s : s + ctx.chunk, None], grad_out[s : s + ctx.chunk, None])
@@ -279,11 +280,12 @@ def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tenso
             logits = logits[packed.predict_at.div(L, rounding_mode="floor"), column]  # (M, V)
         else:
             logits = model(**inputs).logits.flatten(0, 1).index_select(0, packed.predict_at)  # (M, V)
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, packed.targets[:, None]).squeeze(1)
+    return torch.log_softmax(logits.to(score_dtype(logits.dtype)), dim=-1).gather(1, packed.targets[:, None]).squeeze(1)
 
 
 def sequence_logps(model, groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> torch.Tensor:
-    """Sum of log pi(response token | prefix) per response, group by group: (n,) float32."""
+    """Sum of log pi(response token | prefix) per response, group by group: (n,) in the score dtype (float32, or
+    float64 for a float64 model)."""
     packed = pack(groups, layout, pad_id)
     per_token = token_logps(model, packed, layout)  # (M,)
     return torch.zeros(packed.n, dtype=per_token.dtype, device=per_token.device).index_add(0, packed.owner, per_token)

@@ -38,6 +38,31 @@ class CorrectVsIncorrect(Strategy):
         return [preference(prompt, good[i % len(good)], bad[i % len(bad)]) for i in range(n)], None
 
 
+def _mass(c) -> float:
+    """A response's probability where sampling listed them all, else 1."""
+    return 1.0 if c.rollout.weight is None else c.rollout.weight
+
+
+@register_pairing("all_pairs")
+@dataclass
+class AllPairs(Strategy):
+    """Every ordered pair of a prompt's distinct responses, (a, b) and (b, a) both: the pairs of EGPO's
+    online-IPO loss with y and y' drawn uniformly (Zhou et al. 2025, "Extragradient Preference Optimization"),
+    its exact expectation when sampling lists every response (sampling.exhaustive). Unweighted, for losses
+    that read the pairs' win rates (online_ipo, nash_mp, sppo). ``weighted``: each pair weighs pi(chosen)
+    pi(rejected) P(chosen beats rejected), the probability of drawing the two from the policy and the judge
+    preferring the chosen one, so a loss that trusts 'chosen' (DPO) takes its exact on-policy expectation."""
+
+    weighted: bool = False
+
+    def examples(self, prompt, cands, rng, initial=None):
+        pairs = [preference(prompt, a, b) for a in cands for b in cands if a is not b]
+        if self.weighted:
+            for x, (a, b) in zip(pairs, [(a, b) for a in cands for b in cands if a is not b]):
+                x.weight = _mass(a) * _mass(b) * x.soft_label
+        return pairs, None if pairs else "one distinct response"
+
+
 @register_pairing("best_vs_worst")
 @dataclass
 class BestVsWorst(Strategy):

@@ -88,7 +88,9 @@ class AllSamples(Strategy):
 
 
 def win_proportions(cands) -> list[float]:
-    """For each sample, the mean over the prompt's other samples j of P(it beats j)."""
+    """For each sample, the mean over the prompt's other samples j of P(it beats j); where sampling listed every
+    response with its probability (sampling.exhaustive), the exact expectation sum_j pi(j) P(it beats j) over
+    all of them, itself included at 1/2 (an opponent drawn from the policy may be the same response)."""
 
     def beats(a, b) -> float:
         known = a.judgement.beats if a.source == b.source else []
@@ -96,6 +98,9 @@ def win_proportions(cands) -> list[float]:
             return known[b.idx]
         return 1.0 if a.score > b.score else 0.5 if a.score == b.score else 0.0
 
+    if cands and all(c.rollout.weight is not None for c in cands):
+        mass = sum(c.rollout.weight for c in cands)
+        return [sum(b.rollout.weight * (0.5 if b is a else beats(a, b)) for b in cands) / mass for a in cands]
     n = len(cands)
     return [sum(beats(a, b) for b in cands if b is not a) / max(n - 1, 1) for a in cands]
 
@@ -108,6 +113,7 @@ def _group(prompt, cands) -> RankedGroup:
         [c.rollout.text for c in cands],
         [c.score for c in cands],
         [c.source for c in cands],
+        [c.rollout.weight for c in cands] if all(c.rollout.weight is not None for c in cands) else [],
     )
 
 

@@ -62,3 +62,10 @@ class TransformersSampler(Closing):
         return generate(
             self._model(), self.tokenizer, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress
         )
+
+    def enumerate(self, prompts, temperature, top_p, max_new_tokens, progress=None):
+        """Every response of nonzero probability, with its probability (iterpo.sampling.enumerate)."""
+        from iterpo.sampling.enumerate import enumerate_responses
+
+        eos = self.tokenizer.eos_token_id
+        return enumerate_responses(self._model(), eos, prompts, temperature, top_p, max_new_tokens, progress=progress)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from iterpo.models.device import model_device
+from iterpo.models.device import model_device, score_dtype
 
 
 def derive_seed(*parts) -> int:
@@ -90,7 +90,7 @@ def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[lis
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **{cache_kw: cache}
     )
-    logits = out.logits[:, -1].float()  # (U, V)
+    logits = out.logits[:, -1].to(score_dtype(out.logits.dtype))  # (U, V)
     if repeats > 1:
         cache.batch_repeat_interleave(repeats)
         logits, mask, pos = (x.repeat_interleave(repeats, dim=0) for x in (logits, mask, pos))
@@ -114,7 +114,7 @@ def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[lis
         out = model(
             input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_kw: cache}
         )
-        logits = out.logits[:, -1].float()
+        logits = out.logits[:, -1].to(score_dtype(out.logits.dtype))
         next_pos = next_pos + 1
     return tokens
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from iterpo.models.device import score_dtype
+
 
 class PairCache:
     """Two KV caches that are grown, repeated and pruned together."""
@@ -56,9 +58,9 @@ class GeometricMixture(torch.nn.Module):
 
         first, second = past_key_values.caches
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
-        mine = self.policy(**inputs, **kwargs, **{_cache_kwarg(self.policy): first}).logits.float()
+        mine = self.policy(**inputs, **kwargs, **{_cache_kwarg(self.policy): first}).logits
         with self.reference.active() as ref:
-            theirs = ref(**inputs, **kwargs, **{_cache_kwarg(ref): second}).logits.float()
-        w = self.weight
-        mixed = (1 - w) * torch.log_softmax(mine, dim=-1) + w * torch.log_softmax(theirs, dim=-1)
+            theirs = ref(**inputs, **kwargs, **{_cache_kwarg(ref): second}).logits
+        w, wide = self.weight, score_dtype(mine.dtype)
+        mixed = (1 - w) * torch.log_softmax(mine.to(wide), dim=-1) + w * torch.log_softmax(theirs.to(wide), dim=-1)
         return SimpleNamespace(logits=mixed)

@@ -42,6 +42,15 @@ class Judge(Stage):
 
     reads = ("rollouts",)
     writes = {"judgements": "judgements.parquet"}
+    opponents: str | None = None
+    """An earlier sample stage of the round (e.g. Nash-MD's 'sample_mix'): a pairwise judge compares each response
+    with that stage's responses to the prompt instead of with its own stage's, so its win rate is against that
+    stage's policy (each opponent weighted by its probability with sampling.exhaustive). The pair stage's
+    option of the same name does this for pointwise judges' scores."""
+
+    def check(self, earlier: list) -> None:
+        if self.opponents is not None and not any(s.label == self.opponents and s.kind == "sample" for s in earlier):
+            raise ValueError(f"opponents {self.opponents!r} names no earlier sample stage of the round")
 
     def run(self, ctx, r):
         by_prompt: dict[str, list[Rollout]] = {}
@@ -49,7 +58,14 @@ class Judge(Stage):
             by_prompt.setdefault(x.prompt_id, []).append(x)
         judge, cache = ctx.plan.judge, ctx.judge_cache()
         judge.setup(ctx.judge_context(r, cache))
-        ask = remote_verdicts(ctx, r, judge, by_prompt, cache)
+        if self.opponents is not None:
+            against: dict[str, list[Rollout]] = {}
+            path = ctx.plan.stage_labelled(self.opponents).file("rollouts")
+            for x in ctx.read(r, path, Rollout):
+                against.setdefault(x.prompt_id, []).append(x)
+            ask = lambda prompt, todo: judge.judge_against(prompt, todo, against.get(prompt.prompt_id, []))  # noqa: E731
+        else:
+            ask = remote_verdicts(ctx, r, judge, by_prompt, cache)
         prompts = ctx.prompts_of_round(r)
         with bar("judging", len(prompts)) as advance:
             judgements = judge_all(

@@ -30,6 +30,18 @@ def draw(ctx, sampler, prompts: list, seeds: list[list[int]], r: int, source: st
     return rollouts_of(ctx, prompts, seeds, outs, r, source)
 
 
+def listed(ctx, sampler, prompts: list, r: int, source: str, advance) -> list[Rollout]:
+    """Every response of prompts with nonzero probability under sampler's policy, weighted by it
+    (sampling.exhaustive), as round r's Rollouts from source."""
+    s, decode = ctx.config.sampling, ctx.tokenizer.decode
+    outs = sampler.enumerate([ctx.prompt_ids(p) for p in prompts], s.temperature, s.top_p, s.max_new_tokens, advance)
+    return [
+        Rollout(p.prompt_id, k, r, 0, decode(ids, skip_special_tokens=True), ids, reason, source, weight=prob)
+        for p, out in zip(prompts, outs)
+        for k, (ids, reason, prob) in enumerate(out)
+    ]
+
+
 @register_stage("sample")
 @dataclass
 class Sample(Stage):
@@ -93,9 +105,10 @@ class Sample(Stage):
             elif state == "damaged":  # sampled again below: each sample depends on its seed alone
                 store.set_aside(path)
         todo = [n for n in range(len(shards)) if n not in done]
-        with bar("sampling", len(prompts) * K) as advance:
-            advance(sum(len(shards[n]) * K for n in done))
-            pool = ctx.pool() if todo and self.mixture is None else None
+        per_prompt = 1 if s.exhaustive else K  # progress counts responses, or prompts when listing them all
+        with bar("sampling", len(prompts) * per_prompt) as advance:
+            advance(sum(len(shards[n]) * per_prompt for n in done))
+            pool = ctx.pool() if todo and self.mixture is None and not s.exhaustive else None
             if self.mixture is not None:
                 sampler = ctx.mixture_sampler(r, self, after, checkpoint, self.mixture)
             elif checkpoint is None:
@@ -105,7 +118,10 @@ class Sample(Stage):
             if pool is None:
                 with sampler:
                     for n in todo:
-                        finish(n, draw(ctx, sampler, shards[n], seeds[n], r, source, advance))
+                        if s.exhaustive:
+                            finish(n, listed(ctx, sampler, shards[n], r, source, advance))
+                        else:
+                            finish(n, draw(ctx, sampler, shards[n], seeds[n], r, source, advance))
             else:  # each shard on a worker; written here as it arrives
                 if checkpoint is None:
                     model_dir = ctx.policy_dir(after) if ctx.plan.backend == "vllm" else ""

@@ -76,6 +76,7 @@ def training_examples(
                     soft_label=x.soft_label,
                     aux_ids=[ids(pid, "policy", i) for i in x.aux_idxs],
                     ref_aux_logps=[_scored(ref, k) for k in aux] if use_ref else None,
+                    weight=x.weight,
                 )
             )
         elif isinstance(x, LabelledResponse):
@@ -102,6 +103,7 @@ def training_examples(
                     prev_logps=[_scored(prev, (pid, pid, s, i)) for s, i in zip(x.sources, x.sample_idxs)]
                     if use_prev
                     else None,
+                    weights=list(x.weights) if x.weights else None,
                 )
             )
     return out

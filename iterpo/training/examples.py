@@ -15,7 +15,7 @@ import torch
 
 from iterpo.losses import Loss, PreferenceBatch, RankedBatch, ScoredBatch, UnpairedBatch
 from iterpo.losses.base import require
-from iterpo.models.device import model_device, tensors_to
+from iterpo.models.device import batch_to
 from iterpo.models.logprobs import response_token_stats
 from iterpo.models.packing import Layout, pack, sequence_logps, token_logps
 
@@ -31,6 +31,7 @@ class PairExample:
     soft_label: float | None = None  # estimated P(chosen beats rejected)
     aux_ids: list[list[int]] = field(default_factory=list)  # k extra responses to the same prompt
     ref_aux_logps: list[float] | None = None  # (k,) their reference log-probs
+    weight: float = 1.0  # the pair's weight in the step's loss (a weighted mean when any is not 1)
 
     @property
     def tokens(self) -> int:  # in a packed pass: the prompt once, each response once
@@ -60,6 +61,7 @@ class GroupExample:
     scores: list[float]  # non-increasing for ranked losses
     ref_logps: list[float] | None = None
     prev_logps: list[float] | None = None  # under the policy that sampled them (scored losses)
+    weights: list[float] | None = None  # each response's probability (sampling.exhaustive), else None
 
     @property
     def tokens(self) -> int:
@@ -67,7 +69,8 @@ class GroupExample:
 
 
 def _t(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32)
+    """Stored values as float64; batch_to() gives them the model's score dtype."""
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def collate_pairs(
@@ -124,7 +127,7 @@ def collate_pairs(
         batch.rejected_win_rate = _t([require(e.win_rates, "win rates")[1] for e in examples])
     if "soft_label" in needs:
         batch.soft_label = _t([e.soft_label for e in examples])
-    return tensors_to(batch, model_device(model))
+    return batch_to(batch, model)
 
 
 def _token_stats(model, reference, prompts, responses, pad_id, loss) -> dict[str, torch.Tensor]:
@@ -160,7 +163,7 @@ def collate_unpaired(
     if "reference" in loss.needs:
         batch.ref_logps = _t([e.ref_logp for e in examples])
         batch.ref_kl_logps = _t([e.ref_kl_logp for e in examples])
-    return tensors_to(batch, model_device(model))
+    return batch_to(batch, model)
 
 
 def collate_groups(
@@ -190,7 +193,7 @@ def collate_groups(
     batch = RankedBatch(
         logps=logps, scores=scores, mask=mask, lengths=lengths, ref_logps=ref if "reference" in loss.needs else None
     )
-    return tensors_to(batch, model_device(model))
+    return batch_to(batch, model)
 
 
 def collate_scored(
@@ -201,7 +204,7 @@ def collate_scored(
     # slot of each response, numbered group by group as pack numbers them: b * n + i
     slot = torch.tensor([b * n + i for b, e in enumerate(examples) for i in range(len(e.responses))])
     mask = torch.zeros(B, n, dtype=torch.bool)
-    rewards, lengths = torch.zeros(B, n), torch.ones(B, n)
+    rewards, lengths = torch.zeros(B, n, dtype=torch.float64), torch.ones(B, n, dtype=torch.float64)
     for b, e in enumerate(examples):
         m = len(e.responses)
         mask[b, :m] = True
@@ -228,11 +231,13 @@ def collate_scored(
         batch.ref_logps = _padded([require(e.ref_logps, "stored reference log-probs") for e in examples], n)
     if "previous" in loss.needs:
         batch.prev_logps = _padded([require(e.prev_logps, "sampling-policy log-probs") for e in examples], n)
-    return tensors_to(batch, model_device(model))
+    if any(e.weights is not None for e in examples):
+        batch.weights = _padded([require(e.weights, "response probabilities") for e in examples], n)
+    return batch_to(batch, model)
 
 
 def _padded(rows: list[list[float]], n: int) -> torch.Tensor:
-    """(B, n) float32, each row padded with zeros."""
+    """(B, n), each row padded with zeros."""
     return _t([list(r) + [0.0] * (n - len(r)) for r in rows])
 
 

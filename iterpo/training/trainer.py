@@ -1,6 +1,6 @@
 """iterpo's own PyTorch training loop for preference losses of every data shape.
 
-AdamW (fused), linear warm-up, gradient accumulation and clipping. A
+AdamW (fused; or plain SGD, or L-BFGS to convergence), linear warm-up, gradient accumulation and clipping. A
 micro-batch goes through the model packed (models/packing.py: each prompt once,
 no padding, the output layer only where response tokens are predicted), in
 forward passes of at most ``max_tokens_per_pass`` tokens. The reference
@@ -24,6 +24,8 @@ from iterpo.models.device import bf16_by_default, model_device
 from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
 from iterpo.training.parallel import DataParallel
+
+LBFGS_ITERATIONS = 200  # the most loss evaluations an L-BFGS step makes (train.optimizer lbfgs)
 
 
 def reference_model(
@@ -115,8 +117,25 @@ def train(
     # the fused kernel updates each tensor in one pass instead of a dozen elementwise ones; the loss's own
     # parameters in a group of their own, as FSDP's sharded ones cannot share a kernel call with plain tensors
     groups = [{"params": params[: len(params) - len(own)]}] + ([{"params": own}] if own else [])
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=_fused_ok(params))
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "lbfgs":  # each step iterated until the gradient vanishes: the loss's minimiser
+        optimizer = torch.optim.LBFGS(
+            params,
+            lr=config.lr,
+            max_iter=LBFGS_ITERATIONS,
+            tolerance_grad=1e-11,
+            tolerance_change=1e-15,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+        )
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=_fused_ok(params))
     micro = config.batch_size
+    # example weights (pairs of sampling.exhaustive's all_pairs, weighted): the step's loss is their weighted mean
+    weights = [getattr(e, "weight", 1.0) for e in examples]
+    if all(w == 1.0 for w in weights):
+        weights = []
     rank, world = (parallel.rank, parallel.processes) if parallel else (0, 1)
     accum = config.grad_accum * world  # micro-batches per optimizer step, over every process
     steps_per_epoch = math.ceil(math.ceil(len(examples) / micro) / accum)
@@ -141,6 +160,35 @@ def train(
             tokens += examples[i].tokens
         return out
 
+    def gradient(group: list[list[int]], mine: list[list[int]], n: int, mass: float) -> tuple[torch.Tensor, dict]:
+        """One optimizer step's loss and metrics, its gradient added to the parameters': the mean over the step's
+        n examples (weighted: their weighted mean, total weight mass), summed over the processes."""
+        metrics: dict[str, float] = {}
+        total = 0.0
+        every = parallel.passes(len(mine)) if parallel else len(mine)
+        for k in range(every):
+            # a pass beyond this process's own (sharded training only) repeats the step's first examples and
+            # counts for nothing
+            idx, counts = (mine[k], True) if k < len(mine) else (group[0][:1], False)
+            with autocast:
+                batch = collate(model, [examples[i] for i in idx], loss_fn, pad_id, reference, layout)
+            if not counts:  # through the model and back (FSDP's gathers), leaving the loss's state alone
+                (_graph_sum(batch) * 0.0).backward()
+                continue
+            out = loss_fn(batch)
+            if weights:
+                w = torch.tensor([weights[i] for i in idx], dtype=out.losses.dtype, device=out.losses.device)
+                value = (out.losses * w).sum() / mass
+            else:
+                value = out.loss * len(idx) / n
+            value.backward()
+            total += float(value.detach())
+            for key, v in {**out.metrics(), **_batch_metrics(batch)}.items():
+                metrics[key] = metrics.get(key, 0.0) + v * len(idx) / n
+        if parallel:
+            metrics = parallel.sum(params, metrics)
+        return torch.tensor(total, dtype=torch.float64), metrics
+
     log: list[dict] = []
     step = 0
     model.train()
@@ -158,33 +206,30 @@ def train(
             for s in range(steps_per_epoch):
                 group = batches[s * accum : (s + 1) * accum]
                 n = sum(len(b) for b in group)
-                metrics: dict[str, float] = {}
+                # this process's passes: the k-th of every `world` micro-batches, each cut to max_tokens_per_pass
                 mine = [p for micro_batch in group[rank::world] for p in passes(micro_batch)]
-                every = parallel.passes(len(mine)) if parallel else len(mine)
-                for k in range(every):
-                    # a pass beyond this process's own (sharded training only) repeats the step's first examples
-                    # and counts for nothing
-                    idx, counts = (mine[k], True) if k < len(mine) else (group[0][:1], False)
-                    with autocast:
-                        batch = collate(model, [examples[i] for i in idx], loss_fn, pad_id, reference, layout)
-                    if not counts:  # through the model and back (FSDP's gathers), leaving the loss's state alone
-                        (_graph_sum(batch) * 0.0).backward()
-                        continue
-                    out = loss_fn(batch)
-                    (out.loss * len(idx) / n).backward()  # mean over the examples of the step
-                    for key, v in {**out.metrics(), **_batch_metrics(batch)}.items():
-                        metrics[key] = metrics.get(key, 0.0) + v * len(idx) / n
-                if parallel:
-                    metrics = parallel.sum(params, metrics)
+                step_of = (group, mine, n, sum(weights[i] for b in group for i in b) if weights else n)
+                metrics: dict[str, float] = {}
                 grad_norm = None
-                if config.max_grad_norm is not None:
-                    grad_norm = (
-                        parallel.clip(params, config.max_grad_norm)
-                        if parallel
-                        else float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-                    )
                 lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
+                if isinstance(optimizer, torch.optim.LBFGS):
+
+                    def closure(step_of=step_of, into=metrics) -> torch.Tensor:  # the latest evaluation's metrics
+                        optimizer.zero_grad(set_to_none=True)
+                        value, found = gradient(*step_of)
+                        into.update(found)
+                        return value
+
+                    optimizer.step(closure)
+                else:
+                    metrics = gradient(*step_of)[1]
+                    if config.max_grad_norm is not None:
+                        grad_norm = (
+                            parallel.clip(params, config.max_grad_norm)
+                            if parallel
+                            else float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                        )
+                    optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

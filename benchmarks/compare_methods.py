@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 METHODS = [  # (name, config, overrides, what it is)
     ("dpo", "default", [], "iterative DPO (the default)"),
-    ("online_ipo", "default", ["loss.name=online_ipo", "pairing.strategy=best_vs_worst", "reference.policy=initial"], "online IPO"),
+    ("online_ipo", "online_ipo", [], "online IPO"),
     ("egpo", "egpo", [], "EGPO (extragradient, online IPO steps)"),
     ("nash_mp", "nash_mp", [], "Nash-MP (mirror prox)"),
     ("nash_md", "nash_md", [], "Nash-MD (opponents from the geometric mixture)"),

@@ -388,3 +388,33 @@ def test_pairwise_judge_never_asks_twice_on_resume(tiny_model_dir, tmp_path):
     _run(cfg, tmp_path)
     info = _stage(store, 1, "judge")
     assert asked > 0 and info["cache_misses"] == 0 and info["cache_hits"] >= asked
+
+
+def test_veripo_recipe_trains_dpo_on_verified_pairs_from_the_grpo_policy(tiny_model_dir, tmp_path):
+    cfg = _recipe("veripo", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "first_token_parity"}  # a verifier the random model passes half the time
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        groups = _table(store, r, "preferences_grpo.parquet")
+        pairs = _table(store, r, "preferences.parquet")
+        assert groups and pairs
+        assert all(p["chosen_score"] >= 1.0 > p["rejected_score"] for p in pairs)  # curated by the verifier
+        assert store.path(r, "checkpoint_grpo").is_dir() and store.path(r, "checkpoint").is_dir()
+        grpo = [json.loads(x) for x in store.path(r, "train_grpo.jsonl").read_text().splitlines()]
+        dpo = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        assert grpo and "advantage_abs" in grpo[0]
+        # DPO starts from the GRPO policy, which is its reference: no margin at its first step
+        assert dpo[0]["reward_chosen"] == 0.0 and dpo[0]["reward_rejected"] == 0.0
+
+
+def test_online_ipo_recipe_regresses_towards_the_starting_model(tiny_model_dir, tmp_path):
+    cfg = _recipe("online_ipo", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "token_sum"}  # graded scores: best_vs_worst finds pairs
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        pairs = _table(store, r, "preferences.parquet")
+        assert pairs and all(p["chosen_win_rate"] > p["rejected_win_rate"] for p in pairs)
+        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        # against the starting model: round 1's policy is it (no margin at the first step), round 2's is not
+        first = (log[0]["reward_chosen"], log[0]["reward_rejected"])
+        assert (first == (0.0, 0.0)) == (r == 1), (r, first)

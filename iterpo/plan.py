@@ -347,6 +347,8 @@ def check_stage_losses(plan: Plan) -> None:
     writer = {name: stage for stage in plan.stages for name in stage.files.values()}
     for stage in plan.stages:
         mine = loss(stage)
+        if stage.kind == "train" and hasattr(stage, "settings"):
+            stage.settings(plan)  # the stage's own train settings are valid
         if plan.config.sampling.exhaustive and stage.kind == "train" and not mine.exact_weights:
             raise ConfigError(
                 f"sampling.exhaustive: the loss of stage {stage.label!r} ({type(mine).__name__}) is written for "

@@ -6,9 +6,13 @@ import copy
 import json
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from pydantic import ValidationError
 
+from iterpo.config import TrainSection
+from iterpo.errors import ConfigError
 from iterpo.losses.base import LIVE_NEEDS, LOSSES
 from iterpo.models.loading import load_policy_checkpoint, save_policy
 from iterpo.progress import bar
@@ -29,13 +33,14 @@ def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str, 
     draw different batch orders, and a repeated one the same.
     """
     loss = loss or ctx.plan.loss
+    settings = stage.settings(ctx.plan) if isinstance(stage, Train) else ctx.config.train
     needs = loss.needs
     examples = training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs)
     reference = ctx.reference(r, frozen_copy=True, stage=stage) if needs & LIVE_NEEDS else None
     seed = derive_seed(ctx.config.run.seed, r, purpose)
     torch.manual_seed(seed)
-    with bar("training" if purpose == "train" else purpose, len(examples) * ctx.config.train.epochs) as advance:
-        return train(model, examples, loss, ctx.config.train, seed, ctx.pad_id, advance, reference)
+    with bar("training" if purpose == "train" else purpose, len(examples) * settings.epochs) as advance:
+        return train(model, examples, loss, settings, seed, ctx.pad_id, advance, reference)
 
 
 def fit_on_processes(
@@ -44,13 +49,14 @@ def fit_on_processes(
     """fit() on train.processes processes (iterpo.training.distributed); (the log, the trained policy).
     loss_spec: {name: ..., hyperparameters...}, as the processes build the loss again."""
     cfg, plan = ctx.config, ctx.plan
+    settings = stage.settings(plan)
     needs = LOSSES.get(loss_spec["name"]).needs
     scratch = ctx.store.round_dir(r) / f".{purpose}-processes"
     shutil.rmtree(scratch, ignore_errors=True)
     job = TrainJob(
         examples=training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs),
         loss=loss_spec,
-        train=cfg.train.model_dump(),
+        train=settings.model_dump(),
         seed=derive_seed(cfg.run.seed, r, purpose),
         pad_id=ctx.pad_id,
         base_path=plan.base_path,
@@ -63,7 +69,7 @@ def fit_on_processes(
         ema_path=ctx.ema_source(r - 1) if cfg.reference.policy == "ema" and needs & LIVE_NEEDS else None,
     )
     ctx.release_policy()  # the processes load their own replicas: do not hold another one meanwhile
-    log, trained = launch(job, scratch, cfg.train.processes, cfg.run.threads)
+    log, trained = launch(job, scratch, settings.processes, cfg.run.threads)
     model = load_policy_checkpoint(trained, plan.base_path, cfg.model.dtype, cfg.model.lora, plan.device)
     shutil.rmtree(scratch, ignore_errors=True)
     return log, model
@@ -82,6 +88,26 @@ class Train(ServesLoss):
     the round made: SFT, then DPO); the round's last such stage makes the round's policy. False: a side training
     of a copy (EGPO's and Nash-MP's half step), always saved under the stage's own name for later stages of the
     round (``sample: {policy: NAME}``), the policy left as it was."""
+    train: dict[str, Any] | None = None
+    """This stage's training settings over the run's train section, e.g. {lr: 1.0e-6, epochs: 1}: an SFT stage
+    at a smaller learning rate than the preference stage after it, the remedy Wang et al. 2025 ("Implicit
+    Reward as the Bridge: A Unified View of SFT and DPO Connections") propose for SFT's updates, which no KL
+    term constrains."""
+
+    def settings(self, plan) -> TrainSection:
+        """The run's train section with this stage's own settings over it (ConfigError when they are invalid)."""
+        if not self.train:
+            return plan.config.train
+        if not isinstance(self.train, dict):
+            raise ConfigError(f"round.stages: stage {self.label!r}: train must be a mapping of train settings")
+        try:
+            return TrainSection(**{**plan.config.train.model_dump(), **self.train})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(
+                f"round.stages: stage {self.label!r}: train{'.' + where if where else ''}: {err['msg']}"
+            ) from None
 
     def reads_for(self, plan) -> tuple[str, ...]:
         return self.reads if self.loss_of(plan).needs & SCORED_NEEDS else ("examples",)
@@ -95,7 +121,7 @@ class Train(ServesLoss):
         if not self.updates_policy:
             return self.side(ctx, r, records, scored)
         ctx.forget_handoffs(r)  # this round's policy is about to change: copies made of it for other processes go
-        if ctx.config.train.processes > 1:
+        if self.settings(ctx.plan).processes > 1:
             log, model = fit_on_processes(ctx, r, records, scored, self.label, self.loss_spec(ctx.plan), self)
             ctx.set_policy(model, r, self)
         else:
@@ -118,7 +144,7 @@ class Train(ServesLoss):
 
     def side(self, ctx, r: int, records: list, scored: list[RefLogp]) -> dict:
         """Train a copy of the policy at this stage's place in the round and save it under this stage's name."""
-        if ctx.config.train.processes > 1:
+        if self.settings(ctx.plan).processes > 1:
             log, model = fit_on_processes(ctx, r, records, scored, self.label, self.loss_spec(ctx.plan), self)
         else:
             model = copy.deepcopy(ctx.policy_before(r, self))

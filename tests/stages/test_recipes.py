@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from iterpo.config import load_config
+from iterpo.errors import ConfigError
 
 from helpers import run_config
 
@@ -418,3 +419,21 @@ def test_online_ipo_recipe_regresses_towards_the_starting_model(tiny_model_dir, 
         # against the starting model: round 1's policy is it (no margin at the first step), round 2's is not
         first = (log[0]["reward_chosen"], log[0]["reward_rejected"])
         assert (first == (0.0, 0.0)) == (r == 1), (r, first)
+
+
+def test_a_train_stage_takes_its_own_training_settings(tiny_model_dir, tmp_path):
+    cfg = _recipe("sft_dpo", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "first_token_parity"}
+    cfg["run"]["rounds"] = 1
+    stages = cfg["round"]["stages"]
+    at = next(i for i, s in enumerate(stages) if isinstance(s, dict) and s.get("name") == "train_sft")
+    stages[at] = {**stages[at], "train": {"lr": 2e-4, "epochs": 2}}
+    rows, store = _run(cfg, tmp_path)
+    sft = [json.loads(x) for x in store.path(1, "train_sft.jsonl").read_text().splitlines()]
+    dpo = [json.loads(x) for x in store.path(1, "train.jsonl").read_text().splitlines()]
+    assert {x["lr"] for x in sft} == {2e-4} and {x["epoch"] for x in sft} == {0, 1}
+    assert {x["lr"] for x in dpo} == {1e-3} and {x["epoch"] for x in dpo} == {0}  # the run's train section
+    stages[at] = {**stages[at], "train": {"lr": -1}}
+    with pytest.raises(ConfigError, match="stage 'train_sft': train.lr: Input should be greater than 0"):
+        (tmp_path / "bad").mkdir()
+        _run(cfg, tmp_path / "bad")

@@ -257,6 +257,22 @@ class RoundSection(Section):
     strategy asks for it, reference when the loss needs it, train, eval when there are held-out prompts)."""
 
 
+class WarmupSection(Section):
+    file: str | None = None
+    """Demonstrations (JSONL, JSON or parquet rows with prompt and chosen) for the sft loss, or preference pairs
+    (prompt, chosen, rejected) for a pairwise loss: trained on once, before round 1, from model.path. The result
+    is the run's starting model: round 0's evaluation, round 1's policy, reference.policy initial. Saved as
+    RUN_DIR/round-000/warmup/ (with LoRA: merged); a resumed run reads it back. null: no warm-up."""
+    loss: str | dict[str, Any] = "sft"
+    """The warm-up's loss: a name, or {name: ..., hyperparameters}."""
+    train: dict[str, Any] = {}
+    """Its training settings over the run's train section, e.g. {epochs: 1, lr: 1.0e-5}."""
+
+    def loss_section(self) -> LossSection:
+        spec = {"name": self.loss} if isinstance(self.loss, str) else dict(self.loss)
+        return LossSection(**spec)
+
+
 class Config(Section):
     run: RunSection = RunSection()
     model: ModelSection = ModelSection()
@@ -269,6 +285,7 @@ class Config(Section):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     round: RoundSection = RoundSection()
+    warmup: WarmupSection = WarmupSection()
 
 
 # ---------------------------------------------------------------- loading

@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import ValidationError
 
-from iterpo.config import Config
+from iterpo.config import Config, TrainSection
 from iterpo.errors import ConfigError, DataError
 from iterpo.judges import JUDGES, Judge, make_judge
 from iterpo.losses import Loss, get_loss, loss_hyperparameters
@@ -46,7 +47,7 @@ from iterpo.stages.reference import SCORED_NEEDS
 from iterpo.tasks import TASKS, Task, build_task
 
 DEFAULT_ROUND = ("sample", "judge", "pair", "look_ahead", "reference", "train", "ema", "eval")
-INITIAL_ROUND = ("eval",)  # round 0: the starting model, evaluated
+INITIAL_ROUND = ("warmup", "eval")  # round 0: the starting model (warmed up when configured), evaluated
 # Settings that do not change what a run computes: they may differ when a run directory is reopened.
 UNFINGERPRINTED = [
     ("run", "dir"),
@@ -155,6 +156,8 @@ def resolve(config: Config) -> dict:
             data[section].pop(key)
     if data.get("round", {}).get("stages") is None:
         data.pop("round", None)  # a derived round is not a setting: it follows from the others
+    if config.warmup.file is None:
+        data.pop("warmup")  # no warm-up: its other settings change nothing
     return data
 
 
@@ -236,6 +239,8 @@ def build_plan(config: Config) -> Plan:
     check_prompts(judge, train_prompts, source)
     check_prompts(eval_judge, eval_prompts, config.task.eval_file or source)
     base_path = resolve_model_path(config.model.path)
+    if config.warmup.file is not None:
+        check_warmup(config)
     if config.model.lora is not None:
         check_lora_targets(base_path, config.model.lora.target_modules)
     device = resolve_device(config.model.device)
@@ -291,6 +296,27 @@ def build_plan(config: Config) -> Plan:
         [s for s in (STAGES.create(k, {}) for k in INITIAL_ROUND) if s.needed(plan)], "round 0", plan
     )
     return plan
+
+
+def check_warmup(config: Config) -> None:
+    """ConfigError or UserInputError before anything runs when the warm-up's loss, settings or file are bad."""
+    from iterpo.stages.warmup import warmup_rows
+
+    spec = config.warmup.loss_section()
+    try:
+        loss = get_loss(spec.name, **spec.hyperparams())
+        TrainSection(**{**config.train.model_dump(), **config.warmup.train})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"warmup.train.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    except ValueError as exc:
+        raise ConfigError(f"warmup.loss: {exc}") from None
+    if loss.data_shape not in ("pairs", "demonstrations"):
+        raise ConfigError(
+            f"warmup.loss {spec.name!r} trains on {loss.data_shape} data; the warm-up file holds demonstrations "
+            "(sft) or preference pairs"
+        )
+    warmup_rows(config)
 
 
 def check_prompts(judge: Judge, prompts: list[Prompt], source: str) -> None:

@@ -43,6 +43,10 @@ class RunContext:
         # round r before the round's last (e.g. SFT before DPO)
         self._policy_tag: tuple[int, str | None] | None = None
         self._pool: Any = None  # the cluster's workers (iterpo.stages.workers.Pool), started when first needed
+        if self.config.warmup.file is not None:  # a warm-up already made (a resumed run): it is the starting model
+            warm = store.path(0, "warmup")
+            if store.check(warm) == "ok":
+                self.start_from(warm)
 
     # ------------------------------------------------------------------ prompts
 
@@ -75,6 +79,12 @@ class RunContext:
         """A policy saved in the run (a checkpoint directory), on the run's device unless told another."""
         lora, dtype = self.config.model.lora, self.config.model.dtype
         return load_policy_checkpoint(path, self.plan.base_path, dtype, lora, device or self.plan.device)
+
+    def start_from(self, path) -> None:
+        """The run's starting model is now the whole model saved at path (the warm-up's): everything that loads
+        the starting model (round 0's policy, reference.policy initial, the workers) loads it from there."""
+        self.plan.base_path = str(path)
+        self.release_policy()
 
     def policy_after(self, r: int):
         """The policy as it was at the end of round r (0 = the starting model)."""

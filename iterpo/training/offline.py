@@ -29,14 +29,15 @@ from iterpo.errors import UserInputError, reading
 from iterpo.training.examples import GroupExample, PairExample
 
 
-def read_preferences(path: str | Path, demonstrations: bool = False) -> list[dict]:
+def read_preferences(path: str | Path, demonstrations: bool = False, what: str = "--preferences") -> list[dict]:
     """The rows of a preference file, checked: prompt, chosen and rejected present and of a known shape
-    (``demonstrations``: for SFT on the chosen responses, rejected may be absent)."""
+    (``demonstrations``: for SFT on the chosen responses, rejected may be absent). ``what`` names the file's
+    origin in errors (the option or config field)."""
     keys = ("prompt", "chosen") if demonstrations else ("prompt", "chosen", "rejected")
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"--preferences: {path} does not exist")
-    with reading("--preferences", path, UserInputError):
+        raise UserInputError(f"{what}: {path} does not exist")
+    with reading(what, path, UserInputError):
         if path.suffix == ".parquet":
             rows = pq.read_table(path).to_pylist()
         elif path.suffix == ".json":
@@ -50,12 +51,12 @@ def read_preferences(path: str | Path, demonstrations: bool = False) -> list[dic
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise UserInputError(
-                        f"--preferences: {path} line {lineno} is not valid JSON: {exc.msg} (column {exc.colno})"
+                        f"{what}: {path} line {lineno} is not valid JSON: {exc.msg} (column {exc.colno})"
                     ) from None
     if not isinstance(rows, list) or not rows:
-        raise UserInputError(f"--preferences: {path} holds no preference rows")
+        raise UserInputError(f"{what}: {path} holds no preference rows")
     for i, row in enumerate(rows, 1):
-        where = f"--preferences: {path}, row {i}"
+        where = f"{what}: {path}, row {i}"
         if not isinstance(row, dict):
             raise UserInputError(f"{where}: expected an object with prompt, chosen and rejected")
         missing = [k for k in keys if k not in row]

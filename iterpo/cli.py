@@ -127,9 +127,22 @@ def _cmd_status(args) -> None:
     config = load_config(store.config_path)
     rows = [round_summary(store, r) for r in range(0, config.run.rounds + 1)]
     console.print(round_table(rows))
-    done = [r["round"] for r in rows[1:] if store.path(r["round"], "train.jsonl").exists()]
-    fingerprint = (store.manifest() or {}).get("config_fingerprint")
+    manifest = store.manifest() or {}
+    last = _policy_stage_label(config)  # a round is trained when the stage that makes its policy finished
+    done = [r["round"] for r in rows[1:] if f"round-{r['round']:03d}/{last}" in manifest.get("stages", {})]
+    fingerprint = manifest.get("config_fingerprint")
     console.print(f"{len(done)} of {config.run.rounds} rounds trained; config fingerprint {fingerprint}")
+
+
+def _policy_stage_label(config) -> str:
+    """The label of the stage that makes a round's policy (the round's last policy-updating train stage), read
+    from the config alone: status should not need the model or the judge."""
+    label = "train"
+    for entry in config.round.stages or []:
+        spec = {"stage": entry} if isinstance(entry, str) else entry
+        if spec.get("stage") == "train" and spec.get("updates_policy", True):
+            label = spec.get("name") or "train"
+    return label
 
 
 def _cmd_losses(args) -> None:

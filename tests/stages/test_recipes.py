@@ -437,3 +437,17 @@ def test_a_train_stage_takes_its_own_training_settings(tiny_model_dir, tmp_path)
     with pytest.raises(ConfigError, match="stage 'train_sft': train.lr: Input should be greater than 0"):
         (tmp_path / "bad").mkdir()
         _run(cfg, tmp_path / "bad")
+
+
+def test_status_counts_the_rounds_whose_policy_stage_finished(tiny_model_dir, tmp_path, capsys):
+    from iterpo.cli import main
+
+    cfg = _recipe("sft_dpo", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "first_token_parity"}
+    at = next(i for i, s in enumerate(cfg["round"]["stages"]) if s == "train")
+    cfg["round"]["stages"][at] = {"stage": "train", "name": "train_dpo"}  # the round's policy: not train.jsonl
+    cfg["run"]["rounds"] = 1
+    _run(cfg, tmp_path)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "run")]) == 0
+    assert "1 of 1 rounds trained" in capsys.readouterr().out

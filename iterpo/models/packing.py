@@ -22,6 +22,7 @@ summation order); they exist as switches so the benchmark can measure each.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,10 @@ import torch
 
 from iterpo.models.device import model_device, score_dtype, tensors_to
 
-Group = tuple[list[int], list[list[int]]]  # (prompt ids, its responses' ids)
+# (prompt ids, its responses' ids), optionally with, per response, which of its tokens the policy produced:
+# the others (a tool's or an environment's observations inside a trajectory) are context the policy reads but is
+# never scored or trained on
+Group = tuple[list[int], list[list[int]]] | tuple[list[int], list[list[int]], list[list[bool]]]
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,12 @@ class Packed:
     tokens: int  # real (non-padding) tokens in the batch
 
 
-def pack(groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> Packed:
+def pack(groups: Sequence[Group], layout: Layout = Layout(), pad_id: int = 0) -> Packed:
     """Lay out groups as ``layout`` says; responses are numbered group by group, in order."""
     if not layout.shared_prompt:  # each response with its own copy of the prompt
-        groups = [(p, [r]) for p, rs in groups for r in rs]
+        groups = [
+            (g[0], [r], [g[2][j]] if len(g) == 3 else [[True] * len(r)]) for g in groups for j, r in enumerate(g[1])
+        ]
     G = len(groups)
     # per group: token ids, positions, branch (0: the prompt, seen by every response; j + 1: response j)
     toks, poss, branches = [], [], []
@@ -79,19 +85,26 @@ def pack(groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> Pac
     targets: list[int] = []
     owner: list[int] = []
     n = 0
-    for g, (prompt, responses) in enumerate(groups):
+    for g, group in enumerate(groups):
+        prompt, responses = group[0], group[1]
+        produced = group[2] if len(group) == 3 else [[True] * len(r) for r in responses]
         if not prompt or not responses or any(not r for r in responses):
             raise ValueError("every prompt and response needs at least one token")
+        if [len(m) for m in produced] != [len(r) for r in responses]:
+            raise ValueError("a response's token mask must have one entry per token")
         tok, tok_pos, tok_branch = list(prompt), list(range(len(prompt))), [0] * len(prompt)
         for j, response in enumerate(responses):
             first = len(tok)
             tok += response
             tok_pos += range(len(prompt), len(prompt) + len(response))
             tok_branch += [j + 1] * len(response)
-            # token 0 is predicted by the prompt's last position, token k by response token k - 1
-            predict += [(g, len(prompt) - 1)] + [(g, first + k) for k in range(len(response) - 1)]
-            targets += response
-            owner += [n] * len(response)
+            # token 0 is predicted by the prompt's last position, token k by response token k - 1; only the
+            # tokens the policy produced are predicted (observations are read, never scored)
+            position = [(g, len(prompt) - 1)] + [(g, first + k) for k in range(len(response) - 1)]
+            keep = [k for k in range(len(response)) if produced[j][k]]
+            predict += [position[k] for k in keep]
+            targets += [response[k] for k in keep]
+            owner += [n] * len(keep)
             n += 1
         toks.append(tok)
         poss.append(tok_pos)
@@ -106,7 +119,7 @@ def pack(groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> Pac
     visible = (branch.unsqueeze(1) == 0) | (branch.unsqueeze(2) == branch.unsqueeze(1))  # (G, Lg, Lg)
     mask = causal & visible & real.unsqueeze(1) & real.unsqueeze(2)
     mask |= torch.eye(Lg, dtype=torch.bool) & ~real.unsqueeze(2)  # a padding query sees itself (no NaN rows)
-    at = torch.tensor(predict, dtype=torch.long)  # (M, 2)
+    at = torch.tensor(predict, dtype=torch.long).view(-1, 2)  # (M, 2)
     if layout.padding_free:
         offsets = torch.cumsum(lengths, 0) - lengths  # (G,) where each group starts in the row
         ids = torch.tensor([t for tok in toks for t in tok]).unsqueeze(0)  # (1, N)
@@ -283,7 +296,7 @@ def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tenso
     return torch.log_softmax(logits.to(score_dtype(logits.dtype)), dim=-1).gather(1, packed.targets[:, None]).squeeze(1)
 
 
-def sequence_logps(model, groups: list[Group], layout: Layout = Layout(), pad_id: int = 0) -> torch.Tensor:
+def sequence_logps(model, groups: Sequence[Group], layout: Layout = Layout(), pad_id: int = 0) -> torch.Tensor:
     """Sum of log pi(response token | prefix) per response, group by group: (n,) in the score dtype (float32, or
     float64 for a float64 model)."""
     packed = pack(groups, layout, pad_id)

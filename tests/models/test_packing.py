@@ -108,3 +108,32 @@ def test_scoring_many_responses_groups_shared_prompts_and_keeps_the_order(model,
 def test_empty_responses_are_refused(model):
     with pytest.raises(ValueError, match="at least one token"):
         pack([([1, 2], [[]])])
+
+
+@pytest.mark.parametrize("layout", [Layout(), PLAIN], ids=str)
+def test_context_tokens_in_a_response_are_read_but_never_scored_or_trained(model, groups, layout):
+    """A trajectory's observation tokens (a tool's output) condition what follows but contribute no log-prob,
+    so no gradient reaches the model through predicting them."""
+    prompt, (first, second) = groups[0]
+    produced = [[True, False, True], [k % 3 != 1 for k in range(len(second))]]
+    masked = sequence_logps(model, [(prompt, [first, second], produced)], layout)
+    per_token = []  # the definition: every token's log-prob given everything before it, context included
+    for r in (first, second):
+        logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + r])).logits[0].float(), -1)
+        per_token.append([logp[len(prompt) - 1 + k, t] for k, t in enumerate(r)])
+    want = torch.stack([sum(lp for lp, keep in zip(row, m) if keep) for row, m in zip(per_token, produced)])
+    torch.testing.assert_close(masked, want.detach(), rtol=1e-5, atol=1e-4)
+    model.zero_grad()
+    want.sum().backward()
+    want_grad = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    masked.sum().backward()
+    for n, p in model.named_parameters():  # the same gradients: none from predicting the context tokens
+        torch.testing.assert_close(p.grad, want_grad[n], rtol=1e-4, atol=1e-5, msg=n)
+    model.zero_grad()
+    # an observation token's own prediction gets no gradient: changing which token it is moves no scored term
+    # except through the context it gives the tokens after it, and a response of observations alone scores 0
+    only_context = sequence_logps(model, [(prompt, [first], [[False] * len(first)])], layout)
+    assert float(only_context[0]) == 0.0
+    with pytest.raises(ValueError, match="one entry per token"):
+        sequence_logps(model, [(prompt, [first], [[True]])], layout)

@@ -228,6 +228,18 @@ class TrainSection(Section):
     (PyTorch FSDP) instead of a whole replica on each, for models that do not fit one device. The same steps
     as replicas, to rounding; the output layer's logits are then computed whole for the response tokens."""
 
+    def overridden(self, settings: dict[str, Any], what: str) -> TrainSection:
+        """This section with settings over it (a stage's or the warm-up's own); ConfigError naming ``what`` and
+        the field when they are invalid."""
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{what} must be a mapping of train settings")
+        try:
+            return TrainSection(**{**self.model_dump(), **settings})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(f"{what}{'.' + where if where else ''}: {err['msg']}") from None
+
     @model_validator(mode="after")
     def _fsdp_needs_processes(self):
         if self.fsdp and self.processes < 2:

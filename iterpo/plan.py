@@ -29,9 +29,8 @@ from typing import Any
 
 import torch
 import yaml
-from pydantic import ValidationError
 
-from iterpo.config import Config, TrainSection
+from iterpo.config import Config
 from iterpo.errors import ConfigError, DataError
 from iterpo.judges import JUDGES, Judge, make_judge
 from iterpo.losses import Loss, get_loss, loss_hyperparameters
@@ -305,12 +304,9 @@ def check_warmup(config: Config) -> None:
     spec = config.warmup.loss_section()
     try:
         loss = get_loss(spec.name, **spec.hyperparams())
-        TrainSection(**{**config.train.model_dump(), **config.warmup.train})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"warmup.train.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
     except ValueError as exc:
         raise ConfigError(f"warmup.loss: {exc}") from None
+    config.train.overridden(config.warmup.train, "warmup.train")
     if loss.data_shape not in ("pairs", "demonstrations"):
         raise ConfigError(
             f"warmup.loss {spec.name!r} trains on {loss.data_shape} data; the warm-up file holds demonstrations "

@@ -56,9 +56,10 @@ class AllPairs(Strategy):
     weighted: bool = False
 
     def examples(self, prompt, cands, rng, initial=None):
-        pairs = [preference(prompt, a, b) for a in cands for b in cands if a is not b]
+        ordered = [(a, b) for a in cands for b in cands if a is not b]
+        pairs = [preference(prompt, a, b) for a, b in ordered]
         if self.weighted:
-            for x, (a, b) in zip(pairs, [(a, b) for a in cands for b in cands if a is not b]):
+            for x, (a, b) in zip(pairs, ordered):
                 x.weight = _mass(a) * _mass(b) * x.soft_label
         return pairs, None if pairs else "one distinct response"
 

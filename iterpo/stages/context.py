@@ -43,9 +43,8 @@ class RunContext:
         # round r before the round's last (e.g. SFT before DPO)
         self._policy_tag: tuple[int, str | None] | None = None
         self._pool: Any = None  # the cluster's workers (iterpo.stages.workers.Pool), started when first needed
-        if self.config.warmup.file is not None:  # a warm-up already made (a resumed run): it is the starting model
-            warm = store.path(0, "warmup")
-            if store.check(warm) == "ok":
+        for stage in plan.initial_stages:  # a warm-up already made (a resumed run): it is the starting model
+            if stage.kind == "warmup" and store.check(warm := store.path(0, stage.file("policy"))) == "ok":
                 self.start_from(warm)
 
     # ------------------------------------------------------------------ prompts
@@ -157,12 +156,7 @@ class RunContext:
         if self.store.check(target) != "ok":
             model = self.policy_after(r)
             full = copy.deepcopy(model).merge_and_unload() if is_lora(model) else model
-
-            def fill(tmp):
-                full.save_pretrained(tmp, safe_serialization=True)
-                self.tokenizer.save_pretrained(tmp)
-
-            self.store.write_dir(target, fill)
+            save_policy(full, self.tokenizer, target, write_dir=self.store.write_dir)
         return str(target)
 
     def forget_handoffs(self, r: int) -> None:
@@ -283,12 +277,7 @@ class RunContext:
         target = checkpoint.with_name(checkpoint.name + "-full")
         if self.store.check(target) != "ok":
             model = self.load_saved(checkpoint, "cpu").merge_and_unload()
-
-            def fill(tmp):
-                model.save_pretrained(tmp, safe_serialization=True)
-                self.tokenizer.save_pretrained(tmp)
-
-            self.store.write_dir(target, fill)
+            save_policy(model, self.tokenizer, target, write_dir=self.store.write_dir)
         return str(target)
 
     def reference(self, r: int, frozen_copy: bool = False, stage: Any = None) -> LiveReference:

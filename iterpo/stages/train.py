@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from iterpo.config import TrainSection
-from iterpo.errors import ConfigError
 from iterpo.losses.base import LIVE_NEEDS, LOSSES
 from iterpo.models.loading import load_policy_checkpoint, save_policy
 from iterpo.progress import bar
@@ -98,16 +96,7 @@ class Train(ServesLoss):
         """The run's train section with this stage's own settings over it (ConfigError when they are invalid)."""
         if not self.train:
             return plan.config.train
-        if not isinstance(self.train, dict):
-            raise ConfigError(f"round.stages: stage {self.label!r}: train must be a mapping of train settings")
-        try:
-            return TrainSection(**{**plan.config.train.model_dump(), **self.train})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
-            raise ConfigError(
-                f"round.stages: stage {self.label!r}: train{'.' + where if where else ''}: {err['msg']}"
-            ) from None
+        return plan.config.train.overridden(self.train, f"round.stages: stage {self.label!r}: train")
 
     def reads_for(self, plan) -> tuple[str, ...]:
         return self.reads if self.loss_of(plan).needs & SCORED_NEEDS else ("examples",)

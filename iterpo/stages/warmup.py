@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from iterpo.config import TrainSection
 from iterpo.losses import get_loss
+from iterpo.models.loading import save_policy
 from iterpo.progress import bar
 from iterpo.stages.base import Stage, register_stage
 from iterpo.training.offline import read_preferences, train_file
@@ -38,18 +38,13 @@ class Warmup(Stage):
 
     def run(self, ctx, r):
         cfg = ctx.config
-        settings = TrainSection(**{**cfg.train.model_dump(), **cfg.warmup.train})
+        settings = cfg.train.overridden(cfg.warmup.train, "warmup.train")
         config = cfg.model_copy(update={"loss": cfg.warmup.loss_section(), "train": settings})
         model, tokenizer, examples, result = train_file(config, warmup_rows(cfg), bar)
         if cfg.model.lora is not None:  # the starting model is a whole model: the adapters merged in
             model = model.merge_and_unload()
-
-        def fill(tmp):
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-
         target = ctx.store.path(r, self.file("policy"))
-        ctx.store.write_dir(target, fill)
+        save_policy(model, tokenizer, target, write_dir=ctx.store.write_dir)
         ctx.store.write_text(
             ctx.store.path(r, self.file("train_log")), "".join(json.dumps(x) + "\n" for x in result.log)
         )

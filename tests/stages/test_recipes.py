@@ -71,6 +71,11 @@ def _table(store, r, name):
     return pq.read_table(store.path(r, name)).to_pylist()
 
 
+def _log(store, r, name):
+    """A training log of round r (one row per optimizer step)."""
+    return [json.loads(x) for x in store.path(r, name).read_text().splitlines()]
+
+
 def _stage(store, r, stage):
     return store.manifest()["stages"][f"round-{r:03d}/{stage}"]
 
@@ -119,7 +124,7 @@ def test_sppo_recipe_with_a_pairwise_judge(tiny_model_dir, tmp_path):
             assert sum(j["win_rate"] for j in js) / len(js) == pytest.approx(0.5)
         prefs = _table(store, r, "preferences.parquet")
         assert prefs and all(p["chosen_win_rate"] > p["rejected_win_rate"] for p in prefs)
-        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        log = _log(store, r, "train.jsonl")
         assert log and all("loss" in x for x in log)
 
 
@@ -145,7 +150,7 @@ def test_policy_gradient_recipes_train_on_every_sample(name, tiny_model_dir, tmp
                     for i, s in enumerate(scores)
                 ]
                 assert g["scores"] == pytest.approx(want)
-        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        log = _log(store, r, "train.jsonl")
         assert log and all("advantage_abs" in x for x in log)
     assert store.path(1, "ref_logps.parquet").exists() == (name == "spo")  # GRPO scores live, RLOO from the store
 
@@ -198,7 +203,7 @@ def test_egpo_recipe_samples_the_half_step_and_steps_again_from_the_rounds_polic
         pairs = _table(store, r, "preferences_half.parquet")
         assert pairs and {p["chosen_source"] for p in pairs} == {"sample_half"}
         for name in ("train_half.jsonl", "train.jsonl"):
-            log = [json.loads(x) for x in store.path(r, name).read_text().splitlines()]
+            log = _log(store, r, name)
             # both steps start from the round's policy; the reference is the starting model, which round 1's
             # policy is (no margin at its first step) and round 2's is not
             first = (log[0]["reward_chosen"], log[0]["reward_rejected"])
@@ -238,8 +243,8 @@ def test_sft_then_dpo_recipe_trains_dpo_from_the_sft_policy_and_resumes(tiny_mod
         demos = _table(store, r, "preferences_sft.parquet")
         assert demos and all(len(g["sample_idxs"]) == 1 and g["scores"][0] >= 1.0 for g in demos)  # the best
         assert store.path(r, "checkpoint_sft").is_dir() and store.path(r, "checkpoint").is_dir()
-        sft = [json.loads(x) for x in store.path(r, "train_sft.jsonl").read_text().splitlines()]
-        dpo = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        sft = _log(store, r, "train_sft.jsonl")
+        dpo = _log(store, r, "train.jsonl")
         assert sft and "reward_margin" not in sft[0] and dpo
         # DPO starts from the SFT policy, which is also its reference: no margin at its first step (from the
         # round's starting policy, against the SFT reference, there would be one)
@@ -337,7 +342,7 @@ def test_rft_recipe_imitates_the_accepted_samples(tiny_model_dir, tmp_path):
         for g in groups:  # accepted, distinct, at most per_prompt
             assert all(judged[(g["prompt_id"], i)] >= 1.0 for i in g["sample_idxs"])
             assert len({texts[(g["prompt_id"], i)] for i in g["sample_idxs"]}) == len(g["sample_idxs"]) <= 4
-        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        log = _log(store, r, "train.jsonl")
         assert log and all(x["loss"] > 0 for x in log)
     assert not store.path(1, "ref_logps.parquet").exists()  # SFT needs no reference
 
@@ -401,8 +406,8 @@ def test_veripo_recipe_trains_dpo_on_verified_pairs_from_the_grpo_policy(tiny_mo
         assert groups and pairs
         assert all(p["chosen_score"] >= 1.0 > p["rejected_score"] for p in pairs)  # curated by the verifier
         assert store.path(r, "checkpoint_grpo").is_dir() and store.path(r, "checkpoint").is_dir()
-        grpo = [json.loads(x) for x in store.path(r, "train_grpo.jsonl").read_text().splitlines()]
-        dpo = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        grpo = _log(store, r, "train_grpo.jsonl")
+        dpo = _log(store, r, "train.jsonl")
         assert grpo and "advantage_abs" in grpo[0]
         # DPO starts from the GRPO policy, which is its reference: no margin at its first step
         assert dpo[0]["reward_chosen"] == 0.0 and dpo[0]["reward_rejected"] == 0.0
@@ -415,7 +420,7 @@ def test_online_ipo_recipe_regresses_towards_the_starting_model(tiny_model_dir, 
     for r in (1, 2):
         pairs = _table(store, r, "preferences.parquet")
         assert pairs and all(p["chosen_win_rate"] > p["rejected_win_rate"] for p in pairs)
-        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        log = _log(store, r, "train.jsonl")
         # against the starting model: round 1's policy is it (no margin at the first step), round 2's is not
         first = (log[0]["reward_chosen"], log[0]["reward_rejected"])
         assert (first == (0.0, 0.0)) == (r == 1), (r, first)
@@ -429,8 +434,8 @@ def test_a_train_stage_takes_its_own_training_settings(tiny_model_dir, tmp_path)
     at = next(i for i, s in enumerate(stages) if isinstance(s, dict) and s.get("name") == "train_sft")
     stages[at] = {**stages[at], "train": {"lr": 2e-4, "epochs": 2}}
     rows, store = _run(cfg, tmp_path)
-    sft = [json.loads(x) for x in store.path(1, "train_sft.jsonl").read_text().splitlines()]
-    dpo = [json.loads(x) for x in store.path(1, "train.jsonl").read_text().splitlines()]
+    sft = _log(store, 1, "train_sft.jsonl")
+    dpo = _log(store, 1, "train.jsonl")
     assert {x["lr"] for x in sft} == {2e-4} and {x["epoch"] for x in sft} == {0, 1}
     assert {x["lr"] for x in dpo} == {1e-3} and {x["epoch"] for x in dpo} == {0}  # the run's train section
     stages[at] = {**stages[at], "train": {"lr": -1}}

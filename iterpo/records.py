@@ -37,11 +37,20 @@ class Rollout:
     sample_idx: int  # 0..K-1 within the prompt
     round: int
     seed: int  # derived from (run seed, round, prompt id, sample index); 0 for an enumerated response
-    text: str  # decoded response, special tokens removed
-    token_ids: list[int]  # (T_resp,) generated tokens, including the final EOS if it stopped
-    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
+    text: str  # what judges read: the decoded response (a trajectory's: its final turn), special tokens removed
+    token_ids: list[int]  # (T_resp,) the response's tokens, including the final EOS if it stopped
+    finish_reason: str  # "stop" (EOS), "length" (max_new_tokens or the token budget), "turns" (the turn limit)
     source: str = "policy"  # where the response came from (see the module docstring)
     weight: float | None = None  # sampling.exhaustive: the response's probability under the sampling policy
+    policy_mask: list[bool] = field(default_factory=list)  # (T_resp,) True where the policy produced the token, or
+    # empty: all of them. The others (a tool's observations, a step's shared prefix) are context: read, never trained
+    step_ends: list[int] = field(default_factory=list)  # token offsets where each step ends; empty: one step
+    transcript: str | None = None  # a trajectory of several turns: all of it as text, observations included
+
+    @property
+    def policy_tokens(self) -> int:
+        """How many of its tokens the policy produced (what length penalties and length-normalised losses count)."""
+        return sum(self.policy_mask) if self.policy_mask else len(self.token_ids)
 
 
 @dataclass
@@ -135,6 +144,9 @@ SCHEMAS = {
             ("finish_reason", pa.string()),
             ("source", pa.string()),
             ("weight", pa.float64()),
+            ("policy_mask", pa.list_(pa.bool_())),
+            ("step_ends", pa.list_(pa.int32())),
+            ("transcript", pa.string()),
         ]
     ),
     Judgement: pa.schema(

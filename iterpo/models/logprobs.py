@@ -97,21 +97,37 @@ def score_batches(prompts: list[list[int]], responses: list[list[int]], batch_si
 
 
 @torch.no_grad()
-def score_batch(model, batch: list[tuple[list[int], list[list[int]]]], pad_id: int = 0) -> list[float]:
-    """Sum of response token log-probs of one batch: (prompt ids, its responses' ids) per group, in order."""
+def score_batch(model, batch: list, pad_id: int = 0) -> list[float]:
+    """Sum of response token log-probs of one batch: packing groups (prompt ids, its responses' ids[, their
+    masks]), in order."""
     from iterpo.models.packing import sequence_logps
 
     return sequence_logps(model, batch, pad_id=pad_id).tolist()
 
 
+def batch_groups(prompts, responses, masks, batch) -> list:
+    """The packing groups of one of score_batches' batches; masks: per response, its tokens the policy produced
+    (None: all), or None for flat responses."""
+    from iterpo.models.packing import group
+
+    return [group(prompts[g[0]], [responses[i] for i in g], [masks[i] if masks else None for i in g]) for g in batch]
+
+
 def score_responses(
-    model, prompts: list[list[int]], responses: list[list[int]], batch_size: int, pad_id: int = 0, progress=None
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    batch_size: int,
+    pad_id: int = 0,
+    progress=None,
+    masks: list[list[bool] | None] | None = None,
 ) -> list[float]:
     """Sum of response token log-probs for many sequences: responses to the same prompt share one pass over it
-    (models/packing.py), at most batch_size responses a batch, shortest groups first (score_batches)."""
+    (models/packing.py), at most batch_size responses a batch, shortest groups first (score_batches). masks: per
+    response, which tokens the policy produced (None: all); only those are scored."""
     out = [0.0] * len(prompts)
     for batch in score_batches(prompts, responses, batch_size):
-        values = score_batch(model, [(prompts[g[0]], [responses[i] for i in g]) for g in batch], pad_id)
+        values = score_batch(model, batch_groups(prompts, responses, masks, batch), pad_id)
         for i, v in zip([i for g in batch for i in g], values):
             out[i] = v
         if progress is not None:

@@ -37,6 +37,13 @@ from iterpo.models.device import model_device, score_dtype, tensors_to
 Group = tuple[list[int], list[list[int]]] | tuple[list[int], list[list[int]], list[list[bool]]]
 
 
+def group(prompt: list[int], responses: list[list[int]], masks: Sequence[list[bool] | None]) -> Group:
+    """A Group; per-token masks (None: every token is the policy's) are kept only when some response has any."""
+    if all(m is None for m in masks):
+        return (prompt, responses)
+    return (prompt, responses, [m if m is not None else [True] * len(r) for r, m in zip(responses, masks)])
+
+
 @dataclass(frozen=True)
 class Layout:
     """Which token-saving steps to take. The default takes all of them."""

@@ -65,7 +65,7 @@ class Candidate:
 
     @property
     def length(self) -> int:
-        return len(self.rollout.token_ids)
+        return self.rollout.policy_tokens
 
 
 @dataclass

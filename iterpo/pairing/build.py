@@ -44,7 +44,7 @@ def candidates(
     mixture) when given: mean_j sigmoid(s - s_j) over them.
     """
     ok = [r for r in rollouts if r.sample_idx in judgements and not judgements[r.sample_idx].failed]
-    scores = {r.sample_idx: judgements[r.sample_idx].score - length_penalty * len(r.token_ids) for r in ok}
+    scores = {r.sample_idx: judgements[r.sample_idx].score - length_penalty * r.policy_tokens for r in ok}
     estimated = win_rates(scores) if scores else {}
     if opponents:
         estimated = {i: sum(sigmoid(s - t) for t in opponents) / len(opponents) for i, s in scores.items()}

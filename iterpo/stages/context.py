@@ -309,9 +309,11 @@ class RunContext:
         path = self.ema_source(r)
         return load_model(path or self.plan.base_path, self.config.model.dtype, device=self.plan.device)
 
-    def score(self, reference: LiveReference, prompt_ids: list, responses: list, advance) -> list[float]:
+    def score(self, reference: LiveReference, prompt_ids: list, responses: list, advance, masks=None) -> list[float]:
         with reference.active() as model:
-            return score_responses(model, prompt_ids, responses, self.config.eval.batch_size, self.pad_id, advance)
+            return score_responses(
+                model, prompt_ids, responses, self.config.eval.batch_size, self.pad_id, advance, masks
+            )
 
     # ------------------------------------------------------------------ judging
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iterpo.models.logprobs import score_batches
+from iterpo.models.logprobs import batch_groups, score_batches
 from iterpo.progress import bar
 from iterpo.records import RefLogp, to_table
 from iterpo.stages.base import ServesLoss, register_stage
@@ -15,7 +15,7 @@ SCORED_NEEDS = frozenset({"reference", "previous"})  # the needs of a loss this 
 BATCHES_PER_SHARD = 4  # reference batches a cluster worker scores at a time
 
 
-def score(ctx, r: int, which: str, prompt_ids: list, responses: list, advance, stage=None) -> list[float]:
+def score(ctx, r: int, which: str, prompt_ids: list, responses: list, masks: list, advance, stage=None) -> list[float]:
     """Log-probs of responses under round r's "reference" policy, the "previous" one (the policy at stage's place
     in the round: the one the round starts from, unless a train stage before it changed it) or the one "before
     previous" (after round r - 2), here or, batch by batch, on the cluster's workers (the batches are
@@ -28,7 +28,7 @@ def score(ctx, r: int, which: str, prompt_ids: list, responses: list, advance, s
             model = LiveReference(ctx.policy_before(r, stage) if stage is not None else ctx.policy_after(r - 1))
         else:
             model = LiveReference(ctx.policy_after(r - 2))
-        return ctx.score(model, prompt_ids, responses, advance)
+        return ctx.score(model, prompt_ids, responses, advance, masks)
     if which == "reference":
         start, adapters_off = ctx.reference_source(r, stage)
     elif which == "previous":
@@ -38,7 +38,7 @@ def score(ctx, r: int, which: str, prompt_ids: list, responses: list, advance, s
     batches = score_batches(prompt_ids, responses, ctx.config.eval.batch_size)
     shards = [batches[i : i + BATCHES_PER_SHARD] for i in range(0, len(batches), BATCHES_PER_SHARD)]
     jobs = [
-        (start, adapters_off, [[(prompt_ids[g[0]], [responses[i] for i in g]) for g in b] for b in shard], ctx.pad_id)
+        (start, adapters_off, [batch_groups(prompt_ids, responses, masks, b) for b in shard], ctx.pad_id)
         for shard in shards
     ]
     out = [0.0] * len(prompt_ids)
@@ -60,12 +60,13 @@ def reference_rows(ctx, r: int, records: list, needs: frozenset[str], stage=None
     keys = responses_to_score(records)
     prompt_ids = [ctx.prompt_ids_of(pid) for pid, _, _, _ in keys]
     responses = [rollouts[(rpid, source, idx)].token_ids for _, rpid, source, idx in keys]
+    masks = [rollouts[(rpid, source, idx)].policy_mask or None for _, rpid, source, idx in keys]
     done: dict[str, list[float]] = {}  # policy -> log-probs of every response: each policy is scored once
 
     def under(which: str, title: str) -> list[float]:
         if which not in done:
             with bar(title, len(keys)) as advance:
-                done[which] = list(score(ctx, r, which, prompt_ids, responses, advance, stage))
+                done[which] = list(score(ctx, r, which, prompt_ids, responses, masks, advance, stage))
         return done[which]
 
     ref: list[float] | list[None] = [None] * len(keys)

@@ -59,6 +59,9 @@ def training_examples(
     def ids(pid: str, source: str, idx: int) -> list[int]:
         return rollouts[(pid, source, idx)].token_ids
 
+    def mask(pid: str, source: str, idx: int) -> list[bool] | None:  # None: every token is the policy's
+        return rollouts[(pid, source, idx)].policy_mask or None
+
     out: list[PairExample | UnpairedExample | GroupExample] = []
     for x in records:
         pid = x.prompt_id
@@ -77,6 +80,9 @@ def training_examples(
                     aux_ids=[ids(pid, "policy", i) for i in x.aux_idxs],
                     ref_aux_logps=[_scored(ref, k) for k in aux] if use_ref else None,
                     weight=x.weight,
+                    chosen_mask=mask(pid, x.chosen_source, x.chosen_idx),
+                    rejected_mask=mask(pid, x.rejected_source, x.rejected_idx),
+                    aux_masks=[mask(pid, "policy", i) for i in x.aux_idxs],
                 )
             )
         elif isinstance(x, LabelledResponse):
@@ -89,6 +95,8 @@ def training_examples(
                     ids(x.kl_prompt_id, x.kl_source, x.kl_sample_idx),
                     ref_logp=ref[own] if use_ref else None,
                     ref_kl_logp=ref[mismatched] if use_ref else None,
+                    response_mask=mask(pid, x.source, x.sample_idx),
+                    kl_mask=mask(x.kl_prompt_id, x.kl_source, x.kl_sample_idx),
                 )
             )
         elif isinstance(x, RankedGroup):
@@ -104,6 +112,7 @@ def training_examples(
                     if use_prev
                     else None,
                     weights=list(x.weights) if x.weights else None,
+                    masks=[mask(pid, s, i) for s, i in zip(x.sources, x.sample_idxs)],
                 )
             )
     return out

@@ -17,7 +17,7 @@ from iterpo.losses import Loss, PreferenceBatch, RankedBatch, ScoredBatch, Unpai
 from iterpo.losses.base import require
 from iterpo.models.device import batch_to
 from iterpo.models.logprobs import response_token_stats
-from iterpo.models.packing import Layout, pack, sequence_logps, token_logps
+from iterpo.models.packing import Group, Layout, group, pack, sequence_logps, token_logps
 
 
 @dataclass
@@ -32,6 +32,9 @@ class PairExample:
     aux_ids: list[list[int]] = field(default_factory=list)  # k extra responses to the same prompt
     ref_aux_logps: list[float] | None = None  # (k,) their reference log-probs
     weight: float = 1.0  # the pair's weight in the step's loss (a weighted mean when any is not 1)
+    chosen_mask: list[bool] | None = None  # (Tc,) True on the tokens trained on (Rollout.policy_mask); None: all
+    rejected_mask: list[bool] | None = None  # (Tr,) likewise
+    aux_masks: list[list[bool] | None] = field(default_factory=list)  # likewise for aux_ids (empty: all None)
 
     @property
     def tokens(self) -> int:  # in a packed pass: the prompt once, each response once
@@ -46,6 +49,8 @@ class UnpairedExample:
     kl_response_ids: list[int]  # another prompt's response: (x, y') for KTO's reference point
     ref_logp: float | None = None
     ref_kl_logp: float | None = None
+    response_mask: list[bool] | None = None  # True on the tokens trained on (Rollout.policy_mask); None: all
+    kl_mask: list[bool] | None = None
 
     @property
     def tokens(self) -> int:
@@ -62,6 +67,7 @@ class GroupExample:
     ref_logps: list[float] | None = None
     prev_logps: list[float] | None = None  # under the policy that sampled them (scored losses)
     weights: list[float] | None = None  # each response's probability (sampling.exhaustive), else None
+    masks: list[list[bool] | None] | None = None  # per response, True on the tokens trained on; None: all
 
     @property
     def tokens(self) -> int:
@@ -73,6 +79,11 @@ def _t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
+def trained_length(ids: list[int], mask: list[bool] | None) -> int:
+    """Tokens a response is scored on: the ones the policy produced (what length-normalised losses divide by)."""
+    return len(ids) if mask is None else sum(mask)
+
+
 def collate_pairs(
     model, examples: list[PairExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
 ) -> PreferenceBatch:
@@ -81,16 +92,24 @@ def collate_pairs(
     prompts = [e.prompt_ids for e in examples]
     k = len(examples[0].aux_ids) if "aux_samples" in needs else 0
     # one group per pair: the prompt once, then chosen, rejected and k aux responses
-    groups = [(e.prompt_ids, [e.chosen_ids, e.rejected_ids, *e.aux_ids[:k]]) for e in examples]
+    groups = [
+        group(
+            e.prompt_ids,
+            [e.chosen_ids, e.rejected_ids, *e.aux_ids[:k]],
+            [e.chosen_mask, e.rejected_mask, *(e.aux_masks or [None] * k)[:k]],
+        )
+        for e in examples
+    ]
     batch = PreferenceBatch(
         chosen_logps=torch.empty(0),
         rejected_logps=torch.empty(0),
-        chosen_lengths=_t([len(e.chosen_ids) for e in examples]),
-        rejected_lengths=_t([len(e.rejected_ids) for e in examples]),
+        chosen_lengths=_t([trained_length(e.chosen_ids, e.chosen_mask) for e in examples]),
+        rejected_lengths=_t([trained_length(e.rejected_ids, e.rejected_mask) for e in examples]),
     )
     if "token_stats" in needs:
         responses = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
-        s = _token_stats(model, reference, prompts * 2, responses, pad_id, loss)  # rows: chosen, then rejected
+        masks = [e.chosen_mask for e in examples] + [e.rejected_mask for e in examples]
+        s = _token_stats(model, reference, prompts * 2, responses, masks, pad_id, loss)  # rows: chosen, rejected
         batch.chosen_token_logps, batch.rejected_token_logps = s["token_logps"][:B], s["token_logps"][B:]
         batch.ref_chosen_token_logps, batch.ref_rejected_token_logps = (
             s["ref_token_logps"][:B],
@@ -130,8 +149,9 @@ def collate_pairs(
     return batch_to(batch, model)
 
 
-def _token_stats(model, reference, prompts, responses, pad_id, loss) -> dict[str, torch.Tensor]:
-    """Per-token policy and reference log-probs, KL(ref || policy) per position, masks (and reference states)."""
+def _token_stats(model, reference, prompts, responses, masks, pad_id, loss) -> dict[str, torch.Tensor]:
+    """Per-token policy and reference log-probs, KL(ref || policy) per position, masks (and reference states).
+    masks: per response, True on the tokens trained on, or None for all; the others count nowhere."""
     if reference is None:
         raise ValueError(f"{type(loss).__name__} needs a live reference model during training")
     hidden = getattr(loss, "needs_hidden_states", False)
@@ -139,9 +159,13 @@ def _token_stats(model, reference, prompts, responses, pad_id, loss) -> dict[str
     with reference.active() as ref_model:
         ref = response_token_stats(ref_model, prompts, responses, pad_id, full_distribution=True, hidden_states=hidden)
     assert ref.log_dist is not None and pol.log_dist is not None  # full_distribution=True fills them
+    trained = pol.mask.clone()  # (N, R)
+    for i, m in enumerate(masks):
+        if m is not None:
+            trained[i, : len(m)] &= torch.tensor(m, device=trained.device)
     # KL(ref || pi) at each position = sum_v p_ref(v) (log p_ref(v) - log pi(v)): (N, R)
-    kl = (ref.log_dist.exp() * (ref.log_dist - pol.log_dist)).sum(-1) * pol.mask
-    out = {"token_logps": pol.logps, "ref_token_logps": ref.logps, "token_kl": kl, "mask": pol.mask}
+    kl = (ref.log_dist.exp() * (ref.log_dist - pol.log_dist)).sum(-1) * trained
+    out = {"token_logps": pol.logps * trained, "ref_token_logps": ref.logps * trained, "token_kl": kl, "mask": trained}
     if hidden:
         assert ref.hidden is not None  # hidden_states=True fills it
         out["ref_hidden"] = ref.hidden
@@ -152,13 +176,13 @@ def collate_unpaired(
     model, examples: list[UnpairedExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
 ) -> UnpairedBatch:
     # the mismatched response is scored after this example's prompt, so both share it
-    groups = [(e.prompt_ids, [e.response_ids, e.kl_response_ids]) for e in examples]
+    groups = [group(e.prompt_ids, [e.response_ids, e.kl_response_ids], [e.response_mask, e.kl_mask]) for e in examples]
     logps = sequence_logps(model, groups, layout, pad_id).view(-1, 2)  # (B, 2): matched, mismatched
     batch = UnpairedBatch(
         logps=logps[:, 0],
         desirable=torch.tensor([e.desirable for e in examples]),
         kl_logps=logps[:, 1].detach(),  # KTO's reference point gets no gradient
-        lengths=_t([len(e.response_ids) for e in examples]),
+        lengths=_t([trained_length(e.response_ids, e.response_mask) for e in examples]),
     )
     if "reference" in loss.needs:
         batch.ref_logps = _t([e.ref_logp for e in examples])
@@ -170,9 +194,7 @@ def collate_groups(
     model, examples: list[GroupExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
 ) -> RankedBatch:
     B, n = len(examples), max(len(e.responses) for e in examples)
-    flat = sequence_logps(
-        model, [(e.prompt_ids, e.responses) for e in examples], layout, pad_id
-    )  # (sum of group sizes,)
+    flat = sequence_logps(model, [_group_of(e) for e in examples], layout, pad_id)  # (sum of group sizes,)
     logps = torch.zeros(B, n, device=flat.device)
     mask = torch.zeros(B, n, dtype=torch.bool)
     scores, lengths, ref = torch.zeros(B, n), torch.ones(B, n), torch.zeros(B, n)
@@ -185,7 +207,7 @@ def collate_groups(
         scores[b, :m] = _t(e.scores)
         # a padded slot repeats the group's lowest score so it never outranks a real response
         scores[b, m:] = e.scores[-1]
-        lengths[b, :m] = _t([len(r) for r in e.responses])
+        lengths[b, :m] = _t(_lengths_of(e))
         if e.ref_logps is not None:
             ref[b, :m] = _t(e.ref_logps)
     at = (torch.tensor(rows, device=flat.device), torch.tensor(cols, device=flat.device))
@@ -200,7 +222,7 @@ def collate_scored(
     model, examples: list[GroupExample], loss: Loss, pad_id: int, reference=None, layout: Layout = Layout()
 ) -> ScoredBatch:
     B, n = len(examples), max(len(e.responses) for e in examples)
-    groups = [(e.prompt_ids, e.responses) for e in examples]
+    groups = [_group_of(e) for e in examples]
     # slot of each response, numbered group by group as pack numbers them: b * n + i
     slot = torch.tensor([b * n + i for b, e in enumerate(examples) for i in range(len(e.responses))])
     mask = torch.zeros(B, n, dtype=torch.bool)
@@ -209,7 +231,7 @@ def collate_scored(
         m = len(e.responses)
         mask[b, :m] = True
         rewards[b, :m] = _t(e.scores)
-        lengths[b, :m] = _t([len(r) for r in e.responses])
+        lengths[b, :m] = _t(_lengths_of(e))
     batch = ScoredBatch(logps=torch.empty(0), rewards=rewards, mask=mask, lengths=lengths)
     if "token_logps" in loss.needs:  # per token, under the policy and the live reference, in one layout
         if reference is None:
@@ -234,6 +256,14 @@ def collate_scored(
     if any(e.weights is not None for e in examples):
         batch.weights = _padded([require(e.weights, "response probabilities") for e in examples], n)
     return batch_to(batch, model)
+
+
+def _group_of(e: GroupExample) -> Group:
+    return group(e.prompt_ids, e.responses, e.masks or [None] * len(e.responses))
+
+
+def _lengths_of(e: GroupExample) -> list[int]:
+    return [trained_length(r, m) for r, m in zip(e.responses, e.masks or [None] * len(e.responses))]
 
 
 def _padded(rows: list[list[float]], n: int) -> torch.Tensor:

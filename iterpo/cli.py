@@ -167,6 +167,8 @@ def _options(cls) -> str:
 
     out = []
     for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else []:
+        if not f.init:  # state, not an option
+            continue
         value = (
             f.default
             if f.default is not dataclasses.MISSING
@@ -187,6 +189,15 @@ def _cmd_judges(args) -> None:
     for name in JUDGES.names():
         cls = JUDGES.get(name)
         print(f"{name:<16} {_summary(cls)}\n{'':<16} options: {_options(cls)}")
+
+
+def _cmd_environments(args) -> None:
+    from iterpo.environments import ENVIRONMENTS
+
+    for name in ENVIRONMENTS.names():
+        cls = ENVIRONMENTS.get(name)
+        print(f"{name:<12} <{cls.tag}>...</{cls.tag}>  {_summary(cls)}\n{'':<12} options: {_options(cls)}")
+    print("\nEvery environment also reads environment.max_turns, max_tokens and max_observation_tokens.")
 
 
 def _cmd_pairing(args) -> None:
@@ -295,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     judges = sub.add_parser("judges", help="list the registered judges and their options")
     judges.set_defaults(fn=_cmd_judges)
+
+    environments = sub.add_parser("environments", help="list the tools a policy can call and their options")
+    environments.set_defaults(fn=_cmd_environments)
 
     pairing = sub.add_parser("pairing", help="list the registered pairing strategies and their options")
     pairing.set_defaults(fn=_cmd_pairing)

@@ -86,8 +86,9 @@ class ModelSection(Section):
 
 class TaskSection(Section):
     name: str = "arithmetic"
-    """Built-in task ('arithmetic', 'word_problems', 'code', 'constraints'), or 'file' for prompts read
-    from train_file / eval_file. Each task names its default judge."""
+    """Built-in task ('arithmetic', 'word_problems', 'code', 'constraints', 'big_arithmetic' and 'town_facts',
+    which need a tool: see the environment section), or 'file' for prompts read from train_file / eval_file. Each
+    task names its default judge."""
     train_size: int = Field(default=64, ge=1)
     """Number of training prompts (for 'file': at most this many, in file order)."""
     eval_size: int = Field(default=100, ge=1)
@@ -132,6 +133,25 @@ class SamplingSection(Section):
     distribution (temperature, top_p) within max_new_tokens, each weighted by its probability, so judges'
     win rates and the losses take exact expectations over the policy. For small response spaces (the tabular
     policy, iterpo.models.tabular; at most 4096 responses a prompt); transformers, in this process."""
+
+
+class EnvironmentSection(Section):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str | None = None
+    """Registered environment (`iterpo environments` lists them: calculator, python, retrieval): every sampled
+    and evaluated response becomes a trajectory, in which the policy may call the tool and read its answer
+    before it answers; the other keys of this section are the tool's options. null: one flat generation."""
+    max_turns: int = Field(default=4, ge=1)
+    """Policy turns per episode, the last of them the final answer: a call in the last turn ends the episode
+    unanswered (finish reason 'turns')."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Token budget of an episode, the policy's and the tool's tokens together (finish reason 'length' when it
+    is spent). Each turn writes at most sampling.max_new_tokens (eval.max_new_tokens when evaluating)."""
+    max_observation_tokens: int = Field(default=128, ge=1)
+    """A tool's answer is cut to this many tokens."""
+
+    def options(self) -> dict:
+        return dict(self.model_extra or {})
 
 
 class JudgeSection(Section):
@@ -290,6 +310,7 @@ class Config(Section):
     model: ModelSection = ModelSection()
     task: TaskSection = TaskSection()
     sampling: SamplingSection = SamplingSection()
+    environment: EnvironmentSection = EnvironmentSection()
     judge: JudgeSection = JudgeSection()
     pairing: PairingSection = PairingSection()
     reference: ReferenceSection = ReferenceSection()

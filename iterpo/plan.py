@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from iterpo.config import Config
+from iterpo.environments import Environment, make_environment
 from iterpo.errors import ConfigError, DataError
 from iterpo.judges import JUDGES, Judge, make_judge
 from iterpo.losses import Loss, get_loss, loss_hyperparameters
@@ -87,6 +88,15 @@ class Plan:
     tokenizer: Any
     stages: list[Stage]  # the stages of every round, in order
     initial_stages: list[Stage]  # round 0's
+    environment: Environment | None = None  # the tool every episode may call (environment section), or None
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The system message of every prompt: model.system_prompt, then how to call the tool when there is one."""
+        own = self.config.model.system_prompt
+        if self.environment is None:
+            return own
+        return f"{own} {self.environment.instructions}" if own else self.environment.instructions
 
     @property
     def fingerprint(self) -> str:
@@ -157,6 +167,8 @@ def resolve(config: Config) -> dict:
         data.pop("round", None)  # a derived round is not a setting: it follows from the others
     if config.warmup.file is None:
         data.pop("warmup")  # no warm-up: its other settings change nothing
+    if config.environment.name is None:
+        data.pop("environment")  # flat responses: the episode limits change nothing
     return data
 
 
@@ -230,6 +242,12 @@ def build_plan(config: Config) -> Plan:
         eval_judge = judge if judge.verifier else make_judge(task.default_judge, {})
     judge.check()
     eval_judge.check()
+    environment = None
+    if config.environment.name is not None:
+        environment = make_environment(config.environment.name, config.environment.options())
+        environment.check()
+        if config.sampling.exhaustive:
+            raise ConfigError("sampling.exhaustive lists flat responses; it cannot list a tool's episodes")
     if config.task.name == "file":
         assert config.task.train_file is not None  # TaskSection requires train_file for task 'file'
         source = config.task.train_file
@@ -264,6 +282,7 @@ def build_plan(config: Config) -> Plan:
         load_tokenizer(base_path),
         [],
         [],
+        environment,
     )
     if config.sampling.exhaustive and plan.backend != "transformers":
         raise ConfigError(

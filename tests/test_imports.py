@@ -5,7 +5,7 @@ The layers, bottom up (README, "Architecture"):
     0  errors, registry, records, io          what everything shares; import nothing above
     1  progress, config, store                the run's settings and its directory
     2  models, sampling, tasks, losses        components that need no judge
-    3  judges, pairing, games                 components built on those
+    3  judges, pairing, games, environments   components built on those
     4  training                               the optimizer loop
     5  stages                                 one module per stage of a round
     6  plan, summary                          a config turned into components and stages; the round table
@@ -23,7 +23,7 @@ LAYERS = [
     {"__init__", "errors", "registry", "records", "io"},
     {"progress", "config", "store"},
     {"models", "sampling", "tasks", "losses"},
-    {"judges", "pairing", "games"},
+    {"judges", "pairing", "games", "environments"},
     {"training"},
     {"stages"},
     {"plan", "summary"},

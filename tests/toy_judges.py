@@ -41,3 +41,28 @@ class TokenSumFailing(TokenSum):
             else j
             for r, j in zip(rollouts, super().judge(prompt, rollouts))
         ]
+
+
+from dataclasses import dataclass  # noqa: E402
+
+from iterpo.environments import Environment, register_environment  # noqa: E402
+
+
+@register_environment("toy_echo")
+@dataclass
+class ToyEcho(Environment):
+    """A tool a random tiny model calls often: a turn ends at any token holding an 'e' and is a call; the answer
+    names the call's length. Multi-turn episodes, observations and turn limits, without a trained model."""
+
+    tag = "echo"
+    instructions = "Turns ending in e are calls."
+
+    @property
+    def stop(self) -> str:
+        return "e"
+
+    def find_call(self, text):
+        return text if text.endswith("e") or "e" in text[-8:] else None
+
+    def call(self, request):
+        return f"heard {len(request)} characters"

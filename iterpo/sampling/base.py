@@ -5,14 +5,15 @@ token ids and, per prompt, one seed per sample (None: one greedy response);
 a sample depends on its seed alone, so a resumed run regenerates it. It
 returns, per prompt, ``(token_ids, finish_reason)`` for each sample, the ids
 ending with the EOS token when the response stopped ("stop") rather than
-hit max_new_tokens ("length"). Nothing loads until the first call, and
+hit max_new_tokens ("length"); a response that reaches one of the ``stop``
+strings ends there too ("stop", without EOS). Nothing loads until the first call, and
 ``close`` frees what was loaded (a GPU engine's memory); a sampler is a
 context manager that closes itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 Samples = list[list[tuple[list[int], str]]]  # per prompt, per sample: (token ids, "stop" | "length")
@@ -28,6 +29,7 @@ class Sampler(Protocol):
         max_new_tokens: int,
         batch_size: int,
         progress: Callable[[int], None] | None = None,
+        stop: Sequence[str] = (),
     ) -> Samples: ...
 
     def close(self) -> None: ...
@@ -56,12 +58,13 @@ class TransformersSampler(Closing):
     def __init__(self, model: Callable[[], Any], tokenizer: Any):
         self._model, self.tokenizer = model, tokenizer  # model: () -> the policy, called on first use
 
-    def generate(self, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress=None) -> Samples:
+    def generate(
+        self, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress=None, stop=()
+    ) -> Samples:
         from iterpo.sampling.generate import generate
 
-        return generate(
-            self._model(), self.tokenizer, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress
-        )
+        model, tok = self._model(), self.tokenizer
+        return generate(model, tok, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress, stop)
 
     def enumerate(self, prompts, temperature, top_p, max_new_tokens, progress=None):
         """Every response of nonzero probability, with its probability (iterpo.sampling.enumerate)."""

@@ -13,7 +13,7 @@ batches and reproduces every sample bit for bit.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -77,12 +77,13 @@ def _new_cache(model):
 
 
 @torch.no_grad()
-def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[list[int]]:
-    """Prefill each prompt once, fork it ``repeats`` times, decode until EOS or the limit.
+def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos, stopped=None) -> list[list[int]]:
+    """Prefill each prompt once, fork it ``repeats`` times, decode until EOS, a stop string or the limit.
 
     ids, mask: (U, T) left-padded prompts. Returns U * repeats token lists, the
     ``repeats`` samples of prompt u at rows u*repeats ... u*repeats + repeats-1.
-    Finished rows are dropped from the batch as they stop.
+    Finished rows are dropped from the batch as they stop. stopped(tokens) -> bool: whether a row's tokens so
+    far end at a stop string.
     """
     cache_kw = _cache_kwarg(model)
     cache = _new_cache(model)
@@ -104,6 +105,8 @@ def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[lis
         for row, tok in zip(alive.tolist(), nxt.tolist()):
             tokens[row].append(tok)
         keep = nxt != eos
+        if stopped is not None:
+            keep &= torch.tensor([not stopped(tokens[row]) for row in alive.tolist()], device=keep.device)
         if step == max_new_tokens - 1 or not keep.any():
             break
         if not keep.all():  # drop finished rows from every tensor and the cache
@@ -119,6 +122,19 @@ def _decode(model, ids, mask, repeats, sampler, max_new_tokens, eos) -> list[lis
     return tokens
 
 
+def _stop_check(tokenizer, stop: Sequence[str]) -> Callable[[list[int]], bool]:
+    """tokens -> whether their last token completed one of the stop strings (it is in the decoded tail and was
+    not one token earlier)."""
+    span = max(len(s) for s in stop) + 2  # a stop string spans at most its length in tokens
+
+    def stopped(tokens: list[int]) -> bool:
+        tail = tokenizer.decode(tokens[-span:], skip_special_tokens=False)
+        before = tokenizer.decode(tokens[-span:-1], skip_special_tokens=False)
+        return any(s in tail and s not in before for s in stop)
+
+    return stopped
+
+
 def generate(
     model,
     tokenizer,
@@ -129,6 +145,7 @@ def generate(
     max_new_tokens: int = 32,
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    stop: Sequence[str] = (),
 ) -> list[list[tuple[list[int], str]]]:
     """Generate responses for each prompt; seeds=None means one greedy response.
 
@@ -136,7 +153,9 @@ def generate(
     number). Returns, per prompt, a list of (token_ids, finish_reason): token_ids
     include the EOS token when the response stopped ("stop"), else it hit
     max_new_tokens ("length"). Prompts are batched by length to limit padding,
-    with at most batch_size sequences decoding together.
+    with at most batch_size sequences decoding together. A response also
+    stops ("stop", no EOS appended) at the token that completes one of the
+    ``stop`` strings (a tool call's closing tag, a reasoning step's delimiter).
     """
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -156,10 +175,12 @@ def generate(
         if seeds is not None:
             sampler = SeededSampler([s for i in idx for s in seeds[i]], temperature, top_p)
         device = model_device(model)
-        tokens = _decode(model, ids.to(device), mask.to(device), repeats, sampler, max_new_tokens, eos)
+        stopped = _stop_check(tokenizer, stop) if stop else None
+        tokens = _decode(model, ids.to(device), mask.to(device), repeats, sampler, max_new_tokens, eos, stopped)
         for row, i in enumerate(idx):
             results[i] = [
-                (t, "stop" if t[-1] == eos else "length") for t in tokens[row * repeats : (row + 1) * repeats]
+                (t, "stop" if t[-1] == eos or (stopped and stopped(t)) else "length")
+                for t in tokens[row * repeats : (row + 1) * repeats]
             ]
         if progress is not None:
             progress(len(idx) * repeats)

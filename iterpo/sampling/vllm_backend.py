@@ -15,7 +15,7 @@ and closed afterwards, so training gets the GPU memory back.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from iterpo.sampling.base import Closing, Samples
 
@@ -57,6 +57,7 @@ class VLLMSampler(Closing):
         max_new_tokens: int,
         batch_size: int = 0,
         progress: Callable[[int], None] | None = None,
+        stop: Sequence[str] = (),
     ) -> Samples:
         """One request per sample, each with its own seed; vLLM batches them itself (batch_size is not used)."""
         from vllm import SamplingParams
@@ -73,6 +74,8 @@ class VLLMSampler(Closing):
                         top_p=top_p if seed is not None else 1.0,
                         max_tokens=max_new_tokens,
                         stop_token_ids=[self.eos],
+                        stop=list(stop) or None,
+                        include_stop_str_in_output=True,
                         skip_special_tokens=False,
                     )
                 )
@@ -85,7 +88,8 @@ class VLLMSampler(Closing):
                 completion = out.outputs[0]
                 ids = list(completion.token_ids)
                 stopped = completion.finish_reason == "stop"
-                if stopped and (not ids or ids[-1] != self.eos):
+                at_string = isinstance(getattr(completion, "stop_reason", None), str)  # one of the stop strings
+                if stopped and not at_string and (not ids or ids[-1] != self.eos):
                     ids.append(self.eos)  # the stored response always ends with the EOS it stopped at
                 row.append((ids, "stop" if stopped else "length"))
             results.append(row)

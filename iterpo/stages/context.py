@@ -60,9 +60,7 @@ class RunContext:
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if prompt.prompt_id not in self._prompt_ids:
-            self._prompt_ids[prompt.prompt_id] = encode_prompt(
-                self.tokenizer, prompt.messages, self.config.model.system_prompt
-            )
+            self._prompt_ids[prompt.prompt_id] = encode_prompt(self.tokenizer, prompt.messages, self.plan.system_prompt)
         return self._prompt_ids[prompt.prompt_id]
 
     def prompt_ids_of(self, prompt_id: str) -> list[int]:

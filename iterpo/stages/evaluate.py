@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from iterpo.progress import bar
 from iterpo.records import Rollout
 from iterpo.stages.base import Stage, register_stage
+from iterpo.stages.sample import as_rollout, episodes_of
 
 
 @register_stage("eval")
@@ -26,14 +27,25 @@ class Evaluate(Stage):
             ctx.store.write_json(ctx.store.path(r, self.file("eval")), {"round": r, "accuracy": None, "skipped": True})
             return {"skipped": True}
         with ctx.sampler(r) as sampler, bar("evaluation", len(prompts)) as advance:
-            outs = sampler.generate(
-                [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
-            )
+            if ctx.plan.environment is None:
+                outs = sampler.generate(
+                    [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
+                )
+                responses = [
+                    Rollout(p.prompt_id, 0, r, 0, ctx.tokenizer.decode(ids, skip_special_tokens=True), ids, reason)
+                    for p, [(ids, reason)] in zip(prompts, outs)
+                ]
+            else:  # greedy episodes with the tool
+                played = episodes_of(ctx, sampler, prompts, None, e.max_new_tokens, e.batch_size, advance)
+                responses = [as_rollout(ctx, ep, p.prompt_id, 0, r, 0, "policy") for p, [ep] in zip(prompts, played)]
         items = []
-        for p, [(ids, reason)] in zip(prompts, outs):
-            text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
-            j = ctx.plan.eval_judge.judge(p, [Rollout(p.prompt_id, 0, r, 0, text, ids, reason)])[0]
-            items.append({"prompt_id": p.prompt_id, "response": text, "score": j.score, "detail": j.detail})
+        for p, response in zip(prompts, responses):
+            j = ctx.plan.eval_judge.judge(p, [response])[0]
+            item = {"prompt_id": p.prompt_id, "response": response.text, "score": j.score, "detail": j.detail}
+            if response.transcript is not None:
+                item["transcript"] = response.transcript
+                item["tool_calls"] = response.transcript.count("<result>")
+            items.append(item)
         accuracy = sum(x["score"] for x in items) / len(items)
         ctx.store.write_json(
             ctx.store.path(r, self.file("eval")), {"round": r, "accuracy": accuracy, "n": len(items), "items": items}

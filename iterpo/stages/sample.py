@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from iterpo.environments.episodes import Limits, run_episodes
 from iterpo.progress import bar
 from iterpo.records import Rollout, from_table, to_table
 from iterpo.sampling import derive_seed
@@ -21,9 +22,45 @@ def rollouts_of(ctx, prompts: list, seeds: list[list[int]], outs: list, r: int, 
     ]
 
 
+def episodes_of(ctx, sampler, prompts: list, seeds, max_new_tokens: int, batch_size: int, advance) -> list[list]:
+    """Per prompt, one episode with the run's environment per seed (seeds None: one greedy episode)."""
+    e, s = ctx.config.environment, ctx.config.sampling
+    limits = Limits(e.max_turns, e.max_tokens, max_new_tokens, e.max_observation_tokens)
+    prompt_ids = [ctx.prompt_ids(p) for p in prompts]
+    env = ctx.plan.environment
+    return run_episodes(
+        sampler, ctx.tokenizer, env, limits, prompt_ids, seeds, s.temperature, s.top_p, batch_size, advance
+    )
+
+
+def as_rollout(ctx, episode, prompt_id: str, k: int, r: int, seed: int, source: str) -> Rollout:
+    """An episode as a Rollout: its final answer is what judges read; its tokens keep whose each one is."""
+    return Rollout(
+        prompt_id,
+        k,
+        r,
+        seed,
+        episode.final,
+        episode.token_ids,
+        episode.finish_reason,
+        source,
+        policy_mask=episode.policy_mask,
+        step_ends=episode.step_ends,
+        transcript=episode.transcript(ctx.plan.environment.tag),
+    )
+
+
 def draw(ctx, sampler, prompts: list, seeds: list[list[int]], r: int, source: str, advance) -> list[Rollout]:
-    """The samples of prompts from sampler, one per seed (per prompt: K seeds), as round r's Rollouts from source."""
+    """The samples of prompts from sampler, one per seed (per prompt: K seeds), as round r's Rollouts from source;
+    with an environment, each an episode."""
     s = ctx.config.sampling
+    if ctx.plan.environment is not None:
+        played = episodes_of(ctx, sampler, prompts, seeds, s.max_new_tokens, s.batch_size, advance)
+        return [
+            as_rollout(ctx, ep, p.prompt_id, k, r, seeds[i][k], source)
+            for i, p in enumerate(prompts)
+            for k, ep in enumerate(played[i])
+        ]
     outs = sampler.generate(
         [ctx.prompt_ids(p) for p in prompts], seeds, s.temperature, s.top_p, s.max_new_tokens, s.batch_size, advance
     )
@@ -108,7 +145,8 @@ class Sample(Stage):
         per_prompt = 1 if s.exhaustive else K  # progress counts responses, or prompts when listing them all
         with bar("sampling", len(prompts) * per_prompt) as advance:
             advance(sum(len(shards[n]) * per_prompt for n in done))
-            pool = ctx.pool() if todo and self.mixture is None and not s.exhaustive else None
+            local = self.mixture is not None or s.exhaustive or ctx.plan.environment is not None
+            pool = ctx.pool() if todo and not local else None
             if self.mixture is not None:
                 sampler = ctx.mixture_sampler(r, self, after, checkpoint, self.mixture)
             elif checkpoint is None:

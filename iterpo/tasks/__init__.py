@@ -1,6 +1,13 @@
 """Built-in prompt suites with verifiable answers, plus prompts from files."""
 
-from iterpo.tasks import arithmetic, code, constraints, files, word_problems  # noqa: F401  (register the tasks)
+from iterpo.tasks import (  # noqa: F401  (register the tasks)
+    arithmetic,
+    code,
+    constraints,
+    files,
+    tool_tasks,
+    word_problems,
+)
 from iterpo.tasks.base import TASKS, Task, register_task
 from iterpo.tasks.files import read_prompts
 

@@ -46,6 +46,7 @@ class Rollout:
     # empty: all of them. The others (a tool's observations, a step's shared prefix) are context: read, never trained
     step_ends: list[int] = field(default_factory=list)  # token offsets where each step ends; empty: one step
     transcript: str | None = None  # a trajectory of several turns: all of it as text, observations included
+    observations: list[str] = field(default_factory=list)  # a trajectory's tool answers, in order (one per call)
 
     @property
     def policy_tokens(self) -> int:
@@ -147,6 +148,7 @@ SCHEMAS = {
             ("policy_mask", pa.list_(pa.bool_())),
             ("step_ends", pa.list_(pa.int32())),
             ("transcript", pa.string()),
+            ("observations", pa.list_(pa.string())),
         ]
     ),
     Judgement: pa.schema(

@@ -41,7 +41,7 @@ class Episode:
         """The final answer: the last turn's text (a call, when the episode ended before answering)."""
         return self.turns[-1] if self.turns else ""
 
-    def transcript(self, tag: str) -> str:
+    def transcript(self) -> str:
         """Turns and answers as one text, each answer as <result>...</result> after its call."""
         parts = []
         for n, turn in enumerate(self.turns):

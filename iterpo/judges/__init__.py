@@ -1,6 +1,17 @@
 """Judges turn rollouts into scores. One registry; the run config picks by name."""
 
-from iterpo.judges import code, constraints, ensemble, http, matrix, pairwise, reward_model, self_judge, verifiers  # noqa: F401,E501  (register)
+from iterpo.judges import (  # noqa: F401  (register the judges)
+    code,
+    constraints,
+    ensemble,
+    http,
+    matrix,
+    pairwise,
+    reward_model,
+    self_judge,
+    trajectory,
+    verifiers,
+)
 from iterpo.judges.base import (
     JUDGES,
     Judge,

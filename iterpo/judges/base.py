@@ -144,7 +144,13 @@ Ask = Callable[[Prompt, list[Rollout]], list[Judgement]]  # judges responses to 
 
 def _keys(judge: Judge, prompt: Prompt, rollouts: list[Rollout]) -> dict[int, str]:
     ident, pkey = judge.identity(), prompt_key(prompt)
-    return {r.sample_idx: cache_key(ident, pkey, r.text) for r in rollouts}
+    # an episode's verdict may read its whole transcript, not only the final answer
+    return {
+        r.sample_idx: cache_key(ident, pkey, r.text)
+        if r.transcript is None
+        else cache_key(ident, pkey, r.text, r.transcript)
+        for r in rollouts
+    }
 
 
 def uncached(judge: Judge, prompt: Prompt, rollouts: list[Rollout], cache: Any) -> list[Rollout]:

@@ -46,7 +46,8 @@ def as_rollout(ctx, episode, prompt_id: str, k: int, r: int, seed: int, source: 
         source,
         policy_mask=episode.policy_mask,
         step_ends=episode.step_ends,
-        transcript=episode.transcript(ctx.plan.environment.tag),
+        transcript=episode.transcript(),
+        observations=episode.observations,
     )
 
 

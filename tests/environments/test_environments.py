@@ -228,7 +228,7 @@ def test_an_episode_interleaves_turns_and_tool_messages_with_a_mask(tokenizer):
     )
     assert ep.step_ends == [len(first), len(ep.token_ids)]
     assert "tool\n7006652" in tokenizer.decode(obs) and tokenizer.decode(obs).rstrip().endswith("assistant")
-    assert ep.transcript("calc") == f"{script[0]}\n<result>7006652</result>\n{script[1]}"
+    assert ep.transcript() == f"{script[0]}\n<result>7006652</result>\n{script[1]}"
     assert sampler.calls[0][2] == ("</calc>",)
 
 

@@ -456,3 +456,60 @@ def test_status_counts_the_rounds_whose_policy_stage_finished(tiny_model_dir, tm
     capsys.readouterr()
     assert main(["status", str(tmp_path / "run")]) == 0
     assert "1 of 1 rounds trained" in capsys.readouterr().out
+
+
+@pytest.fixture
+def tool_calling_policy(monkeypatch, tokenizer):
+    """The tiny random model never writes a call: here about half its first turns (those whose first sampled token
+    is even) are replaced by a call of the episode's tool. Everything after it is real: the tool's answer, the
+    chat template's tool message, the model's next turn, judging, pairing and training."""
+    import importlib
+
+    gen = importlib.import_module("iterpo.sampling.generate")  # the module (the package's `generate` is the function)
+    real = gen.generate
+    calls = {"</calc>": "<calc>12 * 3</calc>", "</search>": "<search>When was it founded?</search>"}
+
+    def generate(*args):
+        outs = real(*args)
+        stop = args[9] if len(args) > 9 else ()
+        call = next((calls[s] for s in stop if s in calls), None)
+        if call is None:
+            return outs
+        ids = tokenizer.encode(call, add_special_tokens=False)
+        for context, row in zip(args[2], outs):
+            first_turn = context.count(tokenizer.eos_token_id) == 2  # the system and user turns end before it
+            for n, (tokens, _) in enumerate(row):
+                if first_turn and tokens[0] % 2 == 0:
+                    row[n] = (ids, "stop")
+        return outs
+
+    monkeypatch.setattr(gen, "generate", generate)
+
+
+@pytest.mark.parametrize("name", ["tool_dpo", "retrieval_dpo"])
+def test_tool_use_recipes_train_on_episodes(name, tiny_model_dir, tmp_path, tool_calling_policy):
+    cfg = _recipe(name, tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "token_sum"} if name == "tool_dpo" else cfg["judge"]
+    cfg["environment"].update(max_tokens=80, max_observation_tokens=32)
+    rows, store = _run(cfg, tmp_path)
+    tool = {"tool_dpo": "36", "retrieval_dpo": "It was founded in"}[name]
+    for r in (1, 2):
+        rollouts = _table(store, r, "rollouts.parquet")
+        called = [x for x in rollouts if x["observations"]]
+        assert called and all(tool in x["observations"][0] for x in called)
+        for x in called:  # the tool's tokens are context, the turns the policy's
+            assert False in x["policy_mask"] and x["policy_mask"][0] is True and len(x["step_ends"]) >= 2
+        judged = _table(store, r, "judgements.parquet")
+        if name == "retrieval_dpo":  # each search costs 0.1; the random model never answers right
+            by = {(x["prompt_id"], x["sample_idx"]): x for x in rollouts}
+            for j in judged:
+                x = by[(j["prompt_id"], j["sample_idx"])]
+                assert j["score"] == pytest.approx(
+                    -0.1 * len(x["observations"])
+                    + 0.5 * ("calls" in j["detail"] and "knowledge sufficient" in j["detail"])
+                )
+        prefs = _table(store, r, "preferences.parquet")
+        assert prefs and all(p["chosen_score"] > p["rejected_score"] for p in prefs)
+        assert _log(store, r, "train.jsonl")
+    items = json.loads(store.path(2, "eval.json").read_text())["items"]
+    assert all("transcript" in item for item in items)

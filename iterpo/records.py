@@ -87,6 +87,8 @@ class Preference:
     chosen_source: str = "policy"  # where the chosen and rejected responses came from
     rejected_source: str = "policy"
     weight: float = 1.0  # the pair's weight in the loss (all_pairs weighted: pi(chosen) pi(rejected) soft_label)
+    shared_prefix: int = 0  # leading tokens both responses share (a step pair's steps before the divergence
+    # point): context, read but never trained on
 
 
 @dataclass
@@ -182,6 +184,7 @@ SCHEMAS = {
             ("chosen_source", pa.string()),
             ("rejected_source", pa.string()),
             ("weight", pa.float64()),
+            ("shared_prefix", pa.int32()),
         ]
     ),
     LabelledResponse: pa.schema(

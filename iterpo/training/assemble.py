@@ -59,8 +59,13 @@ def training_examples(
     def ids(pid: str, source: str, idx: int) -> list[int]:
         return rollouts[(pid, source, idx)].token_ids
 
-    def mask(pid: str, source: str, idx: int) -> list[bool] | None:  # None: every token is the policy's
-        return rollouts[(pid, source, idx)].policy_mask or None
+    def mask(pid: str, source: str, idx: int, shared: int = 0) -> list[bool] | None:
+        """Which tokens are trained on (None: all): the policy's, after the first ``shared`` (a step pair's
+        divergence point)."""
+        r = rollouts[(pid, source, idx)]
+        if not shared:
+            return r.policy_mask or None
+        return [k >= shared and m for k, m in enumerate(r.policy_mask or [True] * len(r.token_ids))]
 
     out: list[PairExample | UnpairedExample | GroupExample] = []
     for x in records:
@@ -80,8 +85,8 @@ def training_examples(
                     aux_ids=[ids(pid, "policy", i) for i in x.aux_idxs],
                     ref_aux_logps=[_scored(ref, k) for k in aux] if use_ref else None,
                     weight=x.weight,
-                    chosen_mask=mask(pid, x.chosen_source, x.chosen_idx),
-                    rejected_mask=mask(pid, x.rejected_source, x.rejected_idx),
+                    chosen_mask=mask(pid, x.chosen_source, x.chosen_idx, x.shared_prefix),
+                    rejected_mask=mask(pid, x.rejected_source, x.rejected_idx, x.shared_prefix),
                     aux_masks=[mask(pid, "policy", i) for i in x.aux_idxs],
                 )
             )

@@ -62,7 +62,7 @@ class ToyEcho(Environment):
         return "e"
 
     def find_call(self, text):
-        return text if text.endswith("e") or "e" in text[-8:] else None
+        return text if "e" in text[-8:] else None
 
     def call(self, request):
         return f"heard {len(request)} characters"

@@ -112,7 +112,5 @@ def run_episodes(
                     still.append((i, k))
             if ep.finish_reason and progress is not None:
                 progress(1)
-        running = still
-    for i, k in running:  # pragma: no cover  (every running episode finished in its last turn)
-        episodes[i][k].finish_reason = "turns"
+        running = still  # in the last turn every episode finishes: a call there ends it with "turns"
     return episodes

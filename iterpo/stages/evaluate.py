@@ -44,7 +44,7 @@ class Evaluate(Stage):
             item = {"prompt_id": p.prompt_id, "response": response.text, "score": j.score, "detail": j.detail}
             if response.transcript is not None:
                 item["transcript"] = response.transcript
-                item["tool_calls"] = response.transcript.count("<result>")
+                item["tool_calls"] = len(response.observations)
             items.append(item)
         accuracy = sum(x["score"] for x in items) / len(items)
         ctx.store.write_json(

@@ -211,11 +211,16 @@ def _prompt(tokenizer, text="What is 1234 * 5678?"):
     return encode_prompt(tokenizer, [{"role": "user", "content": text}], "tools")
 
 
+def _play(sampler, tokenizer, env, limits, prompts, seeds):
+    """run_episodes at temperature 1, top-p 1, 8 sequences a batch (the scripted samplers ignore all three)."""
+    return run_episodes(sampler, tokenizer, env, limits, prompts, seeds, 1.0, 1.0, 8)
+
+
 def test_an_episode_interleaves_turns_and_tool_messages_with_a_mask(tokenizer):
     env = make_environment("calculator", {})
     script = ["Let me compute. <calc>1234 * 5678</calc>", "The answer is 7006652."]
     sampler = Scripted(tokenizer, [script])
-    [[ep]] = run_episodes(sampler, tokenizer, env, Limits(4, 256, 64, 32), [_prompt(tokenizer)], [[0]], 1.0, 1.0, 8)
+    [[ep]] = _play(sampler, tokenizer, env, Limits(4, 256, 64, 32), [_prompt(tokenizer)], [[0]])
     assert ep.turns == script and ep.observations == ["7006652"] and ep.finish_reason == "stop"
     assert ep.final == "The answer is 7006652."
     obs = encode_observation(tokenizer, "7006652")
@@ -236,26 +241,18 @@ def test_episode_limits_end_episodes_with_their_reasons(tokenizer):
     env = make_environment("calculator", {})
     calls_forever = ["<calc>1 + 1</calc>"]
     prompt = _prompt(tokenizer)
-    [[ep]] = run_episodes(
-        Scripted(tokenizer, [calls_forever]), tokenizer, env, Limits(3, 1000, 64, 32), [prompt], [[0]], 1.0, 1.0, 8
-    )
+    [[ep]] = _play(Scripted(tokenizer, [calls_forever]), tokenizer, env, Limits(3, 1000, 64, 32), [prompt], [[0]])
     assert ep.finish_reason == "turns" and len(ep.turns) == 3 and len(ep.observations) == 2
     assert ep.step_ends[-1] == len(ep.token_ids)  # it ends with the unanswered call
-    [[ep]] = run_episodes(
-        Scripted(tokenizer, [calls_forever]), tokenizer, env, Limits(9, 40, 64, 32), [prompt], [[0]], 1.0, 1.0, 8
-    )
+    [[ep]] = _play(Scripted(tokenizer, [calls_forever]), tokenizer, env, Limits(9, 40, 64, 32), [prompt], [[0]])
     assert ep.finish_reason == "length" and len(ep.token_ids) <= 40
     chatty = ["word " * 50]
-    [[ep]] = run_episodes(
-        Scripted(tokenizer, [chatty]), tokenizer, env, Limits(4, 20, 64, 32), [prompt], [[0]], 1.0, 1.0, 8
-    )
+    [[ep]] = _play(Scripted(tokenizer, [chatty]), tokenizer, env, Limits(4, 20, 64, 32), [prompt], [[0]])
     assert ep.finish_reason == "length" and len(ep.token_ids) == 20
     # a long answer is cut to max_observation_tokens
     python = make_environment("python", {"timeout": 4})
     long = ["<python>print('z ' * 500)</python>", "done"]
-    [[ep]] = run_episodes(
-        Scripted(tokenizer, [long]), tokenizer, python, Limits(4, 1000, 64, 10), [prompt], [[0]], 1.0, 1.0, 8
-    )
+    [[ep]] = _play(Scripted(tokenizer, [long]), tokenizer, python, Limits(4, 1000, 64, 10), [prompt], [[0]])
     assert ep.observations[0].endswith(" ...") and len(tokenizer(ep.observations[0][:-4])["input_ids"]) <= 10
     assert ep.finish_reason == "stop"
 
@@ -274,17 +271,8 @@ def test_each_episode_turn_has_its_own_seed_and_finished_episodes_leave_the_batc
 
     # the script is chosen by the turn's seed: with these seeds two episodes call the tool, two answer at once
     scripts = [["<calc>2 + 2</calc>", "4"], ["5"]]
-    out = run_episodes(
-        Recording(tokenizer, scripts),
-        tokenizer,
-        env,
-        Limits(4, 256, 64, 32),
-        prompts,
-        [[13, 14], [15, 16]],
-        1.0,
-        1.0,
-        8,
-    )
+    limits, seeds = Limits(4, 256, 64, 32), [[13, 14], [15, 16]]
+    out = _play(Recording(tokenizer, scripts), tokenizer, env, limits, prompts, seeds)
     assert seen[0] == [[derive_seed(s, "turn", 0)] for s in (13, 14, 15, 16)]
     running = [(i, k) for i in range(2) for k in range(2) if len(out[i][k].turns) > 1]
     assert running == [(0, 1), (1, 0)]
@@ -292,20 +280,8 @@ def test_each_episode_turn_has_its_own_seed_and_finished_episodes_leave_the_batc
     for row in out:
         for ep in row:  # a call is answered, an answer ends the episode
             assert len(ep.observations) == len(ep.turns) - 1 and ep.finish_reason == "stop"
-    again = run_episodes(
-        Recording(tokenizer, scripts),
-        tokenizer,
-        env,
-        Limits(4, 256, 64, 32),
-        prompts,
-        [[13, 14], [15, 16]],
-        1.0,
-        1.0,
-        8,
-    )
+    again = _play(Recording(tokenizer, scripts), tokenizer, env, limits, prompts, seeds)
     assert again == out
     seen.clear()
-    greedy = run_episodes(
-        Recording(tokenizer, scripts), tokenizer, env, Limits(4, 256, 64, 32), prompts, None, 1.0, 1.0, 8
-    )
+    greedy = _play(Recording(tokenizer, scripts), tokenizer, env, limits, prompts, None)
     assert [len(row) for row in greedy] == [1, 1] and seen[0] is None

@@ -66,6 +66,7 @@ class Judgement:
     win_rate: float | None = None  # pairwise judges: estimated P(this response beats the sampling policy)
     beats: list[float] = field(default_factory=list)  # pairwise judges: (K,) P(this beats sample j); NaN when unknown
     samples: list[float] = field(default_factory=list)  # (S,) per-pass scores (MC-dropout passes, ensemble members)
+    visits: int | None = None  # a tree search's node: evaluations backed up through it (score is their mean, Q)
 
 
 @dataclass
@@ -119,6 +120,26 @@ class RankedGroup:
     scores: list[float]  # non-increasing for ranked losses
     sources: list[str] = field(default_factory=list)  # where each response came from
     weights: list[float] = field(default_factory=list)  # each response's probability (sampling.exhaustive), or empty
+    shared_prefix: int = 0  # leading tokens every response of the group shares (sibling steps' common steps): context
+
+
+@dataclass
+class TreeNode:
+    """One node of a prompt's search tree (the tree_search stage's tree.parquet): a step and its statistics."""
+
+    prompt_id: str
+    node_id: int  # 0 is the root (the prompt itself); a node's rollout has sample_idx node_id
+    parent: int  # -1 for the root
+    path: list[int]  # child indices from the root
+    seed: int  # the seed its step was sampled with, derived from (run seed, round, prompt id, path)
+    token_ids: list[int]  # (T_step,) the step's tokens, a tool's answer after it included
+    policy_mask: list[bool]  # (T_step,) False on a tool's answer
+    text: str  # the step as text
+    observation: str | None  # the tool's answer to a call in the step
+    finish_reason: str  # "" when the response goes on after the step, else why it ended there
+    value: float | None  # the node's own evaluation (None for the root)
+    visits: int  # N: evaluations backed up through the node
+    value_sum: float  # their sum (Q = value_sum / visits)
 
 
 @dataclass
@@ -132,7 +153,7 @@ class RefLogp:
 
 
 # Every record type above; R is one of them.
-Record = Prompt | Rollout | Judgement | Preference | LabelledResponse | RankedGroup | RefLogp
+Record = Prompt | Rollout | Judgement | Preference | LabelledResponse | RankedGroup | RefLogp | TreeNode
 R = TypeVar("R", bound=Record)
 
 SCHEMAS = {
@@ -165,6 +186,7 @@ SCHEMAS = {
             ("win_rate", pa.float64()),
             ("beats", pa.list_(pa.float64())),
             ("samples", pa.list_(pa.float64())),
+            ("visits", pa.int32()),
         ]
     ),
     Preference: pa.schema(
@@ -210,6 +232,24 @@ SCHEMAS = {
             ("scores", pa.list_(pa.float64())),
             ("sources", pa.list_(pa.string())),
             ("weights", pa.list_(pa.float64())),
+            ("shared_prefix", pa.int32()),
+        ]
+    ),
+    TreeNode: pa.schema(
+        [
+            ("prompt_id", pa.string()),
+            ("node_id", pa.int32()),
+            ("parent", pa.int32()),
+            ("path", pa.list_(pa.int32())),
+            ("seed", pa.int64()),
+            ("token_ids", pa.list_(pa.int32())),
+            ("policy_mask", pa.list_(pa.bool_())),
+            ("text", pa.string()),
+            ("observation", pa.string()),
+            ("finish_reason", pa.string()),
+            ("value", pa.float64()),
+            ("visits", pa.int32()),
+            ("value_sum", pa.float64()),
         ]
     ),
     RefLogp: pa.schema(

@@ -51,6 +51,40 @@ class Episode:
         return "\n".join(parts)
 
 
+def take_turn(
+    ep: Episode, ids: list[int], reason: str, env: Environment, tokenizer, limits: Limits, left: int, last: bool
+) -> bool:
+    """Add one policy turn (ids, as the sampler ended it: "stop" or "length") to ep, and the tool's answer when the
+    turn ends with a call; ``left``: the episode's tokens left before the turn; ``last``: no turn may follow.
+    True while the episode goes on; else ep.finish_reason says why it ended."""
+    if len(ids) > left:  # the episode's budget ends inside this turn
+        ids, reason = ids[:left], "length"
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    ep.token_ids += ids
+    ep.policy_mask += [True] * len(ids)
+    ep.step_ends.append(len(ep.token_ids))
+    ep.turns.append(text)
+    call = env.find_call(text) if reason == "stop" and ids and ids[-1] != tokenizer.eos_token_id else None
+    if call is None:
+        ep.finish_reason = reason
+        return False
+    if last:
+        ep.finish_reason = "turns"
+        return False
+    answer = env.call(call)
+    content = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if len(content) > limits.max_observation_tokens:
+        answer = tokenizer.decode(content[: limits.max_observation_tokens]) + " ..."
+    obs = encode_observation(tokenizer, answer)  # the template's tokens around the answer
+    if len(ids) + len(obs) >= left:  # no room left for a turn after it
+        ep.finish_reason = "length"
+        return False
+    ep.observations.append(answer)
+    ep.token_ids += obs
+    ep.policy_mask += [False] * len(obs)
+    return True
+
+
 def run_episodes(
     sampler,
     tokenizer,
@@ -64,7 +98,6 @@ def run_episodes(
     progress: Callable[[int], None] | None = None,
 ) -> list[list[Episode]]:
     """Per prompt, one episode per seed (seeds None: one greedy episode per prompt)."""
-    eos = tokenizer.eos_token_id
     per_prompt = len(seeds[0]) if seeds is not None else 1
     episodes = [[Episode() for _ in range(per_prompt)] for _ in prompts]
     running = [(i, k) for i in range(len(prompts)) for k in range(per_prompt)]
@@ -85,32 +118,9 @@ def run_episodes(
         still = []
         for (i, k), [(ids, reason)] in zip(running, outs):
             ep = episodes[i][k]
-            if len(ids) > left[(i, k)]:  # the episode's budget ends inside this turn
-                ids, reason = ids[: left[(i, k)]], "length"
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            ep.token_ids += ids
-            ep.policy_mask += [True] * len(ids)
-            ep.step_ends.append(len(ep.token_ids))
-            ep.turns.append(text)
-            call = env.find_call(text) if reason == "stop" and ids[-1] != eos else None
-            if call is None:
-                ep.finish_reason = reason
-            elif turn == limits.max_turns - 1:
-                ep.finish_reason = "turns"
-            else:
-                answer = env.call(call)
-                content = tokenizer(answer, add_special_tokens=False)["input_ids"]
-                if len(content) > limits.max_observation_tokens:
-                    answer = tokenizer.decode(content[: limits.max_observation_tokens]) + " ..."
-                obs = encode_observation(tokenizer, answer)  # the template's tokens around the answer
-                if len(ep.token_ids) + len(obs) >= limits.max_tokens:  # no room left for a turn after it
-                    ep.finish_reason = "length"
-                else:
-                    ep.observations.append(answer)
-                    ep.token_ids += obs
-                    ep.policy_mask += [False] * len(obs)
-                    still.append((i, k))
-            if ep.finish_reason and progress is not None:
+            if take_turn(ep, ids, reason, env, tokenizer, limits, left[(i, k)], turn == limits.max_turns - 1):
+                still.append((i, k))
+            elif progress is not None:
                 progress(1)
         running = still  # in the last turn every episode finishes: a call there ends it with "turns"
     return episodes

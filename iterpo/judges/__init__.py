@@ -7,6 +7,7 @@ from iterpo.judges import (  # noqa: F401  (register the judges)
     http,
     matrix,
     pairwise,
+    process,
     reward_model,
     self_judge,
     trajectory,

@@ -75,6 +75,34 @@ class ConservativeDPO(PairwiseLoss):
         return pair_output(losses, self.beta * chosen, self.beta * rejected)
 
 
+@register_loss("mcts_dpo")
+@dataclass
+class MCTSDPO(PairwiseLoss):
+    """MCTS-DPO's step-level loss (Xie et al. 2024, "Monte Carlo Tree Search Boosts Reasoning via Iterative
+    Preference Learning"): conservative DPO whose label smoothing is each pair's own,
+    eps = 1 - soft_label clipped to [0, 0.5]. With ``pairing.strategy: divergence`` and ``visit_smoothing``, the
+    soft label carries eps = min(1 - 1 / (1 + N_w / max(1, N_b)), 0.5) from the tree's visit counts, and the
+    log-ratios cover only the steps after the divergence point.
+
+    loss = (1 - eps) * -log sigmoid(beta*delta) + eps * -log sigmoid(-beta*delta).
+    """
+
+    reference_cancels = True  # only differences within a prompt
+    needs = frozenset({"reference", "soft_label"})
+
+    beta: float = 0.1
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        z = self.beta * (chosen - rejected)  # (B,)
+        eps = (1 - require(batch.soft_label, "soft labels")).clamp(0.0, 0.5)  # (B,)
+        losses = (1 - eps) * F.softplus(-z) + eps * F.softplus(z)
+        return pair_output(losses, self.beta * chosen, self.beta * rejected)
+
+
 @register_loss("rdpo")
 @dataclass
 class RobustDPO(PairwiseLoss):

@@ -51,7 +51,7 @@ class Ranked(Strategy):
             return [], "all responses scored the same"
         n = min(self.config.group_size, len(ranked))
         picks = sorted({round(i * (len(ranked) - 1) / (n - 1)) for i in range(n)})
-        return [_group(prompt, [ranked[i] for i in picks])], None
+        return [group(prompt, [ranked[i] for i in picks])], None
 
 
 @register_pairing("all_samples")
@@ -82,9 +82,9 @@ class AllSamples(Strategy):
         rewards = [c.score for c in cands] if self.reward == "score" else win_proportions(cands)
         if not self.keep_uniform and len(set(rewards)) < 2:
             return [], "all samples got the same reward"
-        group = _group(prompt, cands)
-        group.scores = list(rewards)
-        return [group], None
+        g = group(prompt, cands)
+        g.scores = list(rewards)
+        return [g], None
 
 
 def win_proportions(cands) -> list[float]:
@@ -105,7 +105,8 @@ def win_proportions(cands) -> list[float]:
     return [sum(beats(a, b) for b in cands if b is not a) / max(n - 1, 1) for a in cands]
 
 
-def _group(prompt, cands) -> RankedGroup:
+def group(prompt, cands) -> RankedGroup:
+    """cands as one RankedGroup, in the order given."""
     return RankedGroup(
         prompt.prompt_id,
         prompt.text,
@@ -142,7 +143,7 @@ class Correct(Strategy):
                 kept.append(c)
         if not kept:
             return [], "no response reached the threshold"
-        return [_group(prompt, kept[: self.per_prompt])], None
+        return [group(prompt, kept[: self.per_prompt])], None
 
 
 @register_pairing("best")
@@ -158,4 +159,4 @@ class Best(Strategy):
         best = self.ranked(cands)[0]
         if best.score < self.shared().threshold:
             return [], "no response reached the threshold"
-        return [_group(prompt, [best])], None
+        return [group(prompt, [best])], None

@@ -1,6 +1,17 @@
 """The stages a round is made of: one module each, registered by name (see base.py for the contract)."""
 
-from iterpo.stages import ema, evaluate, judge, look_ahead, pair, reference, sample, train, warmup  # noqa: F401,E501  (register)
+from iterpo.stages import (  # noqa: F401  (register them)
+    ema,
+    evaluate,
+    judge,
+    look_ahead,
+    pair,
+    reference,
+    sample,
+    train,
+    tree_search,
+    warmup,
+)
 from iterpo.stages.base import STAGES, Stage, register_stage
 from iterpo.stages.context import RunContext
 

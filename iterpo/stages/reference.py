@@ -9,7 +9,7 @@ from iterpo.progress import bar
 from iterpo.records import RefLogp, to_table
 from iterpo.stages.base import ServesLoss, register_stage
 from iterpo.training import LiveReference
-from iterpo.training.assemble import responses_to_score
+from iterpo.training.assemble import responses_to_score, shared_prefixes, trained_mask
 
 SCORED_NEEDS = frozenset({"reference", "previous"})  # the needs of a loss this stage computes
 BATCHES_PER_SHARD = 4  # reference batches a cluster worker scores at a time
@@ -60,7 +60,8 @@ def reference_rows(ctx, r: int, records: list, needs: frozenset[str], stage=None
     keys = responses_to_score(records)
     prompt_ids = [ctx.prompt_ids_of(pid) for pid, _, _, _ in keys]
     responses = [rollouts[(rpid, source, idx)].token_ids for _, rpid, source, idx in keys]
-    masks = [rollouts[(rpid, source, idx)].policy_mask or None for _, rpid, source, idx in keys]
+    shared = shared_prefixes(records)  # a step pair's shared steps: context here as in training
+    masks = [trained_mask(rollouts[k[1:]], shared.get(k, 0)) for k in keys]
     done: dict[str, list[float]] = {}  # policy -> log-probs of every response: each policy is scored once
 
     def under(which: str, title: str) -> list[float]:

@@ -27,6 +27,37 @@ def _scored(table: dict[Key, float | None], key: Key) -> float:
     return value
 
 
+def trained_mask(rollout: Rollout, shared: int = 0) -> list[bool] | None:
+    """Which of a response's tokens are trained on (None: all): the policy's, after the first ``shared`` (the steps
+    a step pair or a group of sibling steps shares, up to the divergence point)."""
+    if not shared:
+        return rollout.policy_mask or None
+    return [k >= shared and m for k, m in enumerate(rollout.policy_mask or [True] * len(rollout.token_ids))]
+
+
+def shared_prefixes(records: list) -> dict[Key, int]:
+    """Per response the records name, how many leading tokens they treat as context (0 for most). The reference
+    log-prob of a response is over the same tokens as the policy's, so one response cannot have two such counts."""
+    out: dict[Key, int] = {}
+    for x in records:
+        pid = x.prompt_id
+        if isinstance(x, Preference):
+            named = [(x.chosen_source, x.chosen_idx), (x.rejected_source, x.rejected_idx)]
+        elif isinstance(x, RankedGroup):
+            named = list(zip(x.sources, x.sample_idxs))
+        else:
+            continue
+        shared = x.shared_prefix
+        for source, idx in named:
+            key = (pid, pid, source, idx)
+            if out.setdefault(key, shared) != shared:
+                raise ValueError(
+                    f"response {source}#{idx} of prompt {pid} is named with {out[key]} and with {shared} shared "
+                    "prefix tokens; a response's trained tokens must be the same in every example"
+                )
+    return out
+
+
 def responses_to_score(records: list) -> list[Key]:
     """Every (prompt, response) the loss will look up reference log-probs for, sorted."""
     keys: set[Key] = set()
@@ -60,12 +91,7 @@ def training_examples(
         return rollouts[(pid, source, idx)].token_ids
 
     def mask(pid: str, source: str, idx: int, shared: int = 0) -> list[bool] | None:
-        """Which tokens are trained on (None: all): the policy's, after the first ``shared`` (a step pair's
-        divergence point)."""
-        r = rollouts[(pid, source, idx)]
-        if not shared:
-            return r.policy_mask or None
-        return [k >= shared and m for k, m in enumerate(r.policy_mask or [True] * len(r.token_ids))]
+        return trained_mask(rollouts[(pid, source, idx)], shared)
 
     out: list[PairExample | UnpairedExample | GroupExample] = []
     for x in records:
@@ -117,7 +143,7 @@ def training_examples(
                     if use_prev
                     else None,
                     weights=list(x.weights) if x.weights else None,
-                    masks=[mask(pid, s, i) for s, i in zip(x.sources, x.sample_idxs)],
+                    masks=[mask(pid, s, i, x.shared_prefix) for s, i in zip(x.sources, x.sample_idxs)],
                 )
             )
     return out

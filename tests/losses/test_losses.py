@@ -77,6 +77,18 @@ def test_cdpo_values_and_stationary_margin():
     assert abs(float(b.chosen_logps.grad)) < 1e-12
 
 
+def test_mcts_dpo_smooths_each_pair_by_its_own_label():
+    beta, soft = 0.5, [0.9, 0.3]  # eps = 1 - soft label, capped at 0.5: 0.1, then 0.5
+    out = get_loss("mcts_dpo", beta=beta)(pair_batch(soft_label=t(soft)))
+    eps = [0.1, 0.5]
+    want = [(1 - e) * sp(-beta * (w - l)) + e * sp(beta * (w - l)) for e, w, l in zip(eps, LW, LL)]
+    assert out.losses.tolist() == pytest.approx(want, abs=1e-12)
+    same = get_loss("cdpo", beta=beta, label_smoothing=0.1)(pair_batch()).losses  # one eps for all: cDPO
+    assert get_loss("mcts_dpo", beta=beta)(pair_batch(soft_label=t([0.9, 0.9]))).losses.tolist() == pytest.approx(
+        same.tolist(), abs=1e-12
+    )
+
+
 def test_rdpo_is_unbiased_and_can_go_negative():
     eps, beta = 0.2, 0.5
     loss = get_loss("rdpo", beta=beta, flip_rate=eps)

@@ -513,3 +513,68 @@ def test_tool_use_recipes_train_on_episodes(name, tiny_model_dir, tmp_path, tool
         assert _log(store, r, "train.jsonl")
     items = json.loads(store.path(2, "eval.json").read_text())["items"]
     assert all("transcript" in item for item in items)
+
+
+TREE_RECIPES = ["mcts_dpo", "step_dpo", "tpo_tree", "sport", "agent_q"]
+
+
+def _tree_recipe(name, tiny_model_dir, run_dir):
+    cfg = _recipe(name, tiny_model_dir, run_dir)
+    cfg["judge"] = {"name": "token_sum"}  # graded values from a random model, so siblings differ
+    cfg["round"]["stages"][0].update(simulations=3, max_step_tokens=2)
+    if cfg["pairing"]["strategy"] == "divergence":
+        cfg["pairing"]["margin"] = 0.0
+    if "environment" in cfg:
+        cfg["environment"].update(max_tokens=80, max_observation_tokens=32)
+    return cfg
+
+
+@pytest.mark.parametrize("name", TREE_RECIPES)
+def test_tree_search_recipes_train_on_sibling_steps(name, tiny_model_dir, tmp_path, tool_calling_policy):
+    from iterpo.sampling import derive_seed
+    from iterpo.sampling.tree import smoothing
+
+    rows, store = _run(_tree_recipe(name, tiny_model_dir, tmp_path / "run"), tmp_path)
+    for r in (1, 2):
+        nodes = {(x["prompt_id"], x["node_id"]): x for x in _table(store, r, "tree.parquet")}
+        responses = {(x["prompt_id"], x["sample_idx"]): x for x in _table(store, r, "rollouts.parquet")}
+        values = {(x["prompt_id"], x["sample_idx"]): x for x in _table(store, r, "judgements.parquet")}
+        assert set(responses) == set(values) == {k for k, x in nodes.items() if x["parent"] >= 0}
+        for (pid, i), x in nodes.items():
+            children = [y for (q, _), y in nodes.items() if q == pid and y["parent"] == i]
+            # every evaluation is backed up once through the node and each ancestor
+            assert x["visits"] == (x["parent"] >= 0) + sum(y["visits"] for y in children)
+            own = x["value"] or 0.0
+            assert x["value_sum"] == pytest.approx(own + sum(y["value_sum"] for y in children))
+            assert x["seed"] == derive_seed(0, r, pid, "node", *x["path"])  # from the node's path
+            if x["parent"] < 0:
+                continue
+            lineage, y = [], x
+            while y["parent"] >= 0:
+                lineage.insert(0, y)
+                y = nodes[(pid, y["parent"])]
+            ro = responses[(pid, i)]
+            assert ro["token_ids"] == [t for z in lineage for t in z["token_ids"]] and ro["source"] == "tree"
+            assert ro["step_ends"][-1] == len(ro["token_ids"]) and len(ro["step_ends"]) == len(lineage)
+            assert values[(pid, i)]["score"] == pytest.approx(x["value_sum"] / x["visits"])
+            assert values[(pid, i)]["visits"] == x["visits"]
+        examples = _table(store, r, "preferences.parquet")  # pairs, or ranked groups (tpo_tree)
+        assert examples, f"round {r}: no examples"
+        for e in examples:
+            pid = e["prompt_id"]
+            idxs = [e["chosen_idx"], e["rejected_idx"]] if "chosen_idx" in e else e["sample_idxs"]
+            named = [responses[(pid, i)] for i in idxs]
+            # siblings: the same steps (the same tokens) before their last; those are context
+            shared = [x["step_ends"][-2] if len(x["step_ends"]) > 1 else 0 for x in named]
+            assert set(shared) == {e["shared_prefix"]}
+            assert len({tuple(x["token_ids"][: e["shared_prefix"]]) for x in named}) == 1
+            if name == "mcts_dpo":
+                eps = smoothing(values[(pid, idxs[0])]["visits"], values[(pid, idxs[1])]["visits"])
+                assert e["soft_label"] == pytest.approx(1 - eps) and 0.5 <= e["soft_label"] <= 1
+        assert _log(store, r, "train.jsonl")
+        if name in ("sport", "agent_q"):  # steps are turns: the calculator's answers are context
+            called = [x for x in nodes.values() if x["observation"] is not None]
+            assert called and all("36" in x["observation"] and False in x["policy_mask"] for x in called)
+    if name == "agent_q":
+        stage = store.manifest()["stages"]["round-001/tree_search"]
+        assert stage["policy_calls"] > 0 and stage["tokens_per_prompt"] > 0

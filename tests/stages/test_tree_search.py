@@ -140,3 +140,14 @@ def test_visit_smoothing_needs_a_tree_searchs_visit_counts():
         c.judgement.visits = n
     [pair], _ = strategy.examples(prompt, cands, None)
     assert pair.shared_prefix == 1 and pair.soft_label == pytest.approx(1 / (1 + 2 / 6))
+
+
+def test_a_judge_failing_too_often_stops_the_search_before_its_shard_is_written(tiny_model_dir, tmp_path):
+    run = tmp_path / "failing"
+    path = _search_config(tiny_model_dir, run)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["judge"] = {"name": "token_sum_failing", "max_failed_share": 0.01}  # a few of the verdicts fail
+    path.write_text(yaml.safe_dump(cfg))
+    code, out, err = cli("run", str(path))
+    assert code != 0 and "tree search:" in err and "verdicts failed, above judge.max_failed_share 0.01" in err, err
+    assert not (run / "round-001" / "tree").exists() or not any((run / "round-001" / "tree").iterdir())

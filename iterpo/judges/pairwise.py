@@ -24,10 +24,9 @@ import math
 import string
 from dataclasses import dataclass
 
-import torch
-
 from iterpo.judges.base import Judge, cache_key, prompt_key, register_judge
-from iterpo.models.device import model_device, resolve_device
+from iterpo.models.device import resolve_device
+from iterpo.models.logprobs import next_token_odds
 from iterpo.records import Judgement, Prompt, Rollout
 
 # The text is part of the judge's identity (cached verdicts are keyed by it): keep it as it is.
@@ -242,27 +241,11 @@ class PairwiseLM(PairwiseJudge):
             self._letters = [x[0] for x in ids]
         return self._model, self._tokenizer
 
-    @torch.no_grad()
     def ask(self, prompt, pairs):
         from iterpo.models.chat import encode_prompt
 
         model, tok = self._load()
         seqs = [encode_prompt(tok, [{"role": "user", "content": fill(self.template, prompt, a, b)}]) for a, b in pairs]
-        out = []
-        for start in range(0, len(seqs), self.batch_size):
-            batch = seqs[start : start + self.batch_size]
-            width = max(map(len, batch))
-            device = model_device(model)
-            ids = torch.tensor([s + [tok.pad_token_id or 0] * (width - len(s)) for s in batch], device=device)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
-            # Only the last real position's logits are needed: run the decoder, then the output layer on B rows.
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-            rows = torch.arange(len(batch), device=device)
-            last = hidden[rows, torch.tensor([len(s) - 1 for s in batch], device=device)]  # (B, H)
-            letters = model.get_output_embeddings()(last)[:, self._letters].float()  # (B, 2): logits of "A", "B"
-            p_first = torch.softmax(letters, dim=-1)[:, 0]  # (B,) P("A") among {"A", "B"}
-            out += [
-                (float(p), f"P(A)={float(p):.3f}") if math.isfinite(float(p)) else (None, "non-finite logits")
-                for p in p_first
-            ]
-        return out
+        pad = tok.pad_token_id or 0
+        p_first = next_token_odds(model, seqs, pad, self._letters[0], self._letters[1], self.batch_size)  # P("A")
+        return [(p, f"P(A)={p:.3f}") if math.isfinite(p) else (None, "non-finite logits") for p in p_first]

@@ -26,7 +26,8 @@ import torch
 
 from iterpo.errors import DataError
 from iterpo.judges.base import Judge, register_judge
-from iterpo.models.device import model_device, resolve_device
+from iterpo.models.device import resolve_device
+from iterpo.models.logprobs import next_token_odds
 from iterpo.records import Judgement, Prompt, Rollout
 
 
@@ -49,23 +50,6 @@ def label_id(tokenizer, label: str, what: str) -> int:
     if not ids:
         raise DataError(f"{what}: {label!r} is no token of the tokenizer")
     return ids[0]
-
-
-@torch.no_grad()
-def two_way(model, sequences: list[list[int]], pad_id: int, a: int, b: int, batch_size: int) -> list[float]:
-    """For each token sequence, P(a) / (P(a) + P(b)) of the model's next token after it."""
-    device = model_device(model)
-    out: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
-        width = max(len(s) for s in batch)
-        ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in batch], device=device)  # (B, T) left-padded
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()  # (B, V)
-        pair = torch.log_softmax(logits, -1)[:, [a, b]]  # (B, 2)
-        out += torch.softmax(pair, -1)[:, 0].tolist()
-    return out
 
 
 @register_judge("prm")
@@ -128,7 +112,7 @@ class ProcessRewardModel(Judge):
         ]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         good, bad = self._ids
-        scores = two_way(model, seqs, pad, good, bad, self.batch_size)
+        scores = next_token_odds(model, seqs, pad, good, bad, self.batch_size)
         return [
             Judgement(r.prompt_id, r.sample_idx, self.name, p, f"P(good step) {p:.3f}")
             for r, p in zip(rollouts, scores)
@@ -180,5 +164,5 @@ class StepJudge(Judge):
             asks.append(encode_prompt(tok, [{"role": "user", "content": question}], ctx.system_prompt))
         ids = (label_id(tok, self.yes, "judge step_judge: yes"), label_id(tok, self.no, "judge step_judge: no"))
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        scores = two_way(ctx.policy(), asks, pad, ids[0], ids[1], self.batch_size)
+        scores = next_token_odds(ctx.policy(), asks, pad, ids[0], ids[1], self.batch_size)
         return [Judgement(r.prompt_id, r.sample_idx, self.name, p, f"P(yes) {p:.3f}") for r, p in zip(rollouts, scores)]

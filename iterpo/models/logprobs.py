@@ -26,6 +26,25 @@ def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
+@torch.no_grad()
+def next_token_odds(model, sequences: list[list[int]], pad_id: int, a: int, b: int, batch_size: int) -> list[float]:
+    """For each token sequence, P(a) / (P(a) + P(b)) of the model's next token after it: a softmax over the two
+    logits (a judge's "A" or "B", "Yes" or "No"), so the reply is never unparseable. The output layer runs only at
+    each row's last real position."""
+    device = model_device(model)
+    out: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        ids, attn = (x.to(device) for x in _pad_right(batch, pad_id))  # (B, T)
+        last = torch.tensor([len(s) - 1 for s in batch], device=device)  # (B,) each row's last real position
+        keep = torch.unique(last)  # (L,) sorted positions whose logits are needed
+        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits  # (B, L, V)
+        rows = torch.arange(len(batch), device=device)
+        pair = logits[rows, torch.searchsorted(keep, last)][:, [a, b]].float()  # (B, 2)
+        out += torch.softmax(pair, dim=-1)[:, 0].tolist()
+    return out
+
+
 @dataclass
 class TokenStats:
     """Per-response-token quantities, aligned so column k is response token k. N rows, R = longest response."""

@@ -49,9 +49,7 @@ class Ranked(Strategy):
         ranked = self.ranked(cands)
         if len({c.score for c in ranked}) < 2:
             return [], "all responses scored the same"
-        n = min(self.config.group_size, len(ranked))
-        picks = sorted({round(i * (len(ranked) - 1) / (n - 1)) for i in range(n)})
-        return [group(prompt, [ranked[i] for i in picks])], None
+        return [spanning(prompt, ranked, self.shared().group_size)], None
 
 
 @register_pairing("all_samples")
@@ -103,6 +101,14 @@ def win_proportions(cands) -> list[float]:
         return [sum(b.rollout.weight * (0.5 if b is a else beats(a, b)) for b in cands) / mass for a in cands]
     n = len(cands)
     return [sum(beats(a, b) for b in cands if b is not a) / max(n - 1, 1) for a in cands]
+
+
+def spanning(prompt, ranked, size: int) -> RankedGroup:
+    """Up to size of the ranked candidates (best first, at least 2) as one group spanning the ranking evenly, the
+    best and the worst always included."""
+    n = min(size, len(ranked))
+    picks = sorted({round(i * (len(ranked) - 1) / (n - 1)) for i in range(n)})
+    return group(prompt, [ranked[i] for i in picks])
 
 
 def group(prompt, cands) -> RankedGroup:

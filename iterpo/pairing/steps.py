@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 
 from iterpo.pairing.base import Candidate, Example, Strategy, preference, register_pairing
-from iterpo.pairing.shapes import group
+from iterpo.pairing.shapes import spanning
 from iterpo.records import Prompt
 from iterpo.sampling.tree import smoothing
 
@@ -105,9 +105,7 @@ class SiblingsRanked(Strategy):
             ranked = self.ranked(siblings)
             if len({c.score for c in ranked}) < 2:
                 continue
-            n = min(self.shared().group_size, len(ranked))
-            picks = sorted({round(i * (len(ranked) - 1) / (n - 1)) for i in range(n)})  # spans the ranking
-            g = group(prompt, [ranked[i] for i in picks])
+            g = spanning(prompt, ranked, self.shared().group_size)
             g.shared_prefix = len(prefix)
             out.append(g)
         if not out:

@@ -89,7 +89,7 @@ def run_episodes(
     sampler,
     tokenizer,
     env: Environment,
-    limits: Limits,
+    limits: Limits | list[Limits],
     prompts: list[list[int]],
     seeds: list[list[int]] | None,
     temperature: float,
@@ -97,28 +97,31 @@ def run_episodes(
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[Episode]]:
-    """Per prompt, one episode per seed (seeds None: one greedy episode per prompt)."""
+    """Per prompt, one episode per seed (seeds None: one greedy episode per prompt); ``limits``: the same for every
+    prompt, or one per prompt (episodes that go on from different points: a tree search's nodes). Every turn writes
+    at most the first prompt's ``max_new_tokens``."""
     per_prompt = len(seeds[0]) if seeds is not None else 1
+    each = limits if isinstance(limits, list) else [limits] * len(prompts)
     episodes = [[Episode() for _ in range(per_prompt)] for _ in prompts]
     running = [(i, k) for i in range(len(prompts)) for k in range(per_prompt)]
-    for turn in range(limits.max_turns):
+    for turn in range(max((x.max_turns for x in each), default=0)):
         if not running:
             break
-        left = {ik: limits.max_tokens - len(episodes[ik[0]][ik[1]].token_ids) for ik in running}
+        left = {ik: each[ik[0]].max_tokens - len(episodes[ik[0]][ik[1]].token_ids) for ik in running}
         turn_seeds = [[derive_seed(seeds[i][k], "turn", turn)] for i, k in running] if seeds is not None else None
         outs = sampler.generate(
             [prompts[i] + episodes[i][k].token_ids for i, k in running],
             turn_seeds,
             temperature,
             top_p,
-            min(limits.max_new_tokens, max(left.values())),
+            min(each[0].max_new_tokens, max(left.values())),
             batch_size,
             stop=[env.stop],
         )
         still = []
         for (i, k), [(ids, reason)] in zip(running, outs):
             ep = episodes[i][k]
-            if take_turn(ep, ids, reason, env, tokenizer, limits, left[(i, k)], turn == limits.max_turns - 1):
+            if take_turn(ep, ids, reason, env, tokenizer, each[i], left[(i, k)], turn == each[i].max_turns - 1):
                 still.append((i, k))
             elif progress is not None:
                 progress(1)

@@ -350,30 +350,26 @@ class Search:
                 for ids, reason in samples:
                     self.policy_calls += 1
                     self.new_tokens += len(ids)
-                    ids = ids[:room]
+                    if len(ids) > room:  # the response's budget ends inside the completion
+                        ids, reason = ids[:room], "length"
                     text = self.tok.decode(prefix + ids, skip_special_tokens=True)
                     rows.append(Rollout(prompts[i].prompt_id, 0, self.r, 0, text, prefix + ids, reason, "tree"))
                 out[(i, x.node_id)] = rows
             return out
-        for (i, x), ctx_ids, node_seeds in zip(nodes, contexts, seeds):  # episodes go on from the node's turns
-            lineage = trees[i].lineage(x)
-            e = self.limits
-            limits = Limits(
+        e = self.limits  # episodes go on from each node's turns, within what the node left of the limits
+        limits = [
+            Limits(
                 e.max_turns - x.depth, e.max_tokens - self.used(trees[i], x), e.max_new_tokens, e.max_observation_tokens
             )
-            [played] = run_episodes(
-                self.sampler,
-                self.tok,
-                self.env,
-                limits,
-                [ctx_ids],
-                [node_seeds],
-                self.temperature,
-                self.top_p,
-                self.batch_size,
-            )
+            for i, x in nodes
+        ]
+        played = run_episodes(
+            self.sampler, self.tok, self.env, limits, contexts, seeds, self.temperature, self.top_p, self.batch_size
+        )
+        for (i, x), episodes in zip(nodes, played):
+            lineage = trees[i].lineage(x)
             rows = []
-            for ep in played:
+            for ep in episodes:
                 self.policy_calls += len(ep.turns)
                 self.new_tokens += sum(ep.policy_mask)
                 turns = [y.text for y in lineage] + ep.turns

@@ -322,6 +322,24 @@ class RunStore:
             )
         )
 
+    @staticmethod
+    def shard(out: Path, n: int) -> Path:
+        """Where shard n of a stage's output ``out`` waits until the whole file is written:
+        rollouts.parquet -> rollouts/shard-00000.parquet ..."""
+        return Path(out).with_suffix("") / f"shard-{n:05d}.parquet"
+
+    def intact_shards(self, out: Path, count: int) -> dict[int, Any]:
+        """The shards of out (of ``count``) a crashed stage finished, as tables by number; a damaged one is set aside,
+        for the stage to compute again."""
+        found = {}
+        for n in range(count):
+            state = self.check(self.shard(out, n))
+            if state == "ok":
+                found[n] = self.read_parquet(self.shard(out, n))
+            elif state == "damaged":
+                self.set_aside(self.shard(out, n))
+        return found
+
     def check(self, path: Path) -> Check:
         """Whether path is there and matches the checksum recorded when it was written."""
         if not Path(path).exists():

@@ -110,7 +110,6 @@ class Sample(Stage):
         K, size = s.samples_per_prompt, s.shard_size
         source = self.source or ("policy" if self.label == "sample" else self.label)
         out = store.path(r, self.file("rollouts"))
-        shard_dir = out.with_suffix("")  # rollouts.parquet -> rollouts/shard-00000.parquet ...
         prompts = ctx.prompts_of_round(r)
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
         # a second sampling stage draws its own samples: its name goes into the seeds
@@ -132,16 +131,11 @@ class Sample(Stage):
         def finish(n: int, rows: list[Rollout]) -> None:
             nonlocal new_tokens
             new_tokens += sum(len(x.token_ids) for x in rows)
-            store.write_parquet(shard_dir / f"shard-{n:05d}.parquet", to_table(rows, Rollout))
+            store.write_parquet(store.shard(out, n), to_table(rows, Rollout))
             done[n] = rows
 
-        for n in range(len(shards)):
-            path = shard_dir / f"shard-{n:05d}.parquet"
-            state = store.check(path)
-            if state == "ok":
-                done[n] = from_table(store.read_parquet(path), Rollout)
-            elif state == "damaged":  # sampled again below: each sample depends on its seed alone
-                store.set_aside(path)
+        # a damaged shard is sampled again below: each sample depends on its seed alone
+        done.update({n: from_table(t, Rollout) for n, t in store.intact_shards(out, len(shards)).items()})
         todo = [n for n in range(len(shards)) if n not in done]
         per_prompt = 1 if s.exhaustive else K  # progress counts responses, or prompts when listing them all
         with bar("sampling", len(prompts) * per_prompt) as advance:
@@ -190,7 +184,7 @@ class Sample(Stage):
                 pool.map("sample", jobs, arrived)
         rows = [x for n in range(len(shards)) for x in done[n]]
         store.write_parquet(out, to_table(rows, Rollout))
-        store.remove(shard_dir)
+        store.remove(out.with_suffix(""))  # the shards
         seconds = time.perf_counter() - start
         backend = "transformers" if self.mixture is not None else ctx.plan.backend
         info = {"new_tokens": new_tokens, "tokens_per_s": round(new_tokens / seconds, 1), "backend": backend}

@@ -100,18 +100,12 @@ class TreeSearch(Stage):
             raise ConfigError(f"tree_search evaluates steps with a pointwise judge; judge {judge.name} compares")
         search = Search(self, ctx, r)
         store = ctx.store
-        shard_dir = store.path(r, self.file("tree")).with_suffix("")  # tree.parquet -> tree/shard-00000.parquet ...
+        tree = store.path(r, self.file("tree"))
         prompts = ctx.prompts_of_round(r)
         size = ctx.config.sampling.shard_size
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
-        done: dict[int, list[TreeNode]] = {}
-        for n in range(len(shards)):
-            path = shard_dir / f"shard-{n:05d}.parquet"
-            state = store.check(path)
-            if state == "ok":
-                done[n] = from_table(store.read_parquet(path), TreeNode)
-            elif state == "damaged":  # searched again: a search depends on its seeds alone
-                store.set_aside(path)
+        # a damaged shard is searched again: a search depends on its seeds alone
+        done = {n: from_table(t, TreeNode) for n, t in store.intact_shards(tree, len(shards)).items()}
         start = time.perf_counter()
         with bar("tree search", len(prompts) * self.simulations) as advance:
             advance(sum(len(shards[n]) for n in done) * self.simulations)
@@ -122,15 +116,15 @@ class TreeSearch(Stage):
                     trees = search.shard(shards[n], advance)
                     search.check_failures(ctx.config.judge.max_failed_share)
                     done[n] = [node_row(p.prompt_id, x) for p, t in zip(shards[n], trees) for x in t.nodes]
-                    store.write_parquet(shard_dir / f"shard-{n:05d}.parquet", to_table(done[n], TreeNode))
+                    store.write_parquet(store.shard(tree, n), to_table(done[n], TreeNode))
                     search.cache.flush()
         rows = [x for n in range(len(shards)) for x in done[n]]
         by_prompt = {p.prompt_id: p for p in prompts}
         rollouts, judgements = search.records(rows, by_prompt)
-        store.write_parquet(store.path(r, self.file("tree")), to_table(rows, TreeNode))
+        store.write_parquet(tree, to_table(rows, TreeNode))
         store.write_parquet(store.path(r, self.file("judgements")), to_table(judgements, Judgement))
         store.write_parquet(store.path(r, self.file("rollouts")), to_table(rollouts, Rollout))  # marks it done
-        store.remove(shard_dir)
+        store.remove(tree.with_suffix(""))  # the shards
         seconds = time.perf_counter() - start
         return {
             "nodes": len(rollouts),

@@ -47,6 +47,10 @@ class Rollout:
     step_ends: list[int] = field(default_factory=list)  # token offsets where each step ends; empty: one step
     transcript: str | None = None  # a trajectory of several turns: all of it as text, observations included
     observations: list[str] = field(default_factory=list)  # a trajectory's tool answers, in order (one per call)
+    parent: int | None = None  # a refinement: the sample_idx of the response of the same prompt it revises
+    context: list[dict[str, str]] = field(default_factory=list)  # chat messages between the prompt's and the
+    # response, which it was generated after (a refinement's: [assistant: the parent, user: the request]); empty:
+    # generated for the prompt alone. Judges and direct-format training read the response as an answer to the prompt
 
     @property
     def policy_tokens(self) -> int:
@@ -90,6 +94,8 @@ class Preference:
     weight: float = 1.0  # the pair's weight in the loss (all_pairs weighted: pi(chosen) pi(rejected) soft_label)
     shared_prefix: int = 0  # leading tokens both responses share (a step pair's steps before the divergence
     # point): context, read but never trained on
+    context: list[dict[str, str]] = field(default_factory=list)  # chat messages after the prompt's that the pair
+    # is trained after (a refinement pair in the refine format: the earlier answer and the request to improve it)
 
 
 @dataclass
@@ -150,11 +156,14 @@ class RefLogp:
     ref_logp: float | None  # sum of reference token log-probs of the response (None when not needed)
     prev_logp: float | None = None  # the same under the policy the round started from
     source: str = "policy"  # where the response came from
+    context: str = ""  # the chat messages after the prompt's it is scored after, as canonical JSON ("" for none)
 
 
 # Every record type above; R is one of them.
 Record = Prompt | Rollout | Judgement | Preference | LabelledResponse | RankedGroup | RefLogp | TreeNode
 R = TypeVar("R", bound=Record)
+
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))  # chat messages, in order
 
 SCHEMAS = {
     Rollout: pa.schema(
@@ -172,6 +181,8 @@ SCHEMAS = {
             ("step_ends", pa.list_(pa.int32())),
             ("transcript", pa.string()),
             ("observations", pa.list_(pa.string())),
+            ("parent", pa.int32()),
+            ("context", MESSAGES),
         ]
     ),
     Judgement: pa.schema(
@@ -207,6 +218,7 @@ SCHEMAS = {
             ("rejected_source", pa.string()),
             ("weight", pa.float64()),
             ("shared_prefix", pa.int32()),
+            ("context", MESSAGES),
         ]
     ),
     LabelledResponse: pa.schema(
@@ -260,6 +272,7 @@ SCHEMAS = {
             ("ref_logp", pa.float64()),
             ("prev_logp", pa.float64()),
             ("source", pa.string()),
+            ("context", pa.string()),
         ]
     ),
     Prompt: pa.schema([("prompt_id", pa.string()), ("messages", pa.string()), ("answer", pa.string())]),

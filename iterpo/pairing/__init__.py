@@ -5,7 +5,7 @@ base.py holds the contract (a registered ``Strategy`` sees one prompt's judged
 strategies has its module; build.py applies a strategy to a round.
 """
 
-from iterpo.pairing import anchored, pairs, rejection, shapes, steps, uncertainty  # noqa: F401  (register them)
+from iterpo.pairing import anchored, pairs, refinement, rejection, shapes, steps, uncertainty  # noqa: F401  (register them)
 from iterpo.pairing.base import (
     DEFAULT_STRATEGY,
     PAIRING,

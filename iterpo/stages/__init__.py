@@ -7,6 +7,7 @@ from iterpo.stages import (  # noqa: F401  (register them)
     look_ahead,
     pair,
     reference,
+    refine,
     sample,
     train,
     tree_search,

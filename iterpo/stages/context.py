@@ -23,6 +23,7 @@ from iterpo.sampling.backends import open_sampler
 from iterpo.sampling.base import Sampler
 from iterpo.store import RunStore
 from iterpo.training import LiveReference
+from iterpo.training.assemble import context_messages
 from iterpo.training.trainer import reference_model
 
 ROLLOUT_ROLES = ("rollouts", "look_ahead_rollouts")  # roles whose files hold responses that examples may name
@@ -63,8 +64,16 @@ class RunContext:
             self._prompt_ids[prompt.prompt_id] = encode_prompt(self.tokenizer, prompt.messages, self.plan.system_prompt)
         return self._prompt_ids[prompt.prompt_id]
 
-    def prompt_ids_of(self, prompt_id: str) -> list[int]:
-        return self.prompt_ids(self.prompts_by_id[prompt_id])
+    def prompt_ids_of(self, prompt_id: str, context: str = "") -> list[int]:
+        """A training prompt's tokens, followed by the chat messages of a context_key (a refinement's request)."""
+        prompt = self.prompts_by_id[prompt_id]
+        if not context:
+            return self.prompt_ids(prompt)
+        key = f"{prompt_id}\n{context}"
+        if key not in self._prompt_ids:
+            messages = prompt.messages + context_messages(context)
+            self._prompt_ids[key] = encode_prompt(self.tokenizer, messages, self.plan.system_prompt)
+        return self._prompt_ids[key]
 
     # ------------------------------------------------------------------ policies
 

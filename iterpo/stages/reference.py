@@ -58,10 +58,10 @@ def reference_rows(ctx, r: int, records: list, needs: frozenset[str], stage=None
     with these needs uses them; the previous policy is the one at stage's place in the round."""
     rollouts = ctx.responses(r)
     keys = responses_to_score(records)
-    prompt_ids = [ctx.prompt_ids_of(pid) for pid, _, _, _ in keys]
-    responses = [rollouts[(rpid, source, idx)].token_ids for _, rpid, source, idx in keys]
+    prompt_ids = [ctx.prompt_ids_of(pid, context) for pid, _, _, _, context in keys]
+    responses = [rollouts[(rpid, source, idx)].token_ids for _, rpid, source, idx, _ in keys]
     shared = shared_prefixes(records)  # a step pair's shared steps: context here as in training
-    masks = [trained_mask(rollouts[k[1:]], shared.get(k, 0)) for k in keys]
+    masks = [trained_mask(rollouts[k[1:4]], shared.get(k, 0)) for k in keys]
     done: dict[str, list[float]] = {}  # policy -> log-probs of every response: each policy is scored once
 
     def under(which: str, title: str) -> list[float]:
@@ -80,7 +80,7 @@ def reference_rows(ctx, r: int, records: list, needs: frozenset[str], stage=None
             ref = under("previous" if kind == "previous" else "reference", "reference")
     if "previous" in needs:
         prev = under("previous", "previous policy")
-    return [RefLogp(pid, rpid, idx, a, b, source) for (pid, rpid, source, idx), a, b in zip(keys, ref, prev)]
+    return [RefLogp(k[0], k[1], k[3], a, b, k[2], k[4]) for k, a, b in zip(keys, ref, prev)]
 
 
 def extrapolated(r: int, alpha: float, under) -> list[float]:

@@ -27,21 +27,20 @@ the pair stage reads: ``pairing.strategy: divergence`` pairs sibling steps.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from iterpo.environments.episodes import Episode, Limits, run_episodes, take_turn
-from iterpo.errors import ConfigError, JudgeFailure
+from iterpo.errors import ConfigError
 from iterpo.judges import make_judge
-from iterpo.judges.base import judge_with_cache
 from iterpo.progress import bar
 from iterpo.records import Judgement, Prompt, Rollout, TreeNode, from_table, to_table
 from iterpo.sampling import derive_seed
 from iterpo.sampling.tree import Node, Tree
 from iterpo.stages.base import Stage, register_stage
+from iterpo.stages.verdicts import Verdicts
 
 
 @register_stage("tree_search")
@@ -114,7 +113,9 @@ class TreeSearch(Stage):
                     if n in done:
                         continue
                     trees = search.shard(shards[n], advance)
-                    search.check_failures(ctx.config.judge.max_failed_share)
+                    search.asking.check_failures(
+                        ctx.config.judge.max_failed_share, "the values of those steps would count them as 0"
+                    )
                     done[n] = [node_row(p.prompt_id, x) for p, t in zip(shards[n], trees) for x in t.nodes]
                     store.write_parquet(store.shard(tree, n), to_table(done[n], TreeNode))
                     search.cache.flush()
@@ -131,7 +132,7 @@ class TreeSearch(Stage):
             "policy_calls": search.policy_calls,  # sequences generated: steps and completions
             "new_tokens": search.new_tokens,
             "tokens_per_prompt": round(search.new_tokens / max(1, len(prompts)), 1),
-            "failed_verdicts": search.failed,
+            "failed_verdicts": search.asking.failed,
             "tokens_per_s": round(search.new_tokens / seconds, 1),
         }
 
@@ -175,7 +176,8 @@ class Search:
         self.process = stage.process()
         if self.process is not None:
             self.process.setup(ctx.judge_context(r, self.cache))
-        self.policy_calls = self.new_tokens = self.failed = self.verdicts_asked = 0
+        self.asking = Verdicts(self.cache, "tree search")
+        self.policy_calls = self.new_tokens = 0
 
     # ------------------------------------------------------------------ one shard
 
@@ -300,32 +302,8 @@ class Search:
         return values
 
     def verdicts(self, judge, prompt: Prompt, rollouts: list[Rollout]) -> list[float]:
-        """judge's scores of rollouts through the run's cache (a failed verdict counts as 0 and is counted); a judge
-        that stops answering stops the search (the shards written so far stay)."""
-        numbered = [dataclasses.replace(ro, sample_idx=k) for k, ro in enumerate(rollouts)]  # distinct in one call
-        out = []
-        for j in judge_with_cache(judge, prompt, numbered, self.cache):
-            self.failed += j.failed
-            self.verdicts_asked += 1
-            out.append(0.0 if j.failed else j.score)
-        if judge.outage():
-            self.cache.flush()
-            raise JudgeFailure(
-                f"judge {judge.name} stopped answering during the tree search: {judge.outage()}. The finished "
-                "shards and every verdict obtained are saved; a resume searches the rest again"
-            )
-        return out
-
-    def check_failures(self, share: float) -> None:
-        """JudgeFailure, before a shard's tree is written, when more than share of the verdicts so far failed (the
-        values of those steps would be made up)."""
-        if self.verdicts_asked and self.failed > share * self.verdicts_asked:
-            self.cache.flush()
-            raise JudgeFailure(
-                f"tree search: {self.failed} of {self.verdicts_asked} verdicts failed, above judge.max_failed_share "
-                f"{share:g}; the values of those steps would count them as 0. Fix the judge, or raise "
-                "judge.max_failed_share to go on"
-            )
+        """judge's scores of rollouts through the run's cache (a failed verdict counts as 0 and is counted)."""
+        return [0.0 if j.failed else j.score for j in self.asking(judge, prompt, rollouts)]
 
     def complete(self, prompts, trees, nodes: list[tuple[int, Node]]) -> dict[tuple, list[Rollout]]:
         """``rollouts`` completions of each open node to the end of its response, seeded from the node's seed."""

@@ -7,16 +7,29 @@ responses and joins everything into the examples the trainer consumes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from iterpo.records import LabelledResponse, Preference, RankedGroup, RefLogp, Rollout
 from iterpo.training.examples import GroupExample, PairExample, UnpairedExample
 
-Key = tuple[str, str, str, int]  # (prompt scored after, prompt the response was sampled for, source, sample_idx)
+Key = tuple[str, str, str, int, str]  # (prompt scored after, prompt the response was sampled for, source,
+# sample_idx, the chat messages after the prompt's it is scored after as context_key() gives them)
 # Responses are scored in this order: the round's own samples, then the initial model's, then the look-ahead
 # model's, then any other source by name. Batches of the reference pass follow it, and a different batching moves
 # log-probs in their last bits, so it is kept fixed.
 SOURCE_RANK = {"policy": 0, "initial": 1, "look_ahead": 2}
+
+
+def context_key(messages: list[dict[str, str]]) -> str:
+    """The canonical JSON of the chat messages a response is scored after, besides its prompt ("" for none): one
+    response scored after two contexts has two log-probs."""
+    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False) if messages else ""
+
+
+def context_messages(key: str) -> list[dict[str, str]]:
+    """The chat messages a context_key stands for."""
+    return [{"role": role, "content": content} for role, content in json.loads(key)] if key else []
 
 
 def _scored(table: dict[Key, float | None], key: Key) -> float:
@@ -47,9 +60,9 @@ def shared_prefixes(records: list) -> dict[Key, int]:
             named = list(zip(x.sources, x.sample_idxs))
         else:
             continue
-        shared = x.shared_prefix
+        shared, context = x.shared_prefix, context_key(getattr(x, "context", []))
         for source, idx in named:
-            key = (pid, pid, source, idx)
+            key = (pid, pid, source, idx, context)
             if out.setdefault(key, shared) != shared:
                 raise ValueError(
                     f"response {source}#{idx} of prompt {pid} is named with {out[key]} and with {shared} shared "
@@ -64,27 +77,29 @@ def responses_to_score(records: list) -> list[Key]:
     for x in records:
         pid = x.prompt_id
         if isinstance(x, Preference):
-            keys.update([(pid, pid, x.chosen_source, x.chosen_idx), (pid, pid, x.rejected_source, x.rejected_idx)])
-            keys.update((pid, pid, "policy", i) for i in x.aux_idxs)
+            c = context_key(x.context)
+            keys.add((pid, pid, x.chosen_source, x.chosen_idx, c))
+            keys.add((pid, pid, x.rejected_source, x.rejected_idx, c))
+            keys.update((pid, pid, "policy", i, c) for i in x.aux_idxs)
         elif isinstance(x, LabelledResponse):
-            keys.add((pid, pid, x.source, x.sample_idx))
-            keys.add((pid, x.kl_prompt_id, x.kl_source, x.kl_sample_idx))
+            keys.add((pid, pid, x.source, x.sample_idx, ""))
+            keys.add((pid, x.kl_prompt_id, x.kl_source, x.kl_sample_idx, ""))
         elif isinstance(x, RankedGroup):
-            keys.update((pid, pid, s, i) for s, i in zip(x.sources, x.sample_idxs))
-    return sorted(keys, key=lambda k: (k[0], k[1], SOURCE_RANK.get(k[2], len(SOURCE_RANK)), k[2], k[3]))
+            keys.update((pid, pid, s, i, "") for s, i in zip(x.sources, x.sample_idxs))
+    return sorted(keys, key=lambda k: (k[0], k[1], SOURCE_RANK.get(k[2], len(SOURCE_RANK)), k[2], k[3], k[4]))
 
 
 def training_examples(
     records: list,
     rollouts: dict[tuple[str, str, int], Rollout],
-    prompt_ids: Callable[[str], list[int]],
+    prompt_ids: Callable[[str, str], list[int]],
     scored: list[RefLogp],
     needs: frozenset[str],
 ) -> list:
     """Join records, responses (by prompt_id, source, sample_idx) and reference log-probs into PairExample /
-    UnpairedExample / GroupExample."""
-    ref = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx): x.ref_logp for x in scored}
-    prev = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx): x.prev_logp for x in scored}
+    UnpairedExample / GroupExample; prompt_ids(prompt_id, context_key) are the tokens a response follows."""
+    ref = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx, x.context): x.ref_logp for x in scored}
+    prev = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx, x.context): x.prev_logp for x in scored}
     use_ref, use_prev = "reference" in needs, "previous" in needs
 
     def ids(pid: str, source: str, idx: int) -> list[int]:
@@ -97,11 +112,13 @@ def training_examples(
     for x in records:
         pid = x.prompt_id
         if isinstance(x, Preference):
-            c, r = (pid, pid, x.chosen_source, x.chosen_idx), (pid, pid, x.rejected_source, x.rejected_idx)
-            aux = [(pid, pid, "policy", i) for i in x.aux_idxs]
+            after = context_key(x.context)
+            c = (pid, pid, x.chosen_source, x.chosen_idx, after)
+            r = (pid, pid, x.rejected_source, x.rejected_idx, after)
+            aux = [(pid, pid, "policy", i, after) for i in x.aux_idxs]
             out.append(
                 PairExample(
-                    prompt_ids(pid),
+                    prompt_ids(pid, after),
                     ids(pid, x.chosen_source, x.chosen_idx),
                     ids(pid, x.rejected_source, x.rejected_idx),
                     ref_logps=(_scored(ref, c), _scored(ref, r)) if use_ref else None,
@@ -117,10 +134,11 @@ def training_examples(
                 )
             )
         elif isinstance(x, LabelledResponse):
-            own, mismatched = (pid, pid, x.source, x.sample_idx), (pid, x.kl_prompt_id, x.kl_source, x.kl_sample_idx)
+            own = (pid, pid, x.source, x.sample_idx, "")
+            mismatched = (pid, x.kl_prompt_id, x.kl_source, x.kl_sample_idx, "")
             out.append(
                 UnpairedExample(
-                    prompt_ids(pid),
+                    prompt_ids(pid, ""),
                     ids(pid, x.source, x.sample_idx),
                     x.label,
                     ids(x.kl_prompt_id, x.kl_source, x.kl_sample_idx),
@@ -133,13 +151,13 @@ def training_examples(
         elif isinstance(x, RankedGroup):
             out.append(
                 GroupExample(
-                    prompt_ids(pid),
+                    prompt_ids(pid, ""),
                     [ids(pid, s, i) for s, i in zip(x.sources, x.sample_idxs)],
                     list(x.scores),
-                    ref_logps=[_scored(ref, (pid, pid, s, i)) for s, i in zip(x.sources, x.sample_idxs)]
+                    ref_logps=[_scored(ref, (pid, pid, s, i, "")) for s, i in zip(x.sources, x.sample_idxs)]
                     if use_ref
                     else None,
-                    prev_logps=[_scored(prev, (pid, pid, s, i)) for s, i in zip(x.sources, x.sample_idxs)]
+                    prev_logps=[_scored(prev, (pid, pid, s, i, "")) for s, i in zip(x.sources, x.sample_idxs)]
                     if use_prev
                     else None,
                     weights=list(x.weights) if x.weights else None,

@@ -62,7 +62,7 @@ def test_a_step_pair_trains_only_after_the_divergence_point(tiny_model_dir):
     [pair], _ = _strategy().examples(PROMPT, cands, random.Random(0))
     rollouts = {("p", "policy", c.idx): c.rollout for c in cands}
     prompt_ids = [5, 6, 7]
-    [example] = training_examples([pair], rollouts, lambda pid: prompt_ids, [], frozenset())
+    [example] = training_examples([pair], rollouts, lambda pid, context: prompt_ids, [], frozenset())
     assert example.chosen_mask == [False] * len(A) + [True] * len(X)
     assert example.rejected_mask == [False] * len(A) + [True] * len(Y)
     example.ref_logps = (0.0, 0.0)

@@ -111,10 +111,10 @@ def test_the_reference_scores_step_pairs_after_their_divergence_point_and_refuse
     pair = Preference("p", 1, 2, "q", "a", "b", 1.0, 0.0, shared_prefix=3, chosen_source="tree", rejected_source="tree")
     group = RankedGroup("p", "q", [3, 4], ["c", "d"], [1.0, 0.0], ["tree", "tree"], shared_prefix=2)
     assert shared_prefixes([pair, group]) == {
-        ("p", "p", "tree", 1): 3,
-        ("p", "p", "tree", 2): 3,
-        ("p", "p", "tree", 3): 2,
-        ("p", "p", "tree", 4): 2,
+        ("p", "p", "tree", 1, ""): 3,
+        ("p", "p", "tree", 2, ""): 3,
+        ("p", "p", "tree", 3, ""): 2,
+        ("p", "p", "tree", 4, ""): 2,
     }
     ro = Rollout("p", 1, 1, 0, "", [5, 6, 7, 8, 9], "stop", "tree", policy_mask=[True, True, True, False, True])
     assert trained_mask(ro, 3) == [False, False, False, False, True]  # after the prefix, the policy's tokens

@@ -290,6 +290,7 @@ def build_plan(config: Config) -> Plan:
         )
     plan.stages = wire(round_stages(plan), "round.stages", plan)
     for stage in plan.stages:
+        stage.fits(plan)
         if getattr(stage, "opponents", None) and stage.kind == "judge" and not hasattr(judge, "judge_against"):
             raise ConfigError(
                 f"round.stages: judge stage {stage.label!r} compares responses with opponents, which takes a "

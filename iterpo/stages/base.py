@@ -62,6 +62,10 @@ class Stage:
     def check(self, earlier: list[Stage]) -> None:
         """ValueError when the stage's options do not fit the stages before it in the round."""
 
+    def fits(self, plan: Any) -> None:
+        """ConfigError, before anything runs, when the stage cannot work with the run's components (its judge, its
+        environment, ...)."""
+
     def reads_for(self, plan: Any) -> tuple[str, ...]:
         """The roles it reads in this plan (a stage may need some only for some losses)."""
         return self.reads

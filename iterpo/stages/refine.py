@@ -90,15 +90,18 @@ class Refine(Stage):
         """Whether revising needs the judge's verdicts on the answers."""
         return self.which == "wrong" or self.feedback
 
-    def run(self, ctx, r):
-        judge = ctx.plan.judge
-        if self.judged() and not judge.pointwise:
+    def fits(self, plan) -> None:
+        if self.judged() and not plan.judge.pointwise:
             raise ConfigError(
-                f"refine with which: wrong or feedback reads each answer's verdict; judge {judge.name} compares "
-                "responses instead of scoring each one"
+                f"round.stages: {self.label} (which: wrong, or feedback) reads each answer's verdict; judge "
+                f"{plan.judge.name!r} compares responses instead of scoring each one"
             )
-        if ctx.plan.environment is not None:
-            raise ConfigError("refine revises plain responses; it does not run episodes with an environment")
+        if plan.environment is not None:
+            raise ConfigError(
+                f"round.stages: {self.label} revises plain responses; it does not run episodes with an environment"
+            )
+
+    def run(self, ctx, r):
         store, size = ctx.store, ctx.config.sampling.shard_size
         out = store.path(r, self.file("rollouts"))
         prompts = ctx.prompts_of_round(r)

@@ -93,10 +93,13 @@ class TreeSearch(Stage):
             self._process = make_judge(name, spec)
         return self._process
 
+    def fits(self, plan) -> None:
+        if not plan.judge.pointwise:
+            raise ConfigError(
+                f"round.stages: {self.label} evaluates steps with a pointwise judge; judge {plan.judge.name!r} compares"
+            )
+
     def run(self, ctx, r):
-        judge = ctx.plan.judge
-        if not judge.pointwise:
-            raise ConfigError(f"tree_search evaluates steps with a pointwise judge; judge {judge.name} compares")
         search = Search(self, ctx, r)
         store = ctx.store
         tree = store.path(r, self.file("tree"))

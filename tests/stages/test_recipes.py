@@ -578,3 +578,106 @@ def test_tree_search_recipes_train_on_sibling_steps(name, tiny_model_dir, tmp_pa
     if name == "agent_q":
         stage = store.manifest()["stages"]["round-001/tree_search"]
         assert stage["policy_calls"] > 0 and stage["tokens_per_prompt"] > 0
+
+
+REFINE_RECIPES = ["evolve", "sphere", "reagent_v", "tool_feedback"]
+
+
+def _refine_recipe(name, tiny_model_dir, run_dir):
+    cfg = _recipe(name, tiny_model_dir, run_dir)
+    if name != "tool_feedback":  # graded scores from a random model, so revisions and their parents differ
+        cfg["judge"] = {"name": "token_sum"}
+    if name == "reagent_v":
+        cfg["pairing"]["min_chosen"] = 0.5
+    return cfg
+
+
+@pytest.mark.parametrize("name", REFINE_RECIPES)
+def test_refinement_recipes_pair_revisions_with_the_answers_they_revise(name, tiny_model_dir, tmp_path):
+    from iterpo import driver
+    from iterpo.stages import RunContext
+    from iterpo.training.assemble import context_key
+
+    cfg = _refine_recipe(name, tiny_model_dir, tmp_path / "run")
+    rows, store = _run(cfg, tmp_path)
+    refine = next(s for s in cfg["round"]["stages"] if isinstance(s, dict) and s.get("stage") == "refine")
+    from iterpo.stages.refine import REQUEST
+
+    requests = list(refine.get("perspectives", {}).values()) or [refine.get("request", REQUEST)]
+    revisions = []
+    for r in (1, 2):
+        sampled = _table(store, r, "rollouts.parquet")
+        everything = {(x["prompt_id"], x["sample_idx"]): x for x in _table(store, r, "refined_rollouts.parquet")}
+        first = {(x["prompt_id"], x["sample_idx"]): x for x in sampled}
+        verdicts = {(j["prompt_id"], j["sample_idx"]): j for j in _table(store, r, "judgements_refine.parquet")}
+        assert set(verdicts) == set(everything)  # the second judge stage judged the answers and their revisions
+        assert all(everything[k] == x for k, x in first.items())  # the sampled answers pass through unchanged
+        revised = [x for k, x in everything.items() if k not in first]
+        assert revised and all(x["source"] == "refine" for x in revised)
+        revisions += [(r, x) for x in revised]
+        for x in revised:
+            parent = everything[(x["prompt_id"], x["parent"])]
+            assert [m["role"] for m in x["context"]] == ["assistant", "user"]
+            assert x["context"][0]["content"] == parent["text"]  # the answer it revises
+            request = x["context"][1]["content"]
+            if refine.get("which") == "wrong":  # only answers the judge scored below the threshold
+                assert verdicts[(x["prompt_id"], x["parent"])]["score"] < 1.0
+            if refine.get("feedback"):  # the sandbox's verdict on the parent goes back to the policy
+                assert verdicts[(x["prompt_id"], x["parent"])]["detail"] in request
+            assert any(request.endswith(q) for q in requests)
+        by_parent = {}
+        for x in revised:
+            by_parent.setdefault((x["prompt_id"], x["parent"]), []).append(x)
+        assert {len(v) for v in by_parent.values()} == {len(requests)}  # one revision per perspective
+        if "per_prompt" in refine:
+            for pid in {x["prompt_id"] for x in sampled}:
+                firsts = {x["parent"] for x in revised if x["prompt_id"] == pid and (pid, x["parent"]) in first}
+                assert len(firsts) <= refine["per_prompt"]
+        pairs = _table(store, r, "preferences.parquet")
+        for p in pairs:
+            pid = p["prompt_id"]
+            a, b = everything[(pid, p["chosen_idx"])], everything[(pid, p["rejected_idx"])]
+            assert verdicts[(pid, a["sample_idx"])]["score"] > verdicts[(pid, b["sample_idx"])]["score"]
+            child = a if a["parent"] == b["sample_idx"] else b
+            if child["parent"] != (a if child is b else b)["sample_idx"]:  # sphere's pair of two first answers
+                assert cfg["pairing"].get("samples") and a["parent"] is None and b["parent"] is None
+            elif p["context"]:
+                assert p["context"] == child["context"]  # the refine format: after the revision's request
+            if cfg["pairing"].get("direction") == "improved" and child["parent"] is not None:
+                assert child is a
+        if name == "tool_feedback":  # the random model never passes a test: nothing to pair
+            assert not pairs
+        else:
+            assert pairs and _log(store, r, "train.jsonl")
+        if cfg["pairing"].get("prompt_format") == "both" and pairs:
+            assert any(p["context"] for p in pairs) and any(not p["context"] for p in pairs)
+            # the reference scored each refine-format response after the prompt and the request
+            scored = {
+                (x["prompt_id"], x["source"], x["sample_idx"], x["context"])
+                for x in _table(store, r, "ref_logps.parquet")
+            }
+            for p in pairs:
+                key = context_key(p["context"])
+                assert (p["prompt_id"], p["chosen_source"], p["chosen_idx"], key) in scored
+    if refine.get("steps", 1) > 1 and name != "tool_feedback":  # chains: revisions of revisions
+        assert any(
+            (r, x["prompt_id"], x["parent"]) in {(q, y["prompt_id"], y["sample_idx"]) for q, y in revisions}
+            for r, x in revisions
+        )
+    # each revision depends on its seed and context alone: generated again alone, it is the same
+    plan, store = driver.open_run(load_config(tmp_path / "recipe.yaml"))
+    try:
+        ctx = RunContext(plan, store)
+        _, x = revisions[0]
+        with ctx.sampler(0) as sampler:
+            [[(ids, _)]] = sampler.generate(
+                [ctx.prompt_ids_of(x["prompt_id"], context_key(x["context"]))],
+                [[x["seed"]]],
+                1.0,
+                1.0,
+                cfg["sampling"]["max_new_tokens"],
+                1,
+            )
+        assert ids == x["token_ids"]
+    finally:
+        store.close()

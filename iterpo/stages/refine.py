@@ -189,9 +189,9 @@ class Revising:
         """The user's request for a revision, with the judge's feedback on the answer when the stage gives it."""
         if not self.stage.feedback or verdict is None:
             return text
-        detail = verdict.detail.strip() or "(no detail)"
+        detail = verdict.detail.strip() or "no detail"
         state = "could not judge it" if verdict.failed else f"scored it {verdict.score:g}"
-        return f"Feedback on your answer: the checker {state}. {detail}\n\n{text}"
+        return f"Feedback on your answer: the checker {state} ({detail}).\n\n{text}"
 
     def revise(self, chosen: list[tuple[Prompt, list]], nexts: dict[str, int]) -> list[tuple[Prompt, list[Rollout]]]:
         """One revision per (answer, perspective) of every prompt, generated in one batch; the new rollouts."""

@@ -135,6 +135,20 @@ class SamplingSection(Section):
     policy, iterpo.models.tabular; at most 4096 responses a prompt); transformers, in this process."""
 
 
+class ReasoningSection(Section):
+    """Responses that reason before they answer: "<think> ... </think> the answer"."""
+
+    end: str = Field(default="</think>", min_length=1)
+    """The marker that ends the reasoning. Judges, pairing and the held-out evaluation read the answer after it;
+    a response without it is all answer, unless it opened ``start`` and never closed it (then its answer is
+    empty: the response ran out while reasoning)."""
+    start: str | None = "<think>"
+    """The marker that opens the reasoning (null: none; the reasoning is whatever comes before ``end``)."""
+    train: bool = True
+    """Train on the reasoning tokens too; false: the reasoning is context, read but never trained on, in the loss
+    and in the reference's log-probs alike (PRefLexOR's masked thinking)."""
+
+
 class EnvironmentSection(Section):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str | None = None
@@ -310,6 +324,8 @@ class Config(Section):
     model: ModelSection = ModelSection()
     task: TaskSection = TaskSection()
     sampling: SamplingSection = SamplingSection()
+    reasoning: ReasoningSection | None = None
+    """Responses with a reasoning part before the answer (see ReasoningSection); null: responses are answers."""
     environment: EnvironmentSection = EnvironmentSection()
     judge: JudgeSection = JudgeSection()
     pairing: PairingSection = PairingSection()

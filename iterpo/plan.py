@@ -169,6 +169,8 @@ def resolve(config: Config) -> dict:
         data.pop("warmup")  # no warm-up: its other settings change nothing
     if config.environment.name is None:
         data.pop("environment")  # flat responses: the episode limits change nothing
+    if config.reasoning is None:
+        data.pop("reasoning", None)  # responses are answers: as a config written before the section existed
     return data
 
 
@@ -248,6 +250,8 @@ def build_plan(config: Config) -> Plan:
         environment.check()
         if config.sampling.exhaustive:
             raise ConfigError("sampling.exhaustive lists flat responses; it cannot list a tool's episodes")
+        if config.reasoning is not None:
+            raise ConfigError("reasoning splits flat responses; with an environment, an episode's turns are its steps")
     if config.task.name == "file":
         assert config.task.train_file is not None  # TaskSection requires train_file for task 'file'
         source = config.task.train_file

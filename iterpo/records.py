@@ -37,7 +37,10 @@ class Rollout:
     sample_idx: int  # 0..K-1 within the prompt
     round: int
     seed: int  # derived from (run seed, round, prompt id, sample index); 0 for an enumerated response
-    text: str  # what judges read: the decoded response (a trajectory's: its final turn), special tokens removed
+    text: (
+        str  # what judges read: the decoded response (a trajectory's: its final turn; with reasoning: the answer after
+    )
+    # it), special tokens removed
     token_ids: list[int]  # (T_resp,) the response's tokens, including the final EOS if it stopped
     finish_reason: str  # "stop" (EOS), "length" (max_new_tokens or the token budget), "turns" (the turn limit)
     source: str = "policy"  # where the response came from (see the module docstring)
@@ -47,6 +50,8 @@ class Rollout:
     step_ends: list[int] = field(default_factory=list)  # token offsets where each step ends; empty: one step
     transcript: str | None = None  # a trajectory of several turns: all of it as text, observations included
     observations: list[str] = field(default_factory=list)  # a trajectory's tool answers, in order (one per call)
+    reasoning: str | None = None  # with a reasoning section: the reasoning before the answer, markers included
+    reasoning_tokens: int = 0  # how many leading tokens are reasoning (through the end marker)
     parent: int | None = None  # a refinement: the sample_idx of the response of the same prompt it revises
     context: list[dict[str, str]] = field(default_factory=list)  # chat messages between the prompt's and the
     # response, which it was generated after (a refinement's: [assistant: the parent, user: the request]); empty:
@@ -181,6 +186,8 @@ SCHEMAS = {
             ("step_ends", pa.list_(pa.int32())),
             ("transcript", pa.string()),
             ("observations", pa.list_(pa.string())),
+            ("reasoning", pa.string()),
+            ("reasoning_tokens", pa.int32()),
             ("parent", pa.int32()),
             ("context", MESSAGES),
         ]

@@ -28,6 +28,16 @@ class TokenSum(Judge):
         return [Judgement(r.prompt_id, r.sample_idx, self.name, (sum(r.token_ids) % 5) / 4, "") for r in rollouts]
 
 
+@register_judge("text_length")
+class TextLength(Judge):
+    """A graded score read off the text judges read (its length mod 5, over 4); the detail repeats that text."""
+
+    name = "text_length"
+
+    def judge(self, prompt, rollouts):
+        return [Judgement(r.prompt_id, r.sample_idx, self.name, (len(r.text) % 5) / 4, r.text) for r in rollouts]
+
+
 @register_judge("token_sum_failing")
 class TokenSumFailing(TokenSum):
     """token_sum, but every response whose first token id is a multiple of 3 gets a failed verdict."""

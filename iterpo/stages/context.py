@@ -21,6 +21,7 @@ from iterpo.records import Judgement, Prompt, Rollout, from_table
 from iterpo.sampling import derive_seed
 from iterpo.sampling.backends import open_sampler
 from iterpo.sampling.base import Sampler
+from iterpo.sampling.reasoning import split_reasoning
 from iterpo.store import RunStore
 from iterpo.training import LiveReference
 from iterpo.training.assemble import context_messages
@@ -74,6 +75,35 @@ class RunContext:
             messages = prompt.messages + context_messages(context)
             self._prompt_ids[key] = encode_prompt(self.tokenizer, messages, self.plan.system_prompt)
         return self._prompt_ids[key]
+
+    # ------------------------------------------------------------------ responses
+
+    def response(self, prompt_id: str, idx: int, r: int, seed: int, ids: list[int], reason: str, source: str, **more):
+        """Generated tokens as a Rollout: the text judges read is the decoded response, or with a reasoning section
+        the answer after its end marker (the reasoning kept beside it)."""
+        decode = lambda x: self.tokenizer.decode(x, skip_special_tokens=True)  # noqa: E731
+        thinking = self.config.reasoning
+        if thinking is None:
+            return Rollout(prompt_id, idx, r, seed, decode(ids), ids, reason, source, **more)
+        part = split_reasoning(decode, ids, thinking.end, thinking.start)
+        return Rollout(
+            prompt_id,
+            idx,
+            r,
+            seed,
+            part.answer,
+            ids,
+            reason,
+            source,
+            reasoning=part.reasoning,
+            reasoning_tokens=part.reasoning_tokens,
+            **more,
+        )
+
+    @property
+    def mask_reasoning(self) -> bool:
+        """Whether reasoning tokens are context in training (reasoning.train false)."""
+        return self.config.reasoning is not None and not self.config.reasoning.train
 
     # ------------------------------------------------------------------ policies
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from iterpo.progress import bar
-from iterpo.records import Rollout
 from iterpo.stages.base import Stage, register_stage
 from iterpo.stages.sample import as_rollout, episodes_of
 
@@ -32,7 +31,7 @@ class Evaluate(Stage):
                     [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
                 )
                 responses = [
-                    Rollout(p.prompt_id, 0, r, 0, ctx.tokenizer.decode(ids, skip_special_tokens=True), ids, reason)
+                    ctx.response(p.prompt_id, 0, r, 0, ids, reason, "policy")
                     for p, [(ids, reason)] in zip(prompts, outs)
                 ]
             else:  # greedy episodes with the tool
@@ -42,6 +41,8 @@ class Evaluate(Stage):
         for p, response in zip(prompts, responses):
             j = ctx.plan.eval_judge.judge(p, [response])[0]
             item = {"prompt_id": p.prompt_id, "response": response.text, "score": j.score, "detail": j.detail}
+            if response.reasoning is not None:
+                item["reasoning"] = response.reasoning
             if response.transcript is not None:
                 item["transcript"] = response.transcript
                 item["tool_calls"] = len(response.observations)

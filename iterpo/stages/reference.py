@@ -61,7 +61,7 @@ def reference_rows(ctx, r: int, records: list, needs: frozenset[str], stage=None
     prompt_ids = [ctx.prompt_ids_of(pid, context) for pid, _, _, _, context in keys]
     responses = [rollouts[(rpid, source, idx)].token_ids for _, rpid, source, idx, _ in keys]
     shared = shared_prefixes(records)  # a step pair's shared steps: context here as in training
-    masks = [trained_mask(rollouts[k[1:4]], shared.get(k, 0)) for k in keys]
+    masks = [trained_mask(rollouts[k[1:4]], shared.get(k, 0), ctx.mask_reasoning) for k in keys]
     done: dict[str, list[float]] = {}  # policy -> log-probs of every response: each policy is scored once
 
     def under(which: str, title: str) -> list[float]:

@@ -39,6 +39,12 @@ REQUEST = (
 WHICH = ("all", "wrong")
 
 
+def shown(answer: Rollout) -> str:
+    """An answer as the revision request shows it: whole, its reasoning included (recursive refinement of the
+    reasoning), as the policy wrote it."""
+    return answer.text if answer.reasoning is None else f"{answer.reasoning} {answer.text}".strip()
+
+
 @register_stage("refine")
 @dataclass
 class Refine(Stage):
@@ -201,7 +207,7 @@ class Revising:
             for parent, verdict in picked:
                 for name, text in self.stage.requests():
                     context = [
-                        {"role": "assistant", "content": parent.text},
+                        {"role": "assistant", "content": shown(parent)},
                         {"role": "user", "content": self.request(name, text, verdict)},
                     ]
                     job_seed = derive_seed(seed, self.r, "refine", *self.tag, p.prompt_id, parent.sample_idx, name)
@@ -217,19 +223,16 @@ class Revising:
             s.max_new_tokens,
             s.batch_size,
         )
-        decode = ctx.tokenizer.decode
         for (p, parent, context, job_seed), [(ids, reason)] in zip(jobs, outs):
             self.new_tokens += len(ids)
             idx = nexts[p.prompt_id]
             nexts[p.prompt_id] += 1
-            text = decode(ids, skip_special_tokens=True)
             made[p.prompt_id].append(
-                Rollout(
+                ctx.response(
                     p.prompt_id,
                     idx,
                     self.r,
                     job_seed,
-                    text,
                     ids,
                     reason,
                     self.stage.source,

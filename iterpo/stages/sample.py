@@ -14,9 +14,8 @@ from iterpo.stages.base import Stage, register_stage
 
 def rollouts_of(ctx, prompts: list, seeds: list[list[int]], outs: list, r: int, source: str) -> list[Rollout]:
     """A sampler's output for prompts (per prompt: one (ids, reason) per seed) as round r's Rollouts from source."""
-    decode = ctx.tokenizer.decode
     return [
-        Rollout(p.prompt_id, k, r, seeds[i][k], decode(ids, skip_special_tokens=True), ids, reason, source)
+        ctx.response(p.prompt_id, k, r, seeds[i][k], ids, reason, source)
         for i, p in enumerate(prompts)
         for k, (ids, reason) in enumerate(outs[i])
     ]
@@ -71,10 +70,10 @@ def draw(ctx, sampler, prompts: list, seeds: list[list[int]], r: int, source: st
 def listed(ctx, sampler, prompts: list, r: int, source: str, advance) -> list[Rollout]:
     """Every response of prompts with nonzero probability under sampler's policy, weighted by it
     (sampling.exhaustive), as round r's Rollouts from source."""
-    s, decode = ctx.config.sampling, ctx.tokenizer.decode
+    s = ctx.config.sampling
     outs = sampler.enumerate([ctx.prompt_ids(p) for p in prompts], s.temperature, s.top_p, s.max_new_tokens, advance)
     return [
-        Rollout(p.prompt_id, k, r, 0, decode(ids, skip_special_tokens=True), ids, reason, source, weight=prob)
+        ctx.response(p.prompt_id, k, r, 0, ids, reason, source, weight=prob)
         for p, out in zip(prompts, outs)
         for k, (ids, reason, prob) in enumerate(out)
     ]

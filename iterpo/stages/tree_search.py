@@ -94,6 +94,8 @@ class TreeSearch(Stage):
         return self._process
 
     def fits(self, plan) -> None:
+        if plan.config.reasoning is not None:
+            raise ConfigError(f"round.stages: {self.label} searches over steps; it does not split off a reasoning part")
         if not plan.judge.pointwise:
             raise ConfigError(
                 f"round.stages: {self.label} evaluates steps with a pointwise judge; judge {plan.judge.name!r} compares"

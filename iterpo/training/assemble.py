@@ -40,9 +40,12 @@ def _scored(table: dict[Key, float | None], key: Key) -> float:
     return value
 
 
-def trained_mask(rollout: Rollout, shared: int = 0) -> list[bool] | None:
+def trained_mask(rollout: Rollout, shared: int = 0, mask_reasoning: bool = False) -> list[bool] | None:
     """Which of a response's tokens are trained on (None: all): the policy's, after the first ``shared`` (the steps
-    a step pair or a group of sibling steps shares, up to the divergence point)."""
+    a step pair or a group of sibling steps shares, up to the divergence point), and with mask_reasoning after its
+    reasoning (reasoning.train false)."""
+    if mask_reasoning:
+        shared = max(shared, rollout.reasoning_tokens)
     if not shared:
         return rollout.policy_mask or None
     return [k >= shared and m for k, m in enumerate(rollout.policy_mask or [True] * len(rollout.token_ids))]
@@ -95,9 +98,11 @@ def training_examples(
     prompt_ids: Callable[[str, str], list[int]],
     scored: list[RefLogp],
     needs: frozenset[str],
+    mask_reasoning: bool = False,
 ) -> list:
     """Join records, responses (by prompt_id, source, sample_idx) and reference log-probs into PairExample /
-    UnpairedExample / GroupExample; prompt_ids(prompt_id, context_key) are the tokens a response follows."""
+    UnpairedExample / GroupExample; prompt_ids(prompt_id, context_key) are the tokens a response follows. With
+    mask_reasoning, responses' reasoning tokens are context (never trained on)."""
     ref = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx, x.context): x.ref_logp for x in scored}
     prev = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx, x.context): x.prev_logp for x in scored}
     use_ref, use_prev = "reference" in needs, "previous" in needs
@@ -106,7 +111,7 @@ def training_examples(
         return rollouts[(pid, source, idx)].token_ids
 
     def mask(pid: str, source: str, idx: int, shared: int = 0) -> list[bool] | None:
-        return trained_mask(rollouts[(pid, source, idx)], shared)
+        return trained_mask(rollouts[(pid, source, idx)], shared, mask_reasoning)
 
     out: list[PairExample | UnpairedExample | GroupExample] = []
     for x in records:

@@ -580,12 +580,34 @@ def test_tree_search_recipes_train_on_sibling_steps(name, tiny_model_dir, tmp_pa
         assert stage["policy_calls"] > 0 and stage["tokens_per_prompt"] > 0
 
 
-REFINE_RECIPES = ["evolve", "sphere", "reagent_v", "tool_feedback"]
+REFINE_RECIPES = ["evolve", "sphere", "reagent_v", "tool_feedback", "preflexor"]
+THOUGHT, UNFINISHED = "<think>the sum is 1000</think>", "<think>still thinking"
+
+
+@pytest.fixture
+def thinking_policy(monkeypatch, tokenizer):
+    """The tiny random model never writes <think>: here each response starts with a closed thought whose number
+    (1000) no answer holds, or, for a third of them (first token a multiple of 3), a thought never closed."""
+    import importlib
+
+    gen = importlib.import_module("iterpo.sampling.generate")
+    real = gen.generate
+    closed = tokenizer.encode(THOUGHT, add_special_tokens=False)
+    unfinished = tokenizer.encode(UNFINISHED, add_special_tokens=False)
+
+    def generate(*args):
+        outs = real(*args)
+        return [[((unfinished if ids and ids[0] % 3 == 0 else closed) + ids, why) for ids, why in row] for row in outs]
+
+    monkeypatch.setattr(gen, "generate", generate)
+    return closed
 
 
 def _refine_recipe(name, tiny_model_dir, run_dir):
     cfg = _recipe(name, tiny_model_dir, run_dir)
-    if name != "tool_feedback":  # graded scores from a random model, so revisions and their parents differ
+    if name == "preflexor":  # graded scores of the answer judges read (after the reasoning)
+        cfg["judge"] = {"name": "text_length"}
+    elif name != "tool_feedback":  # graded scores from a random model, so revisions and their parents differ
         cfg["judge"] = {"name": "token_sum"}
     if name == "reagent_v":
         cfg["pairing"]["min_chosen"] = 0.5
@@ -593,11 +615,13 @@ def _refine_recipe(name, tiny_model_dir, run_dir):
 
 
 @pytest.mark.parametrize("name", REFINE_RECIPES)
-def test_refinement_recipes_pair_revisions_with_the_answers_they_revise(name, tiny_model_dir, tmp_path):
+def test_refinement_recipes_pair_revisions_with_the_answers_they_revise(name, tiny_model_dir, tmp_path, request):
     from iterpo import driver
     from iterpo.stages import RunContext
     from iterpo.training.assemble import context_key
 
+    if name == "preflexor":
+        request.getfixturevalue("thinking_policy")
     cfg = _refine_recipe(name, tiny_model_dir, tmp_path / "run")
     rows, store = _run(cfg, tmp_path)
     refine = next(s for s in cfg["round"]["stages"] if isinstance(s, dict) and s.get("stage") == "refine")
@@ -618,7 +642,8 @@ def test_refinement_recipes_pair_revisions_with_the_answers_they_revise(name, ti
         for x in revised:
             parent = everything[(x["prompt_id"], x["parent"])]
             assert [m["role"] for m in x["context"]] == ["assistant", "user"]
-            assert x["context"][0]["content"] == parent["text"]  # the answer it revises
+            shown = parent["text"] if parent["reasoning"] is None else f"{parent['reasoning']} {parent['text']}".strip()
+            assert x["context"][0]["content"] == shown  # the answer it revises, its reasoning included
             request = x["context"][1]["content"]
             if refine.get("which") == "wrong":  # only answers the judge scored below the threshold
                 assert verdicts[(x["prompt_id"], x["parent"])]["score"] < 1.0
@@ -679,5 +704,52 @@ def test_refinement_recipes_pair_revisions_with_the_answers_they_revise(name, ti
                 1,
             )
         assert ids == x["token_ids"]
+    finally:
+        store.close()
+
+
+def test_preflexor_judges_the_answer_and_trains_with_the_reasoning_masked(tiny_model_dir, tmp_path, thinking_policy):
+    from iterpo import driver
+    from iterpo.models.loading import load_model
+    from iterpo.models.logprobs import score_responses
+    from iterpo.stages import RunContext
+    from iterpo.training.assemble import context_key
+
+    cfg = _refine_recipe("preflexor", tiny_model_dir, tmp_path / "run")
+    cfg["run"]["rounds"] = 1
+    _run(cfg, tmp_path)
+    plan, store = driver.open_run(load_config(tmp_path / "recipe.yaml"))
+    try:
+        ctx = RunContext(plan, store)
+        rows = {(x["prompt_id"], x["sample_idx"]): x for x in _table(store, 1, "refined_rollouts.parquet")}
+        verdicts = {(j["prompt_id"], j["sample_idx"]): j for j in _table(store, 1, "judgements_refine.parquet")}
+        decode = lambda ids: ctx.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        kinds = set()
+        for key, x in rows.items():
+            assert x["reasoning"].startswith("<think>")
+            whole = decode(x["token_ids"])
+            if x["reasoning"] == THOUGHT:  # a closed thought: the answer is what follows it
+                kinds.add("closed")
+                assert x["reasoning_tokens"] == len(thinking_policy)
+                assert x["text"] == whole[len(THOUGHT) :].strip()
+                assert "1000" not in x["text"] and verdicts[key]["detail"] == x["text"]  # the judge saw the answer
+            else:  # never closed: it ran out while thinking, with no answer
+                kinds.add("unfinished")
+                assert x["text"] == "" and x["reasoning"] == whole and x["reasoning_tokens"] == len(x["token_ids"])
+                assert verdicts[key]["detail"] == ""
+        assert kinds == {"closed", "unfinished"}
+        # the reference scored each response's answer only: its reasoning is context (reasoning.train false)
+        model = load_model(tiny_model_dir, "float32")
+        stored = _table(store, 1, "ref_logps.parquet")
+        assert stored
+        prompts = [ctx.prompt_ids_of(x["prompt_id"], x["context"]) for x in stored]
+        responses = [rows[(x["prompt_id"], x["sample_idx"])]["token_ids"] for x in stored]
+        reasoning = [rows[(x["prompt_id"], x["sample_idx"])]["reasoning_tokens"] for x in stored]
+        masks = [[k >= n for k in range(len(ids))] for ids, n in zip(responses, reasoning)]
+        want = score_responses(model, prompts, responses, 4, ctx.pad_id, None, masks)
+        assert [x["ref_logp"] for x in stored] == pytest.approx(want, abs=1e-4)
+        whole = score_responses(model, prompts, responses, 4, ctx.pad_id, None, None)
+        assert all(abs(a - b) > 1e-3 for a, b in zip(whole, want))  # the masked reasoning changed every value
+        assert any(x["context"] for x in stored) and context_key([]) == ""
     finally:
         store.close()

@@ -177,9 +177,7 @@ def main() -> None:
     parses = lambda j: not any(e in j["detail"] for e in ("SyntaxError", "IndentationError", "no code"))  # noqa: E731
     for name, readable in (("evolve", number), ("sphere", number), ("tool_feedback", parses)):
         s = revisions(dirs[name], readable)
-        print(
-            f"| {name} | {s['n']} | {s['readable']:.2f} | {s['same']:.2f} | {s['fixed']:.3f} | {s['broke']:.3f} |"
-        )
+        print(f"| {name} | {s['n']} | {s['readable']:.2f} | {s['same']:.2f} | {s['fixed']:.3f} | {s['broke']:.3f} |")
 
 
 if __name__ == "__main__":

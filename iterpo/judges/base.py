@@ -96,6 +96,11 @@ class Judge:
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:  # pragma: no cover
         raise NotImplementedError
 
+    def answer_of(self, text: str) -> str | None:
+        """The final answer a verifier reads in a response (what it compares with the reference answer), so that
+        responses can vote on a question without one; None: it reads none, or the judge does not extract one."""
+        return None
+
     def tally(self) -> Tally:
         """This stage's counts (judge_with_cache keeps them for pointwise judges; others keep their own)."""
         if "_tally" not in self.__dict__:

@@ -31,6 +31,9 @@ class MultipleChoice(Judge):
     name = "multiple_choice"
     verifier = True
 
+    def answer_of(self, text: str) -> str | None:
+        return chosen_option(text)
+
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         want = (prompt.answer or "").strip().strip("()").upper()
         if not re.fullmatch(r"[A-J]", want):

@@ -33,6 +33,10 @@ class ExactAnswer(Judge):
     name = "exact_answer"
     verifier = True
 
+    def answer_of(self, text: str) -> str | None:
+        got = last_number(text)
+        return None if got is None else str(got)
+
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         if prompt.answer is None:
             raise DataError(f"prompt {prompt.prompt_id} has no 'answer', which the exact_answer judge needs")

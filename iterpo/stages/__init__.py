@@ -6,6 +6,7 @@ from iterpo.stages import (  # noqa: F401  (register them)
     judge,
     look_ahead,
     pair,
+    propose,
     reference,
     refine,
     sample,

@@ -40,6 +40,7 @@ class RunContext:
         self.eval_prompts: list[Prompt] = plan.eval_prompts
         self.prompts_by_id = {p.prompt_id: p for p in self.train_prompts}
         self._prompt_ids: dict[str, list[int]] = {}
+        self._proposed: dict[int, list[Prompt]] = {}  # round -> the prompts its propose stages wrote
         self._policy: Any = None
         # which policy is in memory: (r, None) the one after round r; (r, NAME) the one train stage NAME made in
         # round r before the round's last (e.g. SFT before DPO)
@@ -53,12 +54,33 @@ class RunContext:
 
     def prompts_of_round(self, r: int) -> list[Prompt]:
         """The training prompts round r samples: all of them, or sampling.prompts_per_round of them, the next in
-        the fixed order each round (cycling)."""
+        the fixed order each round (cycling); then the problems the policy proposed in round r - 1, if any."""
         n, prompts = self.config.sampling.prompts_per_round, self.train_prompts
-        if n is None or n >= len(prompts):
-            return prompts
-        start = (r - 1) * n % len(prompts)
-        return [prompts[(start + i) % len(prompts)] for i in range(n)]
+        if n is not None and n < len(prompts):
+            start = (r - 1) * n % len(prompts)
+            prompts = [prompts[(start + i) % len(prompts)] for i in range(n)]
+        return prompts + self.proposed(r - 1)
+
+    def proposed(self, r: int) -> list[Prompt]:
+        """The prompts the propose stages of round r wrote (none in round 0, or before they ran)."""
+        if r not in self._proposed:
+            found: list[Prompt] = []
+            for stage in self.plan.stages if r >= 1 else []:
+                if stage.kind == "propose" and self.store.check(self.store.path(r, stage.file("proposed"))) == "ok":
+                    found += self.read(r, stage.file("proposed"), Prompt)
+            if not found:
+                return []  # not cached: the stage may run later in this process
+            self._proposed[r] = found
+            for p in found:
+                self.prompts_by_id.setdefault(p.prompt_id, p)
+        return self._proposed[r]
+
+    def prompt(self, prompt_id: str) -> Prompt:
+        """A training prompt by id, a proposed one included (read from its round's file when first asked)."""
+        if prompt_id not in self.prompts_by_id:
+            for r in range(1, self.config.run.rounds + 1):
+                self.proposed(r)
+        return self.prompts_by_id[prompt_id]
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if prompt.prompt_id not in self._prompt_ids:
@@ -67,7 +89,7 @@ class RunContext:
 
     def prompt_ids_of(self, prompt_id: str, context: str = "") -> list[int]:
         """A training prompt's tokens, followed by the chat messages of a context_key (a refinement's request)."""
-        prompt = self.prompts_by_id[prompt_id]
+        prompt = self.prompt(prompt_id)
         if not context:
             return self.prompt_ids(prompt)
         key = f"{prompt_id}\n{context}"
@@ -281,6 +303,16 @@ class RunContext:
             self.config.sampling.gpu_memory_utilization,
             self.config.run.seed,
         )
+
+    def sampler_at(self, r: int, stage: Any) -> Sampler:
+        """A sampler for the policy at stage's place in round r (see policy_before): the one the round starts
+        from, or what a train stage before it made."""
+        made_by = self.plan.updating_before(stage)
+        if made_by is None:
+            return self.sampler(r - 1)
+        if made_by is self.plan.policy_stage():
+            return self.sampler(r)
+        return self.sampler_from(self.store.path(r, made_by.file("policy")))
 
     def sampler_from(self, checkpoint: Path) -> Sampler:
         """A sampler for a policy saved in the run (e.g. a side training's), loaded when it first generates."""

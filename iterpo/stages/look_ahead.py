@@ -52,7 +52,7 @@ class LookAhead(Stage):
         future = copy.deepcopy(ctx.policy_after(r - 1))
         fit(ctx, future, r, pairs, scored, "look-ahead")
         s, K = ctx.config.sampling, ctx.config.sampling.samples_per_prompt
-        prompts = [ctx.prompts_by_id[pid] for pid in dict.fromkeys(p.prompt_id for p in pairs)]
+        prompts = [ctx.prompt(pid) for pid in dict.fromkeys(p.prompt_id for p in pairs)]
         seeds = [[derive_seed(ctx.config.run.seed, r, "future", p.prompt_id, k) for k in range(K)] for p in prompts]
 
         def future_model(f: Any = future) -> Any:  # the model bound now (mypy infers no lambda with a default)

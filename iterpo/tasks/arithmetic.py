@@ -9,6 +9,7 @@ question that appears in the held-out set.
 from __future__ import annotations
 
 import random
+import re
 
 from iterpo.config import TaskSection
 from iterpo.errors import ConfigError
@@ -24,6 +25,8 @@ TEMPLATES = [
     "What do you get from {a} {op} {b}? Answer with a single number.",
     "Solve {a} {op} {b}. Respond with the number only.",
 ]
+
+_EXPRESSION = re.compile(r"(?<![\w.])(-?\d+)\s*([+*-])\s*(-?\d+)(?!\w|\.\d)")  # "23 + 45", "7*-3"
 
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -70,6 +73,23 @@ class Arithmetic(Task):
 
     def eval_prompts(self) -> list[Prompt]:
         return [q.prompt() for q in self._eval]
+
+    def _expression(self, text: str) -> tuple[int, str, int] | None:
+        """The one operation a question asks for, or None (none, or several)."""
+        found = _EXPRESSION.findall(text)
+        if len(found) != 1:
+            return None
+        a, op, b = found[0]
+        return int(a), op, int(b)
+
+    def problem_key(self, text: str) -> str:
+        """A question is its operation: every phrasing of '23 + 45' is one problem."""
+        expr = self._expression(text)
+        return super().problem_key(text) if expr is None else "{} {} {}".format(*expr)
+
+    def solve(self, text: str) -> str | None:
+        expr = self._expression(text)
+        return None if expr is None else str(_APPLY[expr[1]](expr[0], expr[2]))
 
 
 class _Question:

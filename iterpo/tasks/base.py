@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from iterpo.records import Prompt
@@ -24,6 +25,17 @@ class Task:
 
     def eval_prompts(self) -> list[Prompt]:  # pragma: no cover
         raise NotImplementedError
+
+    def problem_key(self, text: str) -> str:
+        """What makes two problems the same, so that a generated problem equal to a held-out one is dropped: by
+        default the text lower-cased, its punctuation and spacing ignored. Tasks whose problems can be phrased
+        several ways key them by their content (arithmetic: the operands and the operation)."""
+        return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+    def solve(self, text: str) -> str | None:
+        """The reference answer of a problem written as text (e.g. one the policy wrote), when the task can work
+        it out; None when it cannot."""
+        return None
 
 
 TASKS: Registry[type[Task]] = Registry("task")

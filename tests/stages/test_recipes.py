@@ -753,3 +753,17 @@ def test_preflexor_judges_the_answer_and_trains_with_the_reasoning_masked(tiny_m
         assert any(x["context"] for x in stored) and context_key([]) == ""
     finally:
         store.close()
+
+
+def test_prompt_evolution_recipe_accounts_for_every_candidate(tiny_model_dir, tmp_path):
+    cfg = _recipe("prompt_evolution", tiny_model_dir, tmp_path / "run")
+    propose = cfg["round"]["stages"][5]
+    assert propose["stage"] == "propose"
+    propose["candidates"] = 6
+    rows, store = _run(cfg, tmp_path)
+    for r in (1, 2):
+        stage = _stage(store, r, "propose")
+        kept = _table(store, r, "proposed_prompts.parquet")
+        assert stage["kept"] == len(kept) and stage["kept"] + sum(stage["dropped"].values()) == 6
+        assert all(p["prompt_id"].startswith(f"gen-r{r:03d}-") for p in kept)
+    assert rows[2]["accuracy"] is not None

@@ -90,13 +90,19 @@ def _prepared_tests(answer: str) -> _hidden_tests.HiddenTests:
 
 def run_hidden_tests(code: str, tests: str, limits: SandboxLimits) -> tuple[float, str]:
     """(1.0, "passed") when ``code`` passes ``tests`` (Python statements), else (0.0, why): see _code_harness.py."""
+    score, why, _ = timed_hidden_tests(code, tests, limits)
+    return score, why
+
+
+def timed_hidden_tests(code: str, tests: str, limits: SandboxLimits) -> tuple[float, str, float]:
+    """run_hidden_tests, and the sandboxed run's wall-clock seconds (the interpreter's start included)."""
     prepared = _prepared_tests(tests)
     nonce = secrets.token_hex(16)  # fresh per run, known to iterpo and the harness only
     preload = _hidden_tests.preload_list(set(prepared.imports), _hidden_tests.imported_modules(code))
     job = marshal.dumps((PROTOCOL, nonce, code, list(prepared.statements), list(prepared.global_names), preload), 4)
     files, compiled = _harness()
     result = run_python(LOADER, limits, files=files, stdin=compiled + job, result_pipe=True)
-    return verdict(result, nonce)
+    return (*verdict(result, nonce), result.seconds)
 
 
 def verdict(result: SandboxResult, nonce: str) -> tuple[float, str]:

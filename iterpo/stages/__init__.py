@@ -10,6 +10,7 @@ from iterpo.stages import (  # noqa: F401  (register them)
     reference,
     refine,
     sample,
+    self_tests,
     train,
     tree_search,
     warmup,

@@ -87,6 +87,10 @@ class RunContext:
             self._prompt_ids[prompt.prompt_id] = encode_prompt(self.tokenizer, prompt.messages, self.plan.system_prompt)
         return self._prompt_ids[prompt.prompt_id]
 
+    def encode(self, messages: list[dict[str, str]]) -> list[int]:
+        """Chat messages as prompt tokens, with the run's system prompt (a request a stage makes of the policy)."""
+        return encode_prompt(self.tokenizer, messages, self.plan.system_prompt)
+
     def prompt_ids_of(self, prompt_id: str, context: str = "") -> list[int]:
         """A training prompt's tokens, followed by the chat messages of a context_key (a refinement's request)."""
         prompt = self.prompt(prompt_id)

@@ -139,7 +139,7 @@ class Propose(Stage):
                 "\n".join(f"{n + 1}. {p.text}" for n, p in enumerate(picked)) if len(picked) > 1 else picked[0].text
             )
             messages = [{"role": "user", "content": template.format(examples=listing)}]
-            requests.append(self._encode(ctx, messages))
+            requests.append(ctx.encode(messages))
             seeds.append([derive_seed(seed, r, "propose", self.label, i, "write")])
         dropped: Counter[str] = Counter()
         kept: list[Prompt] = []
@@ -198,18 +198,12 @@ class Propose(Stage):
     def max_new_tokens(self, ctx) -> int:
         return max(ctx.config.sampling.max_new_tokens, self.max_chars // 3)
 
-    @staticmethod
-    def _encode(ctx, messages: list[dict[str, str]]) -> list[int]:
-        from iterpo.models.chat import encode_prompt
-
-        return encode_prompt(ctx.tokenizer, messages, ctx.plan.system_prompt)
-
     def solutions(self, ctx, sampler, r: int, candidates: list, judge) -> dict[int, list[str | None]]:
         """Per candidate, the final answers (as the judge reads them) of ``votes`` solutions by the policy."""
         if not candidates:
             return {}
         s, seed = ctx.config.sampling, ctx.config.run.seed
-        prompts = [self._encode(ctx, [{"role": "user", "content": text}]) for _, text, _ in candidates]
+        prompts = [ctx.encode([{"role": "user", "content": text}]) for _, text, _ in candidates]
         seeds = [
             [derive_seed(seed, r, "propose", self.label, i, "solve", k) for k in range(self.votes)]
             for i, _, _ in candidates

@@ -197,6 +197,12 @@ class PairingSection(Section):
     """Subtracted from each score per response token, against length exploitation (0: off)."""
     prefer_shorter: bool = False
     """Among equally scored responses choose the shortest as chosen and the longest as rejected."""
+    rationale: bool = False
+    """Give each pair the judge's written reason for it as a side target (judges that explain: self_judge,
+    pairwise_http), for the rationale_dpo loss; pairs whose judge gave none keep no rationale (counted)."""
+    degrees: int = Field(default=0, ge=0)
+    """Give each pair side targets of the chosen response with k = 0 .. degrees key sentences removed, to
+    predict k (Self-supervised Preference Optimization), for the ssl_dpo loss; 0: none."""
 
     def options(self) -> dict:
         """The strategy's own options: the keys of this section not listed above."""

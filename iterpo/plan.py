@@ -303,6 +303,7 @@ def build_plan(config: Config) -> Plan:
     if any(s.kind == "train" for s in plan.stages):
         plan.policy_stage()  # side trainings alone would leave every round's policy as it was
     check_stage_losses(plan)
+    check_side_targets(plan)
     needs_reference = any(
         s.loss_of(plan).needs & (SCORED_NEEDS | LIVE_NEEDS) for s in plan.stages if isinstance(s, ServesLoss)
     )
@@ -370,6 +371,30 @@ def round_stages(plan: Plan) -> list[Stage]:
         stage.files = dict(outputs)
         stages.append(stage)
     return stages
+
+
+def check_side_targets(plan: Plan) -> None:
+    """ConfigError when a loss reads side targets its pair stage does not make, or a pair stage asks for
+    rationales the run's judge does not write."""
+    for stage in plan.stages:
+        if stage.kind != "pair" or not isinstance(stage, ServesLoss) or not hasattr(stage, "strategy_of"):
+            continue
+        loss, options = stage.loss_of(plan), stage.strategy_of(plan).shared()
+        where = f"stage {stage.label!r}" if stage.label != "pair" else "pairing"
+        if "side_targets" in loss.needs and not (options.rationale or options.degrees):
+            raise ConfigError(
+                f"{where}: loss {type(loss).__name__} trains on side targets; set pairing.rationale: true "
+                "(rationale_dpo) or pairing.degrees (ssl_dpo)"
+            )
+        if (options.rationale or options.degrees) and loss.data_shape != "pairs":
+            raise ConfigError(
+                f"{where}: rationale and degrees give pairs side targets; the loss trains on {loss.data_shape}"
+            )
+        if options.rationale and not plan.judge.explains:
+            raise ConfigError(
+                f"{where}: pairing.rationale reads the judge's written reasons; judge {plan.judge.name!r} writes none "
+                "(self_judge and pairwise_http do)"
+            )
 
 
 def check_stage_losses(plan: Plan) -> None:

@@ -76,6 +76,9 @@ class Judgement:
     beats: list[float] = field(default_factory=list)  # pairwise judges: (K,) P(this beats sample j); NaN when unknown
     samples: list[float] = field(default_factory=list)  # (S,) per-pass scores (MC-dropout passes, ensemble members)
     visits: int | None = None  # a tree search's node: evaluations backed up through it (score is their mean, Q)
+    rationale: str | None = None  # a judge that explains (self_judge): its written reasoning for this verdict
+    rationales: list[str] = field(default_factory=list)  # a pairwise judge that explains: (K,) its reply comparing
+    # this response with sample j ("" where it gave none)
 
 
 @dataclass
@@ -101,6 +104,8 @@ class Preference:
     # point): context, read but never trained on
     context: list[dict[str, str]] = field(default_factory=list)  # chat messages after the prompt's that the pair
     # is trained after (a refinement pair in the refine format: the earlier answer and the request to improve it)
+    side: list[dict[str, str]] = field(default_factory=list)  # side targets: {request, target} texts the policy
+    # also learns to write, each after its own request (a rationale; the degree of removed content)
 
 
 @dataclass
@@ -205,6 +210,8 @@ SCHEMAS = {
             ("beats", pa.list_(pa.float64())),
             ("samples", pa.list_(pa.float64())),
             ("visits", pa.int32()),
+            ("rationale", pa.string()),
+            ("rationales", pa.list_(pa.string())),
         ]
     ),
     Preference: pa.schema(
@@ -226,6 +233,7 @@ SCHEMAS = {
             ("weight", pa.float64()),
             ("shared_prefix", pa.int32()),
             ("context", MESSAGES),
+            ("side", pa.list_(pa.struct([("request", pa.string()), ("target", pa.string())]))),
         ]
     ),
     LabelledResponse: pa.schema(

@@ -64,6 +64,7 @@ class Judge:
     pointwise: ClassVar[bool] = True  # a response's verdict depends only on (prompt, response)
     verifier: ClassVar[bool] = False  # checks against the prompt's reference answer (usable as the eval metric)
     uses_policy: ClassVar[bool] = False  # judges with the policy itself (its identity changes every round)
+    explains: ClassVar[bool] = False  # writes its reasoning: Judgement.rationale (pointwise) or .rationales (pairwise)
     volatile_options: ClassVar[tuple[str, ...]] = ()  # options that do not change verdicts (timeouts, concurrency)
     unit: ClassVar[str] = "responses"  # what one verdict judges, for failure counts ("comparisons" for pairwise judges)
     context: JudgeContext | None = None
@@ -186,10 +187,10 @@ def judge_with_cache(
         for j in (ask or judge.judge)(prompt, todo):
             found[j.sample_idx] = j
             if not j.failed:
-                cache.put(
-                    keys[j.sample_idx],
-                    {"score": j.score, "detail": j.detail, "uncertainty": j.uncertainty, "samples": list(j.samples)},
-                )
+                value = {"score": j.score, "detail": j.detail, "uncertainty": j.uncertainty, "samples": list(j.samples)}
+                if j.rationale is not None:
+                    value["rationale"] = j.rationale
+                cache.put(keys[j.sample_idx], value)
     verdicts = [found[r.sample_idx] for r in rollouts]
     judge.tally().add(len(verdicts), [j.detail for j in verdicts if j.failed])
     return verdicts

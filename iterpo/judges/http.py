@@ -36,6 +36,9 @@ _NAMED = re.compile(
 )
 
 
+REPLY_KEPT = 2000  # characters of a reply kept as the comparison's detail (and rationale)
+
+
 def parse_verdict(reply: str) -> str | None:
     """'A' or 'B' when the reply clearly picks one, else None."""
     text = reply.strip()
@@ -66,6 +69,7 @@ class PairwiseHTTP(PairwiseJudge):
     """Ask an OpenAI-compatible ``/chat/completions`` endpoint which of two responses is better."""
 
     name = "pairwise_http"
+    explains = True
     base_url: str = ""
     """The API root, e.g. http://localhost:8000/v1 (requests go to BASE_URL/chat/completions)."""
     model: str = ""
@@ -184,7 +188,7 @@ class PairwiseHTTP(PairwiseJudge):
         letter = parse_verdict(reply)
         if letter is None:
             return None, f"unparseable reply: {reply[:80]!r}"
-        return (1.0 if letter == "A" else 0.0), f"reply {letter}"
+        return (1.0 if letter == "A" else 0.0), reply.strip()[:REPLY_KEPT]  # its reasoning: the pair's rationale
 
     def ask(self, prompt, pairs):
         headers = self._headers()

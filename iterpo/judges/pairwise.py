@@ -192,8 +192,22 @@ class PairwiseJudge(Judge):
             detail = f"win rate {win_rate:.2f} over {len(known)} opponents"
             if unreadable[i]:
                 detail += f"; {unreadable[i]} unparseable answers"
+            rationales = []
+            if self.explains:  # its reply comparing this response (first) with each other one
+                rationales = [
+                    answers[(i, j)][1] if (i, j) in answers and answers[(i, j)][0] is not None else "" for j in range(K)
+                ]
             out.append(
-                Judgement(r.prompt_id, r.sample_idx, self.name, win_rate, detail, win_rate=win_rate, beats=beats[i])
+                Judgement(
+                    r.prompt_id,
+                    r.sample_idx,
+                    self.name,
+                    win_rate,
+                    detail,
+                    win_rate=win_rate,
+                    beats=beats[i],
+                    rationales=rationales,
+                )
             )
         return out
 

@@ -50,6 +50,7 @@ class SelfJudge(Judge):
     """The policy scores its own responses on the additive 5-point rubric, averaged over samples (Self-Rewarding)."""
 
     name = "self_judge"
+    explains = True
     uses_policy = True
     samples: int = 3
     """Evaluations sampled per response; their readable scores are averaged (the paper: 3)."""
@@ -127,6 +128,7 @@ class SelfJudge(Judge):
                     f"scores {scores} from {len(replies)} evaluations",
                     uncertainty=statistics.pstdev(scores),
                     samples=scores,
+                    rationale=next(x for x in replies if read_score(x) is not None).strip(),
                 )
             )
         return verdicts

@@ -10,6 +10,7 @@ from iterpo.losses import (  # noqa: F401,E402
     policy_gradient,
     reference_free,
     selfplay,
+    side,
     token,
     unpaired,
 )

@@ -44,6 +44,7 @@ NEEDS = {
     "aux_samples": "log-probs of extra samples per prompt (from the reference, or the policy's own)",
     "token_stats": "per-token log-probs, reference log-probs and KL(ref || policy), from a live reference model",
     "token_logps": "per-token log-probs of every sample under the policy and a live reference model",
+    "side_targets": "log-probs of each pair's side targets (a rationale, a degree label) after their own requests",
 }
 LIVE_NEEDS = frozenset({"token_stats", "token_logps"})  # needs that hold a reference model during training
 
@@ -78,6 +79,11 @@ class PreferenceBatch:
     rejected_mask: torch.Tensor | None = None  # (B, T)
     ref_chosen_hidden: torch.Tensor | None = None  # (B, T, H) reference last-layer states at response positions
     ref_rejected_hidden: torch.Tensor | None = None  # (B, T, H)
+    side_logps: torch.Tensor | None = (
+        None  # (B, S) policy log-prob of each side target after its request   [side_targets]
+    )
+    side_lengths: torch.Tensor | None = None  # (B, S) their lengths in tokens (1 where padded)
+    side_mask: torch.Tensor | None = None  # (B, S) bool, True for real side targets
 
 
 @dataclass

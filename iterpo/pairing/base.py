@@ -74,6 +74,7 @@ class PairingResult:
     examples: list[Example]  # Preference, LabelledResponse or RankedGroup records
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> number of prompts
     failed_judgements: int = 0  # responses left out because the judge failed on them
+    without_rationale: int = 0  # pairing.rationale: pairs whose judge gave no written reason
 
 
 @dataclass

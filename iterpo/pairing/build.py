@@ -15,7 +15,8 @@ from iterpo.pairing.base import (
     sigmoid,
     win_rates,
 )
-from iterpo.records import Judgement, LabelledResponse, Prompt, Rollout
+from iterpo.pairing.side import degree_targets, rationale_of, rationale_target
+from iterpo.records import Judgement, LabelledResponse, Preference, Prompt, Rollout
 
 
 def _assign_kl_partners(examples: list[LabelledResponse]) -> None:
@@ -54,6 +55,22 @@ def candidates(
         own = j.win_rate if j.win_rate is not None and not opponents else estimated[r.sample_idx]
         cands.append(Candidate(r, j, scores[r.sample_idx], own))
     return cands if keep_duplicates else distinct(cands)
+
+
+def add_side_targets(pair: Preference, by_key: dict, rationale: bool, degrees: int) -> int:
+    """Give pair its side targets (iterpo.pairing.side); 1 when a rationale was asked for and the judge gave none."""
+    missing = 0
+    if rationale:
+        chosen = by_key.get((pair.chosen_source, pair.chosen_idx))
+        rejected = by_key.get((pair.rejected_source, pair.rejected_idx))  # None: e.g. the initial model's
+        reason = rationale_of(chosen, rejected) if chosen is not None and rejected is not None else None
+        if reason:
+            pair.side.append(rationale_target(pair, reason))
+        else:
+            missing = 1
+    if degrees:
+        pair.side.extend(degree_targets(pair, degrees))
+    return missing
 
 
 def build_examples(
@@ -102,6 +119,12 @@ def build_examples(
         anchor = candidates(first[0].get(p.prompt_id, []), first[1].get(p.prompt_id, {}), penalty) if first else None
         rng = random.Random(f"{seed}/{p.prompt_id}")
         examples, reason = strategy.examples(p, cands, rng, anchor)
+        config = strategy.shared()
+        if config.rationale or config.degrees:
+            by_key = {(c.source, c.idx): c for c in cands}
+            for x in examples:
+                if isinstance(x, Preference):
+                    result.without_rationale += add_side_targets(x, by_key, config.rationale, config.degrees)
         result.examples.extend(examples)
         if reason:
             result.skipped[reason] += 1

@@ -91,6 +91,11 @@ class RunContext:
         """Chat messages as prompt tokens, with the run's system prompt (a request a stage makes of the policy)."""
         return encode_prompt(self.tokenizer, messages, self.plan.system_prompt)
 
+    def side_tokens(self, request: str, target: str) -> tuple[list[int], list[int]]:
+        """A pair's side target as tokens: its request as a user message, then the target, ended as a reply."""
+        target_ids = self.tokenizer.encode(target, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        return self.encode([{"role": "user", "content": request}]), target_ids
+
     def prompt_ids_of(self, prompt_id: str, context: str = "") -> list[int]:
         """A training prompt's tokens, followed by the chat messages of a context_key (a refinement's request)."""
         prompt = self.prompt(prompt_id)

@@ -93,4 +93,9 @@ class Pair(ServesLoss):
             "examples": len(result.examples),
             "skipped": dict(result.skipped),
             "failed_judgements": result.failed_judgements,
+            **(
+                {"pairs_without_rationale": result.without_rationale}
+                if self.strategy_of(plan).shared().rationale
+                else {}
+            ),
         }

@@ -33,7 +33,9 @@ def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str, 
     loss = loss or ctx.plan.loss
     settings = stage.settings(ctx.plan) if isinstance(stage, Train) else ctx.config.train
     needs = loss.needs
-    examples = training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs, ctx.mask_reasoning)
+    examples = training_examples(
+        records, ctx.responses(r), ctx.prompt_ids_of, scored, needs, ctx.mask_reasoning, ctx.side_tokens
+    )
     reference = ctx.reference(r, frozen_copy=True, stage=stage) if needs & LIVE_NEEDS else None
     seed = derive_seed(ctx.config.run.seed, r, purpose)
     torch.manual_seed(seed)
@@ -52,7 +54,9 @@ def fit_on_processes(
     scratch = ctx.store.round_dir(r) / f".{purpose}-processes"
     shutil.rmtree(scratch, ignore_errors=True)
     job = TrainJob(
-        examples=training_examples(records, ctx.responses(r), ctx.prompt_ids_of, scored, needs, ctx.mask_reasoning),
+        examples=training_examples(
+            records, ctx.responses(r), ctx.prompt_ids_of, scored, needs, ctx.mask_reasoning, ctx.side_tokens
+        ),
         loss=loss_spec,
         train=settings.model_dump(),
         seed=derive_seed(cfg.run.seed, r, purpose),

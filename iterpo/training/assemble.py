@@ -99,13 +99,18 @@ def training_examples(
     scored: list[RefLogp],
     needs: frozenset[str],
     mask_reasoning: bool = False,
+    side_tokens: Callable[[str, str], tuple[list[int], list[int]]] | None = None,
 ) -> list:
     """Join records, responses (by prompt_id, source, sample_idx) and reference log-probs into PairExample /
     UnpairedExample / GroupExample; prompt_ids(prompt_id, context_key) are the tokens a response follows. With
-    mask_reasoning, responses' reasoning tokens are context (never trained on)."""
+    mask_reasoning, responses' reasoning tokens are context (never trained on). side_tokens(request, target) gives
+    a side target's tokens, for losses that need them."""
     ref = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx, x.context): x.ref_logp for x in scored}
     prev = {(x.prompt_id, x.response_prompt_id, x.source, x.sample_idx, x.context): x.prev_logp for x in scored}
     use_ref, use_prev = "reference" in needs, "previous" in needs
+    use_side = "side_targets" in needs
+    if use_side and side_tokens is None:
+        raise ValueError("the loss reads side targets: training_examples needs side_tokens")
 
     def ids(pid: str, source: str, idx: int) -> list[int]:
         return rollouts[(pid, source, idx)].token_ids
@@ -136,6 +141,7 @@ def training_examples(
                     chosen_mask=mask(pid, x.chosen_source, x.chosen_idx, x.shared_prefix),
                     rejected_mask=mask(pid, x.rejected_source, x.rejected_idx, x.shared_prefix),
                     aux_masks=[mask(pid, "policy", i) for i in x.aux_idxs],
+                    side=[side_tokens(t["request"], t["target"]) for t in x.side] if side_tokens and use_side else [],
                 )
             )
         elif isinstance(x, LabelledResponse):

@@ -35,10 +35,12 @@ class PairExample:
     chosen_mask: list[bool] | None = None  # (Tc,) True on the tokens trained on (Rollout.policy_mask); None: all
     rejected_mask: list[bool] | None = None  # (Tr,) likewise
     aux_masks: list[list[bool] | None] = field(default_factory=list)  # likewise for aux_ids (empty: all None)
+    side: list[tuple[list[int], list[int]]] = field(default_factory=list)  # side targets: (request, target) tokens
 
     @property
-    def tokens(self) -> int:  # in a packed pass: the prompt once, each response once
-        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids) + sum(map(len, self.aux_ids))
+    def tokens(self) -> int:  # in a packed pass: the prompt once, each response once, each side target's request
+        pair = len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids) + sum(map(len, self.aux_ids))
+        return pair + sum(len(a) + len(b) for a, b in self.side)
 
 
 @dataclass
@@ -146,7 +148,30 @@ def collate_pairs(
         batch.rejected_win_rate = _t([require(e.win_rates, "win rates")[1] for e in examples])
     if "soft_label" in needs:
         batch.soft_label = _t([e.soft_label for e in examples])
+    if "side_targets" in needs:
+        _side_targets(model, examples, batch, layout, pad_id)
     return batch_to(batch, model)
+
+
+def _side_targets(model, examples: list[PairExample], batch: PreferenceBatch, layout: Layout, pad_id: int) -> None:
+    """Each pair's side targets under the policy, after their own requests: (B, S) summed log-probs, token counts
+    and a mask of the real ones (pairs have different numbers; S = the most any has)."""
+    S = max((len(e.side) for e in examples), default=0)
+    B = len(examples)
+    logps = torch.zeros(B, S)
+    lengths = torch.ones(B, S)
+    mask = torch.zeros(B, S, dtype=torch.bool)
+    targets = [(i, s, request, target) for i, e in enumerate(examples) for s, (request, target) in enumerate(e.side)]
+    if targets:
+        values = sequence_logps(
+            model, [group(request, [target], [None]) for _, _, request, target in targets], layout, pad_id
+        )
+        logps = torch.zeros(B, S, dtype=values.dtype, device=values.device)
+        for (i, s, _, target), v in zip(targets, values):
+            logps[i, s] = v
+            lengths[i, s] = max(1, len(target))
+            mask[i, s] = True
+    batch.side_logps, batch.side_lengths, batch.side_mask = logps, lengths, mask
 
 
 def _token_stats(model, reference, prompts, responses, masks, pad_id, loss) -> dict[str, torch.Tensor]:

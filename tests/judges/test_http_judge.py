@@ -130,6 +130,9 @@ def test_http_judge_both_orders_retries_and_concurrency(endpoint):
     n = len(endpoint.requests)
     again = _judge(endpoint, cache).judge(PROMPT, rollouts)
     assert len(endpoint.requests) == n and [v.score for v in again] == [v.score for v in verdicts]
+    # the judge's reply comparing each response (first) with each other one is kept: the pair's rationale
+    assert verdicts[0].rationales[1] == "[[A]]" and verdicts[1].rationales[0] == "Response B is better."
+    assert verdicts[0].rationales[0] == "" and again[0].rationales == verdicts[0].rationales
 
 
 def test_http_judge_records_unparseable_and_failed_requests(endpoint):

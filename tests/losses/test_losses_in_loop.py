@@ -27,7 +27,9 @@ HYPER = {
     "hypo": {"kl_weight": 0.1},
     "rpo": {"sft_weight": 0.05},
 }
-VARIANTS = [(name, HYPER.get(name, {}), {}) for name in list_losses()] + [
+# Losses that train on side targets get them from the pair stage (degrees work with any judge).
+SETTINGS = {"rationale_dpo": {"pairing.degrees": 2}, "ssl_dpo": {"pairing.degrees": 2}}
+VARIANTS = [(name, HYPER.get(name, {}), SETTINGS.get(name, {})) for name in list_losses()] + [
     ("sparsepo", {"mask": "learned"}, {}),
     ("inpo", {"eta": 4.0, "tau": 0.05}, {"reference.policy": "initial"}),  # reference and previous differ
     ("dpo", {}, {"model.lora": {"r": 4, "alpha": 8}, "reference.policy": "initial"}),

@@ -767,3 +767,38 @@ def test_prompt_evolution_recipe_accounts_for_every_candidate(tiny_model_dir, tm
         assert stage["kept"] == len(kept) and stage["kept"] + sum(stage["dropped"].values()) == 6
         assert all(p["prompt_id"].startswith(f"gen-r{r:03d}-") for p in kept)
     assert rows[2]["accuracy"] is not None
+
+
+def test_rationale_dpo_trains_on_the_judges_written_reasons(tiny_model_dir, tmp_path, scoring_policy):
+    rows, store = _run(_recipe("rationale_dpo", tiny_model_dir, tmp_path / "run"), tmp_path)
+    for r in (1, 2):
+        judged = {(j["prompt_id"], j["sample_idx"]): j for j in _table(store, r, "judgements.parquet")}
+        pairs = _table(store, r, "preferences.parquet")
+        assert pairs and _stage(store, r, "pair")["pairs_without_rationale"] == 0
+        for p in pairs:
+            [side] = p["side"]
+            mine, theirs = judged[(p["prompt_id"], p["chosen_idx"])], judged[(p["prompt_id"], p["rejected_idx"])]
+            # the policy's own first readable evaluation of each ("Score: N", as the fixture makes it)
+            assert side["target"] == (
+                f"On the preferred response: {mine['rationale']}\nOn the other response: {theirs['rationale']}"
+            )
+            assert mine["rationale"].startswith("Score: ")
+            assert f"Preferred response: {p['chosen']}" in side["request"]
+        log = _log(store, r, "train.jsonl")
+        assert log and all(x["with_side"] == 1.0 and x["side_nll"] > 0 for x in log)
+
+
+def test_ssl_dpo_recipe_predicts_the_degree_of_removed_content(tiny_model_dir, tmp_path):
+    cfg = _recipe("ssl_dpo", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "token_sum"}  # some responses score 1 (the random model never solves a problem)
+    rows, store = _run(cfg, tmp_path)
+    from iterpo.pairing.side import degree_targets
+    from iterpo.records import Preference
+
+    for r in (1, 2):
+        pairs = _table(store, r, "preferences.parquet")
+        assert pairs
+        for p in pairs:
+            want = degree_targets(Preference(**{**p, "side": []}), 2)
+            assert p["side"] == want and [t["target"] for t in p["side"]][0] == "0"
+        assert _log(store, r, "train.jsonl")

@@ -40,6 +40,9 @@ def bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
 
 
 STAGES = ["sample", "judge", "pair", "reference", "train", "eval"]
+# the stages each column of seconds adds up (by name, or a name after it such as 'judge_refine'): the policy
+# generating (sampling, revising, searching, proposing problems), then judging
+COLUMNS = {"sample": ("sample", "refine", "tree_search", "propose"), "judge": ("judge", "self_tests")}
 
 
 def round_table(rows: list[dict]) -> Table:
@@ -53,8 +56,10 @@ def round_table(rows: list[dict]) -> Table:
         return "-" if v is None else format(v, spec)
 
     def seconds(times: dict[str, float], kind: str) -> str:
-        """A kind's stages together: 'train' with 'train_half' or 'train_sft' (a stage named after its kind)."""
-        mine = [v for label, v in times.items() if label == kind or label.startswith(kind + "_")]
+        """A column's stages together: 'train' with 'train_half' or 'train_sft' (a stage named after its kind), and
+        'sample' with the other stages that generate (COLUMNS)."""
+        names = COLUMNS.get(kind, (kind,))
+        mine = [v for label, v in times.items() if any(label == n or label.startswith(n + "_") for n in names)]
         return f"{sum(mine):.0f}" if mine else "-"
 
     for r in rows:

@@ -1,0 +1,35 @@
+"""The round table adds up each column's stages, the generating and judging stages of recipes included."""
+
+from rich.console import Console
+
+from iterpo.progress import round_table
+
+
+def test_seconds_columns_add_up_the_stages_that_generate_and_judge():
+    times = {
+        "sample": 10,
+        "refine": 5,
+        "judge": 1,
+        "judge_refine": 2,
+        "self_tests": 4,
+        "pair": 0.2,
+        "train": 30,
+        "train_sft": 3,
+        "tree_search": 7,
+        "propose": 1,
+        "eval": 6,
+    }
+    row = {
+        "round": 1,
+        "accuracy": 0.5,
+        "mean_reward": 0.4,
+        "pairs": 10,
+        "skipped": 2,
+        "mean_loss": 0.6,
+        "reward_margin": 0.1,
+        "sample_tokens_per_s": 100.0,
+        "times": times,
+    }
+    console = Console(width=300, record=True)
+    console.print(round_table([row]))
+    assert "23 / 7 / 0 / - / 33 / 6" in console.export_text()  # sample+refine+tree_search+propose; judges

@@ -21,13 +21,16 @@ and pair stages after it see both.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
 from iterpo.errors import ConfigError
+from iterpo.models.chat import encode_prompt
+from iterpo.models.loading import load_model, load_tokenizer, resolve_model_path
 from iterpo.progress import bar
 from iterpo.records import Judgement, Prompt, Rollout, from_table, to_table
-from iterpo.sampling import derive_seed
+from iterpo.sampling import TransformersSampler, derive_seed
 from iterpo.stages.base import Stage, register_stage
 from iterpo.stages.verdicts import Verdicts
 from iterpo.training.assemble import context_key
@@ -48,7 +51,8 @@ def shown(answer: Rollout) -> str:
 @register_stage("refine")
 @dataclass
 class Refine(Stage):
-    """Revisions of the round's responses by the policy the round starts from, ``steps`` times over."""
+    """Revisions of the round's responses by the policy the round starts from (or a reviser model), ``steps``
+    times over."""
 
     reads = ("rollouts",)
     writes = {"rollouts": "refined_rollouts.parquet"}
@@ -72,6 +76,11 @@ class Refine(Stage):
     """Revise at most this many of a prompt's sampled responses (the first in sample order that qualify)."""
     source: str = "refine"
     """What the revisions are recorded as coming from."""
+    reviser: str | None = None
+    """Another model writes the revisions instead of the policy (a local model directory, a .gguf file or the
+    built-in model's name; a stronger model as the critic): its text is encoded again with the policy's
+    tokenizer, so training reads the revisions as the policy would write them. Default: the policy the round
+    starts from."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +106,8 @@ class Refine(Stage):
         return self.which == "wrong" or self.feedback
 
     def fits(self, plan) -> None:
+        if self.reviser is not None:
+            resolve_model_path(self.reviser, f"round.stages: {self.label}: reviser")  # a bad path fails before the run
         if self.judged() and not plan.judge.pointwise:
             raise ConfigError(
                 f"round.stages: {self.label} (which: wrong, or feedback) reads each answer's verdict; judge "
@@ -152,6 +163,13 @@ class Revising:
     def __init__(self, stage: Refine, ctx, r: int):
         self.stage, self.ctx, self.r = stage, ctx, r
         self.sampler = ctx.sampler(r - 1)
+        self.tokenizer = ctx.tokenizer  # the writer's tokenizer: the policy's, or the reviser's
+        if stage.reviser is not None:
+            what = f"round.stages: {stage.label}: reviser"
+            path = resolve_model_path(stage.reviser, what)
+            self.tokenizer = load_tokenizer(path, what)
+            model = functools.cache(lambda: load_model(path, ctx.config.model.dtype, what, ctx.plan.device))
+            self.sampler = TransformersSampler(model, self.tokenizer)
         self.cache = ctx.judge_cache()
         self.asking: Verdicts | None = None
         if stage.judged():
@@ -199,6 +217,20 @@ class Revising:
         state = "could not judge it" if verdict.failed else f"scored it {verdict.score:g}"
         return f"Feedback on your answer: the checker {state} ({detail}).\n\n{text}"
 
+    def request_ids(self, prompt: Prompt, context: list[dict[str, str]]) -> list[int]:
+        """The prompt and the revision's request as the writer's tokens."""
+        if self.stage.reviser is None:
+            return self.ctx.prompt_ids_of(prompt.prompt_id, context_key(context))
+        return encode_prompt(self.tokenizer, prompt.messages + context, self.ctx.plan.system_prompt)
+
+    def policy_tokens(self, ids: list[int], reason: str) -> list[int]:
+        """A revision as the policy's tokens: the reviser's text encoded again (its end of text kept)."""
+        if self.stage.reviser is None:
+            return ids
+        tok = self.ctx.tokenizer
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return tok.encode(text, add_special_tokens=False) + ([tok.eos_token_id] if reason == "stop" else [])
+
     def revise(self, chosen: list[tuple[Prompt, list]], nexts: dict[str, int]) -> list[tuple[Prompt, list[Rollout]]]:
         """One revision per (answer, perspective) of every prompt, generated in one batch; the new rollouts."""
         s, ctx, seed = self.ctx.config.sampling, self.ctx, self.ctx.config.run.seed
@@ -216,7 +248,7 @@ class Revising:
         if not jobs:
             return [(p, []) for p, _ in chosen]
         outs = self.sampler.generate(
-            [ctx.prompt_ids_of(p.prompt_id, context_key(c)) for p, _, c, _ in jobs],
+            [self.request_ids(p, c) for p, _, c, _ in jobs],
             [[job_seed] for *_, job_seed in jobs],
             s.temperature,
             s.top_p,
@@ -225,6 +257,7 @@ class Revising:
         )
         for (p, parent, context, job_seed), [(ids, reason)] in zip(jobs, outs):
             self.new_tokens += len(ids)
+            ids = self.policy_tokens(ids, reason)
             idx = nexts[p.prompt_id]
             nexts[p.prompt_id] += 1
             made[p.prompt_id].append(

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from iterpo.config import load_config
-from iterpo.errors import ConfigError
+from iterpo.errors import ConfigError, UserInputError
 
 from helpers import cli, tiny_config
 
@@ -98,4 +98,44 @@ def test_bad_refine_options_are_refused_before_the_run(stage, message, tiny_mode
     from iterpo.plan import build_plan
 
     with pytest.raises(ConfigError, match=message):
+        build_plan(load_config(path))
+
+
+def test_a_reviser_model_writes_the_revisions_in_the_policys_tokens(tiny_model_dir, tokenizer, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from iterpo.models.chat import encode_prompt
+    from iterpo.records import Rollout
+    from iterpo.sampling import generate
+
+    from helpers import run_config
+
+    torch.manual_seed(1)  # the same architecture and tokenizer, other weights: another model
+    reviser = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for p in reviser.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    reviser_dir = tmp_path / "reviser"
+    reviser.save_pretrained(reviser_dir)
+    tokenizer.save_pretrained(reviser_dir)
+    path = _evolve_config(tiny_model_dir, tmp_path / "run")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["round"]["stages"][2] = {"stage": "refine", "reviser": str(reviser_dir)}
+    path.write_text(yaml.safe_dump(cfg))
+    _, store = run_config(load_config(path))
+    rows = [Rollout(**x) for x in pq.read_table(store.path(1, "refined_rollouts.parquet")).to_pylist()]
+    from iterpo.plan import build_plan
+
+    prompts = {p.prompt_id: p for p in build_plan(load_config(path)).train_prompts}
+    revised = [x for x in rows if x.parent is not None]
+    assert revised
+    for x in revised[:3]:  # generated again by the reviser alone, from its seed: the same revision
+        request = encode_prompt(tokenizer, prompts[x.prompt_id].messages + x.context)
+        [[(ids, why)]] = generate(reviser.eval(), tokenizer, [request], [[x.seed]], 1.0, 1.0, 6, 1)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        want = tokenizer.encode(text, add_special_tokens=False) + ([tokenizer.eos_token_id] if why == "stop" else [])
+        assert x.token_ids == want and x.text == tokenizer.decode(want, skip_special_tokens=True)
+    cfg["round"]["stages"][2] = {"stage": "refine", "reviser": str(tmp_path / "nowhere")}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserInputError, match="refine: reviser"):  # a missing model fails before the run
         build_plan(load_config(path))

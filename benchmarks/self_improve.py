@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
+from recipe_runs import accuracy, run
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 3
@@ -47,25 +46,6 @@ def recipe(name: str) -> dict:
 
 def refine_stage(cfg: dict) -> dict:
     return next(s for s in cfg["round"]["stages"] if isinstance(s, dict) and s.get("stage") == "refine")
-
-
-def run(name: str, cfg: dict, out: Path) -> Path:
-    """Run cfg (resuming or reading a finished run) into out/name; its directory."""
-    run_dir = out / name
-    cfg["run"] = {**cfg.get("run", {}), "dir": str(run_dir), "rounds": ROUNDS}
-    if not (run_dir / f"round-{ROUNDS:03d}" / "eval.json").is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        verb = "resume" if (run_dir / "manifest.json").is_file() else "run"
-        cmd = [sys.executable, "-m", "iterpo", verb, str(run_dir if verb == "resume" else path)]
-        print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True)
-    return run_dir
-
-
-def scores(run_dir: Path) -> list[float]:
-    return [json.loads((run_dir / f"round-{r:03d}" / "eval.json").read_text())["accuracy"] for r in range(ROUNDS + 1)]
 
 
 def tokens_per_prompt(run_dir: Path) -> list[float]:
@@ -150,7 +130,7 @@ def main() -> None:
         ("dpo_code", "code: plain iterative DPO, 8 samples", plain_code),
         ("tool_feedback", "code: revision from the tests' error, 4 samples, up to 2 x 2 revisions", feedback),
     ]
-    dirs = {name: run(name, cfg, out) for name, _, cfg in arms}
+    dirs = {name: run(name, cfg, out, ROUNDS) for name, _, cfg in arms}
 
     print(
         f"\n3 rounds each; arithmetic: {args.train_size} training prompts a round, {args.eval_size} held-out; "
@@ -165,7 +145,7 @@ def main() -> None:
         d = dirs[name]
         pairs = [len(pq.read_table(d / f"round-{r:03d}" / "preferences.parquet")) for r in range(1, ROUNDS + 1)]
         print(
-            f"| {label} | {' / '.join(f'{a:.2f}' for a in scores(d))} "
+            f"| {label} | {' / '.join(f'{a:.2f}' for a in accuracy(d, ROUNDS))} "
             f"| {' / '.join(f'{t:.0f}' for t in tokens_per_prompt(d))} | {' / '.join(map(str, pairs))} "
             f"| {seconds(d) / 60:.1f} |"
         )

@@ -68,6 +68,8 @@ OMITTED_AT_DEFAULT = {
     ("eval", "every"): 1,
     ("train", "fsdp"): False,
     ("train", "optimizer"): "adamw",
+    ("pairing", "rationale"): False,
+    ("pairing", "degrees"): 0,
 }
 
 

@@ -54,6 +54,8 @@ def test_a_refinement_killed_midway_resumes_to_the_identical_run(tiny_model_dir,
     assert any(p["context"] for p in _rows(clean, "preferences.parquet"))
     logs = [(run / "round-001" / "train.jsonl").read_text().splitlines() for run in (clean, crash)]
     assert [json.loads(x)["loss"] for x in logs[0]] == [json.loads(x)["loss"] for x in logs[1]]
+    for name in ("checkpoint/model.safetensors", "eval.json", "train.jsonl"):  # the same policy, byte for byte
+        assert (crash / "round-001" / name).read_bytes() == (clean / "round-001" / name).read_bytes(), name
     assert not shards.exists()  # the shards are folded into the stage's file
     assert sorted(p.name for p in (crash / "round-001").iterdir()) == sorted(
         p.name for p in (clean / "round-001").iterdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,9 @@ def cli(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a test suite started in the background (nohup, `cmd &`) inherits an ignored SIGINT,
+        # and a run that ignores Ctrl-C cannot show that it stops on it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     if not wait:
         return proc

@@ -134,6 +134,20 @@ def _cmd_status(args) -> None:
     console.print(f"{len(done)} of {config.run.rounds} rounds trained; config fingerprint {fingerprint}")
 
 
+def _cmd_export(args) -> None:
+    from iterpo.export import export_run
+    from iterpo.progress import console
+
+    rounds = None
+    if args.rounds:
+        try:
+            rounds = [int(x) for x in args.rounds.split(",") if x.strip()]
+        except ValueError:
+            raise UserInputError(f"--rounds: expected round numbers separated by commas, got {args.rounds!r}") from None
+    n = export_run(args.run_dir, rounds, args.to)
+    console.print(f"exported {n} pairs to {args.to} (load it with datasets.load_from_disk)")
+
+
 def _policy_stage_label(config) -> str:
     """The label of the stage that makes a round's policy (the round's last policy-updating train stage), read
     from the config alone: status should not need the model or the judge."""
@@ -300,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a run's rounds so far")
     status.add_argument("run_dir")
     status.set_defaults(fn=_cmd_status)
+
+    export = sub.add_parser(
+        "export", help="write a run's preference pairs as a Hugging Face dataset in TRL's conversational layout"
+    )
+    export.add_argument("run_dir")
+    export.add_argument("--rounds", help="rounds to export, e.g. 1,3 (default: every paired round)")
+    export.add_argument("--to", required=True, help="a new directory for the dataset")
+    export.set_defaults(fn=_cmd_export)
 
     losses = sub.add_parser("losses", help="list the registered preference losses")
     losses.set_defaults(fn=_cmd_losses)

@@ -84,7 +84,7 @@ class RunContext:
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if prompt.prompt_id not in self._prompt_ids:
-            self._prompt_ids[prompt.prompt_id] = encode_prompt(self.tokenizer, prompt.messages, self.plan.system_prompt)
+            self._prompt_ids[prompt.prompt_id] = self.encode(prompt.messages)
         return self._prompt_ids[prompt.prompt_id]
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
@@ -103,8 +103,7 @@ class RunContext:
             return self.prompt_ids(prompt)
         key = f"{prompt_id}\n{context}"
         if key not in self._prompt_ids:
-            messages = prompt.messages + context_messages(context)
-            self._prompt_ids[key] = encode_prompt(self.tokenizer, messages, self.plan.system_prompt)
+            self._prompt_ids[key] = self.encode(prompt.messages + context_messages(context))
         return self._prompt_ids[key]
 
     # ------------------------------------------------------------------ responses
@@ -117,19 +116,8 @@ class RunContext:
         if thinking is None:
             return Rollout(prompt_id, idx, r, seed, decode(ids), ids, reason, source, **more)
         part = split_reasoning(decode, ids, thinking.end, thinking.start)
-        return Rollout(
-            prompt_id,
-            idx,
-            r,
-            seed,
-            part.answer,
-            ids,
-            reason,
-            source,
-            reasoning=part.reasoning,
-            reasoning_tokens=part.reasoning_tokens,
-            **more,
-        )
+        more.update(reasoning=part.reasoning, reasoning_tokens=part.reasoning_tokens)
+        return Rollout(prompt_id, idx, r, seed, part.answer, ids, reason, source, **more)
 
     @property
     def mask_reasoning(self) -> bool:

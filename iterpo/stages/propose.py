@@ -30,7 +30,6 @@ crash before that runs the stage again, to the same result.
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -124,7 +123,6 @@ class Propose(Stage):
             raise ConfigError(f"round.stages: {self.label} writes plain problems; not with an environment")
 
     def run(self, ctx, r):
-        start = time.perf_counter()
         task, judge = ctx.plan.task, ctx.plan.eval_judge
         shown = ctx.prompts_of_round(r)
         held_out = {task.problem_key(p.text) for p in ctx.eval_prompts}
@@ -157,11 +155,11 @@ class Propose(Stage):
                     dropped["a known problem"] += 1
                 else:
                     seen.add(key)
-                    candidates.append((i, text, task.solve(text)))
-            if self.answer == "task":
-                for _ in (c for c in candidates if c[2] is None):
-                    dropped["no answer the task can work out"] += 1
-                candidates = [c for c in candidates if c[2] is not None]
+                    worked_out = task.solve(text)
+                    if self.answer == "task" and worked_out is None:
+                        dropped["no answer the task can work out"] += 1
+                    else:
+                        candidates.append((i, text, worked_out))
             solved = self.solutions(ctx, sampler, r, candidates, judge) if self.voting() else {}
             for i, text, worked_out in candidates:
                 answer, rate = worked_out, None
@@ -186,11 +184,7 @@ class Propose(Stage):
         if clash:
             raise ConfigError(f"generated prompt ids {clash[:3]} are taken by training prompts; rename those")
         ctx.store.write_parquet(ctx.store.path(r, self.file("proposed")), to_table(kept, Prompt))
-        return {
-            "kept": len(kept),
-            "dropped": dict(dropped),
-            "seconds_writing": round(time.perf_counter() - start, 1),
-        }
+        return {"kept": len(kept), "dropped": dict(dropped)}
 
     def voting(self) -> bool:
         return self.answer == "vote" or self.solve_rate is not None

@@ -25,7 +25,6 @@ reads the round's training prompts only.
 from __future__ import annotations
 
 import ast
-import time
 from dataclasses import dataclass
 
 from iterpo.errors import ConfigError
@@ -116,7 +115,6 @@ class SelfTests(Stage):
         }
         limits = SandboxLimits(wall_seconds=self.wall_seconds, cpu_seconds=self.cpu_seconds, memory_mb=self.memory_mb)
         runs = 0
-        start = time.perf_counter()
         with ctx.sampler(r - 1) as sampler, bar("self-testing", len(prompts)) as advance:
             advance(sum(len(shards[n]) for n in done))
             for n in range(len(shards)):
@@ -145,21 +143,17 @@ class SelfTests(Stage):
             "tests": sum(len(done[n]["tests"]) for n in done),
             "sandbox_runs": runs,
             "solutions_passing_some_test": sum(x.score > 0 for x in judged),
-            "sandbox_seconds": round(time.perf_counter() - start, 1),
         }
 
     def write_tests(self, ctx, sampler, r: int, prompts: list[Prompt]) -> list[Rollout]:
         """The policy's tests for prompts: distinct parsable asserts, as responses of source self_test."""
         s, seed = ctx.config.sampling, ctx.config.run.seed
-        requests, seeds = [], []
-        for p in prompts:
-            ask = REQUEST.format(problem=p.text, count=self.max_tests)
-            requests.append(ctx.encode([{"role": "user", "content": ask}]))
-            seeds.append([derive_seed(seed, r, SOURCE, p.prompt_id, k) for k in range(self.test_samples)])
+        asks = [[{"role": "user", "content": REQUEST.format(problem=p.text, count=self.max_tests)}] for p in prompts]
+        seeds = [[derive_seed(seed, r, SOURCE, p.prompt_id, k) for k in range(self.test_samples)] for p in prompts]
+        requests = [ctx.encode(ask) for ask in asks]
         outs = sampler.generate(requests, seeds, s.temperature, s.top_p, s.max_new_tokens, s.batch_size)
         tests: list[Rollout] = []
-        for p, row, row_seeds in zip(prompts, outs, seeds):
-            context = [{"role": "user", "content": REQUEST.format(problem=p.text, count=self.max_tests)}]
+        for p, context, row, row_seeds in zip(prompts, asks, outs, seeds):
             kept: list[str] = []
             for (ids, why), k_seed in zip(row, row_seeds):
                 reply = ctx.response(p.prompt_id, 0, r, k_seed, ids, why, SOURCE).text

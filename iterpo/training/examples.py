@@ -156,21 +156,17 @@ def collate_pairs(
 def _side_targets(model, examples: list[PairExample], batch: PreferenceBatch, layout: Layout, pad_id: int) -> None:
     """Each pair's side targets under the policy, after their own requests: (B, S) summed log-probs, token counts
     and a mask of the real ones (pairs have different numbers; S = the most any has)."""
-    S = max((len(e.side) for e in examples), default=0)
-    B = len(examples)
-    logps = torch.zeros(B, S)
-    lengths = torch.ones(B, S)
-    mask = torch.zeros(B, S, dtype=torch.bool)
+    B, S = len(examples), max((len(e.side) for e in examples), default=0)
     targets = [(i, s, request, target) for i, e in enumerate(examples) for s, (request, target) in enumerate(e.side)]
+    logps, lengths, mask = torch.zeros(B, S), torch.ones(B, S), torch.zeros(B, S, dtype=torch.bool)
     if targets:
         values = sequence_logps(
             model, [group(request, [target], [None]) for _, _, request, target in targets], layout, pad_id
-        )
-        logps = torch.zeros(B, S, dtype=values.dtype, device=values.device)
-        for (i, s, _, target), v in zip(targets, values):
-            logps[i, s] = v
-            lengths[i, s] = max(1, len(target))
-            mask[i, s] = True
+        )  # (N,) one per side target, in targets' order
+        rows, cols = torch.tensor([i for i, *_ in targets]), torch.tensor([s for _, s, *_ in targets])
+        logps = values.new_zeros(B, S).index_put((rows.to(values.device), cols.to(values.device)), values)
+        lengths[rows, cols] = torch.tensor([max(1, len(t)) for *_, t in targets], dtype=lengths.dtype)
+        mask[rows, cols] = True
     batch.side_logps, batch.side_lengths, batch.side_mask = logps, lengths, mask
 
 

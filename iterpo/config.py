@@ -300,6 +300,19 @@ class EvalSection(Section):
     every: int = Field(default=1, ge=1)
     """Evaluate after every k-th round (and after the last, and the starting model); the other rounds record
     that they were skipped."""
+    analyses: bool = True
+    """Per-round analyses in eval.json (iterpo.stages.analyses): on held-out preference pairs, the policy's
+    ranking accuracy R(pi), the idealized R* of the DPO optimum and the implicit reward's accuracy (also on the
+    task's shifted prompts); KL to the reference and to the starting model; win rate against the starting model
+    under the run's judge; length and distinct-n. Needs plain responses (no environment)."""
+    pair_prompts: int = Field(default=16, ge=1)
+    """Held-out prompts (the first ones) the analyses use: for the pairs, the KL samples and the shifted set."""
+    pair_samples: int = Field(default=8, ge=2)
+    """Responses per prompt sampled once from the starting model (sampling.temperature) to make the held-out
+    pairs: each paired with every response to its prompt the eval judge scores lower."""
+    kl_samples: int = Field(default=2, ge=0)
+    """Responses per prompt sampled from each round's policy at temperature 1 for the KL estimates and
+    diversity (0: none)."""
 
 
 class RoundSection(Section):

@@ -27,7 +27,7 @@ def tiny_config(model_dir: str, run_dir: Path, **overrides) -> dict:
         },
         "judge": {"name": "first_token_parity"},
         "train": {"lr": 1e-3, "epochs": 2, "batch_size": 2},
-        "eval": {"max_new_tokens": 6},
+        "eval": {"max_new_tokens": 6, "analyses": False},  # on in the recipes' tests and test_analyses
     }
     for key, value in overrides.items():
         section, field = key.split(".")

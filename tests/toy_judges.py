@@ -76,3 +76,12 @@ class ToyEcho(Environment):
 
     def call(self, request):
         return f"heard {len(request)} characters"
+
+
+@register_judge("parity_verifier")
+class ParityVerifier(FirstTokenParity):
+    """first_token_parity declared a verifier: held-out accuracy and held-out pairs of a random tiny model that
+    are not all wrong."""
+
+    name = "parity_verifier"
+    verifier = True

@@ -58,7 +58,10 @@ class RationaleDPO(PairwiseLoss):
         chosen, rejected = log_ratios(batch)  # (B,), (B,)
         nll, has = side_nll(batch)  # (B,), (B,)
         losses = F.softplus(-self.beta * (chosen - rejected)) + self.gamma * nll
-        extra = {"side_nll": float(nll[has].mean()) if bool(has.any()) else 0.0, "with_side": float(has.float().mean())}
+        extra = {
+            "side_nll": float(nll[has].detach().mean()) if bool(has.any()) else 0.0,
+            "with_side": float(has.float().mean()),
+        }
         return pair_output(losses, self.beta * chosen, self.beta * rejected, **extra)
 
 

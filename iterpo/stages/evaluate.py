@@ -5,15 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from iterpo.progress import bar
+from iterpo.stages.analyses import analyse
 from iterpo.stages.base import Stage, register_stage
 from iterpo.stages.sample import as_rollout, episodes_of
+
+
+def item_of(ctx, prompt, response) -> dict:
+    """A held-out prompt's line in eval.json: the greedy response and the eval judge's verdict on it."""
+    j = ctx.plan.eval_judge.judge(prompt, [response])[0]
+    item = {"prompt_id": prompt.prompt_id, "response": response.text, "score": j.score, "detail": j.detail}
+    if response.reasoning is not None:
+        item["reasoning"] = response.reasoning
+    if response.transcript is not None:
+        item["transcript"] = response.transcript
+        item["tool_calls"] = len(response.observations)
+    return item
 
 
 @register_stage("eval")
 @dataclass
 class Evaluate(Stage):
     """One greedy response per held-out prompt, scored by a verifier; round 0 evaluates the starting model.
-    Derived rounds skip it when the task has no held-out prompts."""
+    With eval.analyses, also the round's analyses (iterpo.stages.analyses). Derived rounds skip it when the task
+    has no held-out prompts."""
 
     writes = {"eval": "eval.json"}
 
@@ -25,30 +39,27 @@ class Evaluate(Stage):
         if r % e.every and r != ctx.config.run.rounds:  # eval.every: not this round
             ctx.store.write_json(ctx.store.path(r, self.file("eval")), {"round": r, "accuracy": None, "skipped": True})
             return {"skipped": True}
-        with ctx.sampler(r) as sampler, bar("evaluation", len(prompts)) as advance:
-            if ctx.plan.environment is None:
-                outs = sampler.generate(
-                    [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
-                )
-                responses = [
-                    ctx.response(p.prompt_id, 0, r, 0, ids, reason, "policy")
-                    for p, [(ids, reason)] in zip(prompts, outs)
-                ]
-            else:  # greedy episodes with the tool
-                played = episodes_of(ctx, sampler, prompts, None, e.max_new_tokens, e.batch_size, advance)
-                responses = [as_rollout(ctx, ep, p.prompt_id, 0, r, 0, "policy") for p, [ep] in zip(prompts, played)]
-        items = []
-        for p, response in zip(prompts, responses):
-            j = ctx.plan.eval_judge.judge(p, [response])[0]
-            item = {"prompt_id": p.prompt_id, "response": response.text, "score": j.score, "detail": j.detail}
-            if response.reasoning is not None:
-                item["reasoning"] = response.reasoning
-            if response.transcript is not None:
-                item["transcript"] = response.transcript
-                item["tool_calls"] = len(response.observations)
-            items.append(item)
-        accuracy = sum(x["score"] for x in items) / len(items)
-        ctx.store.write_json(
-            ctx.store.path(r, self.file("eval")), {"round": r, "accuracy": accuracy, "n": len(items), "items": items}
-        )
+        with ctx.sampler(r) as sampler:
+            with bar("evaluation", len(prompts)) as advance:
+                if ctx.plan.environment is None:
+                    outs = sampler.generate(
+                        [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
+                    )
+                    responses = [
+                        ctx.response(p.prompt_id, 0, r, 0, ids, reason, "policy")
+                        for p, [(ids, reason)] in zip(prompts, outs)
+                    ]
+                else:  # greedy episodes with the tool
+                    played = episodes_of(ctx, sampler, prompts, None, e.max_new_tokens, e.batch_size, advance)
+                    responses = [
+                        as_rollout(ctx, ep, p.prompt_id, 0, r, 0, "policy") for p, [ep] in zip(prompts, played)
+                    ]
+            items = [item_of(ctx, p, response) for p, response in zip(prompts, responses)]
+            scores = [x["score"] for x in items]
+            found = analyse(ctx, r, sampler, prompts, responses, scores) if e.analyses else None
+        accuracy = sum(scores) / len(scores)
+        result = {"round": r, "accuracy": accuracy, "n": len(items), "items": items}
+        if found is not None:
+            result["analyses"] = found
+        ctx.store.write_json(ctx.store.path(r, self.file("eval")), result)
         return {"accuracy": accuracy}

@@ -26,6 +26,14 @@ TEMPLATES = [
     "Solve {a} {op} {b}. Respond with the number only.",
 ]
 
+# the shifted set (Task.shifted_prompts): the held-out questions in phrasings no training prompt uses
+SHIFTED_TEMPLATES = [
+    "{a} {op} {b} = ?",
+    "Quick question: how much is {a} {op} {b}? Only the number, please.",
+    "Tell me the value of {a} {op} {b}, as a number and nothing else.",
+    "Work out {a} {op} {b} and write only the answer.",
+]
+
 _EXPRESSION = re.compile(r"(?<![\w.])(-?\d+)\s*([+*-])\s*(-?\d+)(?!\w|\.\d)")  # "23 + 45", "7*-3"
 
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -73,6 +81,16 @@ class Arithmetic(Task):
 
     def eval_prompts(self) -> list[Prompt]:
         return [q.prompt() for q in self._eval]
+
+    def shifted_prompts(self) -> list[Prompt]:
+        """The held-out questions again, each in a phrasing no training prompt uses (a fixed choice per question)."""
+        rng = random.Random(f"arithmetic/shifted/{EVAL_SEED}")
+        out = []
+        for n, q in enumerate(self._eval):
+            a, op, b = q.metadata
+            text = rng.choice(SHIFTED_TEMPLATES).format(a=a, op=op, b=b)
+            out.append(_Question(f"arith-shifted-{n:05d}", text, q.answer, q.metadata).prompt())
+        return out
 
     def _expression(self, text: str) -> tuple[int, str, int] | None:
         """The one operation a question asks for, or None (none, or several)."""

@@ -26,6 +26,11 @@ class Task:
     def eval_prompts(self) -> list[Prompt]:  # pragma: no cover
         raise NotImplementedError
 
+    def shifted_prompts(self) -> list[Prompt]:
+        """Held-out prompts from a shifted distribution (other phrasings, harder instances), judged like the eval
+        prompts and never trained on: the eval stage's analyses measure generalisation on them. Default: none."""
+        return []
+
     def problem_key(self, text: str) -> str:
         """What makes two problems the same, so that a generated problem equal to a held-out one is dropped: by
         default the text lower-cased, its punctuation and spacing ignored. Tasks whose problems can be phrased

@@ -126,6 +126,9 @@ def test_sppo_recipe_with_a_pairwise_judge(tiny_model_dir, tmp_path):
         assert prefs and all(p["chosen_win_rate"] > p["rejected_win_rate"] for p in prefs)
         log = _log(store, r, "train.jsonl")
         assert log and all("loss" in x for x in log)
+        # the analyses' win rate against the starting model is the pairwise judge's P(this beats that)
+        found = json.loads(store.path(r, "eval.json").read_text())["analyses"]
+        assert found["win_rate_prompts"] == 3 and 0 < found["win_rate_vs_initial"] < 1
 
 
 @pytest.mark.parametrize("name", ["grpo", "spo"])
@@ -328,6 +331,9 @@ def test_apo_recipe_trains_against_the_extrapolated_reference(tiny_model_dir, tm
         assert _table(store, r, "ref_logps.parquet")  # rounds 2 and 3 combine two policies' log-probs
         assert store.path(r, "train.jsonl").read_text()
     assert yaml.safe_load(store.config_path.read_text())["reference"] == {"policy": "extrapolated", "alpha": 0.5}
+    # the extrapolated reference is no distribution: the analyses leave out what needs one
+    found = json.loads(store.path(3, "eval.json").read_text())["analyses"]
+    assert "kl_reference" not in found and "implicit_reward_accuracy" not in found and "kl_initial" in found
 
 
 def test_rft_recipe_imitates_the_accepted_samples(tiny_model_dir, tmp_path):

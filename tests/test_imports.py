@@ -4,7 +4,8 @@ The layers, bottom up (README, "Architecture"):
 
     0  errors, registry, records, io          what everything shares; import nothing above
     1  progress, config, store                the run's settings and its directory
-    2  models, sampling, tasks, losses        components that need no judge
+    2  models, sampling, tasks, losses,       components that need no judge; metrics: the analyses' formulas
+       metrics
     3  judges, pairing, games, environments   components built on those
     4  training                               the optimizer loop
     5  stages                                 one module per stage of a round
@@ -22,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "iterpo"
 LAYERS = [
     {"__init__", "errors", "registry", "records", "io"},
     {"progress", "config", "store"},
-    {"models", "sampling", "tasks", "losses"},
+    {"models", "sampling", "tasks", "losses", "metrics"},
     {"judges", "pairing", "games", "environments"},
     {"training"},
     {"stages"},

@@ -148,6 +148,14 @@ def _cmd_export(args) -> None:
     console.print(f"exported {n} pairs to {args.to} (load it with datasets.load_from_disk)")
 
 
+def _cmd_report(args) -> None:
+    from iterpo.progress import console
+    from iterpo.report import write_report
+
+    path = write_report(args.run_dir, args.out, args.prompts)
+    console.print(f"report written to {path} (one self-contained page: open it in a browser)")
+
+
 def _policy_stage_label(config) -> str:
     """The label of the stage that makes a round's policy (the round's last policy-updating train stage), read
     from the config alone: status should not need the model or the judge."""
@@ -322,6 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--rounds", help="rounds to export, e.g. 1,3 (default: every paired round)")
     export.add_argument("--to", required=True, help="a new directory for the dataset")
     export.set_defaults(fn=_cmd_export)
+
+    report = sub.add_parser("report", help="write a run's HTML report: plots per round, samples, config")
+    report.add_argument("run_dir")
+    report.add_argument("--out", help="the page to write (default: RUN_DIR/report.html)")
+    report.add_argument(
+        "--prompts", type=int, default=50, help="prompts per round whose samples the page lists (default: 50)"
+    )
+    report.set_defaults(fn=_cmd_report)
 
     losses = sub.add_parser("losses", help="list the registered preference losses")
     losses.set_defaults(fn=_cmd_losses)

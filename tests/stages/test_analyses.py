@@ -161,3 +161,17 @@ def test_rerunning_the_evaluations_reads_the_same_held_out_pairs(analysed_run, t
         (run_dir / f"round-{r:03d}" / "eval.json").unlink()
     run_config(config)
     assert {r: _eval(run_dir, r) for r in (0, 1, 2)} == before
+
+
+def test_the_analyses_change_nothing_the_run_trains_on(analysed_run, tiny_model_dir, tmp_path):
+    run_dir, config = analysed_run
+    plain = config.model_copy(deep=True)
+    plain.run.dir, plain.eval.analyses = str(tmp_path / "plain"), False
+    run_config(plain)
+    for r in (1, 2):
+        for name in ("rollouts.parquet", "preferences.parquet", "train.jsonl", "checkpoint/model.safetensors"):
+            assert (run_dir / f"round-{r:03d}" / name).read_bytes() == (
+                tmp_path / "plain" / f"round-{r:03d}" / name
+            ).read_bytes()
+        with_analyses, without = _eval(run_dir, r), _eval(tmp_path / "plain", r)
+        assert with_analyses.pop("analyses") and with_analyses == without

@@ -41,23 +41,25 @@ def analyse(ctx, r: int, sampler, prompts: list[Prompt], greedy: list[Rollout], 
     if shifted:
         out["shifted_accuracy"] = _greedy_accuracy(ctx, r, sampler, shifted)
 
-    # every response analysed, scored once under each policy: (prompt tokens, response tokens)
+    # every response analysed, scored once under each policy (a response is in several pairs): its position
+    unique = {_key(x): x for name in pairs for w, lo, _ in pairs[name] for x in (w, lo)}
+    unique.update({_key(x): x for x in samples})
+    index = {k: i for i, k in enumerate(unique)}
     by_id = {p.prompt_id: p for p in chosen + shifted}
-    pair_rows = [x for name in pairs for w, lo, _ in pairs[name] for x in (w, lo)]
-    seqs = [(ctx.prompt_ids(by_id[x.prompt_id]), x.token_ids) for x in pair_rows + samples]
+    seqs = [(ctx.prompt_ids(by_id[x.prompt_id]), x.token_ids) for x in unique.values()]
     policy = _score(ctx, LiveReference(ctx.policy_after(r)), seqs, "analyses: policy log-probs")
     others = _score_others(ctx, r, seqs)  # role -> log-probs under the reference and the starting model
+    of = lambda values, xs: [values[index[_key(x)]] for x in xs]  # noqa: E731
 
     beta = ctx.plan.resolved["loss"].get("beta")
-    at = 0  # pairs' responses first, set by set (chosen, rejected, ...), then the samples
+    ref = others.get("reference")
     for name, prefix in SETS.items():
         if name not in pairs or (name == "shifted" and not shifted):
             continue
-        rows, n = pairs[name], 2 * len(pairs[name])
-        ref = others.get("reference")
-        figures = pair_figures(rows, policy[at : at + n], ref[at : at + n] if ref is not None else None, beta)
+        rows = pairs[name]
+        responses = [x for w, lo, _ in rows for x in (w, lo)]  # chosen, rejected, chosen, ...
+        figures = pair_figures(rows, of(policy, responses), of(ref, responses) if ref is not None else None, beta)
         out.update({prefix + k: v for k, v in figures.items()})
-        at += n
     if samples:
         out["kl_samples"] = len(samples)
         out["sample_length"] = _mean_len(samples)
@@ -65,10 +67,14 @@ def analyse(ctx, r: int, sampler, prompts: list[Prompt], greedy: list[Rollout], 
         out["distinct_2"] = metrics.distinct_n([x.token_ids for x in samples], 2)
         for role, values in others.items():
             if values is not None:
-                out[f"kl_{role}"] = metrics.kl_estimate(policy[at:], values[at:])
+                out[f"kl_{role}"] = metrics.kl_estimate(of(policy, samples), of(values, samples))
     if r >= 1:
         out.update(win_rate_vs_initial(ctx, r, prompts, greedy, scores))
     return out
+
+
+def _key(x: Rollout) -> tuple:
+    return (x.source, x.prompt_id, x.sample_idx)
 
 
 def pair_figures(rows: list, policy: list[float], reference: list[float] | None, beta: Any) -> dict:

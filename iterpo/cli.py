@@ -10,6 +10,7 @@ one paragraph; a bug shows its traceback), 130 / 143 when stopped by Ctrl-C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -114,6 +115,49 @@ def _cmd_train(args) -> None:
         f"{result.reference_seconds + result.train_seconds:.1f} s ({result.pairs_per_second:.2f} pairs/s; "
         f"reference {result.reference_seconds:.1f} s); loss {summary['first_loss']:.4f} -> "
         f"{summary['last_loss']:.4f}; policy saved to {output / 'checkpoint'}"
+    )
+
+
+def _cmd_train_rm(args) -> None:
+    from iterpo.io import write_json
+    from iterpo.models.device import resolve_device
+    from iterpo.models.loading import resolve_model_path
+    from iterpo.progress import bar, console
+    from iterpo.training.offline import read_preferences
+    from iterpo.training.reward_model import (
+        RewardTraining,
+        pairs_of_rows,
+        save_reward_model,
+        steps,
+        train_bradley_terry,
+    )
+
+    opts = RewardTraining(args.epochs, args.lr, args.batch_size, args.heldout, args.max_length, args.seed)
+    try:
+        opts.check()
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+    output = Path(args.output or Path("runs") / ("rm-" + Path(args.preferences).stem))
+    if (output / "reward_model").exists() and not args.force:
+        raise UserInputError(
+            f"--output: {output} already holds a reward model; choose another directory or pass --force to replace it"
+        )
+    pairs = pairs_of_rows(read_preferences(args.preferences))  # bad input fails before the model loads
+    backbone = resolve_model_path(args.model, "--model")
+    device = resolve_device(args.device, "--device")
+    console.print(f"iterpo train-rm: {len(pairs)} pairs from {args.preferences}, backbone {args.model}")
+    with bar("reward model", steps(pairs, opts)) as advance:
+        try:
+            model, tok, report = train_bradley_terry(backbone, pairs, opts, device, advance)
+        except ValueError as exc:
+            raise UserInputError(f"--heldout: {exc}") from None
+    output.mkdir(parents=True, exist_ok=True)
+    save_reward_model(model, tok, output / "reward_model")
+    write_json(output / "report.json", {"backbone": args.model, **dataclasses.asdict(report)})
+    held = "-" if report.heldout_accuracy is None else f"{report.heldout_accuracy:.3f}"
+    console.print(
+        f"trained on {report.train_pairs} pairs in {report.seconds:.1f} s; held-out pair accuracy {held} "
+        f"({report.heldout_pairs} pairs); saved to {output / 'reward_model'} (judge: reward_model with path)"
     )
 
 
@@ -318,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--force", action="store_true", help="replace a checkpoint already in --output")
     train.set_defaults(fn=_cmd_train)
+
+    train_rm = sub.add_parser("train-rm", help="train a Bradley-Terry reward model on a preference file")
+    train_rm.add_argument("--preferences", required=True, metavar="FILE", help="prompt/chosen/rejected rows")
+    train_rm.add_argument("--model", required=True, metavar="PATH", help="the backbone (as for iterpo train)")
+    train_rm.add_argument("--output", help="a directory for reward_model/ and report.json (default: runs/rm-FILE)")
+    train_rm.add_argument("--epochs", type=int, default=2)
+    train_rm.add_argument("--lr", type=float, default=1.0e-5)
+    train_rm.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
+    train_rm.add_argument("--heldout", type=float, default=0.2, help="share of prompts held out for the accuracy")
+    train_rm.add_argument("--max-length", type=int, default=512)
+    train_rm.add_argument("--seed", type=int, default=0)
+    train_rm.add_argument("--device", default="auto")
+    train_rm.add_argument("--force", action="store_true", help="replace a reward model already in --output")
+    train_rm.set_defaults(fn=_cmd_train_rm)
 
     status = sub.add_parser("status", help="show a run's rounds so far")
     status.add_argument("run_dir")

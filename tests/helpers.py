@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
@@ -76,3 +79,31 @@ def cli(
         return proc
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, " ".join(err.split())  # messages are wrapped at 100 columns
+
+
+def recipe_config(name, tiny_model_dir, run_dir):
+    """A shipped recipe (configs/NAME.yaml) for the tiny model: two rounds, small sizes, tiny models as judges."""
+    cfg = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    cfg["run"] = {**cfg.get("run", {}), "dir": str(run_dir), "rounds": 2, "threads": 1}
+    cfg["model"] = {"path": tiny_model_dir}
+    cfg["task"] = {**cfg.get("task", {}), "train_size": 6, "eval_size": 3}
+    cfg["sampling"] = {
+        **cfg.get("sampling", {}),
+        "samples_per_prompt": min(cfg.get("sampling", {}).get("samples_per_prompt", 8), 4),
+        "max_new_tokens": 6,
+        "temperature": 1.0,
+        "top_p": 1.0,
+    }
+    cfg.setdefault("judge", {})
+    if cfg["judge"].get("name") == "pairwise_lm":
+        cfg["judge"]["path"] = tiny_model_dir
+    if cfg["judge"].get("name") == "self_judge":
+        cfg["judge"]["max_new_tokens"] = 6
+    cfg["train"] = {"lr": 1e-3, "epochs": 1, "batch_size": 2}
+    cfg["eval"] = {"max_new_tokens": 6}
+    return cfg
+
+
+def table(store, r, name):
+    """A round's parquet file as a list of rows."""
+    return pq.read_table(store.path(r, name)).to_pylist()

@@ -38,6 +38,7 @@ class JudgeContext:
     policy: Callable[[], Any] | None = None  # () -> the policy being judged (the model that sampled the round)
     tokenizer: Any = None
     system_prompt: str | None = None
+    trained: Callable[[int], str | None] | None = None  # round k -> the reward model the run trained in round k
 
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
@@ -64,6 +65,7 @@ class Judge:
     pointwise: ClassVar[bool] = True  # a response's verdict depends only on (prompt, response)
     verifier: ClassVar[bool] = False  # checks against the prompt's reference answer (usable as the eval metric)
     uses_policy: ClassVar[bool] = False  # judges with the policy itself (its identity changes every round)
+    local: ClassVar[bool] = False  # judges with what the run itself made (e.g. its reward models): never on workers
     explains: ClassVar[bool] = False  # writes its reasoning: Judgement.rationale (pointwise) or .rationales (pairwise)
     volatile_options: ClassVar[tuple[str, ...]] = ()  # options that do not change verdicts (timeouts, concurrency)
     unit: ClassVar[str] = "responses"  # what one verdict judges, for failure counts ("comparisons" for pairwise judges)

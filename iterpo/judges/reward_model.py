@@ -12,6 +12,7 @@ turns them into the BALD of each pair. One forward pass serves all T.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -20,9 +21,18 @@ from pathlib import Path
 import torch
 
 from iterpo.errors import DataError
-from iterpo.judges.base import Judge, register_judge
+from iterpo.judges.base import Judge, JudgeContext, register_judge
 from iterpo.models.device import model_device, resolve_device
 from iterpo.records import Judgement, Prompt, Rollout
+
+
+def reward_text(tokenizer, messages: list[dict[str, str]], response: str) -> str:
+    """What a reward model reads: the chat and the response as its last assistant turn, in the reward model's
+    chat template (its lines joined, without one). Training (iterpo.training.reward_model) renders alike."""
+    turns = messages + [{"role": "assistant", "content": response}]
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(turns, tokenize=False)
+    return "\n".join(m["content"] for m in turns)
 
 
 @register_judge("reward_model")
@@ -91,10 +101,7 @@ class RewardModel(Judge):
         return self._model, self._tok
 
     def text(self, prompt: Prompt, response: str) -> str:
-        messages = prompt.messages + [{"role": "assistant", "content": response}]
-        if self._tok.chat_template:
-            return self._tok.apply_chat_template(messages, tokenize=False)
-        return "\n".join(m["content"] for m in messages)
+        return reward_text(self._tok, prompt.messages, response)
 
     def _reward(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., num_labels) -> (...,) the score: the logit, or the log-odds of label 1."""
@@ -143,3 +150,50 @@ class RewardModel(Judge):
                     Judgement(r.prompt_id, r.sample_idx, self.name, s, detail, uncertainty=uncertainty, samples=ss)
                 )
         return out
+
+
+@register_judge("learned_reward")
+@dataclass
+class LearnedReward(Judge):
+    """The reward model the run trained itself (a ``reward_model`` stage), as the judge of later rounds: in round
+    r, the one trained in the latest round before r; until one exists (round 1), the ``fallback`` judge."""
+
+    name = "learned_reward"
+    local = True  # its model is a file of the run's, found per round
+    fallback: str = "exact_answer"
+    """The judge of the rounds before the run has a reward model (a registered judge name, default options)."""
+    batch_size: int = 16
+    device: str = "auto"
+    """Where the reward model runs (auto: a CUDA GPU, else MPS, else the CPU)."""
+    volatile_options = ("batch_size", "device")
+
+    def __post_init__(self):
+        from iterpo.judges.base import make_judge
+
+        if self.fallback == self.name:
+            raise ValueError("fallback must be another judge")
+        self._fallback = make_judge(self.fallback, {})
+        self._current: Judge = self._fallback
+        self._source = f"fallback {self.fallback}"
+
+    def setup(self, context: JudgeContext) -> None:
+        super().setup(context)
+        self._current, self._source = self._fallback, f"fallback {self.fallback}"
+        for k in range(context.round - 1, 0, -1):
+            path = context.trained(k) if context.trained is not None else None
+            if path is not None:
+                self._current = RewardModel(path=path, batch_size=self.batch_size, device=self.device)
+                self._source = f"reward model of round {k}"
+                break
+        self._current.setup(context)
+
+    @property
+    def source(self) -> str:
+        """What judges now: the reward model of round k, or the fallback."""
+        return self._source
+
+    def identity(self) -> str:
+        return f"{super().identity()}@{self._source}"
+
+    def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+        return [dataclasses.replace(j, judge=self.name) for j in self._current.judge(prompt, rollouts)]

@@ -9,6 +9,7 @@ from iterpo.stages import (  # noqa: F401  (register them)
     propose,
     reference,
     refine,
+    reward_model,
     sample,
     self_tests,
     train,

@@ -247,7 +247,7 @@ class RunContext:
             from iterpo.stages.workers import Pool, WorkerSpec
 
             cfg, judge = self.config, self.plan.judge
-            pointwise = judge.pointwise and not judge.uses_policy
+            pointwise = judge.pointwise and not (judge.uses_policy or judge.local)
             self._pool = Pool(
                 cluster,
                 WorkerSpec(
@@ -394,7 +394,18 @@ class RunContext:
             lambda: self.policy_after(r - 1),
             self.tokenizer,
             self.config.model.system_prompt,
+            self.trained_reward_model,
         )
+
+    def trained_reward_model(self, k: int) -> str | None:
+        """The directory of the reward model a reward_model stage trained in round k, or None (none trained,
+        or not intact)."""
+        for stage in self.plan.stages:
+            if stage.kind == "reward_model":
+                path = self.store.path(k, stage.file("reward_model"))
+                if (path / "config.json").exists() and self.store.check(path) == "ok":
+                    return str(path)
+        return None
 
     # ------------------------------------------------------------------ records in the store
 

@@ -16,7 +16,7 @@ def remote_verdicts(ctx, r: int, judge, by_prompt: dict[str, list[Rollout]], cac
     """With a cluster, what the cache does not know, judged on the workers (shards of sampling.shard_size prompts),
     as an ``ask`` for judge_all; None to judge here (no cluster, or a judge that compares responses or is the
     policy itself, which stay in this process)."""
-    pool = ctx.pool() if judge.pointwise and not judge.uses_policy else None
+    pool = ctx.pool() if judge.pointwise and not (judge.uses_policy or judge.local) else None
     if pool is None:
         return None
     prompts = ctx.prompts_of_round(r)

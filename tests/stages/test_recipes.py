@@ -8,7 +8,6 @@ rewritten into a score read off their own tokens; everything else is real.
 
 import json
 import shutil
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,31 +16,9 @@ import yaml
 from iterpo.config import load_config
 from iterpo.errors import ConfigError
 
+from helpers import recipe_config as _recipe
 from helpers import run_config
-
-CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
-
-
-def _recipe(name, tiny_model_dir, run_dir):
-    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    cfg["run"] = {**cfg.get("run", {}), "dir": str(run_dir), "rounds": 2, "threads": 1}
-    cfg["model"] = {"path": tiny_model_dir}
-    cfg["task"] = {**cfg["task"], "train_size": 6, "eval_size": 3}
-    cfg["sampling"] = {
-        **cfg["sampling"],
-        "samples_per_prompt": min(cfg["sampling"]["samples_per_prompt"], 4),
-        "max_new_tokens": 6,
-        "temperature": 1.0,
-        "top_p": 1.0,
-    }
-    cfg.setdefault("judge", {})
-    if cfg["judge"].get("name") == "pairwise_lm":
-        cfg["judge"]["path"] = tiny_model_dir
-    if cfg["judge"].get("name") == "self_judge":
-        cfg["judge"]["max_new_tokens"] = 6
-    cfg["train"] = {"lr": 1e-3, "epochs": 1, "batch_size": 2}
-    cfg["eval"] = {"max_new_tokens": 6}
-    return cfg
+from helpers import table as _table
 
 
 def _run(cfg, tmp_path):
@@ -65,10 +42,6 @@ def scoring_policy(monkeypatch, tokenizer):
         ]
 
     monkeypatch.setattr(iterpo.sampling, "generate", generate)
-
-
-def _table(store, r, name):
-    return pq.read_table(store.path(r, name)).to_pylist()
 
 
 def _log(store, r, name):

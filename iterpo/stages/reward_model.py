@@ -1,0 +1,113 @@
+"""reward_model: a Bradley-Terry reward model trained on the round's preferences, for the judge of later rounds.
+
+The model is saved as the round's ``reward_model/`` directory, a sequence-classification model the
+``learned_reward`` judge (in later rounds) and the ``reward_model`` judge (anywhere) load; ``reward_model.json``
+reports its held-out pair accuracy and its training losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+from iterpo.errors import ConfigError
+from iterpo.progress import bar
+from iterpo.records import Judgement, Preference, Rollout
+from iterpo.stages.base import Stage, register_stage
+from iterpo.training.reward_model import (
+    RewardPair,
+    RewardTraining,
+    save_reward_model,
+    steps,
+    train_bradley_terry,
+)
+
+
+def all_pairs(ctx, rollouts: list[Rollout], judgements: list[Judgement], per_prompt: int) -> list[RewardPair]:
+    """Every pair of one prompt's responses the judge scored apart, higher first: each response with each one
+    scored lower, in sample order, at most per_prompt pairs a prompt."""
+    score = {(j.prompt_id, j.sample_idx): j.score for j in judgements if not j.failed}
+    by_prompt: dict[str, list[Rollout]] = {}
+    for x in rollouts:
+        if (x.prompt_id, x.sample_idx) in score:
+            by_prompt.setdefault(x.prompt_id, []).append(x)
+    out = []
+    for pid, group in by_prompt.items():
+        s = lambda x: score[(x.prompt_id, x.sample_idx)]  # noqa: E731
+        found = [(w, lo) for w in group for lo in group if s(w) > s(lo)][:per_prompt]
+        messages = ctx.prompt(pid).messages
+        out += [RewardPair(pid, messages + w.context, w.text, lo.text) for w, lo in found]
+    return out
+
+
+def example_pairs(ctx, prefs: list[Preference]) -> list[RewardPair]:
+    """The round's training pairs, after the context each was trained after."""
+    return [RewardPair(x.prompt_id, ctx.prompt(x.prompt_id).messages + x.context, x.chosen, x.rejected) for x in prefs]
+
+
+@register_stage("reward_model")
+@dataclass
+class TrainRewardModel(Stage):
+    """A Bradley-Terry reward model (a one-output head on the backbone) trained on the round's pairs; a held-out
+    share of the prompts measures its pair accuracy."""
+
+    reads = ("rollouts", "judgements")
+    writes = {"reward_model_report": "reward_model.json", "reward_model": "reward_model"}
+    pairs: Literal["all", "examples"] = "all"
+    """'all': every pair of the round's responses the judge scored apart (each response with each lower-scored
+    one of its prompt, at most per_prompt a prompt); 'examples': the pairs the pair stage made for the loss."""
+    per_prompt: int = 4
+    rounds: list[int] | None = None
+    """The rounds that train one (null: every round); the others record that they did not."""
+    backbone: str | None = None
+    """The model the head is put on (a directory; default: the run's starting model)."""
+    epochs: int = 2
+    lr: float = 1.0e-5
+    batch_size: int = 8
+    heldout: float = 0.2
+    """Share of the prompts whose pairs are held out for the accuracy."""
+    max_length: int = 512
+
+    def check(self, earlier: list) -> None:
+        if self.per_prompt < 1:
+            raise ValueError(f"per_prompt must be at least 1, got {self.per_prompt}")
+        self.training().check()
+
+    def reads_for(self, plan) -> tuple[str, ...]:
+        return ("examples",) if self.pairs == "examples" else self.reads
+
+    def fits(self, plan) -> None:
+        if self.pairs == "examples" and plan.loss.data_shape != "pairs":
+            raise ConfigError(
+                f"stage {self.label!r}: pairs: examples needs preference pairs; the loss {plan.loss.name} trains on "
+                f"{plan.loss.data_shape}. Use pairs: all"
+            )
+
+    def training(self) -> RewardTraining:
+        own = {f.name for f in fields(RewardTraining)} - {"seed"}
+        return RewardTraining(**{k: getattr(self, k) for k in own})
+
+    def run(self, ctx, r):
+        report_path = ctx.store.path(r, self.file("reward_model_report"))
+        if self.rounds is not None and r not in self.rounds:
+            ctx.store.write_json(report_path, {"round": r, "trained": False})
+            return {"trained": False}
+        if self.pairs == "examples":
+            pairs = example_pairs(ctx, ctx.read(r, self.file("examples"), Preference))
+        else:
+            rollouts = ctx.read(r, self.file("rollouts"), Rollout)
+            pairs = all_pairs(ctx, rollouts, ctx.read(r, self.file("judgements"), Judgement), self.per_prompt)
+        if not pairs:
+            ctx.store.write_json(report_path, {"round": r, "trained": False, "why": "no pair"})
+            return {"trained": False}
+        opts = self.training()
+        opts.seed = ctx.config.run.seed + r
+        backbone = self.backbone or ctx.plan.base_path
+        with bar("reward model", steps(pairs, opts)) as advance:
+            model, tok, report = train_bradley_terry(backbone, pairs, opts, ctx.plan.device, advance)
+        ctx.store.write_dir(
+            ctx.store.path(r, self.file("reward_model")), lambda tmp: save_reward_model(model, tok, tmp)
+        )
+        summary = {"round": r, "trained": True, "backbone": backbone, **asdict(report)}
+        ctx.store.write_json(report_path, summary)
+        return {k: summary[k] for k in ("pairs", "heldout_pairs", "heldout_accuracy", "train_accuracy")}

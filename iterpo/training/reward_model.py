@@ -1,0 +1,186 @@
+"""Bradley-Terry reward models trained by iterpo (the ``reward_model`` stage and ``iterpo train-rm``).
+
+A sequence-classification head (one output) on a backbone reads a prompt and a response, rendered as the
+``reward_model`` judge renders them, and gives a reward r. Training minimises the Bradley-Terry loss of the
+preference pairs, -log sigmoid(r(x, y_w) - r(x, y_l)) (Ouyang et al. 2022, eq. 1). A share of the prompts is
+held out, all of a prompt's pairs on one side, and the reward's accuracy on their pairs is reported. The
+result is a directory the ``reward_model`` judge loads.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from iterpo.judges.reward_model import reward_text
+from iterpo.sampling import derive_seed
+
+
+@dataclass
+class RewardPair:
+    prompt_id: str  # a prompt's pairs stay on one side of the held-out split
+    messages: list[dict[str, str]]  # the chat the two responses answer
+    chosen: str  # response texts, as judges read them
+    rejected: str
+
+
+@dataclass
+class RewardTraining:
+    """How a reward model is trained."""
+
+    epochs: int = 2
+    lr: float = 1.0e-5
+    batch_size: int = 8  # pairs per optimizer step
+    heldout: float = 0.2  # share of prompts whose pairs are held out for the accuracy
+    max_length: int = 512  # longer texts keep their last tokens
+    seed: int = 0  # the head's initialisation, the order of the pairs and the held-out split
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1 or self.max_length < 8:
+            raise ValueError("reward model training needs epochs >= 1, lr > 0, batch_size >= 1 and max_length >= 8")
+        if not 0 <= self.heldout < 1:
+            raise ValueError(f"heldout must be a share in [0, 1), got {self.heldout}")
+
+
+@dataclass
+class RewardReport:
+    pairs: int
+    train_pairs: int
+    heldout_pairs: int
+    heldout_accuracy: float | None  # share of held-out pairs the reward ranks as labelled
+    train_accuracy: float | None
+    heldout_loss: float | None
+    losses: list[float] = field(default_factory=list)  # (steps,) the training loss of each step
+    seconds: float = 0.0
+
+
+def pairs_of_rows(rows: list[dict]) -> list[RewardPair]:
+    """A preference file's rows (iterpo.training.offline.read_preferences: prompt as text or chat messages,
+    chosen and rejected as text or messages) as reward pairs; rows with the same prompt are one prompt."""
+    out = []
+    for row in rows:
+        prompt = row["prompt"]
+        messages = [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        last = lambda v: v[-1]["content"] if isinstance(v, list) else v  # noqa: E731
+        key = json.dumps(messages, sort_keys=True)
+        out.append(RewardPair(key, messages, last(row["chosen"]), last(row["rejected"])))
+    return out
+
+
+def split(pairs: list[RewardPair], heldout: float, seed: int) -> tuple[list[RewardPair], list[RewardPair]]:
+    """(train, held out): each prompt's pairs go to the held-out side with probability ``heldout``, decided by a
+    hash of (seed, prompt id), so the split does not depend on the order or number of pairs."""
+    out: tuple[list[RewardPair], list[RewardPair]] = ([], [])
+    for p in pairs:
+        held = derive_seed(seed, "reward-heldout", p.prompt_id) % 10_000 < heldout * 10_000
+        out[int(held)].append(p)
+    return out
+
+
+def load_backbone(path: str, seed: int):
+    """(model, tokenizer): a sequence-classification model with one output on the backbone at path; its new
+    head is initialised from seed."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.truncation_side = "left"
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def rewards(model, tok, pairs: list[RewardPair], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_w, r_l), each (B,): the rewards of the pairs' chosen and rejected responses, in one forward pass."""
+    texts = [reward_text(tok, p.messages, p.chosen) for p in pairs] + [
+        reward_text(tok, p.messages, p.rejected) for p in pairs
+    ]
+    enc = tok(
+        texts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        add_special_tokens=not tok.chat_template,
+    )
+    device = next(model.parameters()).device
+    r = model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float()  # (2B,)
+    return r[: len(pairs)], r[len(pairs) :]
+
+
+@torch.no_grad()
+def evaluate(model, tok, pairs: list[RewardPair], opts: RewardTraining) -> tuple[float | None, float | None]:
+    """(accuracy, mean loss) of the reward on pairs; (None, None) without pairs."""
+    if not pairs:
+        return None, None
+    model.eval()
+    right, loss = 0.0, 0.0
+    for start in range(0, len(pairs), opts.batch_size):
+        w, lo = rewards(model, tok, pairs[start : start + opts.batch_size], opts.max_length)
+        right += float((w > lo).sum())
+        loss += float(-F.logsigmoid(w - lo).sum())
+    return right / len(pairs), loss / len(pairs)
+
+
+def train_bradley_terry(
+    backbone: str, pairs: list[RewardPair], opts: RewardTraining, device: str, progress: Callable | None = None
+):
+    """(model, tokenizer, RewardReport): a reward model trained on pairs' training split. progress(n) after
+    each step (of epochs x ceil(train pairs / batch_size))."""
+    opts.check()
+    start = time.perf_counter()
+    train, heldout = split(pairs, opts.heldout, opts.seed)
+    if not train:
+        raise ValueError(f"no training pairs: all {len(pairs)} pairs fell in the held-out share ({opts.heldout})")
+    model, tok = load_backbone(backbone, opts.seed)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr)
+    losses = []
+    for epoch in range(opts.epochs):
+        order = list(train)
+        random.Random(derive_seed(opts.seed, "reward-order", epoch)).shuffle(order)
+        model.train()
+        for at in range(0, len(order), opts.batch_size):
+            w, lo = rewards(model, tok, order[at : at + opts.batch_size], opts.max_length)
+            loss = -F.logsigmoid(w - lo).mean()  # Bradley-Terry: -log P(y_w beats y_l)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(1)
+    heldout_accuracy, heldout_loss = evaluate(model, tok, heldout, opts)
+    train_accuracy, _ = evaluate(model, tok, train, opts)
+    report = RewardReport(
+        len(pairs),
+        len(train),
+        len(heldout),
+        heldout_accuracy,
+        train_accuracy,
+        heldout_loss,
+        losses,
+        time.perf_counter() - start,
+    )
+    return model.eval(), tok, report
+
+
+def steps(pairs: list[RewardPair], opts: RewardTraining) -> int:
+    """How many optimizer steps train_bradley_terry takes on pairs (for a progress bar)."""
+    train, _ = split(pairs, opts.heldout, opts.seed)
+    return opts.epochs * -(-len(train) // opts.batch_size)
+
+
+def save_reward_model(model, tok, path: Path) -> None:
+    """A directory the reward_model judge (and transformers) loads."""
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)

@@ -161,6 +161,13 @@ def _cmd_train_rm(args) -> None:
     )
 
 
+def _cmd_compare(args) -> None:
+    from iterpo.compare import run_compare
+
+    command = "iterpo compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "iterpo compare"
+    run_compare(args.configs, args.seeds, args.dir, list(args.set or []), command)
+
+
 def _cmd_status(args) -> None:
     from iterpo.config import load_config
     from iterpo.progress import console, round_table
@@ -376,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     train_rm.add_argument("--device", default="auto")
     train_rm.add_argument("--force", action="store_true", help="replace a reward model already in --output")
     train_rm.set_defaults(fn=_cmd_train_rm)
+
+    compare = sub.add_parser(
+        "compare", help="run recipes on equal budgets over several seeds; held-out scores with bootstrap intervals"
+    )
+    compare.add_argument("configs", nargs="+", help="YAML configs (recipes) to compare")
+    compare.add_argument("--seeds", type=int, default=3, help="runs per recipe, with run.seed 0, 1, ... (default 3)")
+    compare.add_argument("--dir", default="runs/compare", help="where the member runs go (default runs/compare)")
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of every config")
+    compare.set_defaults(fn=_cmd_compare)
 
     status = sub.add_parser("status", help="show a run's rounds so far")
     status.add_argument("run_dir")

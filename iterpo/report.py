@@ -58,7 +58,7 @@ ROUND_PLOTS = [
 STEP_PLOTS = [("Training loss per step", "loss", "loss"), ("Reward margin per step", "margin", "reward_margin")]
 
 
-def _plotly():
+def plotly():
     try:
         import plotly.graph_objects as go
         import plotly.offline
@@ -127,7 +127,7 @@ def _figure(go, title: str, ytitle: str, traces: list, rounds: int | None = None
 
 def figures(rows: list[dict]) -> list[tuple[str, Any]]:
     """(anchor, plotly figure) for every plot that has data: a plot with nothing to show is left out."""
-    go, _ = _plotly()
+    go, _ = plotly()
     rounds = len(rows) - 1
     out = []
     for title, ytitle, series in ROUND_PLOTS:
@@ -349,41 +349,50 @@ pre { background: #f6f6f6; padding: 0.8em; overflow: auto; font-size: 0.8em; }
 """
 
 
-def render(store: RunStore, max_prompts: int = 50) -> str:
-    """The report page of the run in store, as HTML text."""
-    from iterpo.config import load_config
-
-    go, offline = _plotly()
-    config = load_config(store.config_path)
-    manifest = store.manifest() or {}
-    rows = collect(store, config.run.rounds)
-    plots = figures(rows)
-    divs = [
+def plot_divs(plots: list[tuple[str, Any]]) -> str:
+    """The figures as page elements (div.plot, each with its anchor), drawn by the page's plotly.js."""
+    return "".join(
         f'<div class="plot" id="{_anchor(title)}">'
         + fig.to_html(
             full_html=False, include_plotlyjs=False, div_id=_anchor(title) + "-figure", config={"displaylogo": False}
         )
         + "</div>"
         for title, fig in plots
-    ]
-    texts = _prompt_texts(config)
-    items = browser_rows(store, rows, texts, max_prompts)
-    evaluated = [row["round"] for row in rows if row["accuracy"] is not None]
-    title = f"iterpo run {store.root.name}"
-    fingerprint = str(manifest.get("config_fingerprint"))
+    )
+
+
+def page(title: str, body: str) -> str:
+    """A whole self-contained page: the style and plotly.js inline, then body."""
+    _, offline = plotly()
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style>
 <script>{offline.get_plotlyjs()}</script>
 </head><body>
 <h1>{html.escape(title)}</h1>
-<p class="meta">{html.escape(str(store.root))} · config fingerprint {html.escape(fingerprint)} ·
+{body}
+</body></html>
+"""
+
+
+def render(store: RunStore, max_prompts: int = 50) -> str:
+    """The report page of the run in store, as HTML text."""
+    from iterpo.config import load_config
+
+    config = load_config(store.config_path)
+    manifest = store.manifest() or {}
+    rows = collect(store, config.run.rounds)
+    divs = plot_divs(figures(rows))
+    items = browser_rows(store, rows, _prompt_texts(config), max_prompts)
+    evaluated = [row["round"] for row in rows if row["accuracy"] is not None]
+    fingerprint = str(manifest.get("config_fingerprint"))
+    body = f"""<p class="meta">{html.escape(str(store.root))} · config fingerprint {html.escape(fingerprint)} ·
 {len(evaluated)} of {config.run.rounds + 1} evaluations so far (round 0 is the starting model) ·
 loss {html.escape(config.loss.name)} · task {html.escape(config.task.name)}</p>
 <h2>Rounds</h2>
 {_round_table(rows)}
 <h2>Per round</h2>
-<div class="plots">{"".join(divs) or "<p>No round has finished a stage yet.</p>"}</div>
+<div class="plots">{divs or "<p>No round has finished a stage yet.</p>"}</div>
 <h2>Samples</h2>
 <p class="meta">Each round's samples of its first {max_prompts} prompts with the judge's verdicts and their part
 in a pair, and its greedy responses to the held-out prompts.</p>
@@ -392,9 +401,8 @@ in a pair, and its greedy responses to the held-out prompts.</p>
 <pre>{html.escape(yaml.safe_dump(yaml.safe_load(store.config_path.read_text()), sort_keys=False))}</pre>
 <h2>Manifest</h2>
 <details><summary>manifest.json</summary><pre>{html.escape(json.dumps(manifest, indent=1))}</pre></details>
-<script>{FILTER_JS}</script>
-</body></html>
-"""
+<script>{FILTER_JS}</script>"""
+    return page(f"iterpo run {store.root.name}", body)
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, max_prompts: int = 50) -> Path:

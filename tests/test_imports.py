@@ -10,7 +10,8 @@ The layers, bottom up (README, "Architecture"):
     4  training                               the optimizer loop
     5  stages                                 one module per stage of a round
     6  plan, summary                          a config turned into components and stages; the round table
-    7  driver, export, report                 runs the plan's stages; a run's pairs as a dataset; its HTML page
+    7  driver, export, report, compare        runs the plan's stages; a run's pairs as a dataset; its HTML page;
+                                              recipes on equal budgets over seeds
     8  cli, __main__                          the command
 
 Every import counts, also those inside functions: a lazy import is still a dependency.
@@ -28,7 +29,7 @@ LAYERS = [
     {"training"},
     {"stages"},
     {"plan", "summary"},
-    {"driver", "export", "report"},
+    {"driver", "export", "report", "compare"},
     {"cli", "__main__"},
 ]
 

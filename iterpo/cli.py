@@ -129,10 +129,20 @@ def _cmd_train_rm(args) -> None:
         pairs_of_rows,
         save_reward_model,
         steps,
-        train_bradley_terry,
+        train_preference_model,
     )
 
-    opts = RewardTraining(args.epochs, args.lr, args.batch_size, args.heldout, args.max_length, args.seed)
+    opts = RewardTraining(
+        kind=args.kind.replace("-", "_"),
+        dims=args.dims,
+        tau=args.tau,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        heldout=args.heldout,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
     try:
         opts.check()
     except ValueError as exc:
@@ -148,16 +158,17 @@ def _cmd_train_rm(args) -> None:
     console.print(f"iterpo train-rm: {len(pairs)} pairs from {args.preferences}, backbone {args.model}")
     with bar("reward model", steps(pairs, opts)) as advance:
         try:
-            model, tok, report = train_bradley_terry(backbone, pairs, opts, device, advance)
+            model, tok, report = train_preference_model(backbone, pairs, opts, device, advance)
         except ValueError as exc:
             raise UserInputError(f"--heldout: {exc}") from None
     output.mkdir(parents=True, exist_ok=True)
     save_reward_model(model, tok, output / "reward_model")
     write_json(output / "report.json", {"backbone": args.model, **dataclasses.asdict(report)})
     held = "-" if report.heldout_accuracy is None else f"{report.heldout_accuracy:.3f}"
+    judge = "reward_model" if opts.kind == "bradley_terry" else "general_preference"
     console.print(
         f"trained on {report.train_pairs} pairs in {report.seconds:.1f} s; held-out pair accuracy {held} "
-        f"({report.heldout_pairs} pairs); saved to {output / 'reward_model'} (judge: reward_model with path)"
+        f"({report.heldout_pairs} pairs); saved to {output / 'reward_model'} (judge: {judge} with path)"
     )
 
 
@@ -370,10 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="replace a checkpoint already in --output")
     train.set_defaults(fn=_cmd_train)
 
-    train_rm = sub.add_parser("train-rm", help="train a Bradley-Terry reward model on a preference file")
+    train_rm = sub.add_parser(
+        "train-rm", help="train a Bradley-Terry reward model (or a general preference model) on a preference file"
+    )
     train_rm.add_argument("--preferences", required=True, metavar="FILE", help="prompt/chosen/rejected rows")
     train_rm.add_argument("--model", required=True, metavar="PATH", help="the backbone (as for iterpo train)")
     train_rm.add_argument("--output", help="a directory for reward_model/ and report.json (default: runs/rm-FILE)")
+    train_rm.add_argument(
+        "--kind",
+        choices=["bradley-terry", "general-preference"],
+        default="bradley-terry",
+        help="a reward model (reward_model judge) or a general preference model, GPM (general_preference judge)",
+    )
+    train_rm.add_argument("--dims", type=int, default=4, help="general-preference: the embedding's size (even)")
+    train_rm.add_argument("--tau", type=float, default=0.1, help="general-preference: P = sigmoid(s / tau)")
     train_rm.add_argument("--epochs", type=int, default=2)
     train_rm.add_argument("--lr", type=float, default=1.0e-5)
     train_rm.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")

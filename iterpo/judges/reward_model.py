@@ -70,25 +70,12 @@ class RewardModel(Judge):
 
     def _load(self):
         if self._model is None:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            try:
-                tok = AutoTokenizer.from_pretrained(self.path)
-                model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
-                model = model.to(resolve_device(self.device, "judge reward_model: device"))
-            except (OSError, ValueError) as exc:
-                raise DataError(
-                    f"judge reward_model: {self.path} is not a sequence-classification model: {exc}"
-                ) from None
+            model, tok = load_classifier(self.path, self.device, "judge reward_model")
             if model.config.num_labels not in (1, 2):
                 raise DataError(
                     f"judge reward_model: {self.path} has {model.config.num_labels} labels; a reward model "
                     "has 1 (a score) or 2 (bad/good)"
                 )
-            if tok.pad_token_id is None:
-                tok.pad_token = tok.eos_token
-            tok.truncation_side = "left"
-            model.config.pad_token_id = tok.pad_token_id
             self._head = next(
                 (m for n in ("score", "classifier") if isinstance(m := getattr(model, n, None), torch.nn.Linear)), None
             )
@@ -97,7 +84,7 @@ class RewardModel(Judge):
                     f"judge reward_model: mc_dropout needs a linear head named 'score' or 'classifier'; "
                     f"{type(model).__name__} has neither"
                 )
-            self._tok, self._model = tok, model.eval()
+            self._tok, self._model = tok, model
         return self._model, self._tok
 
     def text(self, prompt: Prompt, response: str) -> str:
@@ -152,6 +139,123 @@ class RewardModel(Judge):
         return out
 
 
+def load_classifier(path: str, device: str, what: str):
+    """(model, tokenizer) of the sequence-classification model at path, in eval mode on device."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{what}: {path} is not a sequence-classification model: {exc}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.truncation_side = "left"
+    model.config.pad_token_id = tok.pad_token_id
+    return model.to(resolve_device(device, f"{what}: device")).eval(), tok
+
+
+def skew_scores(v: torch.Tensor) -> torch.Tensor:
+    """(K, 2k) unit embeddings -> (K, K) s[i, j] = sum_l v_i[2l] v_j[2l+1] - v_i[2l+1] v_j[2l] (s = -s.T)."""
+    return v[:, 0::2] @ v[:, 1::2].T - v[:, 1::2] @ v[:, 0::2].T
+
+
+def preference_verdicts(name: str, rollouts: list[Rollout], s: torch.Tensor, tau: float, unit: str) -> list:
+    """Verdicts from a skew-symmetric score table s (K, K), as general preference models give them:
+
+    beats[j] = sigmoid(s[i, j] / tau)   P(i beats j); 1/2 for itself
+    win_rate = mean_j beats[j]          SPPO's estimate of P(i beats the sampling policy), self included
+    score    = mean_j (s[i, j] - s[j, i])   GPO's preference score of i against the sampling policy
+    """
+    K = len(rollouts)
+    p = torch.sigmoid(s / tau)
+    out = []
+    for i, r in enumerate(rollouts):
+        beats = [0.5 if j == i else float(p[i, j]) for j in range(K)]
+        score = float((s[i] - s[:, i]).mean())
+        win_rate = sum(beats) / K
+        detail = f"preference score {score:.3f} ({unit}), win rate {win_rate:.2f}"
+        out.append(Judgement(r.prompt_id, r.sample_idx, name, score, detail, win_rate=win_rate, beats=beats))
+    return out
+
+
+@register_judge("general_preference")
+@dataclass
+class GeneralPreference(Judge):
+    """A general preference model (GPM, Zhang et al. 2024) from a local directory: each response's embedding v
+    (the sequence-classification model's 2k outputs, normalised) and y_i beats y_j with probability
+    sigmoid(s(v_i, v_j) / tau) for the skew-symmetric s; verdicts as iterpo.judges.reward_model.preference_verdicts
+    (score: GPO's preference score; win_rate and beats: SPPO's). One forward pass per response, no cache."""
+
+    name = "general_preference"
+    pointwise = False
+    path: str = ""
+    """A directory with a general preference model (iterpo train-rm --kind general-preference)."""
+    tau: float | None = None
+    """The temperature (default: the one the model was trained with, from its config; else 0.1)."""
+    batch_size: int = 16
+    max_length: int = 1024
+    device: str = "auto"
+    volatile_options = ("batch_size", "device")
+
+    def __post_init__(self):
+        if not self.path or not Path(self.path).is_dir():
+            raise ValueError(f"option path must be a local model directory, got {self.path!r}")
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            model, tok = load_classifier(self.path, self.device, "judge general_preference")
+            dims = model.config.num_labels
+            if dims < 2 or dims % 2:
+                raise DataError(
+                    f"judge general_preference: {self.path} has {dims} outputs; a general preference model has an "
+                    "even number (2k) of them"
+                )
+            trained = getattr(model.config, "iterpo_preference_model", None) or {}
+            self._tau = self.tau if self.tau is not None else float(trained.get("tau", 0.1))
+            self._model, self._tok = model, tok
+        return self._model, self._tok
+
+    @torch.no_grad()
+    def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+        model, tok = self._load()
+        parts = []
+        for start in range(0, len(rollouts), self.batch_size):
+            batch = rollouts[start : start + self.batch_size]
+            enc = tok(
+                [reward_text(tok, prompt.messages, r.text) for r in batch],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=not tok.chat_template,
+            )
+            device = model_device(model)
+            parts.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu())
+        v = torch.nn.functional.normalize(torch.cat(parts), dim=-1)  # (K, 2k)
+        self.tally().add(len(rollouts) * (len(rollouts) - 1), [])
+        return preference_verdicts(self.name, rollouts, skew_scores(v), self._tau, "general preference model")
+
+
+def trained_model(context: JudgeContext) -> tuple[str | None, int]:
+    """(directory, round) of the model the run's reward_model stage trained in the latest round before the
+    context's; (None, 0) when there is none yet."""
+    for k in range(context.round - 1, 0, -1):
+        path = context.trained(k) if context.trained is not None else None
+        if path is not None:
+            return path, k
+    return None, 0
+
+
+def kind_of(path: str) -> str:
+    """The kind a reward_model stage recorded in a model's config (bradley_terry without a record)."""
+    import json
+
+    config = json.loads((Path(path) / "config.json").read_text())
+    return (config.get("iterpo_preference_model") or {}).get("kind", "bradley_terry")
+
+
 @register_judge("learned_reward")
 @dataclass
 class LearnedReward(Judge):
@@ -179,12 +283,15 @@ class LearnedReward(Judge):
     def setup(self, context: JudgeContext) -> None:
         super().setup(context)
         self._current, self._source = self._fallback, f"fallback {self.fallback}"
-        for k in range(context.round - 1, 0, -1):
-            path = context.trained(k) if context.trained is not None else None
-            if path is not None:
-                self._current = RewardModel(path=path, batch_size=self.batch_size, device=self.device)
-                self._source = f"reward model of round {k}"
-                break
+        path, k = trained_model(context)
+        if path is not None:
+            if kind_of(path) != "bradley_terry":
+                raise DataError(
+                    f"judge learned_reward: round {k}'s reward_model stage trained a general preference model, "
+                    "which compares responses; use the judge learned_preference"
+                )
+            self._current = RewardModel(path=path, batch_size=self.batch_size, device=self.device)
+            self._source = f"reward model of round {k}"
         self._current.setup(context)
 
     @property
@@ -197,3 +304,64 @@ class LearnedReward(Judge):
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         return [dataclasses.replace(j, judge=self.name) for j in self._current.judge(prompt, rollouts)]
+
+
+@register_judge("learned_preference")
+@dataclass
+class LearnedPreference(Judge):
+    """The general preference model the run trained itself (a reward_model stage with model_type:
+    general_preference), comparing each prompt's responses in later rounds; until one exists, the ``fallback``
+    judge's scores r as the Bradley-Terry special case, s(i, j) = r_i - r_j, so that every round's verdicts have
+    the same form (GPO's preference score, SPPO's win rates)."""
+
+    name = "learned_preference"
+    pointwise = False
+    local = True
+    fallback: str = "exact_answer"
+    """The pointwise judge of the rounds before the run has a preference model (default options)."""
+    batch_size: int = 16
+    device: str = "auto"
+    volatile_options = ("batch_size", "device")
+
+    def __post_init__(self):
+        from iterpo.judges.base import make_judge
+
+        self._fallback = make_judge(self.fallback, {})
+        if not self._fallback.pointwise:
+            raise ValueError(f"fallback must be a pointwise judge; {self.fallback} compares responses")
+        self._current: Judge = self._fallback
+        self._source = f"fallback {self.fallback}"
+
+    def setup(self, context: JudgeContext) -> None:
+        super().setup(context)
+        self._current, self._source = self._fallback, f"fallback {self.fallback}"
+        path, k = trained_model(context)
+        if path is not None:
+            if kind_of(path) != "general_preference":
+                raise DataError(
+                    f"judge learned_preference: round {k}'s reward_model stage trained a Bradley-Terry reward "
+                    "model; use the judge learned_reward, or model_type: general_preference"
+                )
+            self._current = GeneralPreference(path=path, batch_size=self.batch_size, device=self.device)
+            self._source = f"general preference model of round {k}"
+        self._current.setup(context)
+
+    def identity(self) -> str:
+        return f"{super().identity()}@{self._source}"
+
+    def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+        if self._current is not self._fallback:
+            return [dataclasses.replace(j, judge=self.name) for j in self._current.judge(prompt, rollouts)]
+        # the fallback's rewards r as a preference table s(i, j) = r_i - r_j; a response it could not score stays
+        # failed, and the others compare among themselves
+        verdicts = self._fallback.judge(prompt, rollouts)
+        ok = [i for i, j in enumerate(verdicts) if not j.failed]
+        r = torch.tensor([verdicts[i].score for i in ok], dtype=torch.float64)
+        scored = preference_verdicts(self.name, [rollouts[i] for i in ok], r[:, None] - r[None, :], 1.0, self._source)
+        out = [dataclasses.replace(j, judge=self.name) for j in verdicts]
+        for i, j in zip(ok, scored):
+            beats = [math.nan] * len(rollouts)
+            for m, b in zip(ok, j.beats):
+                beats[m] = b
+            out[i] = dataclasses.replace(j, beats=beats)
+        return out

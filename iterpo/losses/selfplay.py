@@ -58,6 +58,34 @@ class SPPO(PairwiseLoss):
         return pair_output(losses, lw / self.eta, ll / self.eta)
 
 
+@register_loss("gpo")
+@dataclass
+class GPO(PairwiseLoss):
+    """General Preference Optimization (Zhang et al. 2024, "General Preference Modeling with Preference
+    Representations for Aligning Language Models", sec. 5): SPPO's regression with a general preference
+    model's score of each response against the sampling policy in place of its win rate minus 1/2:
+
+        loss = 1/2 [(l_t(y_w) - eta s_w)^2 + (l_t(y_l) - eta s_l)^2]
+
+    with l_t the log-ratio against pi_t and s_y = mean over the K samples y' of s(y > y') - s(y' > y), the
+    skew-symmetric score the ``general_preference`` judge reports as each response's score (zero on average, as
+    P - 1/2 is). The minimiser approximates pi_{t+1} ∝ pi_t exp(eta s(y > pi_t))."""
+
+    eta: float = 1000.0
+
+    needs = frozenset({"previous", "scores"})
+
+    def __post_init__(self):
+        check_positive("eta", self.eta)
+
+    def __call__(self, batch: PreferenceBatch):
+        lw, ll = _ratios_to_previous(batch)
+        sw = require(batch.chosen_score, "preference scores")
+        sl = require(batch.rejected_score, "preference scores")
+        losses = 0.5 * ((lw - self.eta * sw) ** 2 + (ll - self.eta * sl) ** 2)
+        return pair_output(losses, lw / self.eta, ll / self.eta)
+
+
 @register_loss("sppo_hard")
 @dataclass
 class SPPOHard(PairwiseLoss):

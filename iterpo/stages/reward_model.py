@@ -19,7 +19,7 @@ from iterpo.training.reward_model import (
     RewardTraining,
     save_reward_model,
     steps,
-    train_bradley_terry,
+    train_preference_model,
 )
 
 
@@ -61,6 +61,13 @@ class TrainRewardModel(Stage):
     """The rounds that train one (null: every round); the others record that they did not."""
     backbone: str | None = None
     """The model the head is put on (a directory; default: the run's starting model)."""
+    model_type: Literal["bradley_terry", "general_preference"] = "bradley_terry"
+    """A reward model (the learned_reward judge scores with it), or a general preference model, GPM (the
+    learned_reward judge compares each prompt's responses with it, as a pairwise judge)."""
+    dims: int = 4
+    """general_preference: the embedding's size 2k."""
+    tau: float = 0.1
+    """general_preference: P(y beats y') = sigmoid(s(y, y') / tau)."""
     epochs: int = 2
     lr: float = 1.0e-5
     batch_size: int = 8
@@ -84,8 +91,8 @@ class TrainRewardModel(Stage):
             )
 
     def training(self) -> RewardTraining:
-        own = {f.name for f in fields(RewardTraining)} - {"seed"}
-        return RewardTraining(**{k: getattr(self, k) for k in own})
+        own = {f.name for f in fields(RewardTraining)} - {"seed", "kind"}
+        return RewardTraining(kind=self.model_type, **{k: getattr(self, k) for k in own})
 
     def run(self, ctx, r):
         report_path = ctx.store.path(r, self.file("reward_model_report"))
@@ -104,7 +111,7 @@ class TrainRewardModel(Stage):
         opts.seed = ctx.config.run.seed + r
         backbone = self.backbone or ctx.plan.base_path
         with bar("reward model", steps(pairs, opts)) as advance:
-            model, tok, report = train_bradley_terry(backbone, pairs, opts, ctx.plan.device, advance)
+            model, tok, report = train_preference_model(backbone, pairs, opts, ctx.plan.device, advance)
         ctx.store.write_dir(
             ctx.store.path(r, self.file("reward_model")), lambda tmp: save_reward_model(model, tok, tmp)
         )

@@ -135,6 +135,7 @@ def training_examples(
                     prev_logps=(_scored(prev, c), _scored(prev, r)) if use_prev else None,
                     win_rates=(x.chosen_win_rate, x.rejected_win_rate),
                     soft_label=x.soft_label,
+                    scores=(x.chosen_score, x.rejected_score),
                     aux_ids=[ids(pid, "policy", i) for i in x.aux_idxs],
                     ref_aux_logps=[_scored(ref, k) for k in aux] if use_ref else None,
                     weight=x.weight,

@@ -29,6 +29,7 @@ class PairExample:
     prev_logps: tuple[float, float] | None = None  # (chosen, rejected) under the round's starting policy
     win_rates: tuple[float, float] | None = None  # (chosen, rejected) estimated P(y beats pi_t)
     soft_label: float | None = None  # estimated P(chosen beats rejected)
+    scores: tuple[float, float] | None = None  # (chosen, rejected) the judge's scores
     aux_ids: list[list[int]] = field(default_factory=list)  # k extra responses to the same prompt
     ref_aux_logps: list[float] | None = None  # (k,) their reference log-probs
     weight: float = 1.0  # the pair's weight in the step's loss (a weighted mean when any is not 1)
@@ -148,6 +149,9 @@ def collate_pairs(
         batch.rejected_win_rate = _t([require(e.win_rates, "win rates")[1] for e in examples])
     if "soft_label" in needs:
         batch.soft_label = _t([e.soft_label for e in examples])
+    if "scores" in needs:
+        batch.chosen_score = _t([require(e.scores, "judge scores")[0] for e in examples])
+        batch.rejected_score = _t([require(e.scores, "judge scores")[1] for e in examples])
     if "side_targets" in needs:
         _side_targets(model, examples, batch, layout, pad_id)
     return batch_to(batch, model)

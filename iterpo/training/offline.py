@@ -153,7 +153,7 @@ def check_loss(loss, examples: list, name: str) -> None:
         return
     if loss.data_shape != "pairs":
         raise UserInputError(f"loss {name} trains on {loss.data_shape} data; a preference file holds pairs")
-    missing = {"win_rate": "win-rate estimates", "aux_samples": "extra samples per prompt"}
+    missing = {"win_rate": "win-rate estimates", "aux_samples": "extra samples per prompt", "scores": "judge scores"}
     for need, what in missing.items():
         if need in loss.needs:
             raise UserInputError(

@@ -1,10 +1,18 @@
-"""Bradley-Terry reward models trained by iterpo (the ``reward_model`` stage and ``iterpo train-rm``).
+"""Preference models trained by iterpo (the ``reward_model`` stage and ``iterpo train-rm``).
 
-A sequence-classification head (one output) on a backbone reads a prompt and a response, rendered as the
-``reward_model`` judge renders them, and gives a reward r. Training minimises the Bradley-Terry loss of the
-preference pairs, -log sigmoid(r(x, y_w) - r(x, y_l)) (Ouyang et al. 2022, eq. 1). A share of the prompts is
-held out, all of a prompt's pairs on one side, and the reward's accuracy on their pairs is reported. The
-result is a directory the ``reward_model`` judge loads.
+A sequence-classification head on a backbone reads a prompt and a response, rendered as the ``reward_model``
+judge renders them. Two kinds:
+
+- Bradley-Terry (``bradley_terry``): one output, a reward r; the loss of a pair is
+  -log sigmoid(r(x, y_w) - r(x, y_l)) (Ouyang et al. 2022, eq. 1). Loaded by the ``reward_model`` judge.
+- General preference (``general_preference``, GPM; Zhang et al. 2024, "General Preference Modeling with
+  Preference Representations for Aligning Language Models"): 2k outputs, an embedding v normalised to unit
+  length; y beats y' with probability sigmoid(s(y, y') / tau), s(y, y') = sum_l v[2l] v'[2l+1] - v[2l+1] v'[2l],
+  a skew-symmetric form (s(y, y') = -s(y', y)) that can express preferences no single reward can (cycles).
+  The loss is -log sigmoid(s(y_w, y_l) / tau). Loaded by the ``general_preference`` judge.
+
+A share of the prompts is held out, all of a prompt's pairs on one side, and the model's accuracy on their
+pairs is reported. The result is a directory transformers loads, its kind recorded in its config.
 """
 
 from __future__ import annotations
@@ -31,10 +39,16 @@ class RewardPair:
     rejected: str
 
 
+KINDS = ("bradley_terry", "general_preference")
+
+
 @dataclass
 class RewardTraining:
-    """How a reward model is trained."""
+    """How a preference model is trained."""
 
+    kind: str = "bradley_terry"  # or "general_preference" (GPM)
+    dims: int = 4  # general_preference: the embedding's size 2k (even)
+    tau: float = 0.1  # general_preference: the temperature of sigmoid(s / tau)
     epochs: int = 2
     lr: float = 1.0e-5
     batch_size: int = 8  # pairs per optimizer step
@@ -47,6 +61,16 @@ class RewardTraining:
             raise ValueError("reward model training needs epochs >= 1, lr > 0, batch_size >= 1 and max_length >= 8")
         if not 0 <= self.heldout < 1:
             raise ValueError(f"heldout must be a share in [0, 1), got {self.heldout}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind == "general_preference" and (self.dims < 2 or self.dims % 2 or self.tau <= 0):
+            raise ValueError(
+                f"a general preference model needs an even dims >= 2 and tau > 0, got {self.dims}, {self.tau}"
+            )
+
+    @property
+    def outputs(self) -> int:
+        return 1 if self.kind == "bradley_terry" else self.dims
 
 
 @dataclass
@@ -84,23 +108,37 @@ def split(pairs: list[RewardPair], heldout: float, seed: int) -> tuple[list[Rewa
     return out
 
 
-def load_backbone(path: str, seed: int):
-    """(model, tokenizer): a sequence-classification model with one output on the backbone at path; its new
-    head is initialised from seed."""
+def skew(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(..., 2k), (..., 2k) -> (...,): s(a, b) = sum_l a[2l] b[2l+1] - a[2l+1] b[2l]; s(a, b) = -s(b, a)."""
+    return (a[..., 0::2] * b[..., 1::2] - a[..., 1::2] * b[..., 0::2]).sum(-1)
+
+
+def margins(opts: RewardTraining, w: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """(B, D), (B, D) head outputs of chosen and rejected -> (B,) the logit of P(y_w beats y_l)."""
+    if opts.kind == "bradley_terry":
+        return w[:, 0] - lo[:, 0]
+    return skew(F.normalize(w, dim=-1), F.normalize(lo, dim=-1)) / opts.tau
+
+
+def load_backbone(path: str, seed: int, opts: RewardTraining | None = None):
+    """(model, tokenizer): a sequence-classification model on the backbone at path, with opts' outputs (1 for a
+    reward model); its new head is initialised from seed, and its kind recorded in its config."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.truncation_side = "left"
+    opts = opts or RewardTraining()
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=opts.outputs, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
+    model.config.iterpo_preference_model = {"kind": opts.kind, "tau": opts.tau}
     return model, tok
 
 
-def rewards(model, tok, pairs: list[RewardPair], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_w, r_l), each (B,): the rewards of the pairs' chosen and rejected responses, in one forward pass."""
+def outputs(model, tok, pairs: list[RewardPair], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected), each (B, D): the head's outputs for the pairs' two responses, in one forward pass."""
     texts = [reward_text(tok, p.messages, p.chosen) for p in pairs] + [
         reward_text(tok, p.messages, p.rejected) for p in pairs
     ]
@@ -113,35 +151,35 @@ def rewards(model, tok, pairs: list[RewardPair], max_length: int) -> tuple[torch
         add_special_tokens=not tok.chat_template,
     )
     device = next(model.parameters()).device
-    r = model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float()  # (2B,)
+    r = model(**{k: v.to(device) for k, v in enc.items()}).logits.float()  # (2B, D)
     return r[: len(pairs)], r[len(pairs) :]
 
 
 @torch.no_grad()
 def evaluate(model, tok, pairs: list[RewardPair], opts: RewardTraining) -> tuple[float | None, float | None]:
-    """(accuracy, mean loss) of the reward on pairs; (None, None) without pairs."""
+    """(accuracy, mean loss) of the model on pairs; (None, None) without pairs."""
     if not pairs:
         return None, None
     model.eval()
     right, loss = 0.0, 0.0
     for start in range(0, len(pairs), opts.batch_size):
-        w, lo = rewards(model, tok, pairs[start : start + opts.batch_size], opts.max_length)
-        right += float((w > lo).sum())
-        loss += float(-F.logsigmoid(w - lo).sum())
+        m = margins(opts, *outputs(model, tok, pairs[start : start + opts.batch_size], opts.max_length))
+        right += float((m > 0).sum())
+        loss += float(-F.logsigmoid(m).sum())
     return right / len(pairs), loss / len(pairs)
 
 
-def train_bradley_terry(
+def train_preference_model(
     backbone: str, pairs: list[RewardPair], opts: RewardTraining, device: str, progress: Callable | None = None
 ):
-    """(model, tokenizer, RewardReport): a reward model trained on pairs' training split. progress(n) after
-    each step (of epochs x ceil(train pairs / batch_size))."""
+    """(model, tokenizer, RewardReport): a preference model of opts.kind trained on pairs' training split.
+    progress(n) after each step (of epochs x ceil(train pairs / batch_size))."""
     opts.check()
     start = time.perf_counter()
     train, heldout = split(pairs, opts.heldout, opts.seed)
     if not train:
         raise ValueError(f"no training pairs: all {len(pairs)} pairs fell in the held-out share ({opts.heldout})")
-    model, tok = load_backbone(backbone, opts.seed)
+    model, tok = load_backbone(backbone, opts.seed, opts)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr)
     losses = []
@@ -150,8 +188,8 @@ def train_bradley_terry(
         random.Random(derive_seed(opts.seed, "reward-order", epoch)).shuffle(order)
         model.train()
         for at in range(0, len(order), opts.batch_size):
-            w, lo = rewards(model, tok, order[at : at + opts.batch_size], opts.max_length)
-            loss = -F.logsigmoid(w - lo).mean()  # Bradley-Terry: -log P(y_w beats y_l)
+            m = margins(opts, *outputs(model, tok, order[at : at + opts.batch_size], opts.max_length))
+            loss = -F.logsigmoid(m).mean()  # -log P(y_w beats y_l)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -175,12 +213,12 @@ def train_bradley_terry(
 
 
 def steps(pairs: list[RewardPair], opts: RewardTraining) -> int:
-    """How many optimizer steps train_bradley_terry takes on pairs (for a progress bar)."""
+    """How many optimizer steps train_preference_model takes on pairs (for a progress bar)."""
     train, _ = split(pairs, opts.heldout, opts.seed)
     return opts.epochs * -(-len(train) // opts.batch_size)
 
 
 def save_reward_model(model, tok, path: Path) -> None:
-    """A directory the reward_model judge (and transformers) loads."""
+    """A directory transformers loads (and the reward_model or general_preference judge, by its kind)."""
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)

@@ -2,14 +2,22 @@
 of later rounds, and `iterpo train-rm`."""
 
 import json
+import math
 
 import pytest
+import torch
 import yaml
 
 from iterpo.config import load_config
-from iterpo.judges.reward_model import RewardModel
+from iterpo.judges.reward_model import GeneralPreference, RewardModel, skew_scores
 from iterpo.records import Prompt, Rollout
-from iterpo.training.reward_model import RewardPair, RewardTraining, split, train_bradley_terry
+from iterpo.training.reward_model import (
+    RewardPair,
+    RewardTraining,
+    save_reward_model,
+    split,
+    train_preference_model,
+)
 
 from helpers import cli, recipe_config, run_config, table
 
@@ -31,12 +39,12 @@ def test_the_held_out_split_is_by_prompt_and_does_not_depend_on_order():
 
 def test_bradley_terry_training_learns_a_separable_preference(tiny_model_dir):
     opts = RewardTraining(epochs=3, lr=1e-3, batch_size=8, heldout=0.25, seed=0)
-    model, tok, report = train_bradley_terry(tiny_model_dir, _pairs(48), opts, "cpu")
+    model, tok, report = train_preference_model(tiny_model_dir, _pairs(48), opts, "cpu")
     assert report.heldout_pairs > 0 and report.train_pairs + report.heldout_pairs == 48
     assert report.heldout_accuracy == 1.0 and report.train_accuracy == 1.0
     assert report.losses[-1] < report.losses[0] < 0.75  # from about log 2
     with pytest.raises(ValueError, match="held-out share"):
-        train_bradley_terry(tiny_model_dir, _pairs(1), RewardTraining(heldout=0.999999), "cpu")
+        train_preference_model(tiny_model_dir, _pairs(1), RewardTraining(heldout=0.999999), "cpu")
 
 
 def test_a_run_trains_a_reward_model_and_judges_later_rounds_with_it(tiny_model_dir, tmp_path):
@@ -100,3 +108,64 @@ def test_train_rm_command(tiny_model_dir, tmp_path):
     assert code == 2 and "already holds a reward model" in err
     code, _, err = cli(*args[:-2], "--output", str(tmp_path / "other"), "--heldout", "1.5")
     assert code == 2 and "heldout" in err
+
+
+def test_a_general_preference_model_is_skew_symmetric_and_can_hold_a_cycle():
+    v = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    s = skew_scores(v)
+    assert torch.allclose(s, -s.T) and torch.allclose(s.diagonal(), torch.zeros(5))
+    # three embeddings 120 degrees apart: rock beats scissors beats paper beats rock, which no reward can rank
+    angles = torch.tensor([0.0, 2.0944, 4.1888])
+    v = torch.stack([angles.cos(), angles.sin(), torch.zeros(3), torch.zeros(3)], dim=1)
+    s = skew_scores(v)
+    assert s[0, 1] > 0 and s[1, 2] > 0 and s[2, 0] > 0
+    assert s[0, 1] == pytest.approx(math.sin(2.0944), abs=1e-4)
+
+
+def test_a_general_preference_model_trains_on_pairs(tiny_model_dir):
+    opts = RewardTraining(kind="general_preference", dims=4, tau=0.1, epochs=3, lr=1e-3, batch_size=8, heldout=0.25)
+    model, tok, report = train_preference_model(tiny_model_dir, _pairs(48), opts, "cpu")
+    assert model.config.num_labels == 4 and model.config.iterpo_preference_model["kind"] == "general_preference"
+    assert report.heldout_accuracy == 1.0 and report.train_accuracy == 1.0
+    assert report.losses[-1] < report.losses[0]
+
+
+def test_the_general_preference_judge_gives_gpo_scores_and_sppo_win_rates(tiny_model_dir, tmp_path):
+    pairs = [RewardPair(f"p{i}", [{"role": "user", "content": f"q{i}"}], "yes", "no") for i in range(24)]
+    opts = RewardTraining(kind="general_preference", epochs=3, lr=3e-3, heldout=0.0)
+    model, tok, _ = train_preference_model(tiny_model_dir, pairs, opts, "cpu")
+    save_reward_model(model, tok, tmp_path / "gpm")
+    judge = GeneralPreference(path=str(tmp_path / "gpm"))
+    prompt = Prompt("q", [{"role": "user", "content": "q99"}])
+    rollouts = [Rollout("q", i, 1, 0, t, [1], "stop") for i, t in enumerate(["yes", "no", "maybe"])]
+    out = judge.judge(prompt, rollouts)
+    assert out[0].score > out[1].score and sum(j.score for j in out) == pytest.approx(0.0, abs=1e-6)
+    assert sum(j.win_rate for j in out) / 3 == pytest.approx(0.5) and out[0].beats[0] == 0.5
+    assert out[0].beats[1] == pytest.approx(1 - out[1].beats[0])
+    with pytest.raises(Exception, match="even number"):
+        bt, tok2, _ = train_preference_model(tiny_model_dir, pairs[:4], RewardTraining(epochs=1, heldout=0.0), "cpu")
+        save_reward_model(bt, tok2, tmp_path / "bt")
+        GeneralPreference(path=str(tmp_path / "bt")).judge(prompt, rollouts)
+
+
+def test_gpo_recipe_trains_a_gpm_and_judges_later_rounds_with_it(tiny_model_dir, tmp_path):
+    cfg = recipe_config("gpo", tiny_model_dir, tmp_path / "run")
+    cfg["judge"]["fallback"] = "first_token_parity"
+    cfg["round"]["stages"][3].update(lr=1e-3, epochs=1)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rows, store = run_config(load_config(path))
+    assert json.loads(store.path(1, "reward_model.json").read_text())["trained"]
+    for r in (1, 2):
+        judged = table(store, r, "judgements.parquet")
+        by_prompt = {}
+        for j in judged:
+            by_prompt.setdefault(j["prompt_id"], []).append(j)
+        for js in by_prompt.values():  # preference scores against the round's samples average zero
+            assert sum(j["score"] for j in js) == pytest.approx(0.0, abs=1e-6)
+        details = {j["detail"].split("(")[1].split(")")[0] for j in judged}
+        assert details == ({"fallback first_token_parity"} if r == 1 else {"general preference model"})
+        prefs = table(store, r, "preferences.parquet")
+        assert prefs and all(p["chosen_score"] > p["rejected_score"] for p in prefs)
+        log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
+        assert log and all("loss" in x for x in log)

@@ -17,11 +17,12 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from iterpo.errors import DataError
-from iterpo.judges.base import Judge, JudgeContext, register_judge
+from iterpo.judges.base import Judge, JudgeContext, make_judge, register_judge
 from iterpo.models.device import model_device, resolve_device
 from iterpo.records import Judgement, Prompt, Rollout
 
@@ -256,27 +257,27 @@ def kind_of(path: str) -> str:
     return (config.get("iterpo_preference_model") or {}).get("kind", "bradley_terry")
 
 
-@register_judge("learned_reward")
 @dataclass
-class LearnedReward(Judge):
-    """The reward model the run trained itself (a ``reward_model`` stage), as the judge of later rounds: in round
-    r, the one trained in the latest round before r; until one exists (round 1), the ``fallback`` judge."""
+class TrainedInRun(Judge):
+    """Base of the judges that use a model the run trained itself (a ``reward_model`` stage): in round r, the one
+    trained in the latest round before r, of the kind the subclass reads; until one exists, the ``fallback``
+    judge. Its cache key names which of them judged."""
 
-    name = "learned_reward"
-    local = True  # its model is a file of the run's, found per round
+    local = True  # its model is a file of the run's, found per round: never judged on workers
+    trains: ClassVar[str] = ""  # the kind of model the reward_model stage must have trained
+    loads: ClassVar[str] = ""  # the judge that reads such a model from its directory
     fallback: str = "exact_answer"
-    """The judge of the rounds before the run has a reward model (a registered judge name, default options)."""
+    """The pointwise judge of the rounds before the run has a model of its own (a registered name, default
+    options)."""
     batch_size: int = 16
     device: str = "auto"
-    """Where the reward model runs (auto: a CUDA GPU, else MPS, else the CPU)."""
+    """Where the model runs (auto: a CUDA GPU, else MPS, else the CPU)."""
     volatile_options = ("batch_size", "device")
 
     def __post_init__(self):
-        from iterpo.judges.base import make_judge
-
-        if self.fallback == self.name:
-            raise ValueError("fallback must be another judge")
         self._fallback = make_judge(self.fallback, {})
+        if not self._fallback.pointwise or isinstance(self._fallback, TrainedInRun):
+            raise ValueError(f"fallback must be a pointwise judge of its own; {self.fallback} is not")
         self._current: Judge = self._fallback
         self._source = f"fallback {self.fallback}"
 
@@ -285,22 +286,30 @@ class LearnedReward(Judge):
         self._current, self._source = self._fallback, f"fallback {self.fallback}"
         path, k = trained_model(context)
         if path is not None:
-            if kind_of(path) != "bradley_terry":
+            if kind_of(path) != self.trains:
+                other = "learned_preference" if self.trains == "bradley_terry" else "learned_reward"
                 raise DataError(
-                    f"judge learned_reward: round {k}'s reward_model stage trained a general preference model, "
-                    "which compares responses; use the judge learned_preference"
+                    f"judge {self.name}: round {k}'s reward_model stage trained a {kind_of(path)} model, not a "
+                    f"{self.trains} one; use the judge {other}, or the stage's model_type: {self.trains}"
                 )
-            self._current = RewardModel(path=path, batch_size=self.batch_size, device=self.device)
-            self._source = f"reward model of round {k}"
+            options = {"path": path, "batch_size": self.batch_size, "device": self.device}
+            self._current = make_judge(self.loads, options)
+            self._source = f"{self.trains.replace('_', ' ')} model of round {k}"
         self._current.setup(context)
-
-    @property
-    def source(self) -> str:
-        """What judges now: the reward model of round k, or the fallback."""
-        return self._source
 
     def identity(self) -> str:
         return f"{super().identity()}@{self._source}"
+
+
+@register_judge("learned_reward")
+@dataclass
+class LearnedReward(TrainedInRun):
+    """The reward model the run trained itself (a reward_model stage), scoring each response in later rounds;
+    until one exists (round 1), the ``fallback`` judge."""
+
+    name = "learned_reward"
+    trains = "bradley_terry"
+    loads = "reward_model"
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         return [dataclasses.replace(j, judge=self.name) for j in self._current.judge(prompt, rollouts)]
@@ -308,7 +317,7 @@ class LearnedReward(Judge):
 
 @register_judge("learned_preference")
 @dataclass
-class LearnedPreference(Judge):
+class LearnedPreference(TrainedInRun):
     """The general preference model the run trained itself (a reward_model stage with model_type:
     general_preference), comparing each prompt's responses in later rounds; until one exists, the ``fallback``
     judge's scores r as the Bradley-Terry special case, s(i, j) = r_i - r_j, so that every round's verdicts have
@@ -316,38 +325,8 @@ class LearnedPreference(Judge):
 
     name = "learned_preference"
     pointwise = False
-    local = True
-    fallback: str = "exact_answer"
-    """The pointwise judge of the rounds before the run has a preference model (default options)."""
-    batch_size: int = 16
-    device: str = "auto"
-    volatile_options = ("batch_size", "device")
-
-    def __post_init__(self):
-        from iterpo.judges.base import make_judge
-
-        self._fallback = make_judge(self.fallback, {})
-        if not self._fallback.pointwise:
-            raise ValueError(f"fallback must be a pointwise judge; {self.fallback} compares responses")
-        self._current: Judge = self._fallback
-        self._source = f"fallback {self.fallback}"
-
-    def setup(self, context: JudgeContext) -> None:
-        super().setup(context)
-        self._current, self._source = self._fallback, f"fallback {self.fallback}"
-        path, k = trained_model(context)
-        if path is not None:
-            if kind_of(path) != "general_preference":
-                raise DataError(
-                    f"judge learned_preference: round {k}'s reward_model stage trained a Bradley-Terry reward "
-                    "model; use the judge learned_reward, or model_type: general_preference"
-                )
-            self._current = GeneralPreference(path=path, batch_size=self.batch_size, device=self.device)
-            self._source = f"general preference model of round {k}"
-        self._current.setup(context)
-
-    def identity(self) -> str:
-        return f"{super().identity()}@{self._source}"
+    trains = "general_preference"
+    loads = "general_preference"
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
         if self._current is not self._fallback:

@@ -249,11 +249,19 @@ def trained_model(context: JudgeContext) -> tuple[str | None, int]:
     return None, 0
 
 
+def members_of(path: str) -> list[str]:
+    """The member directories of an ensemble a reward_model stage saved (member-0, member-1, ...); [] for a
+    single model."""
+    found = sorted(Path(path).glob("member-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [str(p) for p in found if (p / "config.json").exists()]
+
+
 def kind_of(path: str) -> str:
     """The kind a reward_model stage recorded in a model's config (bradley_terry without a record)."""
     import json
 
-    config = json.loads((Path(path) / "config.json").read_text())
+    members = members_of(path)
+    config = json.loads((Path(members[0] if members else path) / "config.json").read_text())
     return (config.get("iterpo_preference_model") or {}).get("kind", "bradley_terry")
 
 
@@ -292,9 +300,16 @@ class TrainedInRun(Judge):
                     f"judge {self.name}: round {k}'s reward_model stage trained a {kind_of(path)} model, not a "
                     f"{self.trains} one; use the judge {other}, or the stage's model_type: {self.trains}"
                 )
-            options = {"path": path, "batch_size": self.batch_size, "device": self.device}
-            self._current = make_judge(self.loads, options)
-            self._source = f"{self.trains.replace('_', ' ')} model of round {k}"
+            options = {"batch_size": self.batch_size, "device": self.device}
+            members = members_of(path)
+            if members:  # an ensemble: the members' mean, their spread the uncertainty
+                judges = [{"name": self.loads, "path": p, **options} for p in members]
+                self._current = make_judge("ensemble", {"judges": judges})
+            else:
+                self._current = make_judge(self.loads, {"path": path, **options})
+            self._source = f"{self.trains.replace('_', ' ')} model of round {k}" + (
+                f" ({len(members)} members)" if members else ""
+            )
         self._current.setup(context)
 
     def identity(self) -> str:

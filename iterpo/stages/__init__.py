@@ -12,6 +12,7 @@ from iterpo.stages import (  # noqa: F401  (register them)
     reward_model,
     sample,
     self_tests,
+    strength,
     train,
     tree_search,
     warmup,

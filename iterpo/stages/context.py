@@ -403,7 +403,8 @@ class RunContext:
         for stage in self.plan.stages:
             if stage.kind == "reward_model":
                 path = self.store.path(k, stage.file("reward_model"))
-                if (path / "config.json").exists() and self.store.check(path) == "ok":
+                made = (path / "config.json").exists() or (path / "member-0" / "config.json").exists()
+                if made and self.store.check(path) == "ok":
                     return str(path)
         return None
 

@@ -19,6 +19,7 @@ from iterpo.training.reward_model import (
     RewardTraining,
     save_reward_model,
     steps,
+    train_ensemble,
     train_preference_model,
 )
 
@@ -64,6 +65,10 @@ class TrainRewardModel(Stage):
     model_type: Literal["bradley_terry", "general_preference"] = "bradley_terry"
     """A reward model (the learned_reward judge scores with it), or a general preference model, GPM (the
     learned_reward judge compares each prompt's responses with it, as a pairwise judge)."""
+    members: int = 1
+    """bradley_terry: models to train, each on a bootstrap resample of the training prompts, saved as
+    reward_model/member-N/: the learned_reward judge averages them (their spread is its uncertainty) and a
+    strength stage reads their reward differences per pair."""
     dims: int = 4
     """general_preference: the embedding's size 2k."""
     tau: float = 0.1
@@ -78,6 +83,10 @@ class TrainRewardModel(Stage):
     def check(self, earlier: list) -> None:
         if self.per_prompt < 1:
             raise ValueError(f"per_prompt must be at least 1, got {self.per_prompt}")
+        if self.members < 1 or (self.members > 1 and self.model_type != "bradley_terry"):
+            raise ValueError(
+                f"members must be at least 1, and an ensemble is of bradley_terry models (got {self.members})"
+            )
         self.training().check()
 
     def reads_for(self, plan) -> tuple[str, ...]:
@@ -110,11 +119,19 @@ class TrainRewardModel(Stage):
         opts = self.training()
         opts.seed = ctx.config.run.seed + r
         backbone = self.backbone or ctx.plan.base_path
-        with bar("reward model", steps(pairs, opts)) as advance:
-            model, tok, report = train_preference_model(backbone, pairs, opts, ctx.plan.device, advance)
-        ctx.store.write_dir(
-            ctx.store.path(r, self.file("reward_model")), lambda tmp: save_reward_model(model, tok, tmp)
-        )
-        summary = {"round": r, "trained": True, "backbone": backbone, **asdict(report)}
+        target = ctx.store.path(r, self.file("reward_model"))
+        with bar("reward model", self.members * steps(pairs, opts)) as advance:
+            if self.members == 1:
+                model, tok, report = train_preference_model(backbone, pairs, opts, ctx.plan.device, advance)
+                ctx.store.write_dir(target, lambda tmp: save_reward_model(model, tok, tmp))
+            else:
+                built, report = train_ensemble(backbone, pairs, opts, self.members, ctx.plan.device, advance)
+
+                def fill(tmp):
+                    for m, (model, tok) in enumerate(built):
+                        save_reward_model(model, tok, tmp / f"member-{m}")
+
+                ctx.store.write_dir(target, fill)
+        summary = {"round": r, "trained": True, "backbone": backbone, "members": self.members, **asdict(report)}
         ctx.store.write_json(report_path, summary)
         return {k: summary[k] for k in ("pairs", "heldout_pairs", "heldout_accuracy", "train_accuracy")}

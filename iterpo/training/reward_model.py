@@ -17,6 +17,7 @@ pairs is reported. The result is a directory transformers loads, its kind record
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -210,6 +211,66 @@ def train_preference_model(
         time.perf_counter() - start,
     )
     return model.eval(), tok, report
+
+
+def train_ensemble(
+    backbone: str,
+    pairs: list[RewardPair],
+    opts: RewardTraining,
+    members: int,
+    device: str,
+    progress: Callable | None = None,
+):
+    """([(model, tokenizer)] * members, RewardReport): Bradley-Terry models each trained on a bootstrap resample
+    of the training split's prompts (drawn with replacement, a prompt's pairs together), for the preference
+    strength of "Secrets of RLHF in Large Language Models Part II: Reward Modeling" (Wang et al. 2024). The
+    report's accuracies are the ensemble's: its mean reward ranks the pair."""
+    opts.check()
+    start = time.perf_counter()
+    train, heldout = split(pairs, opts.heldout, opts.seed)
+    if not train:
+        raise ValueError(f"no training pairs: all {len(pairs)} pairs fell in the held-out share ({opts.heldout})")
+    by_prompt: dict[str, list[RewardPair]] = {}
+    for p in train:
+        by_prompt.setdefault(p.prompt_id, []).append(p)
+    prompts = list(by_prompt)
+    built, losses = [], []
+    for m in range(members):
+        rng = random.Random(derive_seed(opts.seed, "reward-bootstrap", m))
+        resample = [p for pid in rng.choices(prompts, k=len(prompts)) for p in by_prompt[pid]]
+        member = dataclasses.replace(opts, heldout=0.0, seed=derive_seed(opts.seed, "reward-member", m) % 2**31)
+        model, tok, report = train_preference_model(backbone, resample, member, device, progress)
+        built.append((model, tok))
+        losses += report.losses
+    heldout_accuracy, heldout_loss = ensemble_accuracy(built, heldout, opts)
+    train_accuracy, _ = ensemble_accuracy(built, train, opts)
+    elapsed = time.perf_counter() - start
+    report = RewardReport(
+        len(pairs), len(train), len(heldout), heldout_accuracy, train_accuracy, heldout_loss, losses, elapsed
+    )
+    return built, report
+
+
+@torch.no_grad()
+def member_margins(built: list, pairs: list[RewardPair], opts: RewardTraining) -> torch.Tensor:
+    """(M, B): each member's reward difference r(y_w) - r(y_l) on each pair."""
+    rows = []
+    for model, tok in built:
+        model.eval()
+        parts = [
+            margins(opts, *outputs(model, tok, pairs[at : at + opts.batch_size], opts.max_length))
+            for at in range(0, len(pairs), opts.batch_size)
+        ]
+        rows.append(torch.cat(parts) if parts else torch.zeros(0))
+    return torch.stack(rows)
+
+
+def ensemble_accuracy(built: list, pairs: list[RewardPair], opts: RewardTraining):
+    """(accuracy, mean loss) of the members' mean reward difference on pairs; (None, None) without pairs."""
+    if not pairs:
+        return None, None
+    mean = member_margins(built, pairs, opts).mean(0)  # (B,)
+    return float((mean > 0).float().mean()), float(-F.logsigmoid(mean).mean())
 
 
 def steps(pairs: list[RewardPair], opts: RewardTraining) -> int:

@@ -169,3 +169,75 @@ def test_gpo_recipe_trains_a_gpm_and_judges_later_rounds_with_it(tiny_model_dir,
         assert prefs and all(p["chosen_score"] > p["rejected_score"] for p in prefs)
         log = [json.loads(x) for x in store.path(r, "train.jsonl").read_text().splitlines()]
         assert log and all("loss" in x for x in log)
+
+
+DROP = 0.002
+
+
+def test_an_ensembles_strength_flips_drops_and_smooths_pairs(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = recipe_config("rm_strength", tiny_model_dir, tmp_path / "run")
+    cfg["judge"] = {"name": "token_sum"}  # graded scores of the random model (it cannot judge itself)
+    cfg["run"]["rounds"] = 1
+    cfg["round"]["stages"][3].update(lr=1e-3, members=3)
+    cfg["round"]["stages"][4].update(drop_below=DROP)  # the tiny models' strengths are small
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rows, store = run_config(load_config(path))
+    trained = json.loads(store.path(1, "reward_model.json").read_text())
+    assert trained["members"] == 3 and sorted(p.name for p in store.path(1, "reward_model").iterdir()) == [
+        "member-0",
+        "member-1",
+        "member-2",
+    ]
+    report = json.loads(store.path(1, "strength.json").read_text())
+    before = table(store, 1, "preferences.parquet")
+    after = table(store, 1, "strength_preferences.parquet")
+    assert report["pairs"] == len(before) and report["kept"] == len(after) == len(before) - report["dropped"]
+    # recomputed by hand: each pair's mean reward difference under the three members
+    members = [RewardModel(path=str(store.path(1, "reward_model") / f"member-{m}")) for m in range(3)]
+    from iterpo.config import Config
+    from iterpo.tasks import build_task
+
+    config = Config(**cfg)
+    prompts = {p.prompt_id: p for p in build_task(config.task, config.run.seed).train_prompts()}
+    flipped = dropped = 0
+    kept = iter(after)
+    for x in before:
+        pair = [Rollout(x["prompt_id"], k, 1, 0, t, [], "stop") for k, t in enumerate((x["chosen"], x["rejected"]))]
+        d = [m.judge(prompts[x["prompt_id"]], pair) for m in members]
+        mean = sum(w.score - lo.score for w, lo in d) / 3
+        if mean < 0.0:
+            flipped, mean = flipped + 1, -mean
+        if mean < DROP:
+            dropped += 1
+            continue
+        y = next(kept)
+        was_flipped = y["chosen_idx"] != x["chosen_idx"]
+        assert was_flipped == (
+            y["chosen"] == x["rejected"] and y["rejected"] == x["chosen"] and y["chosen_idx"] == x["rejected_idx"]
+        )
+        assert y["soft_label"] == pytest.approx(1 / (1 + math.exp(-mean)), abs=1e-5)
+    assert (flipped, dropped) == (report["flipped"], report["dropped"])
+    log = [json.loads(x) for x in store.path(1, "train.jsonl").read_text().splitlines()]
+    assert log or not after  # the kept pairs were trained on
+
+
+def test_strength_flips_then_drops_then_smooths():
+    from iterpo.records import Preference
+    from iterpo.stages.strength import apply_strength
+
+    prefs = [
+        Preference(f"p{i}", 0, 1, "q", "a", "b", 1.0, 0.0, chosen_source="policy", rejected_source="initial")
+        for i in range(4)
+    ]
+    d = [[-2.0, 0.01, 1.0, -0.02], [-1.0, 0.03, 3.0, 0.0]]  # two members; means -1.5, 0.02, 2.0, -0.01
+    kept, strengths, counts = apply_strength(prefs, d, flip_below=0.0, drop_below=0.05, smooth=True)
+    assert counts == {"pairs": 4, "flipped": 2, "dropped": 2}  # p0 and p3 flipped; p1 and p3 (0.01) too weak
+    assert [x.prompt_id for x in kept] == ["p0", "p2"]
+    p0, p2 = kept
+    assert (p0.chosen, p0.rejected, p0.chosen_idx, p0.chosen_score, p0.chosen_source) == ("b", "a", 1, 0.0, "initial")
+    assert p0.soft_label == pytest.approx(1 / (1 + math.exp(-1.5)))
+    assert p2.soft_label == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert strengths[1] == {"prompt_id": "p2", "mean": 2.0, "std": 1.0}
+    untouched, _, counts = apply_strength(prefs, d, None, None, False)
+    assert untouched == prefs and counts["flipped"] == counts["dropped"] == 0

@@ -167,3 +167,12 @@ def test_report_command_and_its_errors(report, tmp_path):
     assert code != 0 and "not an iterpo run directory" in err
     with pytest.raises(RunDirError):
         write_report(tmp_path)
+
+
+def test_a_run_in_progress_is_reported_with_what_it_has(report, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(report.parent, partial)
+    shutil.rmtree(partial / "round-002")  # round 2 has not started
+    page = write_report(partial).read_text()
+    assert "2 of 3 evaluations so far" in page
+    assert 'data-round="1"' in page and 'data-round="2"' not in page

@@ -21,6 +21,7 @@ from iterpo.pairing.base import sigmoid
 from iterpo.progress import bar
 from iterpo.records import Judgement, Prompt, Rollout, to_table
 from iterpo.sampling import derive_seed
+from iterpo.stages.sample import greedy, rollouts_of
 from iterpo.training import LiveReference
 from iterpo.training.trainer import reference_model
 
@@ -141,26 +142,8 @@ def _sample_pairs(ctx, sampler, sets: dict[str, list[Prompt]], path, verdicts_pa
     e, s = ctx.config.eval, ctx.config.sampling
     rollouts: list[Rollout] = []
     for name, prompts in sets.items():
-        if not prompts:
-            continue
-        seeds = [
-            [derive_seed(ctx.config.run.seed, 0, name, p.prompt_id, k) for k in range(e.pair_samples)] for p in prompts
-        ]
-        with bar(f"analyses: {name} pairs", len(prompts) * e.pair_samples) as advance:
-            outs = sampler.generate(
-                [ctx.prompt_ids(p) for p in prompts],
-                seeds,
-                s.temperature,
-                s.top_p,
-                e.max_new_tokens,
-                e.batch_size,
-                advance,
-            )
-        rollouts += [
-            ctx.response(p.prompt_id, k, 0, seeds[i][k], ids, reason, name)
-            for i, p in enumerate(prompts)
-            for k, (ids, reason) in enumerate(outs[i])
-        ]
+        if prompts:
+            rollouts += _draw(ctx, sampler, prompts, 0, name, e.pair_samples, s.temperature, s.top_p, f"{name} pairs")
     by_id = {p.prompt_id: p for prompts in sets.values() for p in prompts}
     judgements = []
     for x in rollouts:
@@ -169,35 +152,29 @@ def _sample_pairs(ctx, sampler, sets: dict[str, list[Prompt]], path, verdicts_pa
     ctx.store.write_parquet(verdicts_path, to_table(judgements, Judgement))
 
 
+def _draw(ctx, sampler, prompts, r: int, source: str, k: int, temperature: float, top_p: float, title: str):
+    """k samples per prompt, seeded by (run seed, round, source, prompt id, index), as round r's Rollouts from
+    source."""
+    e = ctx.config.eval
+    seeds = [[derive_seed(ctx.config.run.seed, r, source, p.prompt_id, i) for i in range(k)] for p in prompts]
+    with bar(f"analyses: {title}", len(prompts) * k) as advance:
+        outs = sampler.generate(
+            [ctx.prompt_ids(p) for p in prompts], seeds, temperature, top_p, e.max_new_tokens, e.batch_size, advance
+        )
+    return rollouts_of(ctx, prompts, seeds, outs, r, source)
+
+
 def _policy_samples(ctx, r: int, sampler, prompts: list[Prompt]) -> list[Rollout]:
     """eval.kl_samples responses per prompt from round r's policy at temperature 1, untruncated: samples of pi
     itself, as the KL estimates need."""
-    e = ctx.config.eval
-    seeds = [
-        [derive_seed(ctx.config.run.seed, r, "analyses", p.prompt_id, k) for k in range(e.kl_samples)] for p in prompts
-    ]
-    with bar("analyses: policy samples", len(prompts) * e.kl_samples) as advance:
-        outs = sampler.generate(
-            [ctx.prompt_ids(p) for p in prompts], seeds, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
-        )
-    return [
-        ctx.response(p.prompt_id, k, r, seeds[i][k], ids, reason, "analyses")
-        for i, p in enumerate(prompts)
-        for k, (ids, reason) in enumerate(outs[i])
-    ]
+    return _draw(ctx, sampler, prompts, r, "analyses", ctx.config.eval.kl_samples, 1.0, 1.0, "policy samples")
 
 
 def _greedy_accuracy(ctx, r: int, sampler, prompts: list[Prompt]) -> float:
     """Greedy accuracy on prompts (the shifted set) by the eval judge."""
-    e = ctx.config.eval
     with bar("analyses: shifted prompts", len(prompts)) as advance:
-        outs = sampler.generate(
-            [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
-        )
-    verdicts = [
-        ctx.plan.eval_judge.judge(p, [ctx.response(p.prompt_id, 0, r, 0, ids, reason, "shifted")])[0].score
-        for p, [(ids, reason)] in zip(prompts, outs)
-    ]
+        responses = greedy(ctx, sampler, prompts, r, "shifted", advance)
+    verdicts = [ctx.plan.eval_judge.judge(p, [x])[0].score for p, x in zip(prompts, responses)]
     return sum(verdicts) / len(verdicts)
 
 

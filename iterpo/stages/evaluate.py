@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from iterpo.progress import bar
 from iterpo.stages.analyses import analyse
 from iterpo.stages.base import Stage, register_stage
-from iterpo.stages.sample import as_rollout, episodes_of
+from iterpo.stages.sample import as_rollout, episodes_of, greedy
 
 
 def item_of(ctx, prompt, response) -> dict:
@@ -42,13 +42,7 @@ class Evaluate(Stage):
         with ctx.sampler(r) as sampler:
             with bar("evaluation", len(prompts)) as advance:
                 if ctx.plan.environment is None:
-                    outs = sampler.generate(
-                        [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
-                    )
-                    responses = [
-                        ctx.response(p.prompt_id, 0, r, 0, ids, reason, "policy")
-                        for p, [(ids, reason)] in zip(prompts, outs)
-                    ]
+                    responses = greedy(ctx, sampler, prompts, r, "policy", advance)
                 else:  # greedy episodes with the tool
                     played = episodes_of(ctx, sampler, prompts, None, e.max_new_tokens, e.batch_size, advance)
                     responses = [

@@ -36,6 +36,21 @@ def reward_text(tokenizer, messages: list[dict[str, str]], response: str) -> str
     return "\n".join(m["content"] for m in turns)
 
 
+def encode_chats(tokenizer, model, chats: list[tuple[list[dict[str, str]], str]], max_length: int) -> dict:
+    """(messages, response) chats rendered by reward_text as one padded batch on model's device, each keeping its
+    last max_length tokens: what a reward or preference model reads (judges and training alike)."""
+    enc = tokenizer(
+        [reward_text(tokenizer, messages, response) for messages, response in chats],
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        add_special_tokens=not tokenizer.chat_template,
+    )
+    device = model_device(model)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
 @register_judge("reward_model")
 @dataclass
 class RewardModel(Judge):
@@ -88,9 +103,6 @@ class RewardModel(Judge):
             self._tok, self._model = tok, model
         return self._model, self._tok
 
-    def text(self, prompt: Prompt, response: str) -> str:
-        return reward_text(self._tok, prompt.messages, response)
-
     def _reward(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., num_labels) -> (...,) the score: the logit, or the log-odds of label 1."""
         return logits[..., 0] if logits.shape[-1] == 1 else logits[..., 1] - logits[..., 0]
@@ -102,16 +114,8 @@ class RewardModel(Judge):
         out = []
         for start in range(0, len(rollouts), self.batch_size):
             batch = rollouts[start : start + self.batch_size]
-            enc = tok(
-                [self.text(prompt, r.text) for r in batch],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=not tok.chat_template,
-            )
+            enc = encode_chats(tok, model, [(prompt.messages, r.text) for r in batch], self.max_length)
             device = model_device(model)
-            enc = {k: v.to(device) for k, v in enc.items()}
             res = model(**enc, output_hidden_states=bool(self.mc_dropout))
             scores = self._reward(res.logits.float())  # (B,)
             passes: list[list[float]] = [[] for _ in batch]
@@ -156,9 +160,14 @@ def load_classifier(path: str, device: str, what: str):
     return model.to(resolve_device(device, f"{what}: device")).eval(), tok
 
 
+def skew(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(..., 2k), (..., 2k) -> (...,): s(a, b) = sum_l a[2l] b[2l+1] - a[2l+1] b[2l]; s(a, b) = -s(b, a)."""
+    return (a[..., 0::2] * b[..., 1::2] - a[..., 1::2] * b[..., 0::2]).sum(-1)
+
+
 def skew_scores(v: torch.Tensor) -> torch.Tensor:
-    """(K, 2k) unit embeddings -> (K, K) s[i, j] = sum_l v_i[2l] v_j[2l+1] - v_i[2l+1] v_j[2l] (s = -s.T)."""
-    return v[:, 0::2] @ v[:, 1::2].T - v[:, 1::2] @ v[:, 0::2].T
+    """(K, 2k) unit embeddings -> (K, K) s[i, j] = skew(v_i, v_j) (s = -s.T)."""
+    return skew(v[:, None, :], v[None, :, :])
 
 
 def preference_verdicts(name: str, rollouts: list[Rollout], s: torch.Tensor, tau: float, unit: str) -> list:
@@ -224,16 +233,8 @@ class GeneralPreference(Judge):
         parts = []
         for start in range(0, len(rollouts), self.batch_size):
             batch = rollouts[start : start + self.batch_size]
-            enc = tok(
-                [reward_text(tok, prompt.messages, r.text) for r in batch],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=not tok.chat_template,
-            )
-            device = model_device(model)
-            parts.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu())
+            enc = encode_chats(tok, model, [(prompt.messages, r.text) for r in batch], self.max_length)
+            parts.append(model(**enc).logits.float().cpu())
         v = torch.nn.functional.normalize(torch.cat(parts), dim=-1)  # (K, 2k)
         self.tally().add(len(rollouts) * (len(rollouts) - 1), [])
         return preference_verdicts(self.name, rollouts, skew_scores(v), self._tau, "general preference model")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from iterpo.judges.reward_model import reward_text
+from iterpo.judges.reward_model import encode_chats, skew
 from iterpo.sampling import derive_seed
 
 
@@ -109,11 +109,6 @@ def split(pairs: list[RewardPair], heldout: float, seed: int) -> tuple[list[Rewa
     return out
 
 
-def skew(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(..., 2k), (..., 2k) -> (...,): s(a, b) = sum_l a[2l] b[2l+1] - a[2l+1] b[2l]; s(a, b) = -s(b, a)."""
-    return (a[..., 0::2] * b[..., 1::2] - a[..., 1::2] * b[..., 0::2]).sum(-1)
-
-
 def margins(opts: RewardTraining, w: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
     """(B, D), (B, D) head outputs of chosen and rejected -> (B,) the logit of P(y_w beats y_l)."""
     if opts.kind == "bradley_terry":
@@ -140,19 +135,8 @@ def load_backbone(path: str, seed: int, opts: RewardTraining | None = None):
 
 def outputs(model, tok, pairs: list[RewardPair], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected), each (B, D): the head's outputs for the pairs' two responses, in one forward pass."""
-    texts = [reward_text(tok, p.messages, p.chosen) for p in pairs] + [
-        reward_text(tok, p.messages, p.rejected) for p in pairs
-    ]
-    enc = tok(
-        texts,
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        add_special_tokens=not tok.chat_template,
-    )
-    device = next(model.parameters()).device
-    r = model(**{k: v.to(device) for k, v in enc.items()}).logits.float()  # (2B, D)
+    chats = [(p.messages, p.chosen) for p in pairs] + [(p.messages, p.rejected) for p in pairs]
+    r = model(**encode_chats(tok, model, chats, max_length)).logits.float()  # (2B, D)
     return r[: len(pairs)], r[len(pairs) :]
 
 

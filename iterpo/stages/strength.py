@@ -19,10 +19,12 @@ import statistics
 from dataclasses import dataclass
 
 from iterpo.errors import ConfigError, DataError
-from iterpo.judges.reward_model import RewardModel, members_of
+from iterpo.judges.reward_model import load_classifier, members_of
 from iterpo.progress import bar
-from iterpo.records import Preference, Rollout, to_table
+from iterpo.records import Preference, to_table
 from iterpo.stages.base import Stage, register_stage
+from iterpo.stages.reward_model import example_pairs
+from iterpo.training.reward_model import RewardTraining, member_margins
 
 SWAPPED = [("chosen_idx", "rejected_idx"), ("chosen", "rejected"), ("chosen_score", "rejected_score")]
 SWAPPED += [("chosen_win_rate", "rejected_win_rate"), ("chosen_source", "rejected_source")]
@@ -93,16 +95,12 @@ class Strength(Stage):
                 f"{'found ' + path + ' with one model' if path else 'none was trained yet'}"
             )
         prefs = ctx.read(r, self.input("examples"), Preference)
-        judges = [RewardModel(path=m) for m in members]
-        d = [[0.0] * len(prefs) for _ in judges]  # (M, pairs) reward differences
-        with bar("preference strength", len(prefs)) as advance:
-            for i, x in enumerate(prefs):
-                prompt = ctx.prompt(x.prompt_id)
-                prompt = dataclasses.replace(prompt, messages=prompt.messages + x.context)
-                pair = [Rollout(x.prompt_id, k, r, 0, t, [], "stop") for k, t in enumerate((x.chosen, x.rejected))]
-                for m, judge in enumerate(judges):
-                    w, lo = judge.judge(prompt, pair)
-                    d[m][i] = w.score - lo.score
+        pairs = example_pairs(ctx, prefs)
+        reading = RewardTraining(batch_size=16, max_length=1024)  # as the reward_model judge reads them
+        d = []  # (M, pairs) reward differences r(y_w) - r(y_l), one member loaded at a time
+        with bar("preference strength: members", len(members)) as advance:
+            for m in members:
+                d.append(member_margins([load_classifier(m, "auto", "stage strength")], pairs, reading)[0].tolist())
                 advance(1)
         out, strengths, counts = apply_strength(prefs, d, self.flip_below, self.drop_below, self.smooth)
         ctx.store.write_parquet(ctx.store.path(r, self.file("examples")), to_table(out, Preference))

@@ -121,6 +121,15 @@ PAIRING: Registry[type[Strategy]] = Registry("pairing strategy")
 register_pairing = PAIRING.register
 
 
+def scored_apart(rollouts: list[Rollout], score: dict[tuple[str, int], float]) -> list[tuple[Rollout, Rollout]]:
+    """Every (higher, lower) pair of one prompt's responses that score[(prompt_id, sample_idx)] sets apart, in
+    sample order: each response with each one scored lower; responses without a score are left out. Four
+    samples with one scored higher give three pairs."""
+    judged = sorted((x for x in rollouts if (x.prompt_id, x.sample_idx) in score), key=lambda x: x.sample_idx)
+    values = [score[(x.prompt_id, x.sample_idx)] for x in judged]
+    return [(w, lo) for w, sw in zip(judged, values) for lo, sl in zip(judged, values) if sw > sl]
+
+
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 

@@ -17,7 +17,7 @@ from typing import Any
 from iterpo import metrics
 from iterpo.errors import JudgeFailure
 from iterpo.judges import judge_all
-from iterpo.pairing.base import sigmoid
+from iterpo.pairing.base import scored_apart, sigmoid
 from iterpo.progress import bar
 from iterpo.records import Judgement, Prompt, Rollout, to_table
 from iterpo.sampling import derive_seed
@@ -129,12 +129,10 @@ def heldout_pairs(ctx, r: int, sampler, sets: dict[str, list[Prompt]]) -> dict[s
 
 
 def _pairs_of(group: list[Rollout], score: dict) -> list:
-    """One prompt's pairs: every response with every one it scores higher than (sample order), and P(first beats
-    second) = sigmoid(score difference), as the pairing stage's soft labels. Four samples with one correct give
-    three pairs."""
-    judged = sorted((x for x in group if (x.prompt_id, x.sample_idx) in score), key=lambda x: x.sample_idx)
+    """One prompt's pairs (pairing.scored_apart) with P(first beats second) = sigmoid(score difference), as the
+    pairing stage's soft labels."""
     s = lambda x: score[(x.prompt_id, x.sample_idx)]  # noqa: E731
-    return [(w, lo, sigmoid(s(w) - s(lo))) for w in judged for lo in judged if s(w) > s(lo)]
+    return [(w, lo, sigmoid(s(w) - s(lo))) for w, lo in scored_apart(group, score)]
 
 
 def _sample_pairs(ctx, sampler, sets: dict[str, list[Prompt]], path, verdicts_path) -> None:

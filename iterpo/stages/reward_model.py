@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from iterpo.errors import ConfigError
+from iterpo.pairing.base import scored_apart
 from iterpo.progress import bar
 from iterpo.records import Judgement, Preference, Rollout
 from iterpo.stages.base import Stage, register_stage
@@ -30,12 +31,10 @@ def all_pairs(ctx, rollouts: list[Rollout], judgements: list[Judgement], per_pro
     score = {(j.prompt_id, j.sample_idx): j.score for j in judgements if not j.failed}
     by_prompt: dict[str, list[Rollout]] = {}
     for x in rollouts:
-        if (x.prompt_id, x.sample_idx) in score:
-            by_prompt.setdefault(x.prompt_id, []).append(x)
+        by_prompt.setdefault(x.prompt_id, []).append(x)
     out = []
     for pid, group in by_prompt.items():
-        s = lambda x: score[(x.prompt_id, x.sample_idx)]  # noqa: E731
-        found = [(w, lo) for w in group for lo in group if s(w) > s(lo)][:per_prompt]
+        found = scored_apart(group, score)[:per_prompt]
         messages = ctx.prompt(pid).messages
         out += [RewardPair(pid, messages + w.context, w.text, lo.text) for w, lo in found]
     return out

@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from iterpo.errors import JudgeFailure
@@ -140,6 +141,12 @@ def prompt_key(prompt: Prompt) -> str:
 
 def cache_key(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def check_model_dir_option(path: str) -> None:
+    """ValueError unless the option path names a local directory (a judge's model)."""
+    if not path or not Path(path).is_dir():
+        raise ValueError(f"option path must be a local model directory, got {path!r}")
 
 
 def check_range(name: str, value: float, lo: float, hi: float) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from iterpo.errors import DataError
-from iterpo.judges.base import Judge, register_judge
+from iterpo.judges.base import Judge, check_model_dir_option, register_judge
 from iterpo.models.device import resolve_device
 from iterpo.models.logprobs import next_token_odds
 from iterpo.records import Judgement, Prompt, Rollout
@@ -73,8 +73,7 @@ class ProcessRewardModel(Judge):
     volatile_options = ("batch_size", "device")
 
     def __post_init__(self):
-        if not self.path or not Path(self.path).is_dir():
-            raise ValueError(f"option path must be a local model directory, got {self.path!r}")
+        check_model_dir_option(self.path)
         if self.batch_size < 1 or self.max_length < 8 or not self.step_tag or self.good == self.bad:
             raise ValueError("options need batch_size >= 1, max_length >= 8, a step_tag and two different labels")
         self._model = None

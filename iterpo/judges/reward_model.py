@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 
 from iterpo.errors import DataError
-from iterpo.judges.base import Judge, JudgeContext, make_judge, register_judge
+from iterpo.judges.base import Judge, JudgeContext, check_model_dir_option, make_judge, register_judge
 from iterpo.models.device import model_device, resolve_device
 from iterpo.records import Judgement, Prompt, Rollout
 
@@ -73,8 +73,7 @@ class RewardModel(Judge):
     volatile_options = ("batch_size", "device")
 
     def __post_init__(self):
-        if not self.path or not Path(self.path).is_dir():
-            raise ValueError(f"option path must be a local model directory, got {self.path!r}")
+        check_model_dir_option(self.path)
         if self.batch_size < 1 or self.max_length < 8 or self.mc_dropout < 0 or not 0 <= self.dropout < 1:
             raise ValueError("options need batch_size >= 1, max_length >= 8, mc_dropout >= 0 and 0 <= dropout < 1")
         self._model = None
@@ -209,8 +208,7 @@ class GeneralPreference(Judge):
     volatile_options = ("batch_size", "device")
 
     def __post_init__(self):
-        if not self.path or not Path(self.path).is_dir():
-            raise ValueError(f"option path must be a local model directory, got {self.path!r}")
+        check_model_dir_option(self.path)
         self._model = None
 
     def _load(self):

@@ -100,6 +100,7 @@ class Preference:
     chosen_source: str = "policy"  # where the chosen and rejected responses came from
     rejected_source: str = "policy"
     weight: float = 1.0  # the pair's weight in the loss (all_pairs weighted: pi(chosen) pi(rejected) soft_label)
+    margin: float = 0.0  # a target reward margin the loss asks of the pair (the strength stage's adaptive margin)
     shared_prefix: int = 0  # leading tokens both responses share (a step pair's steps before the divergence
     # point): context, read but never trained on
     context: list[dict[str, str]] = field(default_factory=list)  # chat messages after the prompt's that the pair
@@ -231,6 +232,7 @@ SCHEMAS = {
             ("chosen_source", pa.string()),
             ("rejected_source", pa.string()),
             ("weight", pa.float64()),
+            ("margin", pa.float64()),
             ("shared_prefix", pa.int32()),
             ("context", MESSAGES),
             ("side", pa.list_(pa.struct([("request", pa.string()), ("target", pa.string())]))),

@@ -42,6 +42,7 @@ NEEDS = {
     "win_rate": "estimates of P(y beats the current policy) for chosen and rejected",
     "soft_label": "an empirical probability that the chosen response is preferred",
     "scores": "the judge's scores of chosen and rejected (GPO: their preference scores against the sampling policy)",
+    "margin": "a target reward margin per pair (an adaptive margin from preference strength)",
     "aux_samples": "log-probs of extra samples per prompt (from the reference, or the policy's own)",
     "token_stats": "per-token log-probs, reference log-probs and KL(ref || policy), from a live reference model",
     "token_logps": "per-token log-probs of every sample under the policy and a live reference model",
@@ -70,6 +71,7 @@ class PreferenceBatch:
     soft_label: torch.Tensor | None = None  # (B,) estimate of P(y_w beats y_l)   [soft_label]
     chosen_score: torch.Tensor | None = None  # (B,) the judge's score of y_w   [scores]
     rejected_score: torch.Tensor | None = None  # (B,) and of y_l
+    margin: torch.Tensor | None = None  # (B,) the target reward margin asked of each pair   [margin]
     aux_logps: torch.Tensor | None = None  # (B, k) policy log-probs of extra samples for the prompt   [aux_samples]
     ref_aux_logps: torch.Tensor | None = None  # (B, k) their reference log-probs
     chosen_token_logps: torch.Tensor | None = None  # (B, T) policy log-prob per response token   [token_stats]

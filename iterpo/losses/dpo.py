@@ -48,6 +48,34 @@ class DPO(PairwiseLoss):
         return pair_output(losses, self.beta * chosen, self.beta * rejected)
 
 
+@register_loss("margin_dpo")
+@dataclass
+class MarginDPO(PairwiseLoss):
+    """DPO with a per-pair target margin: the adaptive margin of "Secrets of RLHF in Large Language Models
+    Part II: Reward Modeling" (Wang et al. 2024, its reward-model loss -log sigmoid(r_w - r_l - m)) put on the
+    implicit reward, as ODPO (Amini et al. 2024, "Direct Preference Optimization with an Offset") does with its
+    offset.
+
+    loss = -log sigmoid(beta*delta - m), m = the pair's margin (Preference.margin; the ``strength`` stage's
+    ``margin`` option sets it from the ensemble's mean preference strength). Pairs the ensemble finds clear
+    must be separated by more; m = 0 everywhere is DPO.
+    """
+
+    reference_cancels = True  # only differences within a prompt
+    needs = frozenset({"reference", "margin"})
+
+    beta: float = 0.1
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)  # (B,), (B,)
+        m = require(batch.margin, "target margins")  # (B,)
+        losses = F.softplus(m - self.beta * (chosen - rejected))  # = -log sigmoid(beta*delta - m)
+        return pair_output(losses, self.beta * chosen, self.beta * rejected, target_margin=m.mean())
+
+
 @register_loss("cdpo")
 @dataclass
 class ConservativeDPO(PairwiseLoss):

@@ -8,7 +8,9 @@ ensemble a reward_model stage with ``members`` trained (in this round, or the la
 the pairs again with every option applied: ``flip_below`` swaps chosen and rejected where the mean strength is
 below it, ``drop_below`` then drops pairs whose (flipped) mean strength is still below it, and ``smooth``
 sets each pair's soft label to sigmoid(mean strength), which losses with per-pair label smoothing read
-(``mcts_dpo``: eps = 1 - soft label; ``soft_dpo``). ``strength.json`` reports the strengths and the counts.
+(``mcts_dpo``: eps = 1 - soft label; ``soft_dpo``), and ``margin`` (a scale gamma) sets each pair's target
+margin to gamma x its mean strength, the paper's adaptive margin, which ``margin_dpo`` reads: clear pairs must be
+separated by more, ambiguous ones by less. ``strength.json`` reports the strengths and the counts.
 """
 
 from __future__ import annotations
@@ -39,10 +41,16 @@ def flipped(x: Preference) -> Preference:
 
 
 def apply_strength(
-    prefs: list[Preference], d: list[list[float]], flip_below: float | None, drop_below: float | None, smooth: bool
+    prefs: list[Preference],
+    d: list[list[float]],
+    flip_below: float | None,
+    drop_below: float | None,
+    smooth: bool,
+    margin: float | None = None,
 ) -> tuple[list[Preference], list[dict], dict]:
     """(kept pairs, their strengths, counts) from d (M, pairs), the members' reward differences r(y_w) - r(y_l):
-    flip where the mean is below flip_below, then drop where it is below drop_below, then smooth."""
+    flip where the mean is below flip_below, then drop where it is below drop_below, then smooth, then set the
+    target margin to margin x mean."""
     out, strengths, counts = [], [], {"pairs": len(prefs), "flipped": 0, "dropped": 0}
     for i, x in enumerate(prefs):
         values = [row[i] for row in d]
@@ -55,6 +63,8 @@ def apply_strength(
             continue
         if smooth:
             x = dataclasses.replace(x, soft_label=1.0 / (1.0 + math.exp(-mean)))
+        if margin is not None:
+            x = dataclasses.replace(x, margin=margin * mean)
         strengths.append({"prompt_id": x.prompt_id, "mean": mean, "std": spread})
         out.append(x)
     return out, strengths, counts
@@ -73,12 +83,16 @@ class Strength(Stage):
     """Then drop pairs whose mean strength is still below this (ambiguous ones, e.g. 0.1)."""
     smooth: bool = False
     """Set each pair's soft label to sigmoid(mean strength), for losses with per-pair label smoothing."""
+    margin: float | None = None
+    """Set each pair's target margin to this x its mean strength (the adaptive margin ``margin_dpo`` reads)."""
 
     def check(self, earlier: list) -> None:
         if not any(s.kind == "reward_model" for s in earlier):
             raise ValueError("strength reads a reward-model ensemble: list a reward_model stage with members before it")
         if self.flip_below is not None and self.drop_below is not None and self.drop_below < self.flip_below:
             raise ValueError("drop_below below flip_below would drop nothing that is not flipped first")
+        if self.margin is not None and not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"margin is a scale of the mean strength and must be >= 0, got {self.margin}")
 
     def fits(self, plan) -> None:
         if plan.loss.data_shape != "pairs":
@@ -102,7 +116,7 @@ class Strength(Stage):
             for m in members:
                 d.append(member_margins([load_classifier(m, "auto", "stage strength")], pairs, reading)[0].tolist())
                 advance(1)
-        out, strengths, counts = apply_strength(prefs, d, self.flip_below, self.drop_below, self.smooth)
+        out, strengths, counts = apply_strength(prefs, d, self.flip_below, self.drop_below, self.smooth, self.margin)
         ctx.store.write_parquet(ctx.store.path(r, self.file("examples")), to_table(out, Preference))
         report = {"round": r, "members": len(members), **counts, "kept": len(out), "strengths": strengths}
         ctx.store.write_json(ctx.store.path(r, self.file("strength_report")), report)

@@ -139,6 +139,7 @@ def training_examples(
                     aux_ids=[ids(pid, "policy", i) for i in x.aux_idxs],
                     ref_aux_logps=[_scored(ref, k) for k in aux] if use_ref else None,
                     weight=x.weight,
+                    margin=x.margin,
                     chosen_mask=mask(pid, x.chosen_source, x.chosen_idx, x.shared_prefix),
                     rejected_mask=mask(pid, x.rejected_source, x.rejected_idx, x.shared_prefix),
                     aux_masks=[mask(pid, "policy", i) for i in x.aux_idxs],

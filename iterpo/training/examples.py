@@ -33,6 +33,7 @@ class PairExample:
     aux_ids: list[list[int]] = field(default_factory=list)  # k extra responses to the same prompt
     ref_aux_logps: list[float] | None = None  # (k,) their reference log-probs
     weight: float = 1.0  # the pair's weight in the step's loss (a weighted mean when any is not 1)
+    margin: float | None = None  # the target reward margin the loss asks of the pair (Preference.margin)
     chosen_mask: list[bool] | None = None  # (Tc,) True on the tokens trained on (Rollout.policy_mask); None: all
     rejected_mask: list[bool] | None = None  # (Tr,) likewise
     aux_masks: list[list[bool] | None] = field(default_factory=list)  # likewise for aux_ids (empty: all None)
@@ -149,6 +150,8 @@ def collate_pairs(
         batch.rejected_win_rate = _t([require(e.win_rates, "win rates")[1] for e in examples])
     if "soft_label" in needs:
         batch.soft_label = _t([e.soft_label for e in examples])
+    if "margin" in needs:
+        batch.margin = _t([require(e.margin, "target margins") for e in examples])
     if "scores" in needs:
         batch.chosen_score = _t([require(e.scores, "judge scores")[0] for e in examples])
         batch.rejected_score = _t([require(e.scores, "judge scores")[1] for e in examples])

@@ -5,7 +5,8 @@ The file holds one pair per row in the layout TRL and most trainers read:
 ``prompt``, ``chosen``, ``rejected``, either plain strings or chat messages
 (``prompt`` a list of messages, ``chosen``/``rejected`` the assistant's turn as a
 list of one message), and optionally ``soft_label``, the probability that the
-chosen response is preferred. JSON lines, a JSON list, or Parquet.
+chosen response is preferred, and ``margin``, a target reward margin (``margin_dpo``). JSON lines, a JSON
+list, or Parquet.
 
 Tokenization follows TRL's rule, so the same file gives the same tokens in
 both: chat messages go through the model's chat template (the prompt with the
@@ -17,6 +18,7 @@ prefix of the tokenized prompt and prompt + response.
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -81,6 +83,9 @@ def read_preferences(path: str | Path, demonstrations: bool = False, what: str =
         label = row.get("soft_label")
         if label is not None and not (isinstance(label, (int, float)) and 0 <= label <= 1):
             raise UserInputError(f"{where}: soft_label must be a number in [0, 1], got {label!r}")
+        margin = row.get("margin")
+        if margin is not None and not (isinstance(margin, (int, float)) and math.isfinite(margin)):
+            raise UserInputError(f"{where}: margin must be a finite number, got {margin!r}")
     return rows
 
 
@@ -94,8 +99,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def tokenize_pair(tokenizer, row: dict) -> PairExample:
     """Token ids of one row: (prompt, chosen, rejected), TRL's way (see the module docstring)."""
     prompt, (chosen, rejected) = _tokenize(tokenizer, row, ("chosen", "rejected"))
-    label = row.get("soft_label")
-    return PairExample(prompt, chosen, rejected, soft_label=None if label is None else float(label))
+    label, margin = row.get("soft_label"), row.get("margin")
+    return PairExample(
+        prompt,
+        chosen,
+        rejected,
+        soft_label=None if label is None else float(label),
+        margin=None if margin is None else float(margin),
+    )
 
 
 def tokenize_demonstration(tokenizer, row: dict) -> GroupExample:
@@ -161,6 +172,8 @@ def check_loss(loss, examples: list, name: str) -> None:
             )
     if "soft_label" in loss.needs and any(e.soft_label is None for e in examples):
         raise UserInputError(f"loss {name} needs a soft_label on every row of the preference file")
+    if "margin" in loss.needs and any(e.margin is None for e in examples):
+        raise UserInputError(f"loss {name} needs a margin (a number) on every row of the preference file")
 
 
 @torch.no_grad()

@@ -89,6 +89,23 @@ def test_mcts_dpo_smooths_each_pair_by_its_own_label():
     )
 
 
+def test_margin_dpo_subtracts_each_pairs_margin_and_is_dpo_at_zero():
+    beta, m = 0.5, [0.3, -1.0]
+    out = get_loss("margin_dpo", beta=beta)(pair_batch(margin=t(m)))
+    want = [sp(mi - beta * (w - l)) for mi, w, l in zip(m, LW, LL)]  # -log sigmoid(beta*delta - m)
+    assert out.losses.tolist() == pytest.approx(want, abs=1e-12)
+    assert out.extra["target_margin"] == pytest.approx(sum(m) / 2)
+    dpo = get_loss("dpo", beta=beta)(pair_batch()).losses
+    zero = get_loss("margin_dpo", beta=beta)(pair_batch(margin=t([0.0, 0.0]))).losses
+    assert zero.tolist() == pytest.approx(dpo.tolist(), abs=1e-12)
+    # the gradient vanishes only as beta*delta - m grows: a pair at beta*delta = m still has DPO's weight at 0
+    b = PreferenceBatch(t([2.0], True), t([0.0], True), t([0.0]), t([0.0]), margin=t([beta * 2.0]))
+    get_loss("margin_dpo", beta=beta)(b).loss.backward()
+    assert float(b.chosen_logps.grad) == pytest.approx(-beta * 0.5, abs=1e-12)
+    with pytest.raises(ValueError, match="target margins"):
+        get_loss("margin_dpo", beta=beta)(pair_batch())
+
+
 def test_rdpo_is_unbiased_and_can_go_negative():
     eps, beta = 0.2, 0.5
     loss = get_loss("rdpo", beta=beta, flip_rate=eps)
@@ -449,6 +466,7 @@ def test_registry_lists_every_issue_loss():
     want = {
         "dpo",
         "cdpo",
+        "margin_dpo",
         "rdpo",
         "ipo",
         "hinge",

@@ -171,7 +171,7 @@ def test_gpo_recipe_trains_a_gpm_and_judges_later_rounds_with_it(tiny_model_dir,
         assert log and all("loss" in x for x in log)
 
 
-DROP = 0.002
+DROP, MARGIN = 0.002, 3.0
 
 
 def test_an_ensembles_strength_flips_drops_and_smooths_pairs(tiny_model_dir, tmp_path, monkeypatch):
@@ -179,7 +179,8 @@ def test_an_ensembles_strength_flips_drops_and_smooths_pairs(tiny_model_dir, tmp
     cfg["judge"] = {"name": "token_sum"}  # graded scores of the random model (it cannot judge itself)
     cfg["run"]["rounds"] = 1
     cfg["round"]["stages"][3].update(lr=1e-3, members=3)
-    cfg["round"]["stages"][4].update(drop_below=DROP)  # the tiny models' strengths are small
+    cfg["round"]["stages"][4].update(drop_below=DROP, margin=MARGIN)  # the tiny models' strengths are small
+    cfg["loss"] = {"name": "margin_dpo", "beta": 0.1}  # trains on the adaptive margins
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     rows, store = run_config(load_config(path))
@@ -217,9 +218,11 @@ def test_an_ensembles_strength_flips_drops_and_smooths_pairs(tiny_model_dir, tmp
             y["chosen"] == x["rejected"] and y["rejected"] == x["chosen"] and y["chosen_idx"] == x["rejected_idx"]
         )
         assert y["soft_label"] == pytest.approx(1 / (1 + math.exp(-mean)), abs=1e-5)
+        assert y["margin"] == pytest.approx(MARGIN * mean, abs=1e-5)
     assert (flipped, dropped) == (report["flipped"], report["dropped"])
     log = [json.loads(x) for x in store.path(1, "train.jsonl").read_text().splitlines()]
     assert log or not after  # the kept pairs were trained on
+    assert all(x["target_margin"] > 0 for x in log)  # margin_dpo read the margins (every kept mean is > DROP)
 
 
 def test_strength_flips_then_drops_then_smooths():
@@ -239,5 +242,7 @@ def test_strength_flips_then_drops_then_smooths():
     assert p0.soft_label == pytest.approx(1 / (1 + math.exp(-1.5)))
     assert p2.soft_label == pytest.approx(1 / (1 + math.exp(-2.0)))
     assert strengths[1] == {"prompt_id": "p2", "mean": 2.0, "std": 1.0}
+    kept, _, _ = apply_strength(prefs, d, flip_below=0.0, drop_below=0.05, smooth=False, margin=0.5)
+    assert [x.margin for x in kept] == [0.75, 1.0]  # 0.5 x mean strength (p0 flipped: 1.5)
     untouched, _, counts = apply_strength(prefs, d, None, None, False)
     assert untouched == prefs and counts["flipped"] == counts["dropped"] == 0

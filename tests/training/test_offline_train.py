@@ -137,6 +137,17 @@ def test_a_loss_with_soft_labels_reads_them_from_the_file(tmp_path, tiny_model_d
     )
 
 
+def test_a_margin_loss_needs_a_margin_on_every_row():
+    from iterpo.losses import get_loss
+    from iterpo.training.examples import PairExample
+    from iterpo.training.offline import check_loss
+
+    loss = get_loss("margin_dpo")
+    check_loss(loss, [PairExample([1], [2], [3], margin=0.5)], "margin_dpo")
+    with pytest.raises(Exception, match="needs a margin"):
+        check_loss(loss, [PairExample([1], [2], [3], margin=0.5), PairExample([1], [2], [3])], "margin_dpo")
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [
@@ -147,6 +158,7 @@ def test_a_loss_with_soft_labels_reads_them_from_the_file(tmp_path, tiny_model_d
             "chosen must be a non-empty list",
         ),
         ([{"prompt": "x", "chosen": "y", "rejected": "z", "soft_label": 2}], "soft_label must be a number in"),
+        ([{"prompt": "x", "chosen": "y", "rejected": "z", "margin": "wide"}], "margin must be a finite number"),
     ],
 )
 def test_bad_rows_are_named(tmp_path, rows, message):

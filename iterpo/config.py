@@ -41,6 +41,20 @@ class ClusterSection(Section):
     the workers use the thread count and hardware of the run's process."""
 
 
+class TrackingSection(Section):
+    tensorboard: bool = False
+    """Log each round's figures and each training step's to TensorBoard event files in RUN_DIR/tensorboard
+    (pip install 'iterpo[tensorboard]'; view with tensorboard --logdir RUN_DIR/tensorboard)."""
+    mlflow: bool = False
+    """Log them to MLflow, one MLflow run per iterpo run with the config as its parameters
+    (pip install 'iterpo[mlflow]')."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (a server's http://HOST:PORT, sqlite:///PATH, ...). None: MLFLOW_TRACKING_URI when set,
+    else sqlite:///RUN_DIR/mlflow.db (view with mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db)."""
+    experiment: str = "iterpo"
+    """MLflow experiment the run is logged under (created when missing)."""
+
+
 class RunSection(Section):
     dir: str | None = None
     """Run directory. Default: runs/<config name> ('runs/default' for the built-in default)."""
@@ -55,6 +69,9 @@ class RunSection(Section):
     cluster: ClusterSection | None = None
     """Send the shards of the sample, judge and reference stages to workers on a cluster (see ClusterSection);
     null: everything runs in this process. It does not change results, so a run can resume with another one."""
+    tracking: TrackingSection = TrackingSection()
+    """Copy the figures to TensorBoard and/or MLflow (see TrackingSection); off by default. It does not change
+    results, so a run can resume with tracking turned on or off."""
 
 
 class LoraSection(Section):

@@ -21,6 +21,7 @@ from iterpo.progress import console, round_table
 from iterpo.stages import RunContext, Stage
 from iterpo.store import RunStore
 from iterpo.summary import round_summary
+from iterpo.tracking import Tracker, check_available
 
 
 def open_run(config: Config, force: bool = False) -> tuple[Plan, RunStore]:
@@ -29,6 +30,7 @@ def open_run(config: Config, force: bool = False) -> tuple[Plan, RunStore]:
     The plan comes first: bad input fails before anything is written.
     """
     plan = build_plan(config)
+    check_available(config.run.tracking)
     if config.run.dir is None:  # load_config always sets it; a Config built by hand must too
         raise ValueError("config.run.dir is not set; load_config sets it to runs/<config name>")
     return plan, RunStore.open(config.run.dir, plan.config_text(), plan.fingerprint, force)
@@ -42,6 +44,8 @@ def run(plan: Plan, store: RunStore) -> list[dict]:
     if plan.config.run.threads:
         torch.set_num_threads(plan.config.run.threads)
     ctx, rounds = RunContext(plan, store), plan.config.run.rounds
+    logs = {s.label: s.file("train_log") for s in plan.stages if "train_log" in s.files}
+    tracker, finished = Tracker(plan.config.run.tracking, store, logs, plan.config_text()), False
     try:
         for r in range(rounds + 1):
             if r:
@@ -51,7 +55,10 @@ def run(plan: Plan, store: RunStore) -> list[dict]:
             # the last rounds only: reading every round's files again each round would grow with the run
             # (`iterpo status` shows them all)
             console.print(round_table([round_summary(store, i) for i in range(max(0, r + 1 - TABLE_ROUNDS), r + 1)]))
+            tracker.round_done(r)
+        finished = True
     finally:
+        tracker.close(finished)
         ctx.close()  # a cluster's workers
     return [round_summary(store, i) for i in range(rounds + 1)]
 

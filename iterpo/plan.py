@@ -53,6 +53,7 @@ UNFINGERPRINTED = [
     ("run", "dir"),
     ("run", "threads"),
     ("run", "cluster"),
+    ("run", "tracking"),
     ("model", "device"),
     ("train", "max_tokens_per_pass"),
     ("train", "gradient_checkpointing"),

@@ -28,7 +28,7 @@ LAYERS = [
     {"judges", "pairing", "games", "environments"},
     {"training"},
     {"stages"},
-    {"plan", "summary"},
+    {"plan", "summary", "tracking"},
     {"driver", "export", "report", "compare"},
     {"cli", "__main__"},
 ]

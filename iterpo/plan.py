@@ -34,6 +34,7 @@ from iterpo.config import Config
 from iterpo.environments import Environment, make_environment
 from iterpo.errors import ConfigError, DataError
 from iterpo.judges import JUDGES, Judge, make_judge
+from iterpo.judges.reward_model import TrainedInRun
 from iterpo.losses import Loss, get_loss, loss_hyperparameters
 from iterpo.losses.base import LIVE_NEEDS, LOSSES
 from iterpo.models.device import resolve_device
@@ -307,6 +308,11 @@ def build_plan(config: Config) -> Plan:
                 f"round.stages: judge stage {stage.label!r} compares responses with opponents, which takes a "
                 f"pairwise judge; {judge.name!r} scores each response alone (use the pair stage's opponents option)"
             )
+    if isinstance(judge, TrainedInRun) and not any(s.kind == judge.stage for s in plan.stages):
+        raise ConfigError(
+            f"judge {judge.name!r} uses the model a {judge.stage!r} stage trains each round; round.stages lists "
+            f"none, so every round would be judged by its fallback {judge.fallback!r}. Add a {judge.stage} stage"
+        )
     if any(s.kind == "train" for s in plan.stages):
         plan.policy_stage()  # side trainings alone would leave every round's policy as it was
     check_stage_losses(plan)

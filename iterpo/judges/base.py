@@ -39,7 +39,8 @@ class JudgeContext:
     policy: Callable[[], Any] | None = None  # () -> the policy being judged (the model that sampled the round)
     tokenizer: Any = None
     system_prompt: str | None = None
-    trained: Callable[[int], str | None] | None = None  # round k -> the reward model the run trained in round k
+    trained: Callable[[int, str], str | None] | None = None  # (round k, stage kind) -> the model such a stage of
+    # the run trained in round k (a reward_model stage's reward model, an adversary stage's discriminator), or None
 
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")

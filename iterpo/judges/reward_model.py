@@ -238,11 +238,11 @@ class GeneralPreference(Judge):
         return preference_verdicts(self.name, rollouts, skew_scores(v), self._tau, "general preference model")
 
 
-def trained_model(context: JudgeContext) -> tuple[str | None, int]:
-    """(directory, round) of the model the run's reward_model stage trained in the latest round before the
+def trained_model(context: JudgeContext, stage: str = "reward_model") -> tuple[str | None, int]:
+    """(directory, round) of the model the run's stage of that kind trained in the latest round before the
     context's; (None, 0) when there is none yet."""
     for k in range(context.round - 1, 0, -1):
-        path = context.trained(k) if context.trained is not None else None
+        path = context.trained(k, stage) if context.trained is not None else None
         if path is not None:
             return path, k
     return None, 0
@@ -271,7 +271,8 @@ class TrainedInRun(Judge):
     judge. Its cache key names which of them judged."""
 
     local = True  # its model is a file of the run's, found per round: never judged on workers
-    trains: ClassVar[str] = ""  # the kind of model the reward_model stage must have trained
+    stage: ClassVar[str] = "reward_model"  # the kind of stage that trains it
+    trains: ClassVar[str] = ""  # the kind of model that stage must have trained
     loads: ClassVar[str] = ""  # the judge that reads such a model from its directory
     fallback: str = "exact_answer"
     """The pointwise judge of the rounds before the run has a model of its own (a registered name, default
@@ -291,9 +292,9 @@ class TrainedInRun(Judge):
     def setup(self, context: JudgeContext) -> None:
         super().setup(context)
         self._current, self._source = self._fallback, f"fallback {self.fallback}"
-        path, k = trained_model(context)
+        path, k = trained_model(context, self.stage)
         if path is not None:
-            if kind_of(path) != self.trains:
+            if kind_of(path) != self.trains:  # a reward_model stage's two kinds; the adversary trains one only
                 other = "learned_preference" if self.trains == "bradley_terry" else "learned_reward"
                 raise DataError(
                     f"judge {self.name}: round {k}'s reward_model stage trained a {kind_of(path)} model, not a "
@@ -323,6 +324,22 @@ class LearnedReward(TrainedInRun):
 
     name = "learned_reward"
     trains = "bradley_terry"
+    loads = "reward_model"
+
+    def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
+        return [dataclasses.replace(j, judge=self.name) for j in self._current.judge(prompt, rollouts)]
+
+
+@register_judge("adversarial")
+@dataclass
+class Adversarial(TrainedInRun):
+    """The discriminator the run's adversary stage trained in the latest round before this one (EvoBot's
+    co-trained detector): score = its log-odds that the response is a reference text rather than the policy's;
+    until one exists (round 1), the ``fallback`` judge."""
+
+    name = "adversarial"
+    stage = "adversary"
+    trains = "discriminator"
     loads = "reward_model"
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:

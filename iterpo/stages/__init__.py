@@ -1,6 +1,7 @@
 """The stages a round is made of: one module each, registered by name (see base.py for the contract)."""
 
 from iterpo.stages import (  # noqa: F401  (register them)
+    adversary,
     ema,
     evaluate,
     judge,

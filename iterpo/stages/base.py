@@ -48,6 +48,7 @@ class Stage:
     kind: ClassVar[str] = ""  # the registered name, set by register_stage
     reads: ClassVar[tuple[str, ...]] = ()  # roles of the files it reads
     writes: ClassVar[dict[str, str]] = {}  # role -> default file name in the round directory; the first marks it done
+    model_role: ClassVar[str] = ""  # the role of a model it trains for a judge of later rounds, if any
 
     def __post_init__(self) -> None:
         self.label = self.kind  # the name it has in its round (a stage may appear twice under two names)

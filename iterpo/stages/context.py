@@ -394,15 +394,15 @@ class RunContext:
             lambda: self.policy_after(r - 1),
             self.tokenizer,
             self.config.model.system_prompt,
-            self.trained_reward_model,
+            self.trained_model,
         )
 
-    def trained_reward_model(self, k: int) -> str | None:
-        """The directory of the reward model a reward_model stage trained in round k, or None (none trained,
-        or not intact)."""
+    def trained_model(self, k: int, kind: str = "reward_model") -> str | None:
+        """The directory of the model a stage of that kind (reward_model, adversary) trained in round k, or None
+        (none trained, or not intact)."""
         for stage in self.plan.stages:
-            if stage.kind == "reward_model":
-                path = self.store.path(k, stage.file("reward_model"))
+            if stage.kind == kind:
+                path = self.store.path(k, stage.file(stage.model_role))
                 made = (path / "config.json").exists() or (path / "member-0" / "config.json").exists()
                 if made and self.store.check(path) == "ok":
                     return str(path)

@@ -53,6 +53,7 @@ class TrainRewardModel(Stage):
 
     reads = ("rollouts", "judgements")
     writes = {"reward_model_report": "reward_model.json", "reward_model": "reward_model"}
+    model_role = "reward_model"
     pairs: Literal["all", "examples"] = "all"
     """'all': every pair of the round's responses the judge scored apart (each response with each lower-scored
     one of its prompt, at most per_prompt a prompt); 'examples': the pairs the pair stage made for the loss."""

@@ -101,7 +101,7 @@ class Strength(Stage):
             )
 
     def run(self, ctx, r):
-        path = next((p for k in range(r, 0, -1) if (p := ctx.trained_reward_model(k)) is not None), None)
+        path = next((p for k in range(r, 0, -1) if (p := ctx.trained_model(k)) is not None), None)
         members = members_of(path) if path is not None else []
         if len(members) < 2:
             raise DataError(

@@ -13,6 +13,11 @@ judge renders them. Two kinds:
 
 A share of the prompts is held out, all of a prompt's pairs on one side, and the model's accuracy on their
 pairs is reported. The result is a directory transformers loads, its kind recorded in its config.
+
+A third kind is not a preference model: the ``adversary`` stage's discriminator (``train_discriminator``), one
+output, the log-odds that a response is one of the reference texts rather than the policy's, trained with the
+binary cross-entropy of a classifier on labelled single responses. Loaded by the ``reward_model`` judge too:
+its score is that log-odds.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from iterpo.judges.reward_model import encode_chats, skew
 from iterpo.sampling import derive_seed
+
+P = TypeVar("P", "RewardPair", "LabelledText")
 
 
 @dataclass
@@ -38,6 +46,14 @@ class RewardPair:
     messages: list[dict[str, str]]  # the chat the two responses answer
     chosen: str  # response texts, as judges read them
     rejected: str
+
+
+@dataclass
+class LabelledText:
+    prompt_id: str  # a prompt's texts stay on one side of the held-out split
+    messages: list[dict[str, str]]  # the chat the response answers
+    text: str  # the response, as judges read it
+    reference: bool  # True: one of the reference texts; False: the policy's
 
 
 KINDS = ("bradley_terry", "general_preference")
@@ -99,10 +115,10 @@ def pairs_of_rows(rows: list[dict]) -> list[RewardPair]:
     return out
 
 
-def split(pairs: list[RewardPair], heldout: float, seed: int) -> tuple[list[RewardPair], list[RewardPair]]:
-    """(train, held out): each prompt's pairs go to the held-out side with probability ``heldout``, decided by a
-    hash of (seed, prompt id), so the split does not depend on the order or number of pairs."""
-    out: tuple[list[RewardPair], list[RewardPair]] = ([], [])
+def split(pairs: list[P], heldout: float, seed: int) -> tuple[list[P], list[P]]:
+    """(train, held out): each prompt's pairs (or texts) go to the held-out side with probability ``heldout``,
+    decided by a hash of (seed, prompt id), so the split does not depend on the order or number of pairs."""
+    out: tuple[list[P], list[P]] = ([], [])
     for p in pairs:
         held = derive_seed(seed, "reward-heldout", p.prompt_id) % 10_000 < heldout * 10_000
         out[int(held)].append(p)
@@ -257,10 +273,82 @@ def ensemble_accuracy(built: list, pairs: list[RewardPair], opts: RewardTraining
     return float((mean > 0).float().mean()), float(-F.logsigmoid(mean).mean())
 
 
-def steps(pairs: list[RewardPair], opts: RewardTraining) -> int:
+def steps(pairs: list[P], opts: RewardTraining) -> int:
     """How many optimizer steps train_preference_model takes on pairs (for a progress bar)."""
     train, _ = split(pairs, opts.heldout, opts.seed)
     return opts.epochs * -(-len(train) // opts.batch_size)
+
+
+@torch.no_grad()
+def text_logits(model, tok, texts: list[LabelledText], batch_size: int, max_length: int) -> torch.Tensor:
+    """(N,) the discriminator's log-odds that each text is a reference text."""
+    model.eval()
+    parts = [
+        model(**encode_chats(tok, model, [(t.messages, t.text) for t in texts[at : at + batch_size]], max_length))
+        .logits.float()[:, 0]
+        .cpu()
+        for at in range(0, len(texts), batch_size)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _labels(texts: list[LabelledText]) -> torch.Tensor:
+    return torch.tensor([float(t.reference) for t in texts])
+
+
+def train_discriminator(
+    backbone: str, texts: list[LabelledText], opts: RewardTraining, device: str, progress: Callable | None = None
+):
+    """(model, tokenizer, report dict): a one-output classifier on the backbone trained to tell the reference
+    texts from the policy's, loss = binary cross-entropy of sigmoid(logit) against the label, on the texts of
+    the training split's prompts; the held-out prompts' texts measure its accuracy (logit > 0 <=> reference).
+    progress(n) after each step."""
+    opts.check()
+    start = time.perf_counter()
+    train, heldout = split(texts, opts.heldout, opts.seed)
+    if not train:
+        raise ValueError(f"no training texts: all {len(texts)} fell in the held-out share ({opts.heldout})")
+    model, tok = load_backbone(backbone, opts.seed, dataclasses.replace(opts, kind="bradley_terry"))
+    model.config.iterpo_preference_model = {"kind": "discriminator"}
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr)
+    losses = []
+    for epoch in range(opts.epochs):
+        order = list(train)
+        random.Random(derive_seed(opts.seed, "discriminator-order", epoch)).shuffle(order)
+        model.train()
+        for at in range(0, len(order), opts.batch_size):
+            batch = order[at : at + opts.batch_size]
+            logits = model(**encode_chats(tok, model, [(t.messages, t.text) for t in batch], opts.max_length))
+            target = _labels(batch).to(logits.logits.device)
+            loss = F.binary_cross_entropy_with_logits(logits.logits.float()[:, 0], target)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(1)
+
+    def accuracy(part: list[LabelledText]) -> tuple[float | None, float | None]:
+        if not part:
+            return None, None
+        z, y = text_logits(model, tok, part, opts.batch_size, opts.max_length), _labels(part)
+        return float(((z > 0).float() == y).float().mean()), float(F.binary_cross_entropy_with_logits(z, y))
+
+    (heldout_accuracy, heldout_loss), (train_accuracy, _) = accuracy(heldout), accuracy(train)
+    report = {
+        "texts": len(texts),
+        "reference_texts": sum(t.reference for t in texts),
+        "train_texts": len(train),
+        "heldout_texts": len(heldout),
+        "heldout_accuracy": heldout_accuracy,
+        "train_accuracy": train_accuracy,
+        "heldout_loss": heldout_loss,
+        "losses": losses,
+        "seconds": time.perf_counter() - start,
+    }
+    return model.eval(), tok, report
 
 
 def save_reward_model(model, tok, path: Path) -> None:

@@ -103,9 +103,9 @@ class ModelSection(Section):
 
 class TaskSection(Section):
     name: str = "arithmetic"
-    """Built-in task ('arithmetic', 'word_problems', 'code', 'constraints', 'big_arithmetic' and 'town_facts',
-    which need a tool: see the environment section), or 'file' for prompts read from train_file / eval_file. Each
-    task names its default judge."""
+    """Built-in task ('arithmetic', 'word_problems', 'code', 'constraints', 'synthetic_users', 'big_arithmetic'
+    and 'town_facts', which need a tool: see the environment section), or 'file' for prompts read from
+    train_file / eval_file. Each task names its default judge."""
     train_size: int = Field(default=64, ge=1)
     """Number of training prompts (for 'file': at most this many, in file order)."""
     eval_size: int = Field(default=100, ge=1)
@@ -114,8 +114,11 @@ class TaskSection(Section):
     """arithmetic: digits per operand."""
     operations: list[Literal["+", "-", "*"]] = ["+"]
     """arithmetic: operations to draw from."""
+    shots: int = Field(default=2, ge=0, le=8)
+    """synthetic_users: the user's labelled preferences shown before each request (FSPO's few-shot examples)."""
     train_file: str | None = None
-    """file: JSONL or parquet with 'prompt' or 'messages', optional 'answer'."""
+    """file: JSONL or parquet with 'prompt' or 'messages', optional 'answer', and optional 'user' and
+    'preferences' (that user's labelled preferences, [{prompt, chosen, rejected}], shown before the request)."""
     eval_file: str | None = None
     """file: held-out prompts in the same format (optional)."""
 

@@ -66,6 +66,7 @@ UNFINGERPRINTED = [
 # keep their fingerprints and can be resumed.
 OMITTED_AT_DEFAULT = {
     ("sampling", "prompts_per_round"): None,
+    ("task", "shots"): 2,
     ("sampling", "exhaustive"): False,
     ("eval", "every"): 1,
     ("eval", "analyses"): True,

@@ -24,6 +24,7 @@ class Prompt:
     prompt_id: str  # stable across rounds and runs
     messages: list[dict[str, str]]  # chat messages [{"role": "user", "content": ...}, ...]
     answer: str | None = None  # reference answer for verifiers
+    user: str | None = None  # who asks, for personalized preferences (the few-shot examples are in messages)
 
     @property
     def text(self) -> str:
@@ -292,7 +293,9 @@ SCHEMAS = {
             ("context", pa.string()),
         ]
     ),
-    Prompt: pa.schema([("prompt_id", pa.string()), ("messages", pa.string()), ("answer", pa.string())]),
+    Prompt: pa.schema(
+        [("prompt_id", pa.string()), ("messages", pa.string()), ("answer", pa.string()), ("user", pa.string())]
+    ),
 }
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from iterpo.errors import DataError
 from iterpo.judges.base import Judge, register_judge
 from iterpo.records import Judgement, Prompt, Rollout
+from iterpo.tasks.constraints import CHECKS
 
 # "The answer is (B)", "Answer: B", "**C**", "(D)" ... the last one written wins.
 _CHOICE = re.compile(
@@ -45,36 +46,6 @@ class MultipleChoice(Judge):
             got = chosen_option(r.text)
             out.append(Judgement(r.prompt_id, r.sample_idx, self.name, float(got == want), got or "no option"))
         return out
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def _is_json(text: str) -> bool:
-    body = text.strip()
-    fence = re.fullmatch(r"```(?:json)?\s*\n(.*?)```", body, re.DOTALL)
-    try:
-        json.loads(fence.group(1) if fence else body)
-        return True
-    except ValueError:
-        return False
-
-
-# name -> (check(response, value) -> bool, a description of the value for errors)
-CHECKS = {
-    "min_words": (lambda t, v: _words(t) >= v, int),
-    "max_words": (lambda t, v: _words(t) <= v, int),
-    "min_chars": (lambda t, v: len(t) >= v, int),
-    "max_chars": (lambda t, v: len(t) <= v, int),
-    "must_include": (lambda t, v: all(k.lower() in t.lower() for k in v), list),
-    "forbidden": (lambda t, v: not any(re.search(rf"\b{re.escape(k)}\b", t, re.IGNORECASE) for k in v), list),
-    "regex": (lambda t, v: re.search(v, t) is not None, str),
-    "starts_with": (lambda t, v: t.strip().startswith(v), str),
-    "ends_with": (lambda t, v: t.strip().endswith(v), str),
-    "json": (lambda t, v: _is_json(t) == v, bool),
-    "lowercase": (lambda t, v: (t == t.lower()) == v, bool),
-}
 
 
 def parse_constraints(prompt: Prompt) -> dict:

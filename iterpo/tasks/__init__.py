@@ -5,6 +5,7 @@ from iterpo.tasks import (  # noqa: F401  (register the tasks)
     code,
     constraints,
     files,
+    synthetic_users,
     tool_tasks,
     word_problems,
 )

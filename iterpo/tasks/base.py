@@ -43,5 +43,24 @@ class Task:
         return None
 
 
+def few_shot_request(request: str, shots: list[dict[str, str]]) -> str:
+    """A request conditioned on the asker's labelled preferences (FSPO: Singh et al. 2025, "FSPO: Few-Shot
+    Preference Optimization of Synthetic Preference Data in LLMs Elicits Effective Personalization to Real
+    Users"): each shot's {prompt, chosen, rejected} shown before the request, so the policy can read from them
+    what this user prefers. No shots: the request alone."""
+    if not shots:
+        return request
+    parts = [
+        f"Here {'is an earlier request' if len(shots) == 1 else f'are {len(shots)} earlier requests'} of mine, "
+        "each with a reply I preferred and one I did not."
+    ]
+    for shot in shots:
+        parts.append(
+            f"Request: {shot['prompt']}\nPreferred reply: {shot['chosen']}\nReply I did not prefer: {shot['rejected']}"
+        )
+    parts.append(f"Now reply to this request the way I would prefer: {request}")
+    return "\n\n".join(parts)
+
+
 TASKS: Registry[type[Task]] = Registry("task")
 register_task = TASKS.register

@@ -11,9 +11,42 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 from iterpo.tasks.base import register_task
 from iterpo.tasks.generated import GeneratedTask, Item
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _is_json(text: str) -> bool:
+    body = text.strip()
+    fence = re.fullmatch(r"```(?:json)?\s*\n(.*?)```", body, re.DOTALL)
+    try:
+        json.loads(fence.group(1) if fence else body)
+        return True
+    except ValueError:
+        return False
+
+
+# the constraints a spec may hold: name -> (check(response, value) -> bool, the type of value); the constraints
+# judge scores by them, and tasks check with them the texts they write
+CHECKS = {
+    "min_words": (lambda t, v: _words(t) >= v, int),
+    "max_words": (lambda t, v: _words(t) <= v, int),
+    "min_chars": (lambda t, v: len(t) >= v, int),
+    "max_chars": (lambda t, v: len(t) <= v, int),
+    "must_include": (lambda t, v: all(k.lower() in t.lower() for k in v), list),
+    "forbidden": (lambda t, v: not any(re.search(rf"\b{re.escape(k)}\b", t, re.IGNORECASE) for k in v), list),
+    "regex": (lambda t, v: re.search(v, t) is not None, str),
+    "starts_with": (lambda t, v: t.strip().startswith(v), str),
+    "ends_with": (lambda t, v: t.strip().endswith(v), str),
+    "json": (lambda t, v: _is_json(t) == v, bool),
+    "lowercase": (lambda t, v: (t == t.lower()) == v, bool),
+}
+
 
 TOPICS = [
     "the ocean",

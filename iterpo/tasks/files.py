@@ -2,7 +2,11 @@
 
 Each row has ``prompt`` (text) or ``messages`` (a chat: a list of
 {"role", "content"}), an optional ``answer`` used by verifiers, and an optional
-``id``. Malformed rows fail with the file and line named.
+``id``. Personalized prompts (FSPO) may add ``user`` (who asks) and
+``preferences``, that user's labelled preferences as [{prompt, chosen, rejected}]
+texts, shown before the request in its last user message
+(iterpo.tasks.base.few_shot_request). Malformed rows fail with the file and line
+named.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import pyarrow.parquet as pq
 from iterpo.config import TaskSection
 from iterpo.errors import ConfigError, DataError, reading
 from iterpo.records import Prompt
-from iterpo.tasks.base import Task, register_task
+from iterpo.tasks.base import Task, few_shot_request, register_task
 
 
 def _row_to_prompt(row: dict, where: str, default_id: str) -> Prompt:
@@ -45,10 +49,30 @@ def _row_to_prompt(row: dict, where: str, default_id: str) -> Prompt:
     answer = row.get("answer")
     if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
         raise DataError(f"{where}: 'answer' must be text or a number, got {type(answer).__name__}")
+    user, shots = row.get("user"), row.get("preferences")
+    if user is not None and not (isinstance(user, str) and user.strip()):
+        raise DataError(f"{where}: 'user' must be a non-empty string, got {user!r}")
+    if shots is not None:
+        keys = ("prompt", "chosen", "rejected")
+        if not (
+            isinstance(shots, list)
+            and all(
+                isinstance(x, dict) and all(isinstance(x.get(k), str) and x[k].strip() for k in keys) for x in shots
+            )
+        ):
+            raise DataError(f"{where}: 'preferences' must be a list of {{prompt, chosen, rejected}} texts")
+        asks = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if not asks:
+            raise DataError(f"{where}: 'preferences' go before a user request; the messages have none")
+        last = asks[-1]
+        messages = [dict(m) for m in messages]
+        messages[last]["content"] = few_shot_request(
+            messages[last]["content"], [{k: x[k] for k in keys} for x in shots]
+        )
     pid = row.get("id", default_id)
     if pid is None or isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
         raise DataError(f"{where}: 'id' must be a non-empty string or an integer, got {pid!r}")
-    return Prompt(str(pid), messages, None if answer is None else str(answer))
+    return Prompt(str(pid), messages, None if answer is None else str(answer), user)
 
 
 def read_prompts(path: str | Path, limit: int | None = None, id_prefix: str = "p") -> list[Prompt]:

@@ -9,6 +9,7 @@ seed and exclude every key in the held-out set.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from iterpo.errors import ConfigError
@@ -23,6 +24,7 @@ class Item:
     key: tuple  # identifies the problem: the same key is the same problem
     text: str
     answer: str  # for the task's judge: a number, unit tests, or a constraint spec
+    user: str | None = None  # who asks (personalized tasks)
 
 
 class GeneratedTask(Task):
@@ -37,12 +39,17 @@ class GeneratedTask(Task):
     def make(self, rng: random.Random) -> Item:  # pragma: no cover
         raise NotImplementedError
 
-    def _generate(self, split: str, n: int, seed: int, exclude: set) -> list[tuple[tuple, Prompt]]:
+    def _generate(
+        self, split: str, n: int, seed: int, exclude: set, make: Callable[[random.Random], Item] | None = None
+    ) -> list[tuple[tuple, Prompt]]:
+        """n distinct items of make (default self.make) from the split's seeded generator, none keyed in
+        exclude."""
+        make = make or self.make
         rng = random.Random(f"{self.name}/{split}/{seed}")
         seen, misses = set(exclude), 0
         out: list[tuple[tuple, Prompt]] = []
         while len(out) < n:
-            item = self.make(rng)
+            item = make(rng)
             if item.key in seen:
                 misses += 1
                 if misses > self.max_misses:
@@ -57,7 +64,10 @@ class GeneratedTask(Task):
                 (
                     item.key,
                     Prompt(
-                        f"{self.name}-{split}-{len(out):05d}", [{"role": "user", "content": item.text}], item.answer
+                        f"{self.name}-{split}-{len(out):05d}",
+                        [{"role": "user", "content": item.text}],
+                        item.answer,
+                        item.user,
                     ),
                 )
             )

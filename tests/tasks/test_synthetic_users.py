@@ -48,9 +48,11 @@ def test_prompts_carry_the_user_their_shots_and_never_their_wishes():
         assert request.startswith("Write ") and request.endswith(".") and "word" not in request.lower()
     assert not {p.messages[-1]["content"] for p in train} & {p.messages[-1]["content"] for p in held}
     again = build_task(TaskSection(name="synthetic_users", train_size=40, eval_size=20, shots=3), seed=0)
-    assert again.train_prompts() == train and build_task(TaskSection(name="synthetic_users"), 1).eval_prompts()[
-        :20
-    ] == build_task(TaskSection(name="synthetic_users"), 2).eval_prompts()[:20]  # held-out: the same every run
+    assert (
+        again.train_prompts() == train
+        and build_task(TaskSection(name="synthetic_users"), 1).eval_prompts()[:20]
+        == build_task(TaskSection(name="synthetic_users"), 2).eval_prompts()[:20]
+    )  # held-out: the same every run
     with pytest.raises(ConfigError, match="shots >= 1"):
         build_task(TaskSection(name="synthetic_users", shots=0), 0)
 

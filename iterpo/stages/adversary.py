@@ -25,9 +25,10 @@ from iterpo.errors import ConfigError, DataError
 from iterpo.progress import bar
 from iterpo.records import Rollout
 from iterpo.sampling import derive_seed
-from iterpo.stages.base import Stage, register_stage
+from iterpo.stages.base import register_stage
+from iterpo.stages.reward_model import TrainsClassifier
 from iterpo.training.offline import read_preferences
-from iterpo.training.reward_model import LabelledText, RewardTraining, save_reward_model, steps, train_discriminator
+from iterpo.training.reward_model import LabelledText, save_reward_model, steps, train_discriminator
 
 
 def file_texts(path: str, what: str) -> list[LabelledText]:
@@ -50,7 +51,7 @@ def balanced(reference: list[LabelledText], policy: list[LabelledText], most: in
 
 @register_stage("adversary")
 @dataclass
-class Adversary(Stage):
+class Adversary(TrainsClassifier):
     """A classifier of reference texts against the round's responses; the adversarial judge of later rounds."""
 
     reads = ("rollouts",)
@@ -60,14 +61,6 @@ class Adversary(Stage):
     """'answers': each prompt's reference answer; else a demonstrations file (prompt, chosen) of reference texts."""
     max_texts: int = 256
     """Texts of each side a round trains on, at most (the smaller side sets the number)."""
-    backbone: str | None = None
-    """The model the head is put on (a directory; default: the run's starting model)."""
-    epochs: int = 2
-    lr: float = 1.0e-5
-    batch_size: int = 8
-    heldout: float = 0.2
-    """Share of the prompts whose texts are held out for the accuracy."""
-    max_length: int = 512
 
     def check(self, earlier: list) -> None:
         if self.max_texts < 1:
@@ -82,10 +75,6 @@ class Adversary(Stage):
                 f"stage {self.label!r}: texts: answers needs prompts with reference answers; task "
                 f"{plan.config.task.name!r} has none. Give a file of reference texts (prompt, chosen)"
             )
-
-    def training(self) -> RewardTraining:
-        own = ("epochs", "lr", "batch_size", "heldout", "max_length")
-        return RewardTraining(**{k: getattr(self, k) for k in own})
 
     def reference_file(self) -> list[LabelledText]:
         if getattr(self, "_file", None) is None:

@@ -7,7 +7,8 @@ reports its held-out pair accuracy and its training losses.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import dataclasses
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from iterpo.errors import ConfigError
@@ -45,9 +46,28 @@ def example_pairs(ctx, prefs: list[Preference]) -> list[RewardPair]:
     return [RewardPair(x.prompt_id, ctx.prompt(x.prompt_id).messages + x.context, x.chosen, x.rejected) for x in prefs]
 
 
+@dataclass
+class TrainsClassifier(Stage):
+    """Base of the stages that train a sequence-classification head on a backbone for a judge of later rounds
+    (reward_model, adversary): their training options."""
+
+    backbone: str | None = None
+    """The model the head is put on (a directory; default: the run's starting model)."""
+    epochs: int = 2
+    lr: float = 1.0e-5
+    batch_size: int = 8
+    heldout: float = 0.2
+    """Share of the prompts whose pairs or texts are held out to measure its accuracy."""
+    max_length: int = 512
+
+    def training(self) -> RewardTraining:
+        own = ("epochs", "lr", "batch_size", "heldout", "max_length")
+        return RewardTraining(**{k: getattr(self, k) for k in own})
+
+
 @register_stage("reward_model")
 @dataclass
-class TrainRewardModel(Stage):
+class TrainRewardModel(TrainsClassifier):
     """A Bradley-Terry reward model (a one-output head on the backbone) trained on the round's pairs; a held-out
     share of the prompts measures its pair accuracy."""
 
@@ -60,8 +80,6 @@ class TrainRewardModel(Stage):
     per_prompt: int = 4
     rounds: list[int] | None = None
     """The rounds that train one (null: every round); the others record that they did not."""
-    backbone: str | None = None
-    """The model the head is put on (a directory; default: the run's starting model)."""
     model_type: Literal["bradley_terry", "general_preference"] = "bradley_terry"
     """A reward model (the learned_reward judge scores with it), or a general preference model, GPM (the
     learned_reward judge compares each prompt's responses with it, as a pairwise judge)."""
@@ -73,12 +91,6 @@ class TrainRewardModel(Stage):
     """general_preference: the embedding's size 2k."""
     tau: float = 0.1
     """general_preference: P(y beats y') = sigmoid(s(y, y') / tau)."""
-    epochs: int = 2
-    lr: float = 1.0e-5
-    batch_size: int = 8
-    heldout: float = 0.2
-    """Share of the prompts whose pairs are held out for the accuracy."""
-    max_length: int = 512
 
     def check(self, earlier: list) -> None:
         if self.per_prompt < 1:
@@ -100,8 +112,7 @@ class TrainRewardModel(Stage):
             )
 
     def training(self) -> RewardTraining:
-        own = {f.name for f in fields(RewardTraining)} - {"seed", "kind"}
-        return RewardTraining(kind=self.model_type, **{k: getattr(self, k) for k in own})
+        return dataclasses.replace(super().training(), kind=self.model_type, dims=self.dims, tau=self.tau)
 
     def run(self, ctx, r):
         report_path = ctx.store.path(r, self.file("reward_model_report"))

@@ -125,6 +125,38 @@ def split(pairs: list[P], heldout: float, seed: int) -> tuple[list[P], list[P]]:
     return out
 
 
+def split_to_train(items: list[P], opts: RewardTraining, what: str) -> tuple[list[P], list[P]]:
+    """split(), refusing a split that leaves nothing to train on."""
+    train, heldout = split(items, opts.heldout, opts.seed)
+    if not train:
+        raise ValueError(f"no training {what}: all {len(items)} fell in the held-out share ({opts.heldout})")
+    return train, heldout
+
+
+def fit(
+    model, items: list[P], opts: RewardTraining, batch_loss: Callable, order: str, progress: Callable | None
+) -> list[float]:
+    """AdamW on batch_loss over items, opts.batch_size at a time for opts.epochs, each epoch in an order drawn
+    from (opts.seed, order, epoch); gradients clipped to norm 1. Returns each step's loss; progress(1) after
+    each step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr)
+    losses = []
+    for epoch in range(opts.epochs):
+        shuffled = list(items)
+        random.Random(derive_seed(opts.seed, order, epoch)).shuffle(shuffled)
+        model.train()
+        for at in range(0, len(shuffled), opts.batch_size):
+            loss = batch_loss(shuffled[at : at + opts.batch_size])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(1)
+    return losses
+
+
 def margins(opts: RewardTraining, w: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
     """(B, D), (B, D) head outputs of chosen and rejected -> (B,) the logit of P(y_w beats y_l)."""
     if opts.kind == "bradley_terry":
@@ -177,27 +209,14 @@ def train_preference_model(
     progress(n) after each step (of epochs x ceil(train pairs / batch_size))."""
     opts.check()
     start = time.perf_counter()
-    train, heldout = split(pairs, opts.heldout, opts.seed)
-    if not train:
-        raise ValueError(f"no training pairs: all {len(pairs)} pairs fell in the held-out share ({opts.heldout})")
+    train, heldout = split_to_train(pairs, opts, "pairs")
     model, tok = load_backbone(backbone, opts.seed, opts)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr)
-    losses = []
-    for epoch in range(opts.epochs):
-        order = list(train)
-        random.Random(derive_seed(opts.seed, "reward-order", epoch)).shuffle(order)
-        model.train()
-        for at in range(0, len(order), opts.batch_size):
-            m = margins(opts, *outputs(model, tok, order[at : at + opts.batch_size], opts.max_length))
-            loss = -F.logsigmoid(m).mean()  # -log P(y_w beats y_l)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(1)
+
+    def batch_loss(batch: list[RewardPair]) -> torch.Tensor:
+        return -F.logsigmoid(margins(opts, *outputs(model, tok, batch, opts.max_length))).mean()  # -log P(w beats l)
+
+    losses = fit(model, train, opts, batch_loss, "reward-order", progress)
     heldout_accuracy, heldout_loss = evaluate(model, tok, heldout, opts)
     train_accuracy, _ = evaluate(model, tok, train, opts)
     report = RewardReport(
@@ -227,9 +246,7 @@ def train_ensemble(
     report's accuracies are the ensemble's: its mean reward ranks the pair."""
     opts.check()
     start = time.perf_counter()
-    train, heldout = split(pairs, opts.heldout, opts.seed)
-    if not train:
-        raise ValueError(f"no training pairs: all {len(pairs)} pairs fell in the held-out share ({opts.heldout})")
+    train, heldout = split_to_train(pairs, opts, "pairs")
     by_prompt: dict[str, list[RewardPair]] = {}
     for p in train:
         by_prompt.setdefault(p.prompt_id, []).append(p)
@@ -305,30 +322,16 @@ def train_discriminator(
     progress(n) after each step."""
     opts.check()
     start = time.perf_counter()
-    train, heldout = split(texts, opts.heldout, opts.seed)
-    if not train:
-        raise ValueError(f"no training texts: all {len(texts)} fell in the held-out share ({opts.heldout})")
+    train, heldout = split_to_train(texts, opts, "texts")
     model, tok = load_backbone(backbone, opts.seed, dataclasses.replace(opts, kind="bradley_terry"))
     model.config.iterpo_preference_model = {"kind": "discriminator"}
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr)
-    losses = []
-    for epoch in range(opts.epochs):
-        order = list(train)
-        random.Random(derive_seed(opts.seed, "discriminator-order", epoch)).shuffle(order)
-        model.train()
-        for at in range(0, len(order), opts.batch_size):
-            batch = order[at : at + opts.batch_size]
-            logits = model(**encode_chats(tok, model, [(t.messages, t.text) for t in batch], opts.max_length))
-            target = _labels(batch).to(logits.logits.device)
-            loss = F.binary_cross_entropy_with_logits(logits.logits.float()[:, 0], target)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(1)
+
+    def batch_loss(batch: list[LabelledText]) -> torch.Tensor:
+        logits = model(**encode_chats(tok, model, [(t.messages, t.text) for t in batch], opts.max_length)).logits
+        return F.binary_cross_entropy_with_logits(logits.float()[:, 0], _labels(batch).to(logits.device))
+
+    losses = fit(model, train, opts, batch_loss, "discriminator-order", progress)
 
     def accuracy(part: list[LabelledText]) -> tuple[float | None, float | None]:
         if not part:

@@ -82,8 +82,11 @@ class MLflow:
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
-            for key, value in params.items():
-                self.client.log_param(run_id, key, value[:6000])  # MLflow's limit on a parameter's length
+            from mlflow.entities import Param
+
+            values = [Param(k, v[:6000]) for k, v in params.items()]  # MLflow's limit on a parameter's length
+            for i in range(0, len(values), 100):  # and on the parameters of one batch
+                self.client.log_batch(run_id, params=values[i : i + 100])
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id

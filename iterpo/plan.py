@@ -309,11 +309,13 @@ def build_plan(config: Config) -> Plan:
                 f"round.stages: judge stage {stage.label!r} compares responses with opponents, which takes a "
                 f"pairwise judge; {judge.name!r} scores each response alone (use the pair stage's opponents option)"
             )
-    if isinstance(judge, TrainedInRun) and not any(s.kind == judge.stage for s in plan.stages):
-        raise ConfigError(
-            f"judge {judge.name!r} uses the model a {judge.stage!r} stage trains each round; round.stages lists "
-            f"none, so every round would be judged by its fallback {judge.fallback!r}. Add a {judge.stage} stage"
-        )
+    for trained in [j for j in getattr(judge, "members", [judge]) if isinstance(j, TrainedInRun)]:  # an ensemble's too
+        if not any(s.kind == trained.stage for s in plan.stages):
+            raise ConfigError(
+                f"judge {trained.name!r} uses the model a {trained.stage!r} stage trains each round; round.stages "
+                f"lists none, so every round would be judged by its fallback {trained.fallback!r}. Add a "
+                f"{trained.stage} stage"
+            )
     if any(s.kind == "train" for s in plan.stages):
         plan.policy_stage()  # side trainings alone would leave every round's policy as it was
     check_stage_losses(plan)

@@ -39,6 +39,7 @@ class Ensemble(Judge):
         self.members = [make_judge(j["name"], {k: v for k, v in j.items() if k != "name"}) for j in self.judges]
         self.pointwise = all(m.pointwise for m in self.members)
         self.uses_policy = any(m.uses_policy for m in self.members)
+        self.local = any(m.local for m in self.members)  # a member with the run's own models keeps it off workers
 
     def check(self) -> None:
         for m in self.members:

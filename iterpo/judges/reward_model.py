@@ -334,8 +334,9 @@ class LearnedReward(TrainedInRun):
 @dataclass
 class Adversarial(TrainedInRun):
     """The discriminator the run's adversary stage trained in the latest round before this one (EvoBot's
-    co-trained detector): score = its log-odds that the response is a reference text rather than the policy's;
-    until one exists (round 1), the ``fallback`` judge."""
+    co-trained detector): score = the probability it gives that the response is a reference text rather than
+    the policy's, sigmoid(its logit), in [0, 1] like a verifier's; until one exists (round 1), the ``fallback``
+    judge."""
 
     name = "adversarial"
     stage = "adversary"
@@ -343,7 +344,14 @@ class Adversarial(TrainedInRun):
     loads = "reward_model"
 
     def judge(self, prompt: Prompt, rollouts: list[Rollout]) -> list[Judgement]:
-        return [dataclasses.replace(j, judge=self.name) for j in self._current.judge(prompt, rollouts)]
+        verdicts = self._current.judge(prompt, rollouts)
+        if self._current is self._fallback:
+            return [dataclasses.replace(j, judge=self.name) for j in verdicts]
+        out = []
+        for j in verdicts:
+            p = 1.0 / (1.0 + math.exp(-j.score)) if not j.failed else 0.0
+            out.append(dataclasses.replace(j, judge=self.name, score=p, detail=f"P(reference) {p:.3f}"))
+        return out
 
 
 @register_judge("learned_preference")

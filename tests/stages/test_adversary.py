@@ -2,6 +2,7 @@
 policy's responses, judges the next round."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -57,18 +58,21 @@ def test_a_run_retrains_the_discriminator_each_round_and_judges_the_next_round_w
         assert (store.path(r, "adversary") / "config.json").exists()
     first = table(store, 1, "judgements.parquet")
     assert {j["judge"] for j in first} == {"adversarial"} and {j["score"] for j in first} <= {0.0, 1.0}
-    # round 2 is judged by round 1's discriminator: its log-odds that the response is a reference answer
+    # round 2 is judged by round 1's discriminator: the probability it gives that the response is a reference
     second = table(store, 2, "judgements.parquet")
-    disc = RewardModel(path=str(store.path(1, "adversary")))
+    disc = RewardModel(path=str(store.path(1, "adversary")))  # its logit, as a reward model reads it
+
+    def p_reference(prompt, text):
+        logit = disc.judge(prompt, [Rollout(prompt.prompt_id, 0, 2, 0, text, [1], "stop")])[0].score
+        return 1 / (1 + math.exp(-logit))
+
     for x in table(store, 2, "rollouts.parquet")[:6]:
         mine = next(j for j in second if (j["prompt_id"], j["sample_idx"]) == (x["prompt_id"], x["sample_idx"]))
-        rollout = Rollout(
-            **{k: x[k] for k in ("prompt_id", "sample_idx", "round", "seed", "text", "token_ids", "finish_reason")}
-        )
-        assert mine["score"] == pytest.approx(disc.judge(prompts[x["prompt_id"]], [rollout])[0].score, abs=1e-5)
+        assert mine["score"] == pytest.approx(p_reference(prompts[x["prompt_id"]], x["text"]), abs=1e-6)
+        assert mine["detail"] == f"P(reference) {mine['score']:.3f}"
     # the reference texts were the prompts' answers: the discriminator scores them as references
-    ref = Rollout("p", 0, 2, 0, next(iter(prompts.values())).answer, [1], "stop")
-    assert disc.judge(next(iter(prompts.values())), [ref])[0].score > min(j["score"] for j in second)
+    first_prompt = next(iter(prompts.values()))
+    assert p_reference(first_prompt, first_prompt.answer) > min(j["score"] for j in second)
     assert rows[2]["accuracy"] is not None  # the held-out accuracy stays the verifier's
 
 
@@ -104,3 +108,29 @@ def load_and_plan(path):
     from iterpo.plan import build_plan
 
     return build_plan(load_config(path))
+
+
+def test_the_discriminator_beside_the_verifier(tiny_model_dir, tmp_path):
+    cfg = recipe_config("adversarial_verified", tiny_model_dir, tmp_path / "run")
+    cfg["judge"]["judges"] = [{"name": "first_token_parity"}, {"name": "adversarial", "fallback": "first_token_parity"}]
+    cfg["round"]["stages"][3].update(lr=1e-3, epochs=1, max_texts=8)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    _, store = run_config(load_config(path))
+    disc = RewardModel(path=str(store.path(1, "adversary")))
+    from iterpo.config import Config
+    from iterpo.tasks import build_task
+
+    config = Config(**cfg)
+    prompts = {p.prompt_id: p for p in build_task(config.task, config.run.seed).train_prompts()}
+    second = {(j["prompt_id"], j["sample_idx"]): j for j in table(store, 2, "judgements.parquet")}
+    for x in table(store, 2, "rollouts.parquet")[:6]:  # the mean of the parity and the discriminator's P(reference)
+        rollout = Rollout(x["prompt_id"], x["sample_idx"], 2, 0, x["text"], x["token_ids"], "stop")
+        logit = disc.judge(prompts[x["prompt_id"]], [rollout])[0].score
+        parity = float(x["token_ids"][0] % 2 == 0)
+        want = (parity + 1 / (1 + math.exp(-logit))) / 2
+        assert second[(x["prompt_id"], x["sample_idx"])]["score"] == pytest.approx(want, abs=1e-6)
+    cfg["round"]["stages"].pop(3)  # an ensemble's adversarial member needs the stage as much as the judge alone
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="'adversarial' uses the model a 'adversary' stage"):
+        load_and_plan(path)

@@ -45,7 +45,7 @@ def run(plan: Plan, store: RunStore) -> list[dict]:
         torch.set_num_threads(plan.config.run.threads)
     ctx, rounds = RunContext(plan, store), plan.config.run.rounds
     logs = {s.label: s.file("train_log") for s in plan.stages if "train_log" in s.files}
-    tracker, finished = Tracker(plan.config.run.tracking, store, logs, plan.config_text()), False
+    tracker, finished = Tracker(plan.config.run.tracking, store, logs, plan.resolved), False
     try:
         for r in range(rounds + 1):
             if r:

@@ -21,7 +21,7 @@ import yaml
 
 from iterpo.errors import UserInputError
 from iterpo.store import RunStore
-from iterpo.summary import round_summary
+from iterpo.summary import round_files, round_summary
 
 PLOT_HEIGHT = 320
 # (plot title, y-axis title, [(figure key in eval.json's analyses or the round row, legend name)])
@@ -69,13 +69,6 @@ def plotly():
     return go, plotly.offline
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _read_table(store: RunStore, path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -85,22 +78,14 @@ def _read_table(store: RunStore, path: Path) -> list[dict]:
         return []
 
 
-def _read_log(path: Path) -> list[dict]:
-    try:
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    except (OSError, ValueError):
-        return []
-
-
 def collect(store: RunStore, rounds: int) -> list[dict]:
     """Per round 0..rounds: the round table's row, with the eval's analyses and the training log beside it."""
     out = []
     for r in range(rounds + 1):
-        row = round_summary(store, r)
-        evaluation = _read_json(store.path(r, "eval.json")) or {}
-        row["analyses"] = evaluation.get("analyses") or {}
-        row["eval_items"] = evaluation.get("items") or []
-        row["log"] = _read_log(store.path(r, "train.jsonl"))
+        files = round_files(store, r)  # read once for the row, the items and the log
+        row = round_summary(store, r, files)
+        row["eval_items"] = (files["eval"] if isinstance(files["eval"], dict) else {}).get("items") or []
+        row["log"] = files["log"] or []
         out.append(row)
     return out
 

@@ -8,19 +8,9 @@ from iterpo.errors import UserInputError
 from iterpo.store import RunStore
 
 
-def round_summary(store: RunStore, r: int) -> dict:
-    """One row of the round table (missing or unreadable parts are None)."""
-    row = {
-        "round": r,
-        "accuracy": None,
-        "mean_reward": None,
-        "pairs": None,
-        "skipped": None,
-        "mean_loss": None,
-        "reward_margin": None,
-        "times": store.stage_seconds(r),
-        "sample_tokens_per_s": (store.stage_info(r, "sample") or {}).get("tokens_per_s"),
-    }
+def round_files(store: RunStore, r: int) -> dict:
+    """What the round table reads of round r: eval.json, the judgements and preferences (tables) and the
+    training log; a missing or damaged file is None (a resume recomputes it)."""
 
     def read(name: str):
         path = store.path(r, name)
@@ -32,17 +22,37 @@ def round_summary(store: RunStore, r: int) -> dict:
             if name.endswith(".jsonl"):
                 return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
             return store.read_json(path)
-        except (UserInputError, ValueError, OSError):  # a damaged file: shown as missing; a resume recomputes it
+        except (UserInputError, ValueError, OSError):
             return None
 
-    evaluation, judgements, prefs, log = (
-        read("eval.json"),
-        read("judgements.parquet"),
-        read("preferences.parquet"),
-        read("train.jsonl"),
-    )
+    return {
+        "eval": read("eval.json"),
+        "judgements": read("judgements.parquet"),
+        "preferences": read("preferences.parquet"),
+        "log": read("train.jsonl"),
+    }
+
+
+def round_summary(store: RunStore, r: int, files: dict | None = None) -> dict:
+    """One row of the round table (missing or unreadable parts are None), with the round's analyses ({} when
+    none); files: round_files(store, r) when the caller has read them already."""
+    row = {
+        "round": r,
+        "accuracy": None,
+        "mean_reward": None,
+        "pairs": None,
+        "skipped": None,
+        "mean_loss": None,
+        "reward_margin": None,
+        "times": store.stage_seconds(r),
+        "sample_tokens_per_s": (store.stage_info(r, "sample") or {}).get("tokens_per_s"),
+        "analyses": {},
+    }
+    files = files if files is not None else round_files(store, r)
+    evaluation, judgements, prefs, log = files["eval"], files["judgements"], files["preferences"], files["log"]
     if isinstance(evaluation, dict):
         row["accuracy"] = evaluation.get("accuracy")
+        row["analyses"] = evaluation.get("analyses") or {}
     if judgements is not None:
         scores = judgements.column("score").to_pylist()
         row["mean_reward"] = sum(scores) / max(1, len(scores))

@@ -118,10 +118,7 @@ def round_figures(store: RunStore, r: int) -> dict[str, float]:
     """Round r's figures: its round-table row, eval.json's analyses, and each stage's seconds."""
     row = round_summary(store, r)
     out = {f"round/{k}": float(row[k]) for k in ROUND_FIGURES if row.get(k) is not None}
-    path = store.path(r, "eval.json")
-    if path.exists():
-        evaluation = read_json(path)
-        out.update(flatten(evaluation.get("analyses") or {}, "analyses/"))
+    out.update(flatten(row["analyses"], "analyses/"))
     out.update({f"time/{stage}": float(s) for stage, s in row["times"].items()})
     return out
 
@@ -140,7 +137,7 @@ def step_logs(store: RunStore, r: int, logs: dict[str, str]) -> dict[str, list[d
 class Tracker:
     """Copies each completed round's figures to the chosen back ends (none chosen: does nothing)."""
 
-    def __init__(self, section: TrackingSection, store: RunStore, logs: dict[str, str], config_text: str):
+    def __init__(self, section: TrackingSection, store: RunStore, logs: dict[str, str], config: dict):
         self.store, self.logs = store, logs
         self.sinks: dict[str, Sink] = {}
         self.state_path = store.root / STATE
@@ -150,7 +147,7 @@ class Tracker:
             self.sinks["tensorboard"] = TensorBoard(store.root / "tensorboard")
         if section.mlflow:
             uri = section.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(store.root / "mlflow.db")
-            params = flatten_params(config_text)
+            params = flatten_params(config)
             try:
                 sink = MLflow(uri, section.experiment, self.state.get("mlflow_run_id"), store.root.name, params)
             except Exception as exc:  # before any round runs: the user asked for MLflow and it is not there
@@ -202,9 +199,8 @@ def sqlite_uri(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
-def flatten_params(config_text: str) -> dict[str, str]:
-    """The config as MLflow parameters: section.field -> its value as text."""
-    import yaml
+def flatten_params(config: dict) -> dict[str, str]:
+    """The config as run (Plan.resolved) as MLflow parameters: section.field -> its value as text."""
 
     def walk(node: Any, prefix: str) -> dict[str, str]:
         if isinstance(node, dict) and node:
@@ -214,4 +210,4 @@ def flatten_params(config_text: str) -> dict[str, str]:
             return out
         return {prefix[:-1]: json.dumps(node) if not isinstance(node, str) else node}
 
-    return walk(yaml.safe_load(config_text) or {}, "")
+    return walk(config, "")

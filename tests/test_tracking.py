@@ -98,7 +98,7 @@ def test_a_failing_back_end_warns_and_catches_up_after_the_next_round(tiny_model
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     _, store = run_config(load_config(path))
-    tracker = Tracker(TrackingSection(), store, {"train": "train.jsonl"}, "")
+    tracker = Tracker(TrackingSection(), store, {"train": "train.jsonl"}, {})
     sink = tracker.sinks["flaky"] = _Flaky()
     tracker.round_done(1)
     assert "flaky did not take round 0's figures (ConnectionError: server down)" in " ".join(

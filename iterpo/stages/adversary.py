@@ -17,7 +17,6 @@ as ``warmup.file`` and ``iterpo train --loss sft`` read them.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 
@@ -28,17 +27,22 @@ from iterpo.sampling import derive_seed
 from iterpo.stages.base import register_stage
 from iterpo.stages.reward_model import TrainsClassifier
 from iterpo.training.offline import read_preferences
-from iterpo.training.reward_model import LabelledText, save_reward_model, steps, train_discriminator
+from iterpo.training.reward_model import (
+    LabelledText,
+    reply_text,
+    row_chat,
+    save_reward_model,
+    steps,
+    train_discriminator,
+)
 
 
 def file_texts(path: str, what: str) -> list[LabelledText]:
     """A demonstrations file's rows as reference texts: (prompt as chat messages, chosen as the text)."""
     out = []
     for row in read_preferences(path, demonstrations=True, what=what):
-        prompt, chosen = row["prompt"], row["chosen"]
-        messages = [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        text = chosen[-1]["content"] if isinstance(chosen, list) else chosen
-        out.append(LabelledText(json.dumps(messages, sort_keys=True), messages, text, True))
+        key, messages = row_chat(row)
+        out.append(LabelledText(key, messages, reply_text(row["chosen"]), True))
     return out
 
 

@@ -107,12 +107,22 @@ def pairs_of_rows(rows: list[dict]) -> list[RewardPair]:
     chosen and rejected as text or messages) as reward pairs; rows with the same prompt are one prompt."""
     out = []
     for row in rows:
-        prompt = row["prompt"]
-        messages = [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        last = lambda v: v[-1]["content"] if isinstance(v, list) else v  # noqa: E731
-        key = json.dumps(messages, sort_keys=True)
-        out.append(RewardPair(key, messages, last(row["chosen"]), last(row["rejected"])))
+        key, messages = row_chat(row)
+        out.append(RewardPair(key, messages, reply_text(row["chosen"]), reply_text(row["rejected"])))
     return out
+
+
+def row_chat(row: dict) -> tuple[str, list[dict[str, str]]]:
+    """(prompt id, chat messages) of a preference or demonstration file's row: its prompt as text or messages,
+    rows with the same prompt sharing an id."""
+    prompt = row["prompt"]
+    messages = [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return json.dumps(messages, sort_keys=True), messages
+
+
+def reply_text(value) -> str:
+    """A row's response: the text, or the content of its (last) assistant message."""
+    return value[-1]["content"] if isinstance(value, list) else value
 
 
 def split(pairs: list[P], heldout: float, seed: int) -> tuple[list[P], list[P]]:

@@ -114,6 +114,10 @@ class TaskSection(Section):
     """arithmetic: digits per operand."""
     operations: list[Literal["+", "-", "*"]] = ["+"]
     """arithmetic: operations to draw from."""
+    tuning: bool = False
+    """arithmetic: evaluate on the tuning set instead of the held-out set: a second fixed set of eval_size
+    questions, disjoint from the held-out set (training sets exclude both), for choosing settings without
+    looking at the held-out set."""
     shots: int = Field(default=2, ge=0, le=8)
     """synthetic_users: the user's labelled preferences shown before each request (FSPO's few-shot examples)."""
     train_file: str | None = None
@@ -137,10 +141,15 @@ class SamplingSection(Section):
     temperature: float = Field(default=0.8, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int = Field(default=32, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    """Sequences generated together."""
-    shard_size: int = Field(default=16, ge=1)
-    """Prompts per shard; a finished shard survives a crash."""
+    batch_size: int = Field(default=256, ge=1)
+    """Sequences generated together (samples do not depend on it: each depends on its seed alone)."""
+    shard_size: int = Field(default=32, ge=1)
+    """Prompts per shard; a finished shard survives a crash. A shard's samples decode in batches of batch_size
+    at most, so shard_size x samples_per_prompt >= batch_size keeps the batches full."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The weights' dtype while generating (a copy of the policy is cast to it; training keeps model.dtype):
+    auto = bfloat16 for a float32 policy where the device multiplies bfloat16 natively (CUDA GPUs of Ampere
+    and later, CPUs with AVX512-BF16 or AMX), where it runs 1.5-3x faster; else the policy's own dtype."""
     prompts_per_round: int | None = Field(default=None, ge=1)
     """Each round samples this many training prompts, the next ones in a fixed order (cycling through them), for
     online rounds of a few prompts and one optimizer step. null: every training prompt every round."""

@@ -37,7 +37,7 @@ from iterpo.judges import JUDGES, Judge, make_judge
 from iterpo.judges.reward_model import TrainedInRun
 from iterpo.losses import Loss, get_loss, loss_hyperparameters
 from iterpo.losses.base import LIVE_NEEDS, LOSSES
-from iterpo.models.device import resolve_device
+from iterpo.models.device import resolve_device, sampling_dtype
 from iterpo.models.loading import check_lora_targets, load_tokenizer, resolve_model_path
 from iterpo.pairing import Strategy, build_strategy
 from iterpo.records import Prompt
@@ -77,6 +77,8 @@ OMITTED_AT_DEFAULT = {
     ("train", "optimizer"): "adamw",
     ("pairing", "rationale"): False,
     ("pairing", "degrees"): 0,
+    ("sampling", "dtype"): "float32",  # not the default (auto): the dtype runs made before it sampled in
+    ("task", "tuning"): False,
 }
 
 
@@ -98,6 +100,7 @@ class Plan:
     stages: list[Stage]  # the stages of every round, in order
     initial_stages: list[Stage]  # round 0's
     environment: Environment | None = None  # the tool every episode may call (environment section), or None
+    sampling_dtype: str = "float32"  # the weights' dtype while generating (sampling.dtype resolved)
 
     @property
     def system_prompt(self) -> str | None:
@@ -296,6 +299,7 @@ def build_plan(config: Config) -> Plan:
         [],
         [],
         environment,
+        sampling_dtype(config.sampling.dtype, config.model.dtype, device),
     )
     if config.sampling.exhaustive and plan.backend != "transformers":
         raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,28 @@ def resolve_device(name: str, what: str = "model.device") -> str:
 def bf16_by_default(device: str) -> bool:
     """bfloat16 compute is the default on CUDA GPUs that support it (Ampere and later), nowhere else."""
     return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+
+def fast_bfloat16(device: str) -> bool:
+    """Whether device multiplies bfloat16 matrices natively: CUDA GPUs of Ampere and later, and CPUs with
+    AVX512-BF16 or AMX (Linux; where it cannot be read, no). Elsewhere bfloat16 is emulated, slower than float32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def sampling_dtype(choice: str, model_dtype: str, device: str) -> str:
+    """The dtype responses are generated in: sampling.dtype, where 'auto' is bfloat16 for a float32 policy on a
+    device with native bfloat16 matrix multiplies (fast_bfloat16), else the policy's own dtype."""
+    if choice != "auto":
+        return choice
+    return "bfloat16" if model_dtype == "float32" and fast_bfloat16(device) else model_dtype
 
 
 def model_device(model: Any) -> torch.device:

@@ -44,7 +44,8 @@ def open_sampler(
     """The sampler of a run's backend ('transformers' or 'vllm', as choose_backend resolved it) for one policy.
 
     model() gives the policy in memory (transformers); model_dir() a directory holding it (vLLM loads from disk).
+    dtype: the weights' dtype while generating.
     """
     if backend == "vllm":
         return VLLMSampler(model_dir, tokenizer.eos_token_id, dtype, gpu_memory_utilization, seed)
-    return TransformersSampler(model, tokenizer)
+    return TransformersSampler(model, tokenizer, dtype)

@@ -13,8 +13,11 @@ context manager that closes itself.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+from iterpo.models.device import model_dtype
 
 Samples = list[list[tuple[list[int], str]]]  # per prompt, per sample: (token ids, "stop" | "length")
 
@@ -53,18 +56,42 @@ class Closing:
 
 
 class TransformersSampler(Closing):
-    """Batched generation with a transformers model in this process (iterpo.sampling.generate); runs everywhere."""
+    """Batched generation with a transformers model in this process (iterpo.sampling.generate); runs everywhere.
 
-    def __init__(self, model: Callable[[], Any], tokenizer: Any):
+    With a dtype other than the policy's, it generates with a copy of the policy cast to it (made on first use,
+    freed by close), so training's weights are never touched."""
+
+    def __init__(self, model: Callable[[], Any], tokenizer: Any, dtype: str | None = None):
         self._model, self.tokenizer = model, tokenizer  # model: () -> the policy, called on first use
+        self.dtype = dtype
+        self._cast: tuple[Any, Any] | None = None  # (the policy, its copy in dtype)
+
+    def generating_model(self) -> Any:
+        """The policy, or its copy in this sampler's dtype."""
+        import torch
+
+        model = self._model()
+        if self.dtype is None or model_dtype(model) == getattr(torch, self.dtype):
+            return model
+        if self._cast is None or self._cast[0] is not model:
+            cast = copy.deepcopy(model).to(getattr(torch, self.dtype))
+            # plain attention (matmul, softmax, matmul): PyTorch's fused CPU attention gives a row different
+            # bfloat16 results depending on how many rows share its batch, and so different samples
+            if hasattr(cast, "set_attn_implementation"):
+                cast.set_attn_implementation("eager")
+            self._cast = (model, cast)
+        return self._cast[1]
 
     def generate(
         self, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress=None, stop=()
     ) -> Samples:
         from iterpo.sampling.generate import generate
 
-        model, tok = self._model(), self.tokenizer
+        model, tok = self.generating_model(), self.tokenizer
         return generate(model, tok, prompts, seeds, temperature, top_p, max_new_tokens, batch_size, progress, stop)
+
+    def close(self) -> None:
+        self._cast = None
 
     def enumerate(self, prompts, temperature, top_p, max_new_tokens, progress=None):
         """Every response of nonzero probability, with its probability (iterpo.sampling.enumerate)."""

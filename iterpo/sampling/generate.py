@@ -19,6 +19,12 @@ import torch
 
 from iterpo.models.device import model_device, score_dtype
 
+PAD_MULTIPLE = 32
+"""Each prompt is left-padded to its length rounded up to a multiple of this, and a batch holds prompts of one such
+length only: a row's layout (its padding, the blocks its keys fall in) then depends on its own prompt alone, so
+its numbers, and its samples, do not depend on the prompts that share its batch. With each batch padded to its
+longest prompt, a bfloat16 model's samples changed with the batch size."""
+
 
 def derive_seed(*parts) -> int:
     """A 63-bit seed from any tuple of ids: stable across processes and machines."""
@@ -152,7 +158,7 @@ def generate(
     seeds[i] lists one seed per sample wanted for prompt i (all prompts the same
     number). Returns, per prompt, a list of (token_ids, finish_reason): token_ids
     include the EOS token when the response stopped ("stop"), else it hit
-    max_new_tokens ("length"). Prompts are batched by length to limit padding,
+    max_new_tokens ("length"). Prompts are batched by padded length (PAD_MULTIPLE),
     with at most batch_size sequences decoding together. A response also
     stops ("stop", no EOS appended) at the token that completes one of the
     ``stop`` strings (a tool call's closing tag, a reasoning step's delimiter).
@@ -161,11 +167,14 @@ def generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     repeats = len(seeds[0]) if seeds is not None else 1
     per_batch = max(1, batch_size // repeats)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    padded = [-(-len(p) // PAD_MULTIPLE) * PAD_MULTIPLE for p in prompts]  # each prompt's padded length
+    batches = []  # prompts of one padded length, shortest first, per_batch at most
+    for T in sorted(set(padded)):
+        same = sorted((i for i in range(len(prompts)) if padded[i] == T), key=lambda i: len(prompts[i]))
+        batches += [same[i : i + per_batch] for i in range(0, len(same), per_batch)]
     results: list = [None] * len(prompts)
-    for start in range(0, len(order), per_batch):
-        idx = order[start : start + per_batch]
-        T = max(len(prompts[i]) for i in idx)
+    for idx in batches:
+        T = padded[idx[0]]
         ids = torch.full((len(idx), T), pad, dtype=torch.long)  # (U, T) left-padded
         mask = torch.zeros((len(idx), T), dtype=torch.long)
         for row, i in enumerate(idx):

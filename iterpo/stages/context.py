@@ -253,6 +253,7 @@ class RunContext:
                 WorkerSpec(
                     base_path=self.plan.base_path,
                     dtype=cfg.model.dtype,
+                    sampling_dtype=self.plan.sampling_dtype,
                     lora=cfg.model.lora.model_dump() if cfg.model.lora else None,
                     lora_seed=derive_seed(cfg.run.seed, "lora-init"),
                     backend=self.plan.backend,
@@ -296,7 +297,7 @@ class RunContext:
             lambda: self.policy_after(r),
             lambda: self.policy_dir(r),
             self.tokenizer,
-            self.config.model.dtype,
+            self.plan.sampling_dtype,
             self.config.sampling.gpu_memory_utilization,
             self.config.run.seed,
         )
@@ -318,7 +319,7 @@ class RunContext:
             lambda: self.load_saved(checkpoint),
             lambda: self.full_policy_dir(checkpoint),
             self.tokenizer,
-            self.config.model.dtype,
+            self.plan.sampling_dtype,
             self.config.sampling.gpu_memory_utilization,
             self.config.run.seed,
         )

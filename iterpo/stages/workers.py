@@ -35,6 +35,7 @@ class WorkerSpec:
 
     base_path: str
     dtype: str
+    sampling_dtype: str  # the weights' dtype while generating (the driver's resolved sampling.dtype)
     lora: dict | None
     lora_seed: int
     backend: str  # 'transformers' or 'vllm'
@@ -109,7 +110,7 @@ class Worker:
             lambda: self._policy(start),
             lambda: model_dir,
             self._tokenizer_of(),
-            s.dtype,
+            s.sampling_dtype,
             s.gpu_memory_utilization,
             s.seed,
         ) as sampler:

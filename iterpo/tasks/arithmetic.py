@@ -2,8 +2,9 @@
 
 Questions come in several phrasings so the model learns the arithmetic rather
 than one template. Held-out prompts use a fixed seed (the same for every run,
-so runs are comparable); training prompts use the run seed and exclude every
-question that appears in the held-out set.
+so runs are comparable), and so does a second set for tuning settings
+(task.tuning), disjoint from it; training prompts use the run seed and exclude
+every question of both.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from iterpo.records import Prompt
 from iterpo.tasks.base import Task, register_task
 
 EVAL_SEED = 1_000_003  # fixed: the held-out set does not move with the run seed
+TUNING_SEED = 2_000_003  # the tuning set's (task.tuning): fixed too, disjoint from the held-out set
 
 TEMPLATES = [
     "What is {a} {op} {b}? Answer with just the number.",
@@ -46,16 +48,18 @@ class Arithmetic(Task):
     def __init__(self, config: TaskSection, seed: int):
         self.config = config
         self.seed = seed
-        self._eval = self._generate("eval", config.eval_size, EVAL_SEED, exclude=set())
-        held_out = {p.metadata for p in self._eval}
-        self._train = self._generate("train", config.train_size, seed, exclude=held_out)
+        held_out = self._generate("eval", config.eval_size, EVAL_SEED, exclude=set())
+        seen = {q.metadata for q in held_out}
+        # (no tuning set where the questions would not suffice for it: one-digit tasks keep their training sets)
+        room = self._space() >= 2 * config.eval_size + config.train_size
+        tuning = self._generate("tuning", config.eval_size, TUNING_SEED, exclude=seen) if room or config.tuning else []
+        self._eval = tuning if config.tuning else held_out
+        self._train = self._generate("train", config.train_size, seed, exclude=seen | {q.metadata for q in tuning})
 
     def _generate(self, split: str, n: int, seed: int, exclude: set) -> list[_Question]:
         rng = random.Random(f"arithmetic/{split}/{seed}")
-        lo, hi = 10 ** (self.config.digits - 1), 10**self.config.digits - 1
-        if self.config.digits == 1:
-            lo = 0
-        space = (hi - lo + 1) ** 2 * len(self.config.operations)
+        lo, hi = self._operands()
+        space = self._space()
         if n + len(exclude) > space:
             raise ConfigError(
                 f"task.train_size/eval_size: asked for {n} {split} questions but only {space - len(exclude)} "
@@ -75,6 +79,15 @@ class Arithmetic(Task):
                 )
             )
         return out
+
+    def _operands(self) -> tuple[int, int]:
+        """The smallest and largest operand."""
+        return (0 if self.config.digits == 1 else 10 ** (self.config.digits - 1)), 10**self.config.digits - 1
+
+    def _space(self) -> int:
+        """How many distinct questions there are."""
+        lo, hi = self._operands()
+        return (hi - lo + 1) ** 2 * len(self.config.operations)
 
     def train_prompts(self) -> list[Prompt]:
         return [q.prompt() for q in self._train]

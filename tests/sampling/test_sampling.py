@@ -4,6 +4,7 @@ from iterpo.models.chat import encode_prompt
 from iterpo.models.loading import load_model
 from iterpo.models.packing import sequence_logps
 from iterpo.sampling import derive_seed, generate
+from iterpo.sampling.base import TransformersSampler
 from iterpo.sampling.generate import _top_p_filter
 
 
@@ -71,3 +72,35 @@ def test_sequence_logps_match_a_plain_forward(tiny_model_dir, tokenizer):
         P = len(prompts[i])
         want = sum(float(logp[P - 1 + k, t]) for k, t in enumerate(responses[i]))
         assert abs(float(got[i]) - want) < 1e-4
+
+
+def test_bfloat16_samples_do_not_depend_on_batching(tokenizer):
+    """In bfloat16, rounding makes a row's results sensitive to its layout in the batch: padding every prompt to
+    its own padded length (PAD_MULTIPLE), never to its batch's longest, keeps each sample a function of its seed.
+    (Padding to the batch's longest, 2 of these 12 prompts' samples changed when batched together.) The model is
+    the bfloat16 copy a sampler makes, as in a run."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=2,  # heads of 64, as the built-in model's
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = TransformersSampler(lambda: LlamaForCausalLM(config).eval(), tokenizer, "bfloat16").generating_model()
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    prompts = [
+        encode_prompt(tokenizer, [{"role": "user", "content": " ".join(words[: 1 + (i * 5) % 12]) + f" {i}"}])
+        for i in range(12)
+    ]
+    assert len({len(p) for p in prompts}) == 11  # 33 to 48 tokens
+    seeds = [[derive_seed(3, i, k) for k in range(4)] for i in range(12)]
+    alone = [generate(model, tokenizer, [p], [s], 1.0, 1.0, 24, batch_size=4)[0] for p, s in zip(prompts, seeds)]
+    assert generate(model, tokenizer, prompts, seeds, 1.0, 1.0, 24, batch_size=48) == alone
+    assert generate(model, tokenizer, prompts, seeds, 1.0, 1.0, 24, batch_size=8) == alone

@@ -28,6 +28,29 @@ def test_arithmetic_splits_never_overlap_and_answers_are_exact():
     assert [p.text for p in other.train_prompts()] != [p.text for p in train]
 
 
+def test_the_arithmetic_tuning_set_is_fixed_and_apart_from_held_out_and_training():
+    def questions(prompts):
+        return {task._expression(p.text) for p in prompts}
+
+    task = build_task(TaskSection(), seed=0)
+    tuning = build_task(TaskSection(tuning=True), seed=0)
+    assert len(tuning.eval_prompts()) == 100
+    assert not questions(tuning.eval_prompts()) & questions(task.eval_prompts())  # the held-out set
+    for seed in range(3):  # no run's training set holds a tuning question
+        assert not questions(build_task(TaskSection(), seed).train_prompts()) & questions(tuning.eval_prompts())
+    assert [p.text for p in tuning.train_prompts()] == [p.text for p in task.train_prompts()]  # the same training
+    assert [p.text for p in build_task(TaskSection(tuning=True), seed=5).eval_prompts()] == [
+        p.text for p in tuning.eval_prompts()
+    ]
+    shifted = tuning.shifted_prompts()  # the tuning questions in the phrasings never trained on
+    assert [task._expression(p.text) for p in shifted] == [task._expression(p.text) for p in tuning.eval_prompts()]
+    # one-digit sums: 100 questions, no room for a tuning set beside these sizes; training keeps them all
+    small = TaskSection(digits=1, train_size=50, eval_size=30)
+    assert len(build_task(small, seed=0).train_prompts()) == 50
+    with pytest.raises(ConfigError, match="distinct"):
+        build_task(TaskSection(digits=1, train_size=50, eval_size=30, tuning=True), seed=0)
+
+
 def test_arithmetic_refuses_more_questions_than_exist():
     with pytest.raises(ConfigError, match="distinct"):
         build_task(TaskSection(digits=1, train_size=200, eval_size=10), seed=0)

@@ -188,7 +188,7 @@ def _cmd_status(args) -> None:
     store = RunStore.existing(args.run_dir)
     config = load_config(store.config_path)
     rows = [round_summary(store, r) for r in range(0, config.run.rounds + 1)]
-    console.print(round_table(rows))
+    console.print(round_table(rows, config.task.tuning))
     manifest = store.manifest() or {}
     last = _policy_stage_label(config)  # a round is trained when the stage that makes its policy finished
     done = [r["round"] for r in rows[1:] if f"round-{r['round']:03d}/{last}" in manifest.get("stages", {})]

@@ -54,7 +54,8 @@ def run(plan: Plan, store: RunStore) -> list[dict]:
                 run_stage(ctx, stage, r)
             # the last rounds only: reading every round's files again each round would grow with the run
             # (`iterpo status` shows them all)
-            console.print(round_table([round_summary(store, i) for i in range(max(0, r + 1 - TABLE_ROUNDS), r + 1)]))
+            shown = [round_summary(store, i) for i in range(max(0, r + 1 - TABLE_ROUNDS), r + 1)]
+            console.print(round_table(shown, plan.config.task.tuning))
             tracker.round_done(r)
         finished = True
     finally:

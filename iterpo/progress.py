@@ -45,10 +45,12 @@ STAGES = ["sample", "judge", "pair", "reference", "train", "eval"]
 COLUMNS = {"sample": ("sample", "refine", "tree_search", "propose"), "judge": ("judge", "self_tests")}
 
 
-def round_table(rows: list[dict]) -> Table:
-    """rows: one dict per round as built by loop.round_summary."""
+def round_table(rows: list[dict], tuning: bool = False) -> Table:
+    """rows: one dict per round as built by loop.round_summary; tuning: the accuracy is the tuning set's
+    (task.tuning), not the held-out set's."""
     table = Table(title="iterpo: rounds", show_lines=False)
-    for col in ["round", "held-out acc", "mean reward", "pairs / skipped", "mean loss", "reward margin", "tok/s"]:
+    accuracy = "tuning acc" if tuning else "held-out acc"
+    for col in ["round", accuracy, "mean reward", "pairs / skipped", "mean loss", "reward margin", "tok/s"]:
         table.add_column(col, justify="right")
     table.add_column("seconds: " + " / ".join(STAGES), justify="left")
 

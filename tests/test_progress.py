@@ -32,4 +32,9 @@ def test_seconds_columns_add_up_the_stages_that_generate_and_judge():
     }
     console = Console(width=300, record=True)
     console.print(round_table([row]))
-    assert "23 / 7 / 0 / - / 33 / 6" in console.export_text()  # sample+refine+tree_search+propose; judges
+    text = console.export_text()
+    assert "23 / 7 / 0 / - / 33 / 6" in text  # sample+refine+tree_search+propose; judges
+    assert "held-out acc" in text
+    console.print(round_table([row], tuning=True))  # task.tuning: the accuracy is the tuning set's
+    text = console.export_text()
+    assert "tuning acc" in text and "held-out" not in text

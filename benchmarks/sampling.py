@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import matmul_peak  # noqa: E402
+from train_speed import layer_flops, matmul_peak  # noqa: E402
 
 from iterpo.config import load_config  # noqa: E402
 from iterpo.models.chat import encode_prompt  # noqa: E402
@@ -87,8 +87,7 @@ def old_loop():
 def flops(config, prompts: list[list[int]], samples) -> float:
     """The FLOPs of prefilling each prompt once and decoding its samples' tokens."""
     h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    per_token = layers * 2 * (2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size) + 2 * vocab * h
+    per_token = layer_flops(config) + 2 * vocab * h  # the output layer at every new token
     total = 0.0
     for prompt, outs in zip(prompts, samples):
         P = len(prompt)

@@ -122,11 +122,17 @@ def matmul_peak(device: str = "cpu", dtype: str = "float32") -> float:
     return best
 
 
+def layer_flops(config) -> float:
+    """A forward's FLOPs per token in the layers' weights (q, o, k, v, MLP): 2 x their weights."""
+    h = config.hidden_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    return config.num_hidden_layers * 2 * (2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size)
+
+
 def model_flops(config, examples) -> tuple[float, int]:
     """(FLOPs the math needs: training + one reference forward, tokens that must be processed)."""
     h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    per_token = layers * 2 * (2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size)  # q, o, k, v, MLP
+    per_token = layer_flops(config)
     forward, tokens = 0.0, 0
     for e in examples:
         P = len(e.prompt_ids)

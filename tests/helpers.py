@@ -15,6 +15,16 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
+def tiny_llama_config(tokenizer, **overrides):
+    """A Llama config of the tests' tiny size over the real tokenizer's vocabulary; overrides change or add
+    fields (a larger size, a classification head's num_labels)."""
+    from transformers import LlamaConfig
+
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    fields = {**sizes, "num_key_value_heads": 2, **overrides}
+    return LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **fields)
+
+
 def tiny_config(model_dir: str, run_dir: Path, **overrides) -> dict:
     """A run config for the tiny model: small everything."""
     cfg = {

@@ -48,7 +48,7 @@ def fast_bfloat16(device: str) -> bool:
     """Whether device multiplies bfloat16 matrices natively: CUDA GPUs of Ampere and later, and CPUs with
     AVX512-BF16 or AMX (Linux; where it cannot be read, no). Elsewhere bfloat16 is emulated, slower than float32."""
     if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return bf16_by_default(device)
     if device != "cpu":
         return False
     try:

@@ -11,6 +11,8 @@ from iterpo.judges import JudgeCache, JudgeContext, judge_with_cache, make_judge
 from iterpo.plan import check_components
 from iterpo.records import Prompt, Rollout
 
+from helpers import tiny_llama_config
+
 PROMPT = Prompt("p", [{"role": "user", "content": "What is 2 + 2?"}], "4")
 TEXTS = ["4", "The answer is 4.", "five", "I think it is 22"]
 
@@ -21,19 +23,10 @@ def _rollouts(texts=TEXTS):
 
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, tokenizer):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     torch.manual_seed(1)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    cfg = tiny_llama_config(tokenizer, num_labels=1)
     path = tmp_path_factory.mktemp("reward-model")
     LlamaForSequenceClassification(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -7,6 +7,8 @@ from iterpo.sampling import derive_seed, generate
 from iterpo.sampling.base import TransformersSampler
 from iterpo.sampling.generate import _top_p_filter
 
+from helpers import tiny_llama_config
+
 
 def _prompts(tokenizer, n):
     return [encode_prompt(tokenizer, [{"role": "user", "content": f"What is {i} + {i * 3}?"}]) for i in range(n)]
@@ -79,11 +81,11 @@ def test_bfloat16_samples_do_not_depend_on_batching(tokenizer):
     its own padded length (PAD_MULTIPLE), never to its batch's longest, keeps each sample a function of its seed.
     (Padding to the batch's longest, 2 of these 12 prompts' samples changed when batched together.) The model is
     the bfloat16 copy a sampler makes, as in a run."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    config = tiny_llama_config(
+        tokenizer,
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=4,
@@ -91,7 +93,6 @@ def test_bfloat16_samples_do_not_depend_on_batching(tokenizer):
         num_key_value_heads=1,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     model = TransformersSampler(lambda: LlamaForCausalLM(config).eval(), tokenizer, "bfloat16").generating_model()
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()

@@ -283,8 +283,10 @@ class TrainSection(Section):
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory. Raise it on a large GPU;
     null: one pass per micro-batch."""
-    gradient_checkpointing: bool = False
-    """Recompute each layer's activations in the backward pass: less memory, about a third more compute."""
+    gradient_checkpointing: bool | None = None
+    """Recompute each layer's activations in the backward pass: less memory, about a third more compute.
+    null: on when training on a CPU (where it measured no slower, being bound by memory traffic more than
+    arithmetic), off on GPUs."""
     bf16: bool | None = None
     """Forward and backward under bfloat16 autocast (weights and optimizer stay float32). null: on CUDA GPUs
     that support it, off elsewhere (on a CPU without bfloat16 instructions it is slow)."""

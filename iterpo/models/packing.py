@@ -14,6 +14,14 @@ same math on fewer tokens:
 - ``response_logits``: the output layer runs only at positions that predict a
   response token, in chunks of rows, and its backward recomputes each chunk, so
   a (tokens x vocab) float32 tensor never exists.
+- ``grads_in_place`` (with ``response_logits``, when training): the output
+  layer's backward adds its weight gradient straight into ``.grad``, and a
+  tied input embedding (one matrix for both ends, as in SmolLM2) passes back
+  only the rows of the pass's tokens, added in place after it, so backward
+  makes no (vocab x hidden) temporary: 3 of them before (the output layer's
+  gradient, the embedding's, their sum: 340 MB for SmolLM2-135M). It assumes
+  gradients are taken with ``.backward()``, as training does, not
+  ``torch.autograd.grad``.
 
 Each switch keeps the log-probs equal to the plain computation (up to float
 summation order); they exist as switches so the benchmark can measure each.
@@ -28,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from iterpo.models.device import model_device, score_dtype, tensors_to
 
@@ -52,6 +61,7 @@ class Layout:
     padding_free: bool = True
     response_logits: bool = True
     chunk_rows: int = 1024  # positions per output-layer chunk (response_logits)
+    grads_in_place: bool = True
 
 
 PLAIN = Layout(shared_prompt=False, padding_free=False, response_logits=False)
@@ -214,36 +224,47 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):  # hidden (M, H), weight (V, H), targets (M,)
+    def forward(ctx, hidden, weight, targets, chunk, in_place):  # hidden (M, H), weight (V, H), targets (M,)
         wide = score_dtype(weight.dtype)
         out = hidden.new_empty(hidden.shape[0], dtype=wide)
         lse = hidden.new_empty(hidden.shape[0], dtype=wide)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], chunk):
                 logits = (hidden[s : s + chunk].to(weight.dtype) @ weight.T).to(wide)  # (c, V)
-                lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
-                out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse[s : s + chunk]
+                picked = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)  # (c,)
+                top = logits.amax(dim=-1, keepdim=True)  # (c, 1)
+                # log-sum-exp in the logits' own buffer (torch.logsumexp would take a second (c, V) tensor)
+                lse[s : s + chunk] = logits.sub_(top).exp_().sum(dim=-1).log_() + top.squeeze(1)
+                out[s : s + chunk] = picked - lse[s : s + chunk]
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk = chunk
+        ctx.into = weight if in_place else None  # the parameter whose .grad the backward adds to itself
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # grad_out (M,)
         hidden, weight, targets, lse = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            into = ctx.into.grad if ctx.into is not None else None
+            grad_weight = torch.zeros_like(weight) if into is None else into
         for s in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[s : s + ctx.chunk].to(weight.dtype)
             logits = (h @ weight.T).to(lse.dtype)  # (c, V)
-            # d logp[target] / d logits = onehot(target) - softmax
-            grad_logits = torch.exp(logits - lse[s : s + ctx.chunk, None]).mul_(-grad_out[s : s + ctx.chunk, None])
+            # d logp[target] / d logits = onehot(target) - softmax, in the logits' own buffer
+            grad_logits = logits.sub_(lse[s : s + ctx.chunk, None]).exp_().mul_(-grad_out[s : s + ctx.chunk, None])
             grad_logits.scatter_add_(1, targets[s : s + ctx.chunk, None], grad_out[s : s + ctx.chunk, None])
             grad_logits = grad_logits.to(weight.dtype)
             if grad_hidden is not None:
                 grad_hidden[s : s + ctx.chunk] = (grad_logits @ weight).to(hidden.dtype)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.T, h)
-        return grad_hidden, grad_weight, None, None
+        if ctx.into is not None and grad_weight is not None:
+            if ctx.into.grad is None:
+                ctx.into.grad = grad_weight
+            grad_weight = None  # already in .grad: autograd gets nothing to hold or add
+        return grad_hidden, grad_weight, None, None, None
 
 
 def _parts(model):
@@ -258,6 +279,16 @@ def _sharded(model) -> bool:
     fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing is sharded (and no import cost)
     kind = getattr(fsdp, "FSDPModule", None)  # PyTorch before 2.6 has none
     return kind is not None and isinstance(model, kind)
+
+
+def _plain_tied(embedding, weight) -> bool:
+    """Whether the input embedding is a plain lookup of the output layer's own weight (tied)."""
+    return (
+        type(embedding) is torch.nn.Embedding
+        and embedding.weight is weight
+        and embedding.max_norm is None
+        and not embedding.scale_grad_by_freq
+    )
 
 
 def plain_head(model) -> bool:
@@ -289,9 +320,17 @@ def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tenso
     with context:
         if layout.response_logits and plain_head(model):
             backbone, head = _parts(model)
+            weight = head.weight  # (V, H)
+            in_place = layout.grads_in_place and torch.is_grad_enabled() and weight.is_leaf and weight.requires_grad
+            embedding = backbone.get_input_embeddings()
+            if in_place and _plain_tied(embedding, weight):
+                # the embedding's gradient as sparse rows, added in place to the dense one the output layer's
+                # backward (which runs first) wrote into .grad
+                del inputs["input_ids"]
+                inputs["inputs_embeds"] = F.embedding(packed.input_ids, weight, embedding.padding_idx, sparse=True)
             hidden = backbone(**inputs).last_hidden_state  # (R, L, H)
             picked = hidden.flatten(0, 1).index_select(0, packed.predict_at)  # (M, H)
-            return _ChunkedTokenLogps.apply(picked, head.weight, packed.targets, layout.chunk_rows)
+            return _ChunkedTokenLogps.apply(picked, weight, packed.targets, layout.chunk_rows, in_place)
         if layout.response_logits:  # an output layer with extras: the model applies it at the kept columns
             L = packed.input_ids.shape[1]
             keep = packed.predict_at.remainder(L).unique()  # (K,) sorted

@@ -137,3 +137,32 @@ def test_context_tokens_in_a_response_are_read_but_never_scored_or_trained(model
     assert float(only_context[0]) == 0.0
     with pytest.raises(ValueError, match="one entry per token"):
         sequence_logps(model, [(prompt, [first], [[True]])], layout)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_gradients_added_in_place_equal_autograd_s_over_several_passes(tokenizer, groups, tied):
+    """grads_in_place writes the output layer's weight gradient into .grad itself (and, tied, the embedding's
+    as sparse rows after it): two passes of training accumulate what autograd's own accumulation gives, whether
+    .grad starts empty or not."""
+    from transformers import LlamaForCausalLM
+
+    from helpers import tiny_llama_config
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer, tie_word_embeddings=tied))
+    assert (model.get_input_embeddings().weight is model.lm_head.weight) == tied
+    grads = {}
+    for in_place in (False, True):
+        layout = Layout(grads_in_place=in_place)
+        model.zero_grad()
+        for part in (groups[:2], groups[2:]):  # two passes into one gradient, responses weighted unequally
+            logps = sequence_logps(model, part, layout)
+            (logps * torch.linspace(0.5, 1.5, len(logps))).sum().backward()
+        grads[in_place] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        assert all(not g.is_sparse for g in grads[in_place].values())
+    for n in grads[False]:
+        torch.testing.assert_close(grads[True][n], grads[False][n], rtol=1e-5, atol=1e-6, msg=n)
+    with torch.no_grad():  # scoring alone (the reference pass) writes no gradient
+        model.zero_grad()
+        sequence_logps(model, groups, Layout())
+    assert model.lm_head.weight.grad is None

@@ -9,8 +9,11 @@ on the held-out set.
 Each experiment is a fresh run directory under --dir (default /tmp/iterpo-tuning/NAME) and one line appended
 to --results (default benchmarks/tuning.jsonl): its settings, tuning-set accuracy per round (greedy, as the
 held-out figure), accuracy on the tuning questions in the 4 phrasings no training prompt uses (the analyses'
-shifted set), and the wall time of the whole command (the model's one-time conversion is cached before).
-The experiments run one at a time: timings taken side by side on a small machine are wrong.
+shifted set: its first 16 questions), the last round's accuracy on all 100 of them (after the timed run), and
+the wall time of the whole command (the model's one-time conversion is cached before). The experiments run one
+at a time: timings taken side by side on a small machine are wrong.
+
+    python benchmarks/tuning.py --backfill                              # the all-100 figure for older rows
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def run(name: str, overrides: list[str], root: Path, results: Path) -> dict:
         "accuracy": [e["accuracy"] for e in evals],
         "shifted": [e.get("analyses", {}).get("shifted_accuracy") for e in evals],
         "seconds": round(seconds, 1),
+        "shifted_all": shifted_accuracy(run_dir)[0],
         "date": time.strftime("%Y-%m-%d"),
     }
     with results.open("a") as f:
@@ -53,18 +57,52 @@ def run(name: str, overrides: list[str], root: Path, results: Path) -> dict:
     return row
 
 
+def shifted_accuracy(run_dir: Path) -> tuple[float, int]:
+    """The last round's policy, greedy, on every tuning question in the 4 phrasings no training prompt uses
+    (the analyses score only the first eval.pair_prompts of them: too few to tell settings apart): (accuracy, n).
+    Outside the timed run."""
+    from iterpo.config import load_config
+    from iterpo.judges import make_judge
+    from iterpo.models.chat import encode_prompt
+    from iterpo.models.device import sampling_dtype
+    from iterpo.models.loading import load_policy_checkpoint, load_tokenizer, resolve_model_path
+    from iterpo.records import Rollout
+    from iterpo.sampling.base import TransformersSampler
+    from iterpo.tasks import build_task
+
+    config = load_config(run_dir / "config.yaml")
+    last = sorted(run_dir.glob("round-*/checkpoint"))[-1]
+    base = resolve_model_path(config.model.path)
+    tokenizer = load_tokenizer(base)
+    model = load_policy_checkpoint(last, base, config.model.dtype, config.model.lora)
+    prompts = build_task(config.task, config.run.seed).shifted_prompts()
+    ids = [encode_prompt(tokenizer, p.messages, config.model.system_prompt) for p in prompts]
+    e = config.eval
+    dtype = sampling_dtype(config.sampling.dtype, config.model.dtype, "cpu")  # as the run's own evaluation
+    sampler = TransformersSampler(lambda: model, tokenizer, dtype)
+    outs = sampler.generate(ids, None, 1.0, 1.0, e.max_new_tokens, e.batch_size)
+    judge = make_judge("exact_answer", {})
+    rollouts = [
+        Rollout(p.prompt_id, 0, 0, 0, tokenizer.decode(ids, skip_special_tokens=True), list(ids), reason)
+        for p, [(ids, reason)] in zip(prompts, outs)
+    ]
+    scores = [judge.judge(p, [x])[0].score for p, x in zip(prompts, rollouts)]
+    return sum(scores) / len(scores), len(scores)
+
+
 def table(results: Path) -> str:
     rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
     out = [
         "| experiment | settings (beside task.tuning=true) | tuning accuracy by round | shifted phrasings by round "
-        "| minutes |",
-        "| --- | --- | --- | --- | ---: |",
+        "| last round, all shifted | minutes |",
+        "| --- | --- | --- | --- | ---: | ---: |",
     ]
     for r in rows:
         acc = " / ".join(f"{a:.2f}" for a in r["accuracy"])
         shifted = " / ".join("-" if s is None else f"{s:.2f}" for s in r["shifted"])
         settings = ", ".join(f"`{s}`" for s in r["settings"]) or "(the default)"
-        out.append(f"| {r['name']} | {settings} | {acc} | {shifted} | {r['seconds'] / 60:.1f} |")
+        every = "-" if r.get("shifted_all") is None else f"{r['shifted_all']:.2f}"
+        out.append(f"| {r['name']} | {settings} | {acc} | {shifted} | {every} | {r['seconds'] / 60:.1f} |")
     return "\n".join(out)
 
 
@@ -75,10 +113,19 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/iterpo-tuning", help="where the run directories go")
     ap.add_argument("--results", default=str(HERE / "tuning.jsonl"))
     ap.add_argument("--table", action="store_true", help="print the table of every experiment and stop")
+    ap.add_argument("--backfill", action="store_true", help="score older rows' runs (still in --dir) on all 100")
     args = ap.parse_args()
     results = Path(args.results)
     if args.table:
         print(table(results))
+        return
+    if args.backfill:
+        rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+        for r in rows:
+            if r.get("shifted_all") is None and (Path(args.dir) / r["name"] / "config.yaml").exists():
+                r["shifted_all"] = shifted_accuracy(Path(args.dir) / r["name"])[0]
+                print(r["name"], r["shifted_all"])
+        results.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return
     if not args.name:
         ap.error("--name is required to run an experiment")

@@ -244,6 +244,36 @@ class RPO(PairwiseLoss):
         return pair_output(losses, self.beta * chosen, self.beta * rejected, nll_chosen=nll.detach().mean())
 
 
+@register_loss("dpo_nll")
+@dataclass
+class DPONLL(PairwiseLoss):
+    """DPO+NLL, the loss of Iterative Reasoning Preference Optimization (Pang et al. 2024, "Iterative Reasoning
+    Preference Optimization", the DPO+NLL objective; TRL's ``rpo_alpha``, and loss_type ["sigmoid", "sft"]).
+
+    loss = -log sigmoid(beta*delta) + nll_weight * (-log pi(y_w|x)) / |y_w|: DPO plus the chosen response's
+    negative log-likelihood per token. The paper found the NLL term crucial on reasoning tasks, where DPO alone
+    lowers the chosen responses' likelihood along with the rejected ones'; it weighs the two terms equally
+    (nll_weight 1, beta 0.1). The NLL here is normalised by the chosen response's length, as TRL implements it.
+    Unlike ``rpo`` (Liu et al.), whose NLL is summed over tokens with a small weight.
+    """
+
+    reference_cancels = True  # only differences within a prompt
+
+    beta: float = 0.1
+    nll_weight: float = 1.0
+
+    def __post_init__(self):
+        check_positive("beta", self.beta)
+        check_range("nll_weight", self.nll_weight, 0.0, math.inf)
+
+    def __call__(self, batch: PreferenceBatch):
+        chosen, rejected = log_ratios(batch)
+        assert batch.chosen_lengths is not None  # always filled by the loop
+        nll = -batch.chosen_logps / batch.chosen_lengths.clamp(min=1).to(batch.chosen_logps.dtype)  # (B,)
+        losses = F.softplus(-self.beta * (chosen - rejected)) + self.nll_weight * nll
+        return pair_output(losses, self.beta * chosen, self.beta * rejected, nll_chosen=nll.detach().mean())
+
+
 @register_loss("nca")
 @dataclass
 class NCA(PairwiseLoss):

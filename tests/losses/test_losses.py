@@ -132,6 +132,13 @@ def test_rpo_adds_the_summed_chosen_nll():
     assert out.losses.tolist() == pytest.approx(want, abs=1e-12)
 
 
+def test_dpo_nll_adds_the_chosen_nll_per_token():
+    out = get_loss("dpo_nll", beta=0.5, nll_weight=2.0)(pair_batch())
+    want = [sp(-0.5 * (w - l)) + 2.0 * -pc / n for w, l, pc, n in zip(LW, LL, PC, LEN_C)]
+    assert out.losses.tolist() == pytest.approx(want, abs=1e-12)
+    assert get_loss("dpo_nll").nll_weight == 1.0  # the paper's equal weighting
+
+
 def test_exo_matches_its_kl_form():
     beta, eps = 0.5, 0.01
     out = get_loss("exo", beta=beta, epsilon=eps)(pair_batch())
@@ -471,6 +478,7 @@ def test_registry_lists_every_issue_loss():
         "ipo",
         "hinge",
         "rpo",
+        "dpo_nll",
         "simpo",
         "orpo",
         "nca",

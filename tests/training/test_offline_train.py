@@ -238,7 +238,9 @@ def test_checkpointing_is_on_by_default_when_training_on_a_cpu_and_off_after(tin
     for setting, expected in ((None, True), (False, False)):
         model = load_model(tiny_model_dir)
         seen = []
-        model.model.register_forward_pre_hook(lambda m, args: seen.append(m.gradient_checkpointing and m.training))
+        model.model.register_forward_pre_hook(
+            lambda m, args, seen=seen: seen.append(m.gradient_checkpointing and m.training)
+        )
         config = TrainSection(lr=1e-3, batch_size=3, epochs=1, gradient_checkpointing=setting)
         train(model, examples, get_loss("dpo"), config, seed=0, pad_id=tokenizer.pad_token_id)
         assert seen and set(seen) == {expected}, setting

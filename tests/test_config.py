@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from iterpo.config import load_config
+from iterpo.config import Config, load_config
 from iterpo.errors import ConfigError
 from iterpo.plan import check_components, fingerprint, resolve
 
@@ -12,13 +12,14 @@ def test_default_config_is_valid_and_resolved():
     cfg = load_config()
     assert cfg.run.dir == "runs/default"
     resolved = resolve(cfg)
-    assert resolved["loss"] == {"name": "dpo", "beta": 0.1} and resolved["judge"]["name"] == "exact_answer"
-    assert "lr: 5.0e-06" in yaml.safe_dump(resolved) and "round" not in resolved
+    assert resolved["loss"] == {"name": "dpo_nll", "beta": 0.1, "nll_weight": 3.0}
+    assert resolved["judge"]["name"] == "exact_answer"
+    assert "lr: 1.0e-05" in yaml.safe_dump(resolved) and "round" not in resolved
 
 
 def test_overrides_are_typed_yaml(tmp_path):
-    cfg = load_config(overrides=["train.lr=1e-5", "task.operations=['+', '*']", "loss.beta=0.5"])
-    assert cfg.train.lr == 1e-5 and cfg.task.operations == ["+", "*"] and cfg.loss.hyperparams() == {"beta": 0.5}
+    cfg = load_config(overrides=["train.lr=2e-5", "task.operations=['+', '*']", "loss.beta=0.5"])
+    assert cfg.train.lr == 2e-5 and cfg.task.operations == ["+", "*"] and cfg.loss.hyperparams()["beta"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -70,3 +71,18 @@ def test_shipped_configs_load():
         load_config(path)
     # the shipped default file is exactly the built-in default
     assert fingerprint(resolve(load_config(configs[0].parent / "default.yaml"))) == fingerprint(resolve(load_config()))
+
+
+def test_the_built_in_default_takes_settings_and_another_loss_starts_from_its_own_hyperparameters():
+    from iterpo.config import BUILT_IN
+
+    cfg = load_config()
+    assert cfg.loss.name == BUILT_IN["loss"]["name"] and cfg.loss.hyperparams() == {"nll_weight": 3.0}
+    assert cfg.train.lr == BUILT_IN["train"]["lr"] and cfg.sampling.prompts_per_round == 128
+    tweaked = load_config(overrides=["loss.beta=0.2"])  # the built-in loss, one hyperparameter changed
+    assert tweaked.loss.name == "dpo_nll" and tweaked.loss.hyperparams() == {"nll_weight": 3.0, "beta": 0.2}
+    other = load_config(overrides=["loss.name=ipo", "loss.beta=0.5"])  # no dpo_nll weight carried over
+    assert other.loss.name == "ipo" and other.loss.hyperparams() == {"beta": 0.5}
+    assert load_config().loss.hyperparams() == {"nll_weight": 3.0}  # BUILT_IN itself was not changed
+    # a config file starts from the library's defaults, not the built-in default's settings
+    assert Config().loss.name == "dpo" and Config().sampling.prompts_per_round is None

@@ -107,11 +107,15 @@ def test_the_default_configs_fingerprint_is_stable():
     from iterpo.config import load_config
     from iterpo.plan import fingerprint, resolve
 
-    assert fingerprint(resolve(load_config())) == "ff069b2c258a5ba5"
-    # the defaults changed (bfloat16 sampling, larger batches and shards): the runs made before resume with the
-    # settings they ran with, as the README says
+    assert fingerprint(resolve(load_config())) == "074c3d4ba001bd8b"
+    # the built-in default changed (fresh prompts each round, lr 1e-5, dpo_nll): its earlier form, from the
+    # same library defaults
+    earlier = ["loss.name=dpo", "task.train_size=64", "sampling.prompts_per_round=null", "train.lr=5e-6"]
+    assert fingerprint(resolve(load_config(overrides=earlier))) == "ff069b2c258a5ba5"
+    # the defaults changed before that (bfloat16 sampling, larger batches and shards): the runs made before resume
+    # with the settings they ran with, as the README says
     before = ["sampling.dtype=float32", "sampling.shard_size=16", "sampling.batch_size=64"]
-    assert fingerprint(resolve(load_config(overrides=before))) == "2d9eaedaf8baa595"
+    assert fingerprint(resolve(load_config(overrides=before + earlier))) == "2d9eaedaf8baa595"
 
 
 def test_a_stages_own_loss_is_checked_against_the_reference_policy_too(tiny_model_dir, tmp_path):

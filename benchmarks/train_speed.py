@@ -32,10 +32,9 @@ time, from a plain loop (every sequence prompt + response padded, full logits,
 reference model run every step), so each is measured on its own. iterpo's
 default splits a batch into forward passes of at most 256 tokens
 (``train.max_tokens_per_pass``), which bounds activation memory at a small cost
-in speed, recomputes activations in the backward (gradient checkpointing, the
-default on a CPU), and adds the output layer's gradient into ``.grad`` in
-place (a tied embedding's as sparse rows); the rows marked "one pass" run each
-batch of 8 pairs in one pass, without checkpointing unless they say so.
+in speed, and adds the output layer's gradient into ``.grad`` in place (a tied
+embedding's as sparse rows); the rows marked "one pass" run each batch of 8
+pairs in one pass; the checkpointing rows recompute activations in the backward.
 """
 
 from __future__ import annotations
@@ -56,18 +55,24 @@ LR, BATCH, PAIRS, BETA, SEED = 1e-6, 8, 64, 0.1, 0
 
 # name: (trainer, description, layout flags (shared_prompt, padding_free, response_logits, grads_in_place),
 # stored reference, extra)
-ONE = {"max_tokens_per_pass": None, "gradient_checkpointing": False}  # a whole batch of 8 pairs in one pass
+ONE = {"max_tokens_per_pass": None}  # a whole batch of 8 pairs in one forward pass
 CONFIGS = {
     "trl": ("trl", "TRL 1.16 DPOTrainer (baseline)", None, False, {}),
     "iterpo": ("iterpo", "iterpo, defaults (passes of <= 256 tokens)", (1, 1, 1, 1), True, {}),
-    "no_checkpointing": (
+    "passes_checkpointing": (
         "iterpo",
-        "  defaults without checkpointing",
+        "  defaults + gradient checkpointing",
         (1, 1, 1, 1),
         True,
-        {"gradient_checkpointing": False},
+        {"gradient_checkpointing": True},
     ),
-    "autograd_grads": ("iterpo", "  defaults, gradients summed by autograd", (1, 1, 1, 0), True, {}),
+    "autograd_grads": (
+        "iterpo",
+        "  the same, gradients summed by autograd",
+        (1, 1, 1, 0),
+        True,
+        {"gradient_checkpointing": True},
+    ),
     "one_pass": ("iterpo", "iterpo, one pass per batch", (1, 1, 1, 1), True, ONE),
     "plain": ("iterpo", "iterpo, plain loop (none of the below)", (0, 0, 0, 0), False, ONE),
     "reference_once": ("iterpo", "  only: reference log-probs once", (0, 0, 0, 0), True, ONE),

@@ -69,7 +69,8 @@ def _cmd_train(args) -> None:
     if args.loss:  # before the config: its pairing check would otherwise speak of a pairing strategy
         check_loss(get_loss(args.loss), [], args.loss)
     overrides = list(args.set or []) + [f"model.path={args.model}"] + ([f"loss.name={args.loss}"] if args.loss else [])
-    config = load_config(args.config, overrides)
+    # no config: the library's defaults (DPO), not the built-in run's settings, which are for its own task
+    config = load_config(args.config, overrides, built_in=False)
     get_loss(config.loss.name, **config.loss.hyperparams())  # an unknown loss or hyperparameter fails now
     output = Path(args.output or Path("runs") / ("train-" + Path(args.preferences).stem))
     if output.exists() and not output.is_dir():

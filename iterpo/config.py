@@ -283,10 +283,9 @@ class TrainSection(Section):
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory. Raise it on a large GPU;
     null: one pass per micro-batch."""
-    gradient_checkpointing: bool | None = None
-    """Recompute each layer's activations in the backward pass: less memory, about a third more compute.
-    null: on when training on a CPU (where it measured no slower, being bound by memory traffic more than
-    arithmetic), off on GPUs."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass: less memory (0.88x peak on the training
+    benchmark), more compute (0.83x its pairs/s on a 2-core CPU)."""
     bf16: bool | None = None
     """Forward and backward under bfloat16 autocast (weights and optimizer stay float32). null: on CUDA GPUs
     that support it, off elsewhere (on a CPU without bfloat16 instructions it is slow)."""
@@ -441,15 +440,16 @@ BUILT_IN: dict[str, dict[str, Any]] = {
 }
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config (or the built-in default), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), built_in: bool = True) -> Config:
+    """Read a YAML config (or, with none, the built-in default; built_in False: the library's defaults alone),
+    apply overrides, validate."""
     data: dict = {}
-    source = "built-in default"
-    if path is None:
+    source = "built-in default" if built_in else "defaults"
+    if path is None and built_in:
         data = {section: dict(values) for section, values in BUILT_IN.items()}
         if any(a.split("=", 1)[0].strip() == "loss.name" for a in overrides):
             del data["loss"]  # another loss: its own hyperparameters, not the built-in loss's
-    else:
+    elif path is not None:
         path = Path(path)
         source = str(path)
         if not path.is_file():

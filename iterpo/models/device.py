@@ -44,12 +44,6 @@ def bf16_by_default(device: str) -> bool:
     return device.startswith("cuda") and torch.cuda.is_bf16_supported()
 
 
-def checkpointing_by_default(device: str) -> bool:
-    """Gradient checkpointing is the default on CPUs: there the recomputation measured no slower (the training
-    benchmark) and peak memory fell by a tenth; on GPUs it costs about a third more compute."""
-    return device == "cpu"
-
-
 def fast_bfloat16(device: str) -> bool:
     """Whether device multiplies bfloat16 matrices natively: CUDA GPUs of Ampere and later, and CPUs with
     AVX512-BF16 or AMX (Linux; where it cannot be read, no). Elsewhere bfloat16 is emulated, slower than float32."""

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from iterpo.losses import Loss
-from iterpo.models.device import bf16_by_default, checkpointing_by_default, model_device
+from iterpo.models.device import bf16_by_default, model_device
 from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
 from iterpo.training.parallel import DataParallel
@@ -193,10 +193,7 @@ def train(
     step = 0
     model.train()
     device = model_device(model).type
-    checkpointing = config.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = checkpointing_by_default(device) and getattr(model, "supports_gradient_checkpointing", False)
-    if checkpointing:
+    if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(model_device(model)))
     autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -241,7 +238,7 @@ def train(
                     progress(n)
     finally:
         attention.__exit__(None, None, None)
-        if checkpointing:
+        if config.gradient_checkpointing:
             model.gradient_checkpointing_disable()
         model.eval()
     return log

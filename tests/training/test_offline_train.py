@@ -231,22 +231,6 @@ def test_checkpointing_and_bf16_train_on_packed_passes(tiny_model_dir, tokenizer
     assert logs[True] == pytest.approx(logs[False], rel=1e-5 if option == "gradient_checkpointing" else 2e-2)
 
 
-def test_checkpointing_is_on_by_default_when_training_on_a_cpu_and_off_after(tiny_model_dir, tokenizer):
-    examples = [tokenize_pair(tokenizer, r) for r in CHAT]
-    for e, r in zip(examples, reference_logps(load_model(tiny_model_dir), examples, 4, tokenizer.pad_token_id)):
-        e.ref_logps = r
-    for setting, expected in ((None, True), (False, False)):
-        model = load_model(tiny_model_dir)
-        seen = []
-        model.model.register_forward_pre_hook(
-            lambda m, args, seen=seen: seen.append(m.gradient_checkpointing and m.training)
-        )
-        config = TrainSection(lr=1e-3, batch_size=3, epochs=1, gradient_checkpointing=setting)
-        train(model, examples, get_loss("dpo"), config, seed=0, pad_id=tokenizer.pad_token_id)
-        assert seen and set(seen) == {expected}, setting
-        assert not model.model.gradient_checkpointing  # off again once training is done
-
-
 def test_sft_on_a_files_chosen_responses_is_a_warm_up_for_a_run(tmp_path, tiny_model_dir):
     rows = [{"prompt": r["prompt"], "chosen": r["chosen"]} for r in CHAT]  # no rejected: SFT does not need one
     demos = _write(tmp_path / "demos.jsonl", rows)

@@ -281,14 +281,18 @@ def _sharded(model) -> bool:
     return kind is not None and isinstance(model, kind)
 
 
-def _plain_tied(embedding, weight) -> bool:
-    """Whether the input embedding is a plain lookup of the output layer's own weight (tied)."""
-    return (
+def _plain_tied(backbone, weight) -> Any:
+    """The backbone's input embedding where it is a plain lookup of the output layer's own weight (tied),
+    else None."""
+    get = getattr(backbone, "get_input_embeddings", None)  # a model of another kind (iterpo.models.tabular)
+    embedding = get() if get is not None else None
+    tied = (
         type(embedding) is torch.nn.Embedding
         and embedding.weight is weight
         and embedding.max_norm is None
         and not embedding.scale_grad_by_freq
     )
+    return embedding if tied else None
 
 
 def plain_head(model) -> bool:
@@ -322,8 +326,8 @@ def token_logps(model, packed: Packed, layout: Layout = Layout()) -> torch.Tenso
             backbone, head = _parts(model)
             weight = head.weight  # (V, H)
             in_place = layout.grads_in_place and torch.is_grad_enabled() and weight.is_leaf and weight.requires_grad
-            embedding = backbone.get_input_embeddings()
-            if in_place and _plain_tied(embedding, weight):
+            embedding = _plain_tied(backbone, weight) if in_place else None
+            if embedding is not None:
                 # the embedding's gradient as sparse rows, added in place to the dense one the output layer's
                 # backward (which runs first) wrote into .grad
                 del inputs["input_ids"]

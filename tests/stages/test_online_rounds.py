@@ -49,8 +49,8 @@ def test_each_round_takes_the_next_prompts_and_evaluates_every_k_rounds(tiny_mod
     assert [evaluated[r]["accuracy"] is None for r in (0, 1, 2, 3, 4)] == [False, True, True, False, False]
     assert [row["accuracy"] is None for row in rows] == [False, True, True, False, False]
     assert loads == []  # the policy stayed in memory from round to round: no checkpoint was loaded back
-    # settings at their defaults stay out of the config as run (older runs keep their fingerprints)
-    default = resolve(load_config())
+    # settings at their library defaults stay out of the config as run (older runs keep their fingerprints)
+    default = resolve(load_config(built_in=False))
     assert "prompts_per_round" not in default["sampling"] and "every" not in default["eval"]
     assert resolve(config)["sampling"]["prompts_per_round"] == 4
 

@@ -192,9 +192,9 @@ def train(
     log: list[dict] = []
     step = 0
     model.train()
-    device = model_device(model).type
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    device = model_device(model).type
     bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(model_device(model)))
     autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
     attention = packed_attention(model) if layout.padding_free else nullcontext()

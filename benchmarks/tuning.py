@@ -14,6 +14,7 @@ the wall time of the whole command (the model's one-time conversion is cached be
 at a time: timings taken side by side on a small machine are wrong.
 
     python benchmarks/tuning.py --backfill                              # the all-100 figure for older rows
+    python benchmarks/tuning.py --errors NAME                           # run NAME's wrong answers, by kind
 """
 
 from __future__ import annotations
@@ -90,6 +91,26 @@ def shifted_accuracy(run_dir: Path) -> tuple[float, int]:
     return sum(scores) / len(scores), len(scores)
 
 
+def error_kinds(run_dir: Path) -> list[dict[str, int]]:
+    """Per round 1.., the wrong greedy answers by how far they miss: a carry added where there is none (+10), a
+    carry left out (-10), anything else; from the eval's items (question ids parsed from their a + b)."""
+    import re
+
+    out = []
+    for path in sorted(run_dir.glob("round-*/eval.json"))[1:]:
+        kinds = {"right": 0, "+10": 0, "-10": 0, "other": 0}
+        for item in json.loads(path.read_text())["items"]:
+            if item["score"] == 1.0:
+                kinds["right"] += 1
+                continue
+            terms = re.match(r"\D*(\d+)\s*\+\s*(\d+)", item["response"])
+            detail = str(item.get("detail") or "")
+            miss = int(detail) - int(terms[1]) - int(terms[2]) if terms and detail.lstrip("-").isdigit() else None
+            kinds["+10" if miss == 10 else "-10" if miss == -10 else "other"] += 1
+        out.append(kinds)
+    return out
+
+
 def table(results: Path) -> str:
     rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
     out = [
@@ -102,7 +123,8 @@ def table(results: Path) -> str:
         shifted = " / ".join("-" if s is None else f"{s:.2f}" for s in r["shifted"])
         settings = ", ".join(f"`{s}`" for s in r["settings"]) or "(the default)"
         every = "-" if r.get("shifted_all") is None else f"{r['shifted_all']:.2f}"
-        out.append(f"| {r['name']} | {settings} | {acc} | {shifted} | {every} | {r['seconds'] / 60:.1f} |")
+        minutes = f"{r['seconds'] / 60:.1f}" + (f" ({r['note']})" if r.get("note") else "")
+        out.append(f"| {r['name']} | {settings} | {acc} | {shifted} | {every} | {minutes} |")
     return "\n".join(out)
 
 
@@ -114,10 +136,15 @@ def main() -> None:
     ap.add_argument("--results", default=str(HERE / "tuning.jsonl"))
     ap.add_argument("--table", action="store_true", help="print the table of every experiment and stop")
     ap.add_argument("--backfill", action="store_true", help="score older rows' runs (still in --dir) on all 100")
+    ap.add_argument("--errors", metavar="NAME", help="the wrong answers of run NAME (in --dir) by round, by kind")
     args = ap.parse_args()
     results = Path(args.results)
     if args.table:
         print(table(results))
+        return
+    if args.errors:
+        for r, kinds in enumerate(error_kinds(Path(args.dir) / args.errors), start=1):
+            print(f"round {r}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
         return
     if args.backfill:
         rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]

@@ -92,10 +92,13 @@ def shifted_accuracy(run_dir: Path) -> tuple[float, int]:
 
 
 def error_kinds(run_dir: Path) -> list[dict[str, int]]:
-    """Per round 1.., the wrong greedy answers by how far they miss: a carry added where there is none (+10), a
-    carry left out (-10), anything else; from the eval's items (question ids parsed from their a + b)."""
-    import re
+    """Per round 1.., the wrong greedy answers by how far they miss the question's answer: a carry added where
+    there is none (+10), a carry left out (-10), anything else (or no number); from the eval's items."""
+    from iterpo.config import load_config
+    from iterpo.tasks import build_task
 
+    config = load_config(run_dir / "config.yaml")
+    answers = {p.prompt_id: p.answer for p in build_task(config.task, config.run.seed).eval_prompts()}
     out = []
     for path in sorted(run_dir.glob("round-*/eval.json"))[1:]:
         kinds = {"right": 0, "+10": 0, "-10": 0, "other": 0}
@@ -103,9 +106,8 @@ def error_kinds(run_dir: Path) -> list[dict[str, int]]:
             if item["score"] == 1.0:
                 kinds["right"] += 1
                 continue
-            terms = re.match(r"\D*(\d+)\s*\+\s*(\d+)", item["response"])
-            detail = str(item.get("detail") or "")
-            miss = int(detail) - int(terms[1]) - int(terms[2]) if terms and detail.lstrip("-").isdigit() else None
+            given, answer = str(item.get("detail") or ""), str(answers[item["prompt_id"]])
+            miss = int(given) - int(answer) if given.lstrip("-").isdigit() and answer.lstrip("-").isdigit() else None
             kinds["+10" if miss == 10 else "-10" if miss == -10 else "other"] += 1
         out.append(kinds)
     return out

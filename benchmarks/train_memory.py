@@ -5,13 +5,12 @@ trainer on benchmarks/train_speed.py's 64 pairs (same model, batch 8, AdamW, cli
     python benchmarks/train_memory.py --set max_tokens_per_pass=128      # a TrainSection field changed
     MALLOC_ARENA_MAX=1 python benchmarks/train_memory.py                 # glibc's allocator tuned
 
-A thread reads /proc/self/statm every 2 ms; the table gives, per phase, the resident memory at its start, its
-peak and its end. A step is its forward and backward passes and
-the optimizer step. "held between steps" is the resident memory after each step (its gradients freed) once
-glibc has returned its free pages to the system (malloc_trim, Linux only, called only for this reading), so it
-is what the process holds rather than what the allocator keeps (the trims cost time: for speed, see
-train_speed.py). Peak MB is ru_maxrss, the
-figure train_speed.py reports.
+Linux with glibc: a thread reads /proc/self/statm every 2 ms; the table gives, per phase, the resident memory at
+its start, its peak and its end. A step is its forward and backward passes and the optimizer step. "held between
+steps" is the resident memory after each step (its gradients freed) once glibc has returned its free pages to the
+system (malloc_trim, called only for this reading), so it is what the process holds rather than what the
+allocator keeps (the trims cost time: for speed, see train_speed.py). Peak MB is ru_maxrss, the figure
+train_speed.py reports.
 """
 
 from __future__ import annotations
@@ -72,7 +71,6 @@ def main() -> None:
     import torch  # noqa: F401 (its import is what the first phase measures)
     import train_speed
 
-    from iterpo.config import TrainSection
     from iterpo.losses import get_loss
     from iterpo.models.loading import load_model, load_tokenizer, resolve_model_path
     from iterpo.training import train
@@ -90,23 +88,14 @@ def main() -> None:
     for e, r in zip(examples, reference_logps(model, examples, 16, tokenizer.pad_token_id)):
         e.ref_logps = r
     held: list[float] = []
-    libc = ctypes.CDLL("libc.so.6") if sys.platform == "linux" else None
+    libc = ctypes.CDLL("libc.so.6")
 
     def after_step(_examples: int) -> None:  # the trainer's progress callback: an optimizer step is done
-        if libc is not None:
-            libc.malloc_trim(0)
-            held.append(resident_mb())
+        libc.malloc_trim(0)
+        held.append(resident_mb())
         phases.mark(f"step {len(held) + 1}")
 
-    config = TrainSection(
-        lr=train_speed.LR,
-        epochs=1,
-        batch_size=train_speed.BATCH,
-        max_grad_norm=1.0,
-        weight_decay=0.0,
-        warmup_steps=0,
-        **extra,
-    )
+    config = train_speed.train_section(**extra)
     phases.mark("step 1")
     start = time.perf_counter()
     train(
@@ -127,7 +116,8 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     print(
         f"\nweights {params:.0f} MB (gradients the same, AdamW's moments twice that); held between steps: "
-        + (", ".join(f"{x:.0f}" for x in held) + " MB" if held else "-")
+        + ", ".join(f"{x:.0f}" for x in held)
+        + " MB"
         + f"; training {seconds:.1f} s; peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
     )
 

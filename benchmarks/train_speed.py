@@ -215,6 +215,13 @@ def child_trl(model_path: str, data: Path, device: str = "cpu", bf16: bool = Fal
     }
 
 
+def train_section(**extra):
+    """iterpo's training settings in this benchmark (TRL gets the same in child_trl), extra fields over them."""
+    from iterpo.config import TrainSection
+
+    return TrainSection(lr=LR, epochs=1, batch_size=BATCH, max_grad_norm=1.0, weight_decay=0.0, warmup_steps=0, **extra)
+
+
 def _iterpo_order(n: int) -> list[int]:
     """The order iterpo's trainer visits the pairs in (its seeded shuffle), so TRL can be fed the same order."""
     import torch
@@ -227,7 +234,6 @@ def child_iterpo(model_path: str, data: Path, name: str, device: str = "cpu", bf
 
     import torch
 
-    from iterpo.config import TrainSection
     from iterpo.losses import get_loss
     from iterpo.models.loading import load_model, load_tokenizer
     from iterpo.models.packing import Layout
@@ -240,15 +246,7 @@ def child_iterpo(model_path: str, data: Path, name: str, device: str = "cpu", bf
     tokenizer = load_tokenizer(model_path)
     examples = [tokenize_pair(tokenizer, r) for r in read_preferences(data)]
     model = load_model(model_path, device=device)
-    config = TrainSection(
-        lr=LR,
-        epochs=1,
-        batch_size=BATCH,
-        max_grad_norm=1.0,
-        weight_decay=0.0,
-        warmup_steps=0,
-        **{"bf16": bf16, **extra},
-    )
+    config = train_section(**{"bf16": bf16, **extra})
     reference = None if stored else LiveReference(copy.deepcopy(model))
     torch.manual_seed(SEED)
     t = time.perf_counter()

@@ -194,9 +194,9 @@ def train(
     model.train()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    device = model_device(model).type
-    bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(model_device(model)))
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+    device = model_device(model)
+    bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(device))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     attention = packed_attention(model) if layout.padding_free else nullcontext()
     attention.__enter__()
     try:

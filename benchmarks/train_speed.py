@@ -32,9 +32,12 @@ time, from a plain loop (every sequence prompt + response padded, full logits,
 reference model run every step), so each is measured on its own. iterpo's
 default splits a batch into forward passes of at most 256 tokens
 (``train.max_tokens_per_pass``), which bounds activation memory at a small cost
-in speed, and adds the output layer's gradient into ``.grad`` in place (a tied
-embedding's as sparse rows); the rows marked "one pass" run each batch of 8
-pairs in one pass; the checkpointing rows recompute activations in the backward.
+in speed, adds the output layer's gradient into ``.grad`` in place (a tied
+embedding's as sparse rows), and runs the RMSNorms and gated MLPs with lean
+backward passes that keep fewer activations (models/lean.py; the row "without
+lean layers" runs the defaults without them); the rows marked "one pass" run
+each batch of 8 pairs in one pass; the checkpointing rows recompute activations
+in the backward.
 """
 
 from __future__ import annotations
@@ -53,40 +56,42 @@ from pathlib import Path
 
 LR, BATCH, PAIRS, BETA, SEED = 1e-6, 8, 64, 0.1, 0
 
-# name: (trainer, description, layout flags (shared_prompt, padding_free, response_logits, grads_in_place),
-# stored reference, extra)
+# name: (trainer, description, layout flags (shared_prompt, padding_free, response_logits, grads_in_place,
+# lean_layers), stored reference, extra)
 ONE = {"max_tokens_per_pass": None}  # a whole batch of 8 pairs in one forward pass
 CONFIGS = {
     "trl": ("trl", "TRL 1.16 DPOTrainer (baseline)", None, False, {}),
-    "iterpo": ("iterpo", "iterpo, defaults (passes of <= 256 tokens)", (1, 1, 1, 1), True, {}),
+    "iterpo": ("iterpo", "iterpo, defaults (passes of <= 256 tokens)", (1, 1, 1, 1, 1), True, {}),
+    "no_lean": ("iterpo", "  defaults without lean layers", (1, 1, 1, 1, 0), True, {}),
     "passes_checkpointing": (
         "iterpo",
         "  defaults + gradient checkpointing",
-        (1, 1, 1, 1),
+        (1, 1, 1, 1, 1),
         True,
         {"gradient_checkpointing": True},
     ),
     "autograd_grads": (
         "iterpo",
         "  the same, gradients summed by autograd",
-        (1, 1, 1, 0),
+        (1, 1, 1, 0, 1),
         True,
         {"gradient_checkpointing": True},
     ),
-    "one_pass": ("iterpo", "iterpo, one pass per batch", (1, 1, 1, 1), True, ONE),
-    "plain": ("iterpo", "iterpo, plain loop (none of the below)", (0, 0, 0, 0), False, ONE),
-    "reference_once": ("iterpo", "  only: reference log-probs once", (0, 0, 0, 0), True, ONE),
-    "shared_prompt": ("iterpo", "  only: prompt once per pair", (1, 0, 0, 0), False, ONE),
-    "response_logits": ("iterpo", "  only: response-only chunked logits", (0, 0, 1, 0), False, ONE),
-    "padding_free": ("iterpo", "  only: padding-free packing", (0, 1, 0, 0), False, ONE),
+    "one_pass": ("iterpo", "iterpo, one pass per batch", (1, 1, 1, 1, 1), True, ONE),
+    "plain": ("iterpo", "iterpo, plain loop (none of the below)", (0, 0, 0, 0, 0), False, ONE),
+    "reference_once": ("iterpo", "  only: reference log-probs once", (0, 0, 0, 0, 0), True, ONE),
+    "shared_prompt": ("iterpo", "  only: prompt once per pair", (1, 0, 0, 0, 0), False, ONE),
+    "response_logits": ("iterpo", "  only: response-only chunked logits", (0, 0, 1, 0, 0), False, ONE),
+    "padding_free": ("iterpo", "  only: padding-free packing", (0, 1, 0, 0, 0), False, ONE),
+    "lean_layers": ("iterpo", "  only: lean layers", (0, 0, 0, 0, 1), False, ONE),
     "checkpointing": (
         "iterpo",
         "iterpo, one pass + gradient checkpointing",
-        (1, 1, 1, 1),
+        (1, 1, 1, 1, 1),
         True,
         {**ONE, "gradient_checkpointing": True},
     ),
-    "bf16": ("iterpo", "iterpo, one pass + bf16 autocast", (1, 1, 1, 1), True, {**ONE, "bf16": True}),
+    "bf16": ("iterpo", "iterpo, one pass + bf16 autocast", (1, 1, 1, 1, 1), True, {**ONE, "bf16": True}),
 }
 
 ANSWERS = [
@@ -241,8 +246,10 @@ def child_iterpo(model_path: str, data: Path, name: str, device: str = "cpu", bf
     from iterpo.training.offline import read_preferences, reference_logps, tokenize_pair
 
     _, _, flags, stored, extra = CONFIGS[name]
-    shared, free, logits, in_place = map(bool, flags)
-    layout = Layout(shared_prompt=shared, padding_free=free, response_logits=logits, grads_in_place=in_place)
+    shared, free, logits, in_place, lean = map(bool, flags)
+    layout = Layout(
+        shared_prompt=shared, padding_free=free, response_logits=logits, grads_in_place=in_place, lean_layers=lean
+    )
     tokenizer = load_tokenizer(model_path)
     examples = [tokenize_pair(tokenizer, r) for r in read_preferences(data)]
     model = load_model(model_path, device=device)

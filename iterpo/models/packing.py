@@ -22,6 +22,8 @@ same math on fewer tokens:
   gradient, the embedding's, their sum: 340 MB for SmolLM2-135M). It assumes
   gradients are taken with ``.backward()``, as training does, not
   ``torch.autograd.grad``.
+- ``lean_layers`` (training): RMSNorms and gated MLPs keep fewer activations for
+  the backward (models/lean.py).
 
 Each switch keeps the log-probs equal to the plain computation (up to float
 summation order); they exist as switches so the benchmark can measure each.
@@ -62,6 +64,7 @@ class Layout:
     response_logits: bool = True
     chunk_rows: int = 1024  # positions per output-layer chunk (response_logits)
     grads_in_place: bool = True
+    lean_layers: bool = True
 
 
 PLAIN = Layout(shared_prompt=False, padding_free=False, response_logits=False)
@@ -172,7 +175,10 @@ def _blocked_attention(module, query, key, value, attention_mask, blocks=None, r
     query (1, Hq, N, D), key/value (1, Hkv, N, D), attention_mask (G, 1, Lg, Lg),
     blocks and real (G, Lg). The dense (N x N) alternative spends most of its work on
     pairs of tokens from different groups. Without ``blocks`` this is plain SDPA,
-    so a model left in this mode still generates normally.
+    so a model left in this mode still generates normally. On the CPU, fewer
+    key/value heads than query heads (grouped-query attention) go to the kernel as
+    they are; transformers would copy each once per query head it serves (the same
+    result, more memory kept for the backward).
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -184,9 +190,41 @@ def _blocked_attention(module, query, key, value, attention_mask, blocks=None, r
     def gather(x):  # (1, H, N, D) -> (G, H, Lg, D)
         return x[0].index_select(1, flat).unflatten(1, (G, Lg)).transpose(0, 1)
 
-    out, _ = sdpa_attention_forward(module, gather(query), gather(key), gather(value), attention_mask, **kwargs)
+    query, key, value = gather(query), gather(key), gather(value)
+    if _native_gqa(module, query, kwargs):
+        # PyTorch's CPU kernel takes fewer key/value heads than query heads (and a mask) as they are, where
+        # transformers would first copy each key/value head once per query head it serves
+        out = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            dropout_p=kwargs.get("dropout", 0.0),
+            scale=kwargs.get("scaling"),
+            enable_gqa=True,
+        ).transpose(1, 2)
+    else:
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     # out (G, Lg, Hq, D); the real slots, row-major, are the row's tokens in order
     return out.flatten(0, 1)[real.reshape(-1)].unsqueeze(0), None  # (1, N, Hq, D)
+
+
+_GQA_KWARGS = {"dropout", "scaling", "position_ids", "use_cache"}  # what _blocked_attention handles itself
+
+
+def _native_gqa(module, query: torch.Tensor, kwargs: dict) -> bool:
+    """Whether to run grouped-query attention without repeating key/value heads: on the CPU (CUDA's kernels
+    that take a mask do not take fewer key/value heads), where the call carries nothing that transformers'
+    SDPA path would treat specially."""
+    return (
+        _SDPA_TAKES_GQA
+        and query.device.type == "cpu"
+        and getattr(module, "num_key_value_groups", 1) > 1
+        and set(kwargs) <= _GQA_KWARGS
+    )
+
+
+_SDPA_TAKES_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # its enable_gqa argument
 
 
 def _register_blocked_attention() -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
 
 from iterpo.losses import Loss
 from iterpo.models.device import bf16_by_default, model_device
+from iterpo.models.lean import lean_layers
 from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
 from iterpo.training.parallel import DataParallel
@@ -197,8 +198,11 @@ def train(
     device = model_device(model)
     bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    attention = packed_attention(model) if layout.padding_free else nullcontext()
-    attention.__enter__()
+    held = ExitStack()  # the model's modes for training's whole length (gradient checkpointing re-runs forwards)
+    if layout.padding_free:
+        held.enter_context(packed_attention(model))
+    if layout.lean_layers:
+        held.enter_context(lean_layers(model))
     try:
         for epoch in range(config.epochs):
             order = torch.randperm(len(examples), generator=generator).tolist()
@@ -237,7 +241,7 @@ def train(
                 if progress is not None:
                     progress(n)
     finally:
-        attention.__exit__(None, None, None)
+        held.close()
         if config.gradient_checkpointing:
             model.gradient_checkpointing_disable()
         model.eval()

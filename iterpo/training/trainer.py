@@ -3,7 +3,8 @@
 AdamW (fused; or plain SGD, or L-BFGS to convergence), linear warm-up, gradient accumulation and clipping. A
 micro-batch goes through the model packed (models/packing.py: each prompt once,
 no padding, the output layer only where response tokens are predicted), in
-forward passes of at most ``max_tokens_per_pass`` tokens. The reference
+forward passes of at most ``max_tokens_per_pass`` tokens, its RMSNorms and gated
+MLPs keeping fewer activations for the backward (models/lean.py). The reference
 log-probs were computed once for the round and come in with the examples,
 except where a live reference model is given (token-level losses, or pairs
 stored without them).

@@ -203,7 +203,7 @@ def train(
     if layout.padding_free:
         held.enter_context(packed_attention(model))
     if layout.lean_layers:
-        held.enter_context(lean_layers(model))
+        held.enter_context(lean_layers(model, grads_in_place=layout.grads_in_place))
     try:
         for epoch in range(config.epochs):
             order = torch.randperm(len(examples), generator=generator).tolist()

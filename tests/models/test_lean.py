@@ -6,18 +6,21 @@ from transformers import LlamaForCausalLM
 
 from iterpo.models.lean import lean_layers
 from iterpo.models.loading import load_model
-from iterpo.models.packing import Layout, sequence_logps
+from iterpo.models.packing import Layout, packed_attention, sequence_logps
 
 from helpers import tiny_llama_config
 
 GROUPS = [([5, 9, 11, 40, 7], [[12, 13, 14], [15]]), ([3, 4], [[21, 22, 23, 24, 25]])]
 
 
-def _logps_and_grads(model, layout, lean):
-    model.zero_grad()
+def _logps_and_grads(model, layout, lean, in_place=False):
+    model.zero_grad(set_to_none=True)
     if lean:
-        with lean_layers(model) as switched:
-            assert switched == 3 * model.config.num_hidden_layers + 1  # two norms and an MLP per layer, final norm
+        # (training holds packed attention for its whole length: a checkpointed layer re-runs in the backward)
+        with packed_attention(model), lean_layers(model, grads_in_place=in_place) as switched:
+            # two norms and an MLP per layer and the final norm; with in-place gradients the attention's four
+            # projections too
+            assert switched == (7 if in_place else 3) * model.config.num_hidden_layers + 1
             logps = sequence_logps(model, GROUPS, layout)
             logps.sum().backward()
     else:
@@ -26,13 +29,21 @@ def _logps_and_grads(model, layout, lean):
     return logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding-free"])
-def test_lean_layers_give_the_models_log_probs_and_gradients(tiny_model_dir, padding_free):
+@pytest.mark.parametrize(
+    "padding_free,in_place,checkpointing",
+    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
+    ids=["padded", "padding-free", "grads-in-place", "in-place-checkpointed"],
+)
+def test_lean_layers_give_the_models_log_probs_and_gradients(tiny_model_dir, padding_free, in_place, checkpointing):
     model = load_model(tiny_model_dir)
     layout = Layout(padding_free=padding_free)
     want, want_grads = _logps_and_grads(model, layout, lean=False)
-    got, grads = _logps_and_grads(model, layout, lean=True)
+    if checkpointing:  # the recomputed forward's saved tensors are detached aliases of the weights
+        model.train()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    got, grads = _logps_and_grads(model, layout, lean=True, in_place=in_place)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    assert grads.keys() == want_grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, want_grads[name], rtol=1e-5, atol=1e-6, msg=name)
     assert not any("forward" in vars(m) for m in model.modules())  # every instance back on its class's forward

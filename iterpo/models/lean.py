@@ -13,7 +13,8 @@ attention's are left alone), for a few elementwise ops per layer.
 With ``grads_in_place`` (training) the MLP's and the attention projections'
 backward passes also add each weight's gradient straight into ``.grad``
 (``addmm_``) instead of handing autograd a new tensor of the weight's size to
-add in a pass of its own: on the training benchmark a step is about 1.1x faster.
+add in a pass of its own (on the training benchmark the step time is the same
+within run-to-run noise; fewer weight-sized temporaries pass through the heap).
 
 ``lean_layers(model)`` switches this on for the modules it knows, by giving each
 module instance a forward of its own for the duration (its class, parameters,

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # transformers classes whose forward is, line for line, LlamaRMSNorm's or LlamaMLP's
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
@@ -52,6 +53,7 @@ class _RMSNorm(torch.autograd.Function):
         return weight * (wide * rstd).to(x.dtype)
 
     @staticmethod
+    @once_differentiable  # a second derivative through these is not written: a clear error, not a wrong number
     def backward(ctx, grad_out):  # grad_out (..., H)
         x, weight, rstd = ctx.saved_tensors
         normed = x.float() * rstd  # (..., H), recomputed
@@ -91,6 +93,7 @@ class _Linear(torch.autograd.Function):
         return x @ weight.T  # (..., out)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
@@ -112,6 +115,7 @@ class _GatedMLP(torch.autograd.Function):
         return (F.silu(gate) * up) @ w_down.T  # (..., H)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):  # grad_out (..., H)
         x, gate, up, w_gate, w_up, w_down = ctx.saved_tensors
         act = F.silu(gate)  # recomputed: the very values the forward multiplied

@@ -83,3 +83,12 @@ def test_modules_it_cannot_reproduce_are_left_alone(tokenizer):
         assert switched == 2 * model.config.num_hidden_layers
         assert norm.forward(1) == 1
     assert norm.forward(1) == 1
+
+
+def test_a_second_derivative_through_lean_layers_raises_instead_of_coming_out_wrong(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    x = torch.randn(1, 3, model.config.hidden_size, requires_grad=True)
+    with lean_layers(model):
+        (grad,) = torch.autograd.grad(model.model.layers[0].mlp(x).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="does not require grad"):  # the first derivative has no graph
+            grad.sum().backward()

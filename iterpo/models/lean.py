@@ -158,8 +158,8 @@ def _mlp_forward(self, x, in_place: bool = False):
     return _GatedMLP.apply(x, *weights, in_place and _into_grad(*weights))
 
 
-def _linear_forward(self, x, in_place: bool = False):
-    if not (in_place and _plain_call(x, self.weight) and _into_grad(self.weight)):
+def _linear_forward(self, x):  # only ever switched on for in-place gradients, its one difference
+    if not (_plain_call(x, self.weight) and _into_grad(self.weight)):
         return type(self).forward(self, x)
     return _Linear.apply(x, self.weight)
 
@@ -182,7 +182,7 @@ def _lean_forwards(model, in_place: bool) -> Iterator[tuple[torch.nn.Module, Any
             for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
                 linear = getattr(module, name, None)
                 if isinstance(linear, torch.nn.Module) and _plain_linear(linear):
-                    yield linear, partial(_linear_forward, in_place=True)
+                    yield linear, _linear_forward
 
 
 def _silu_classes() -> tuple[type, ...]:

@@ -209,7 +209,8 @@ def _blocked_attention(module, query, key, value, attention_mask, blocks=None, r
     return out.flatten(0, 1)[real.reshape(-1)].unsqueeze(0), None  # (1, N, Hq, D)
 
 
-_GQA_KWARGS = {"dropout", "scaling", "position_ids", "use_cache"}  # what _blocked_attention handles itself
+_GQA_KWARGS = {"dropout", "scaling", "position_ids", "use_cache"}  # what _blocked_attention passes on or ignores
+_SDPA_TAKES_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # its enable_gqa argument
 
 
 def _native_gqa(module, query: torch.Tensor, kwargs: dict) -> bool:
@@ -222,9 +223,6 @@ def _native_gqa(module, query: torch.Tensor, kwargs: dict) -> bool:
         and getattr(module, "num_key_value_groups", 1) > 1
         and set(kwargs) <= _GQA_KWARGS
     )
-
-
-_SDPA_TAKES_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # its enable_gqa argument
 
 
 def _register_blocked_attention() -> None:

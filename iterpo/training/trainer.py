@@ -200,11 +200,11 @@ def train(
     bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     held = ExitStack()  # the model's modes for training's whole length (gradient checkpointing re-runs forwards)
-    if layout.padding_free:
-        held.enter_context(packed_attention(model))
-    if layout.lean_layers:
-        held.enter_context(lean_layers(model, grads_in_place=layout.grads_in_place))
     try:
+        if layout.padding_free:
+            held.enter_context(packed_attention(model))
+        if layout.lean_layers:
+            held.enter_context(lean_layers(model, grads_in_place=layout.grads_in_place))
         for epoch in range(config.epochs):
             order = torch.randperm(len(examples), generator=generator).tolist()
             batches = [order[i : i + micro] for i in range(0, len(order), micro)]

@@ -4,13 +4,14 @@ trainer on benchmarks/train_speed.py's 64 pairs (same model, batch 8, AdamW, cli
     python benchmarks/train_memory.py                                   # the default configuration
     python benchmarks/train_memory.py --set max_tokens_per_pass=128      # a TrainSection field changed
     MALLOC_ARENA_MAX=1 python benchmarks/train_memory.py                 # glibc's allocator tuned
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python benchmarks/train_memory.py   # another allocator
 
 Linux with glibc: a thread reads /proc/self/statm every 2 ms; the table gives, per phase, the resident memory at
 its start, its peak and its end. A step is its forward and backward passes and the optimizer step. "held between
 steps" is the resident memory after each step (its gradients freed) once glibc has returned its free pages to the
 system (malloc_trim, called only for this reading), so it is what the process holds rather than what the
-allocator keeps (the trims cost time: for speed, see train_speed.py). Peak MB is ru_maxrss, the figure
-train_speed.py reports.
+allocator keeps (the trims cost time: for speed, see train_speed.py; under another allocator malloc_trim does
+nothing and the figure is what that allocator keeps). Peak MB is ru_maxrss, the figure train_speed.py reports.
 """
 
 from __future__ import annotations

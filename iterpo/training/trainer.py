@@ -195,7 +195,7 @@ def train(
     step = 0
     model.train()
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_checkpointing(model, True)
     device = model_device(model)
     bf16 = config.bf16 if config.bf16 is not None else bf16_by_default(str(device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -244,9 +244,24 @@ def train(
     finally:
         held.close()
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
+            set_checkpointing(model, False)
         model.eval()
     return log
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Gradient checkpointing of the model's layers on (non-reentrant: the recomputed forward may run under other
+    autograd state) or off, by transformers' name for it: ``activation_checkpointing_*`` since 5.x, where the
+    ``gradient_checkpointing_*`` names are deprecated aliases due to go in v6."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def _fused_ok(params) -> bool:

@@ -7,6 +7,7 @@ from transformers import LlamaForCausalLM
 from iterpo.models.lean import lean_layers
 from iterpo.models.loading import load_model
 from iterpo.models.packing import Layout, packed_attention, sequence_logps
+from iterpo.training.trainer import set_checkpointing
 
 from helpers import tiny_llama_config
 
@@ -40,7 +41,7 @@ def test_lean_layers_give_the_models_log_probs_and_gradients(tiny_model_dir, pad
     want, want_grads = _logps_and_grads(model, layout, lean=False)
     if checkpointing:  # the recomputed forward's saved tensors are detached aliases of the weights
         model.train()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_checkpointing(model, True)
     got, grads = _logps_and_grads(model, layout, lean=True, in_place=in_place)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
     assert grads.keys() == want_grads.keys()

@@ -108,7 +108,7 @@ def test_scored_groups_and_reference_scoring_skip_observations(model, trajectory
     assert len(batch.token_logps) == 8 + 4  # one per policy token
     with torch.no_grad():
         stored = score_responses(model, [prompt, prompt], [chosen, rejected], 4, masks=[cm, None])
-    assert stored[0] == pytest.approx(float(want[0]), abs=1e-4)
+    assert stored[0] == pytest.approx(float(want[0].detach()), abs=1e-4)
     with torch.no_grad():  # None: every token scored
         assert stored[1] == pytest.approx(float(_definition(model, prompt, rejected, [True] * 10)), abs=1e-4)
 

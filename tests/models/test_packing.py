@@ -134,7 +134,7 @@ def test_context_tokens_in_a_response_are_read_but_never_scored_or_trained(model
     # an observation token's own prediction gets no gradient: changing which token it is moves no scored term
     # except through the context it gives the tokens after it, and a response of observations alone scores 0
     only_context = sequence_logps(model, [(prompt, [first], [[False] * len(first)])], layout)
-    assert float(only_context[0]) == 0.0
+    assert float(only_context[0].detach()) == 0.0
     with pytest.raises(ValueError, match="one entry per token"):
         sequence_logps(model, [(prompt, [first], [[True]])], layout)
 

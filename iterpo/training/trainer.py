@@ -250,9 +250,10 @@ def train(
 
 
 def set_checkpointing(model, on: bool) -> None:
-    """Gradient checkpointing of the model's layers on (non-reentrant: the recomputed forward may run under other
-    autograd state) or off, by transformers' name for it: ``activation_checkpointing_*`` since 5.x, where the
-    ``gradient_checkpointing_*`` names are deprecated aliases due to go in v6."""
+    """Gradient checkpointing of the model's layers on or off (non-reentrant, PyTorch's recommended form: it takes
+    keyword arguments and inputs that need no gradient), by transformers' name for it: ``activation_checkpointing_*``
+    where the model has them (transformers 5.x, where the ``gradient_checkpointing_*`` names are deprecated aliases
+    due to go in v6), else the older names."""
     if hasattr(model, "activation_checkpointing_enable"):
         if on:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -7,25 +7,29 @@ prompts, ``sampling.batch_size`` sequences decoding together), one option change
 
 Rows:
 - "before": iterpo's decoding loop as it was before this benchmark (commit 94ee8cf, read from git), float32,
-  decode batches of 64 inside shards of 16 prompts (the defaults then).
-- the rows after it: today's loop, whose one change is that each prompt is padded to its own length rounded
-  up to 32 tokens, and batched with prompts of that padded length only (so a row's numbers never depend
-  on its batch), with the weights, decode batch and shard size named. "bfloat16" is the copy of the policy the
-  sampler makes when sampling.dtype resolves to bfloat16 (auto, on a CPU with native bfloat16 such as this one):
-  cast, and run with transformers' plain ("eager") attention. "bfloat16 fused attention" is the same copy with
-  PyTorch's fused attention kernel (SDPA), faster, but its results for a row change with the number of rows in
-  the batch, and so do some samples. The default is the bfloat16 row with batch 256 and shards of 32 (float32 at
-  batch 256 where bfloat16 is not native).
+  decode batches of 64 inside shards of 16 prompts (the defaults then), Gumbel-max noise over the whole
+  vocabulary for every token.
+- the rows after it: today's loop, with the weights, decode batch and shard size named. It pads each prompt to
+  its own length rounded up to 32 tokens and batches it with prompts of that padded length only; it runs every
+  linear layer on fixed blocks of 128 rows (iterpo.sampling.invariant; "row blocks of N" changes the size, "no
+  row blocks" multiplies the whole batch at once), keeping finished rows in the batch until dropping them frees
+  a block; and it draws each token from one uniform per row (inverse CDF). "bfloat16" is the copy of the policy
+  the sampler makes when sampling.dtype resolves to bfloat16 (auto, on a CPU with native bfloat16 such as this
+  one): cast, with plain attention computed per group of query heads that share a key/value head. "bfloat16
+  fused attention" is the same copy with PyTorch's fused attention kernel (SDPA), whose results for a row have
+  been seen to change with the number of rows in the batch (it picks how to pack its inputs from the batch
+  size). The default is the bfloat16 row with batch 256 and shards of 32 (float32 at batch 256 where bfloat16 is
+  not native).
 
 Tried and left out (no difference beyond this machine's run-to-run noise of about 10%, bfloat16, batch 256): a
-KV cache written in place into buffers allocated once per batch instead of grown by concatenation, and keeping
-finished rows in the batch until enough have finished to be worth copying the cache.
+KV cache written in place into buffers allocated once per batch instead of grown by concatenation.
 
 Columns: wall seconds of the whole sampling (prefill included), new tokens/s (the round table's figure: tokens
 generated / seconds), the speed-up over "before", and MFU: the FLOPs the math needs (prefill of every prompt
 once, every new token's forward with its attention over the keys it sees) / wall time / the matmul peak of that
 dtype measured in this run. "same samples" compares each row's samples with the first row of today's loop at
-the same dtype: the contract is that a sample depends on its seed alone, never on the batch it decodes in.
+the same dtype and row block ("-": no other row to compare with): the contract is that a sample depends on its
+seed alone, never on the batch it decodes in.
 (float32 and bfloat16 samples differ from each other: different weights give different samples.)
 """
 
@@ -38,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -50,22 +55,28 @@ from iterpo.models.chat import encode_prompt  # noqa: E402
 from iterpo.models.loading import load_model, load_tokenizer, resolve_model_path  # noqa: E402
 from iterpo.sampling import derive_seed  # noqa: E402
 from iterpo.sampling.base import TransformersSampler  # noqa: E402
+from iterpo.sampling.invariant import ROW_BLOCK  # noqa: E402
 from iterpo.tasks import build_task  # noqa: E402
 
 BEFORE = "94ee8cf"  # the last commit with the old decoding loop
 ROOT = Path(__file__).resolve().parent.parent
 
-# (label, loop, weights, decode batch, shard size); weights: float32 (the policy), bfloat16 (the copy the sampler
-# makes, with plain attention, as a run samples) or "bfloat16 fused" (that copy with PyTorch's fused attention)
+# (label, loop, weights, decode batch, shard size, row block); weights: float32 (the policy), bfloat16 (the copy
+# the sampler makes, with its grouped plain attention, as a run samples) or "bfloat16 fused" (that copy with
+# PyTorch's fused attention); row block: the linear layers' fixed block of rows (None: the whole batch at once)
 ROWS = [
-    ("before: float32, batch 64, shards of 16", "before", "float32", 64, 16),
-    ("float32, batch 64, shards of 16", "now", "float32", 64, 16),
-    ("float32, batch 256, shards of 32", "now", "float32", 256, 32),
-    ("bfloat16, batch 64, shards of 16", "now", "bfloat16", 64, 16),
-    ("bfloat16, batch 256, shards of 32 (default)", "now", "bfloat16", 256, 32),
-    ("bfloat16, batch 512, shards of 64", "now", "bfloat16", 512, 64),
-    ("bfloat16 fused attention, batch 64, shards of 16", "now", "bfloat16 fused", 64, 16),
-    ("bfloat16 fused attention, batch 256, shards of 32", "now", "bfloat16 fused", 256, 32),
+    ("before: float32, batch 64, shards of 16", "before", "float32", 64, 16, None),
+    ("float32, batch 64, shards of 16", "now", "float32", 64, 16, ROW_BLOCK),
+    ("float32, batch 256, shards of 32", "now", "float32", 256, 32, ROW_BLOCK),
+    ("bfloat16, batch 64, shards of 16", "now", "bfloat16", 64, 16, ROW_BLOCK),
+    ("bfloat16, batch 256, shards of 32 (default)", "now", "bfloat16", 256, 32, ROW_BLOCK),
+    ("bfloat16, batch 512, shards of 64", "now", "bfloat16", 512, 64, ROW_BLOCK),
+    ("bfloat16, batch 256, row blocks of 64", "now", "bfloat16", 256, 32, 64),
+    ("bfloat16, batch 256, row blocks of 256", "now", "bfloat16", 256, 32, 256),
+    ("bfloat16, batch 64, no row blocks", "now", "bfloat16", 64, 16, None),
+    ("bfloat16, batch 256, no row blocks", "now", "bfloat16", 256, 32, None),
+    ("bfloat16 fused attention, batch 64, shards of 16", "now", "bfloat16 fused", 64, 16, ROW_BLOCK),
+    ("bfloat16 fused attention, batch 256, shards of 32", "now", "bfloat16 fused", 256, 32, ROW_BLOCK),
 ]
 
 
@@ -123,7 +134,8 @@ def main() -> None:
     for model in models.values():  # warm-up
         generate(model, tok, prompts[:2], seeds[:2], s.temperature, s.top_p, 4, 16)
     results = {}
-    for label, loop, dtype, batch, shard in ROWS:
+    for label, loop, dtype, batch, shard, row_block in ROWS:
+        blocks = {} if loop == "before" else {"row_block": row_block}
         start = time.perf_counter()
         out = []
         for i in range(0, len(prompts), shard):
@@ -136,6 +148,7 @@ def main() -> None:
                 s.top_p,
                 s.max_new_tokens,
                 batch,
+                **blocks,
             )
         seconds = time.perf_counter() - start
         new = sum(len(ids) for outs in out for ids, _ in outs)
@@ -144,7 +157,8 @@ def main() -> None:
     peak = {dtype: max(value, matmul_peak(dtype=dtype)) for dtype, value in peak.items()}
     peak["bfloat16 fused"] = peak["bfloat16"]
     base = results[ROWS[0][0]][0]
-    first = {}  # dtype -> the samples of today's loop's first row at that dtype
+    first = {}  # (dtype, row block) -> the samples of today's loop's first row with those
+    groups = Counter((dtype, row_block) for _, loop, dtype, _, _, row_block in ROWS if loop == "now")
     print(
         f"\nmatmul peak measured in this run: float32 {peak['float32']:.0f}, bfloat16 {peak['bfloat16']:.0f} "
         f"GFLOP/s; {len(prompts)} prompts x {s.samples_per_prompt} samples, at most {s.max_new_tokens} new tokens, "
@@ -152,13 +166,15 @@ def main() -> None:
     )
     print("| loop, weights, decode batch, shards | seconds | new tokens/s | vs before | MFU | same samples |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
-    for label, loop, dtype, _, _ in ROWS:
+    for label, loop, dtype, _, _, row_block in ROWS:
         seconds, new, work, out = results[label]
         same = "-"
         if loop == "now":
-            first.setdefault(dtype, out)
-            differ = sum(a != b for a, b in zip(out, first[dtype]))
-            same = "yes" if not differ else f"NO: {differ} prompts differ"
+            group = (dtype, row_block)
+            if groups[group] > 1:  # a row alone in its group has nothing to be compared with
+                first.setdefault(group, out)
+                differ = sum(a != b for a, b in zip(out, first[group]))
+                same = "yes" if not differ else f"NO: {differ} prompts differ"
         print(
             f"| {label} | {seconds:.1f} | {new / seconds:.0f} | {base / seconds:.2f}x | "
             f"{work / seconds / (peak[dtype] * 1e9):.1%} | {same} |"

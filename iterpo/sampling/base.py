@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from iterpo.models.device import model_dtype
+from iterpo.sampling.invariant import GROUPED, register_grouped_attention
 
 Samples = list[list[tuple[list[int], str]]]  # per prompt, per sample: (token ids, "stop" | "length")
 
@@ -78,7 +79,8 @@ class TransformersSampler(Closing):
             # plain attention (matmul, softmax, matmul): PyTorch's fused CPU attention gives a row different
             # bfloat16 results depending on how many rows share its batch, and so different samples
             if hasattr(cast, "set_attn_implementation"):
-                cast.set_attn_implementation("eager")
+                register_grouped_attention()
+                cast.set_attn_implementation(GROUPED)
             self._cast = (model, cast)
         return self._cast[1]
 

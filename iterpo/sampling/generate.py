@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from iterpo.models.device import model_device, model_dtype, score_dtype
+from iterpo.models.device import model_device, score_dtype
 from iterpo.sampling.invariant import ROW_BLOCK, RowBlocks
 
 PAD_MULTIPLE = 32
@@ -185,10 +185,9 @@ def generate(
     with at most batch_size sequences decoding together. A response also
     stops ("stop", no EOS appended) at the token that completes one of the
     ``stop`` strings (a tool call's closing tag, a reasoning step's delimiter). row_block: the linear layers'
-    fixed block of rows for a bfloat16 or float16 model (iterpo.sampling.invariant; None: one block of whatever
-    the batch holds). Wider models multiply the whole batch at once: their kernels' results for a row were found
-    not to depend on the number of rows (float32 samples identical between batches of 64 and 256 on two CPUs),
-    and blocks would cost them padding.
+    fixed block of rows (iterpo.sampling.invariant; None: one block of whatever the batch holds, and samples
+    that may change with the batch, in float32 too: 2 of 64 prompts' samples did between batches of 64 and 256
+    on a CPU with AMX).
     """
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -199,8 +198,6 @@ def generate(
     for T in sorted(set(padded)):
         same = sorted((i for i in range(len(prompts)) if padded[i] == T), key=lambda i: len(prompts[i]))
         batches += [same[i : i + per_batch] for i in range(0, len(same), per_batch)]
-    if model_dtype(model) not in (torch.bfloat16, torch.float16):
-        row_block = None
     results: list = [None] * len(prompts)
     for idx in batches:
         T = padded[idx[0]]

@@ -24,7 +24,7 @@ HYPER = {
     "inpo": {"eta": 4.0, "tau": 0.05},
     "xpo": {"alpha": 0.01},
     "vpo": {"alpha": 0.1},
-    "hypo": {"kl_weight": 0.1},
+    "hypo": {"kl_weight": 0.01},  # its default; its reported KL term (on the round's samples) may grow as it trains
     "rpo": {"sft_weight": 0.05},
 }
 # Losses that train on side targets get them from the pair stage (degrees work with any judge).

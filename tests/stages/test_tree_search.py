@@ -150,4 +150,9 @@ def test_a_judge_failing_too_often_stops_the_search_before_its_shard_is_written(
     path.write_text(yaml.safe_dump(cfg))
     code, out, err = cli("run", str(path))
     assert code != 0 and "tree search:" in err and "verdicts failed, above judge.max_failed_share 0.01" in err, err
-    assert not (run / "round-001" / "tree").exists() or not any((run / "round-001" / "tree").iterdir())
+    # the shards searched before the share was crossed are kept (a resume starts after them); the one that crossed
+    # it, and those after it, are not written, nor is the search's result
+    tree = run / "round-001" / "tree"
+    written = sorted(p.name for p in tree.iterdir()) if tree.exists() else []
+    assert written == [f"shard-{n:05d}.parquet" for n in range(len(written))] and len(written) < 3, written
+    assert not (run / "round-001" / "tree.parquet").exists() and not (run / "round-001" / "rollouts.parquet").exists()

@@ -83,7 +83,9 @@ def test_a_prompt_file_row_may_carry_a_user_and_their_preferences(tmp_path):
 def test_fspo_recipe_trains_on_each_users_pairs_and_measures_unseen_users(tiny_model_dir, tmp_path):
     cfg = recipe_config("fspo", tiny_model_dir, tmp_path / "run")
     cfg["eval"].update(pair_prompts=3, pair_samples=3, kl_samples=1)
-    cfg["task"]["train_size"] = 24  # enough users that some replies of the random model differ in score
+    # enough users and replies that some of the random model's replies to one request differ in score
+    cfg["task"]["train_size"] = 48
+    cfg["sampling"]["samples_per_prompt"] = 8
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     rows, store = run_config(load_config(path))

@@ -3,11 +3,12 @@
 Every sample owns a seed derived from (run seed, round, prompt id, sample
 index) and its own torch.Generator, from which each of its tokens takes one
 uniform draw (inverse CDF of softmax(logits / T)), so the random draws of a
-sample depend only on its seed. Each prompt is prefilled
-once and its KV cache forked for its K samples; rows leave the batch as they
-stop. Batches
-are formed inside a fixed shard of prompts, so a resumed run rebuilds the same
-batches and reproduces every sample bit for bit.
+sample depend only on its seed. Each prompt is prefilled once and its KV
+cache forked for its K samples; stopped rows leave the batch when enough have
+stopped to free a block of rows (iterpo.sampling.invariant: the linear layers
+run on fixed row blocks, so a row's numbers do not depend on its batch).
+Batches are formed inside a fixed shard of prompts, so a resumed run rebuilds
+the same batches and reproduces every sample bit for bit.
 """
 
 from __future__ import annotations

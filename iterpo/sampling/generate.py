@@ -127,12 +127,14 @@ def _decode(
         tokens: list[list[int]] = [[] for _ in range(N)]
         for step in range(max_new_tokens):
             at = live.nonzero().squeeze(-1)  # (m,) the batch positions of the rows still decoding
-            picked = sampler(rows[at], logits[at]) if sampler is not None else logits[at].argmax(dim=-1)  # (m,)
-            for row, tok in zip(rows[at].tolist(), picked.tolist()):
+            decoding = rows[at]  # (m,) their original rows
+            picked = sampler(decoding, logits[at]) if sampler is not None else logits[at].argmax(dim=-1)  # (m,)
+            decoding_rows = decoding.tolist()
+            for row, tok in zip(decoding_rows, picked.tolist()):
                 tokens[row].append(tok)
             keep = picked != eos
             if stopped is not None:
-                keep &= torch.tensor([not stopped(tokens[row]) for row in rows[at].tolist()], device=keep.device)
+                keep &= torch.tensor([not stopped(tokens[row]) for row in decoding_rows], device=keep.device)
             if step == max_new_tokens - 1 or not keep.any():
                 break
             live[at[~keep]] = False

@@ -116,8 +116,7 @@ def test_bfloat16_samples_of_the_built_in_models_shapes_do_not_depend_on_the_bat
 def test_finished_rows_kept_in_the_batch_change_nothing(tiny_model_dir, tokenizer):
     """With row blocks, finished rows wait in the batch until dropping them frees a block: each prompt's samples
     equal those it gets decoding alone, for blocks of 1 (every finished row dropped at once) and of 4 (18 rows:
-    finished ones wait). (Stop strings of one letter make the tiny
-    model's rows stop at different steps.)"""
+    finished ones wait). (Stop strings of one letter make the tiny model's rows stop at different steps.)"""
     from iterpo.models.loading import load_model
 
     model = TransformersSampler(lambda: load_model(tiny_model_dir), tokenizer, "bfloat16").generating_model()

@@ -279,6 +279,10 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_steps: int = Field(default=0, ge=0)
+    """Optimizer steps over which the learning rate rises linearly to lr at the start of each round's training."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """The learning rate after warmup, over each round's training: 'constant' stays at lr; 'linear' and 'cosine'
+    fall from lr towards 0 at the round's last step (as transformers' schedulers of those names)."""
     max_tokens_per_pass: int | None = Field(default=256, ge=1)
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory. Raise it on a large GPU;

@@ -79,6 +79,7 @@ OMITTED_AT_DEFAULT = {
     ("pairing", "degrees"): 0,
     ("sampling", "dtype"): "float32",  # not the default (auto): the dtype runs made before it sampled in
     ("task", "tuning"): False,
+    ("train", "lr_schedule"): "constant",
 }
 
 

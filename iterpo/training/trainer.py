@@ -141,9 +141,9 @@ def train(
     rank, world = (parallel.rank, parallel.processes) if parallel else (0, 1)
     accum = config.grad_accum * world  # micro-batches per optimizer step, over every process
     steps_per_epoch = math.ceil(math.ceil(len(examples) / micro) / accum)
-    warmup = config.warmup_steps
+    total_steps = steps_per_epoch * config.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+        optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.lr_schedule)
     )
     generator = torch.Generator().manual_seed(seed)
 
@@ -247,6 +247,20 @@ def train(
             set_checkpointing(model, False)
         model.eval()
     return log
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total``, as a fraction of train.lr: a linear
+    rise over the first ``warmup`` steps, then constant or falling towards 0 ('linear', 'cosine') so that the
+    last step still moves (1 / (total - warmup) of lr for 'linear', as transformers' linear schedule)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    done = (step - warmup) / (total - warmup)  # 0 at the first step after warmup, < 1 at the last
+    if schedule == "linear":
+        return 1.0 - done
+    return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def set_checkpointing(model, on: bool) -> None:

@@ -246,3 +246,34 @@ def test_sft_on_a_files_chosen_responses_is_a_warm_up_for_a_run(tmp_path, tiny_m
     )
     # a pairwise loss still needs every row's rejected response
     assert main(["train", "--preferences", str(demos), "--model", tiny_model_dir, "--output", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_falling_learning_rate_follows_transformers_schedules_after_warmup(schedule):
+    from transformers import get_scheduler
+
+    from iterpo.training.trainer import lr_factor
+
+    total, warmup = 12, 3
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    expected = []
+    for _ in range(total):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        theirs.step()
+    ours = [lr_factor(s, warmup, total, schedule) for s in range(total)]
+    assert ours[warmup:] == pytest.approx(expected[warmup:])
+    assert ours[:warmup] == pytest.approx([0.25, 0.5, 0.75])  # the rise iterpo always had: (s + 1) / (warmup + 1)
+    assert ours[-1] > 0  # the last step still moves
+    assert [lr_factor(s, warmup, total, "constant") for s in range(total)] == ours[:warmup] + [1.0] * (total - warmup)
+
+
+def test_the_schedule_runs_over_the_whole_round_s_steps(tiny_model_dir, tokenizer):
+    examples = [tokenize_pair(tokenizer, r) for r in CHAT]
+    for e, r in zip(examples, reference_logps(load_model(tiny_model_dir), examples, 4, tokenizer.pad_token_id)):
+        e.ref_logps = r
+    config = TrainSection(lr=1e-3, batch_size=1, epochs=2, lr_schedule="linear")
+    log = train(load_model(tiny_model_dir), examples, get_loss("dpo"), config, seed=0, pad_id=tokenizer.pad_token_id)
+    total = 2 * len(examples)
+    assert [x["lr"] for x in log] == pytest.approx([1e-3 * (total - s) / total for s in range(total)])

@@ -16,7 +16,7 @@ import torch
 
 from iterpo.config import Config
 from iterpo.errors import DamagedFile, RunFailure
-from iterpo.plan import Plan, build_plan
+from iterpo.plan import UNHASHED, Plan, build_plan
 from iterpo.progress import console, round_table
 from iterpo.stages import RunContext, Stage
 from iterpo.store import RunStore
@@ -33,7 +33,7 @@ def open_run(config: Config, force: bool = False) -> tuple[Plan, RunStore]:
     check_available(config.run.tracking)
     if config.run.dir is None:  # load_config always sets it; a Config built by hand must too
         raise ValueError("config.run.dir is not set; load_config sets it to runs/<config name>")
-    return plan, RunStore.open(config.run.dir, plan.config_text(), plan.fingerprint, force)
+    return plan, RunStore.open(config.run.dir, plan.config_text(), plan.fingerprint, force, UNHASHED)
 
 
 TABLE_ROUNDS = 12  # rounds the table printed after each round shows

@@ -61,6 +61,7 @@ UNFINGERPRINTED = [
     ("sampling", "gpu_memory_utilization"),
     ("judge", "max_failed_share"),
 ]
+UNHASHED = [f"{section}.{key}" for section, key in UNFINGERPRINTED]  # the same, as dotted names
 
 # Settings added after runs were made: left out of the config as run while at their default, so those runs
 # keep their fingerprints and can be resumed.

@@ -30,9 +30,11 @@ import socket
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from iterpo import __version__
 from iterpo.errors import RunDirError, reading
@@ -56,6 +58,14 @@ LARGE = 64 * 2**20  # files (or directories) at least this big are checked by si
 _HELD: dict[str, list] = {}  # run directories this process has locked: real path -> [fd, stores holding it]
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {'section.key': value}; lists stay whole."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+    return out
+
+
 def _release_lock(key: str, record: Path) -> None:
     held = _HELD.get(key)
     if held is None:
@@ -77,10 +87,13 @@ class RunStore:
     # ---- creation, checks and the lock
 
     @classmethod
-    def open(cls, root: str | Path, config_text: str, fingerprint: str, force: bool = False) -> RunStore:
+    def open(
+        cls, root: str | Path, config_text: str, fingerprint: str, force: bool = False, unhashed: Collection[str] = ()
+    ) -> RunStore:
         """Create the run directory, or reopen it if it was made with the same config (the fingerprint); lock it.
 
-        config_text is the config as run, saved as config.yaml.
+        config_text is the config as run, saved as config.yaml; unhashed: its settings ('section.key') the
+        fingerprint leaves out, never named as a difference when a directory is refused.
         """
         store = cls(root)
         if store.root.exists() and not store.root.is_dir():
@@ -99,7 +112,7 @@ class RunStore:
                 "an empty or new directory with --set run.dir=PATH, or pass --force to use it anyway"
             )
         # Checked before the lock too, so a refused directory is left exactly as it was (no lock record written).
-        store._check_fingerprint(None if fresh else store.manifest(), fingerprint, force)
+        store._check_fingerprint(None if fresh else store.manifest(), fingerprint, force, config_text, unhashed)
         try:
             store.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -107,7 +120,7 @@ class RunStore:
         store.lock()
         try:
             manifest = store.manifest()  # again under the lock: another process may have made or changed it
-            store._check_fingerprint(manifest, fingerprint, force)
+            store._check_fingerprint(manifest, fingerprint, force, config_text, unhashed)
             write_text(store.config_path, config_text)
             if manifest is None:
                 manifest = {"created_by": f"iterpo {__version__}", "format": FORMAT, "stages": {}, "files": {}}
@@ -119,13 +132,37 @@ class RunStore:
             raise
         return store
 
-    def _check_fingerprint(self, manifest: dict | None, fingerprint: str, force: bool) -> None:
+    def _check_fingerprint(
+        self, manifest: dict | None, fingerprint: str, force: bool, config_text: str, unhashed: Collection[str]
+    ) -> None:
         if manifest is not None and manifest.get("config_fingerprint") != fingerprint and not force:
+            changes = self._changes(config_text, unhashed)
             raise RunDirError(
                 f"run directory {self.root} was made with a different config "
-                f"(fingerprint {manifest.get('config_fingerprint')}, this one {fingerprint}); "
+                f"(fingerprint {manifest.get('config_fingerprint')}, this one {fingerprint}){changes}; "
                 "choose another directory with --set run.dir=PATH, or pass --force to continue it with the new config"
             )
+
+    def _changes(self, config_text: str, unhashed: Collection[str], most: int = 8) -> str:
+        """The settings outside `unhashed` in which config_text differs from the run's config.yaml, as
+        ': a.b 1 -> 2, ...' (at most `most` named), or '' when that file cannot be read."""
+        try:
+            old, new = yaml.safe_load(self.config_path.read_text()), yaml.safe_load(config_text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return ""
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            return ""
+        before, after = _flat(old), _flat(new)
+        unset = "(not set)"
+        changed = [
+            f"{key} {before.get(key, unset)} -> {after.get(key, unset)}"
+            for key in sorted((before.keys() | after.keys()) - set(unhashed))
+            if before.get(key, unset) != after.get(key, unset)
+        ]
+        if not changed:
+            return ""
+        more = f" and {len(changed) - most} more" if len(changed) > most else ""
+        return ": " + ", ".join(changed[:most]) + more
 
     @classmethod
     def existing(cls, root: str | Path) -> RunStore:

@@ -11,7 +11,7 @@ import yaml
 from iterpo.config import load_config
 from iterpo.errors import DiskFull, RunDirError
 from iterpo.io import atomic_dir, atomic_write, digest, read_json, read_parquet, write_json, write_parquet
-from iterpo.plan import fingerprint, resolve
+from iterpo.plan import UNHASHED, fingerprint, resolve
 from iterpo.store import RunStore
 
 
@@ -70,7 +70,7 @@ def test_digest_of_files_and_directories(tmp_path):
 
 def _open(config, force=False):
     resolved = resolve(config)
-    return RunStore.open(config.run.dir, yaml.safe_dump(resolved), fingerprint(resolved), force)
+    return RunStore.open(config.run.dir, yaml.safe_dump(resolved), fingerprint(resolved), force, UNHASHED)
 
 
 def _store(tmp_path, *overrides):
@@ -84,7 +84,7 @@ def test_run_dir_with_other_config_is_refused_unless_forced(tmp_path):
     store.close()
     _store(tmp_path, "run.threads=1").close()  # threads do not change results
     other = load_config(overrides=[f"run.dir={tmp_path / 'run'}", "train.lr=1e-3"])
-    with pytest.raises(RunDirError, match="different config"):
+    with pytest.raises(RunDirError, match=r"different config .*: train\.lr 1e-05 -> 0\.001;"):
         _open(other)
     _open(other, force=True).close()
     assert store.manifest()["config_fingerprint"] == fingerprint(resolve(other))
@@ -152,3 +152,14 @@ def test_damaged_manifest_is_named(tmp_path):
     (tmp_path / "run" / "manifest.json").write_text('{"stages": {')
     with pytest.raises(RunDirError, match="manifest.json is not valid JSON"):
         RunStore.existing(tmp_path / "run")
+
+
+def test_the_refusal_names_what_changed_and_survives_an_unreadable_config_yaml(tmp_path):
+    _store(tmp_path).close()
+    many = [f"run.dir={tmp_path / 'run'}", "train.lr=1e-3", "train.epochs=5", "loss.beta=0.3"]
+    with pytest.raises(RunDirError) as refused:
+        _open(load_config(overrides=many))
+    assert "loss.beta 0.1 -> 0.3, train.epochs 2 -> 5, train.lr 1e-05 -> 0.001;" in str(refused.value)
+    (tmp_path / "run" / "config.yaml").write_text("[not: a mapping")
+    with pytest.raises(RunDirError, match=r"different config \(fingerprint \w+, this one \w+\); choose"):
+        _open(load_config(overrides=many))

@@ -329,6 +329,8 @@ class TrainSection(Section):
 class EvalSection(Section):
     max_new_tokens: int = Field(default=32, ge=1)
     batch_size: int = Field(default=64, ge=1)
+    """Sequences per batch when log-probs are scored (the reference's, the analyses'). The evaluation generates in
+    decode batches of sampling.batch_size, as sampling does: its answers do not depend on the batch."""
     judge: str | None = None
     """Judge of held-out accuracy. Default: the training judge when it is a verifier, else the task's judge."""
     every: int = Field(default=1, ge=1)

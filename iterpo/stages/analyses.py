@@ -157,7 +157,13 @@ def _draw(ctx, sampler, prompts, r: int, source: str, k: int, temperature: float
     seeds = [[derive_seed(ctx.config.run.seed, r, source, p.prompt_id, i) for i in range(k)] for p in prompts]
     with bar(f"analyses: {title}", len(prompts) * k) as advance:
         outs = sampler.generate(
-            [ctx.prompt_ids(p) for p in prompts], seeds, temperature, top_p, e.max_new_tokens, e.batch_size, advance
+            [ctx.prompt_ids(p) for p in prompts],
+            seeds,
+            temperature,
+            top_p,
+            e.max_new_tokens,
+            ctx.config.sampling.batch_size,
+            advance,
         )
     return rollouts_of(ctx, prompts, seeds, outs, r, source)
 

@@ -44,7 +44,9 @@ class Evaluate(Stage):
                 if ctx.plan.environment is None:
                     responses = greedy(ctx, sampler, prompts, r, "policy", advance)
                 else:  # greedy episodes with the tool
-                    played = episodes_of(ctx, sampler, prompts, None, e.max_new_tokens, e.batch_size, advance)
+                    played = episodes_of(
+                        ctx, sampler, prompts, None, e.max_new_tokens, ctx.config.sampling.batch_size, advance
+                    )
                     responses = [
                         as_rollout(ctx, ep, p.prompt_id, 0, r, 0, "policy") for p, [ep] in zip(prompts, played)
                     ]

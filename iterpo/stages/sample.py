@@ -22,10 +22,11 @@ def rollouts_of(ctx, prompts: list, seeds: list[list[int]], outs: list, r: int, 
 
 
 def greedy(ctx, sampler, prompts: list, r: int, source: str, advance) -> list[Rollout]:
-    """One greedy response per prompt (eval.max_new_tokens, eval.batch_size) as round r's Rollouts from source."""
+    """One greedy response per prompt (eval.max_new_tokens; decode batches of sampling.batch_size) as round r's
+    Rollouts from source."""
     e = ctx.config.eval
     outs = sampler.generate(
-        [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, e.batch_size, advance
+        [ctx.prompt_ids(p) for p in prompts], None, 1.0, 1.0, e.max_new_tokens, ctx.config.sampling.batch_size, advance
     )
     return [ctx.response(p.prompt_id, 0, r, 0, ids, reason, source) for p, [(ids, reason)] in zip(prompts, outs)]
 

@@ -58,12 +58,18 @@ LARGE = 64 * 2**20  # files (or directories) at least this big are checked by si
 _HELD: dict[str, list] = {}  # run directories this process has locked: real path -> [fd, stores holding it]
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as {'section.key': value}; lists stay whole."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
-    return out
+def dotted_settings(config: dict) -> dict[str, str]:
+    """A config as run (Plan.resolved, or config.yaml read back) flat: section.field -> its value as text."""
+
+    def walk(node: Any, prefix: str) -> dict[str, str]:
+        if isinstance(node, dict) and node:
+            out: dict[str, str] = {}
+            for key, value in node.items():
+                out.update(walk(value, f"{prefix}{key}."))
+            return out
+        return {prefix[:-1]: json.dumps(node) if not isinstance(node, str) else node}
+
+    return walk(config, "")
 
 
 def _release_lock(key: str, record: Path) -> None:
@@ -152,7 +158,7 @@ class RunStore:
             return ""
         if not isinstance(old, dict) or not isinstance(new, dict):
             return ""
-        before, after = _flat(old), _flat(new)
+        before, after = dotted_settings(old), dotted_settings(new)
         unset = "(not set)"
         changed = [
             f"{key} {before.get(key, unset)} -> {after.get(key, unset)}"

@@ -19,13 +19,13 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from iterpo.config import TrackingSection
 from iterpo.errors import ConfigError
 from iterpo.io import read_json, write_json
 from iterpo.progress import console
-from iterpo.store import RunStore
+from iterpo.store import RunStore, dotted_settings
 from iterpo.summary import round_summary
 
 STATE = "tracking.json"
@@ -147,7 +147,7 @@ class Tracker:
             self.sinks["tensorboard"] = TensorBoard(store.root / "tensorboard")
         if section.mlflow:
             uri = section.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(store.root / "mlflow.db")
-            params = flatten_params(config)
+            params = dotted_settings(config)  # as MLflow parameters
             try:
                 sink = MLflow(uri, section.experiment, self.state.get("mlflow_run_id"), store.root.name, params)
             except Exception as exc:  # before any round runs: the user asked for MLflow and it is not there
@@ -197,17 +197,3 @@ class Tracker:
 
 def sqlite_uri(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
-
-
-def flatten_params(config: dict) -> dict[str, str]:
-    """The config as run (Plan.resolved) as MLflow parameters: section.field -> its value as text."""
-
-    def walk(node: Any, prefix: str) -> dict[str, str]:
-        if isinstance(node, dict) and node:
-            out: dict[str, str] = {}
-            for key, value in node.items():
-                out.update(walk(value, f"{prefix}{key}."))
-            return out
-        return {prefix[:-1]: json.dumps(node) if not isinstance(node, str) else node}
-
-    return walk(config, "")

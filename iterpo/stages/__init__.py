@@ -8,6 +8,7 @@ from iterpo.stages import (  # noqa: F401  (register them)
     look_ahead,
     pair,
     propose,
+    rationalize,
     reference,
     refine,
     reward_model,

@@ -1,0 +1,183 @@
+"""rationalize: a prompt the policy could not solve is asked again with its reference answer as a hint.
+
+STaR's rationalization (Zelikman et al. 2022, "STaR: Bootstrapping Reasoning
+With Reasoning", section 3.2). For each prompt none of whose responses the
+run's judge accepts (every verdict below ``threshold``) and that has a
+reference answer, the policy the round starts from writes ``samples`` more
+responses to the prompt with ``hint`` added to its last user message. Those the
+judge accepts are recorded as responses to the prompt alone (source
+``rationalize``, no context): training never sees the hint, so the policy learns
+to give the right answer without it. A prompt the policy cannot yet solve thus
+still gives a correct response to imitate, and with a pairing of correct
+against incorrect responses (best_vs_worst, correct_vs_incorrect) a pair, where
+sampling alone gives none: early in a run those are most of the prompts.
+
+The responses are drawn from the hinted prompt, not the prompt the loss
+conditions on: they are off-policy data, as STaR's rationalizations are. Each
+seed derives from (run seed, round, stage name, prompt id, sample index), so it
+is the same under any batching, and a finished shard of ``sampling.shard_size``
+prompts survives a crash. The verdicts asked here go through the run's cache,
+so the judge stage after this one finds them there.
+
+The stage writes the responses it read followed by the accepted ones, so the
+judge and pair stages after it see both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from iterpo.errors import ConfigError, DataError
+from iterpo.progress import bar
+from iterpo.records import Prompt, Rollout, from_table, to_table
+from iterpo.sampling import derive_seed
+from iterpo.stages.base import Stage, register_stage
+from iterpo.stages.verdicts import Verdicts
+
+HINT = "\n(Hint: the answer is {answer}.)"
+
+
+@register_stage("rationalize")
+@dataclass
+class Rationalize(Stage):
+    """Hinted responses to the round's unsolved prompts, kept when the judge accepts them."""
+
+    reads = ("rollouts",)
+    writes = {"rollouts": "rationalized_rollouts.parquet"}
+
+    samples: int = 4
+    """Hinted responses drawn per unsolved prompt (sampling.temperature, top_p, max_new_tokens)."""
+    hint: str = HINT
+    """Added to the end of the prompt's last user message; ``{answer}`` is replaced by its reference answer."""
+    threshold: float | None = None
+    """A prompt is unsolved when every response scores below this, and a hinted response is kept when it scores
+    at least this (default: pairing.threshold)."""
+    source: str = "rationalize"
+    """What the kept responses are recorded as coming from."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.samples < 1:
+            raise ValueError(f"samples must be at least 1, got {self.samples}")
+        if "{answer}" not in self.hint:
+            raise ValueError(f"hint must contain {{answer}}, where the reference answer goes; got {self.hint!r}")
+        try:
+            self.hint.format(answer="")
+        except (IndexError, KeyError, ValueError) as e:
+            raise ValueError(
+                f"hint {self.hint!r}: {{answer}} is its only field (write braces as {{{{ }}}}): {e}"
+            ) from None
+
+    def fits(self, plan) -> None:
+        if not plan.judge.pointwise:
+            raise ConfigError(
+                f"round.stages: {self.label} reads each response's verdict; judge {plan.judge.name!r} compares "
+                "responses instead of scoring each one"
+            )
+        if plan.environment is not None:
+            raise ConfigError(
+                f"round.stages: {self.label} samples plain responses; it does not run episodes with an environment"
+            )
+
+    def run(self, ctx, r):
+        store, size = ctx.store, ctx.config.sampling.shard_size
+        out = store.path(r, self.file("rollouts"))
+        prompts = ctx.prompts_of_round(r)
+        if not any(p.answer is not None for p in prompts):
+            raise DataError(
+                f"round.stages: {self.label} hints at each prompt's reference answer, and no prompt of round {r} "
+                f"has one (task {ctx.config.task.name!r}); use a task whose prompts carry answers"
+            )
+        by_prompt: dict[str, list[Rollout]] = {}
+        for x in ctx.read(r, self.input("rollouts"), Rollout):
+            by_prompt.setdefault(x.prompt_id, []).append(x)
+        shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
+        work = Hinting(self, ctx, r)
+        done = {n: from_table(t, Rollout) for n, t in store.intact_shards(out, len(shards)).items()}
+        start = time.perf_counter()
+        with bar("rationalizing", len(prompts)) as advance:
+            advance(sum(len(shards[n]) for n in done))
+            with work.sampler:
+                for n in range(len(shards)):
+                    if n in done:
+                        continue
+                    rows = work.shard([(p, by_prompt.get(p.prompt_id, [])) for p in shards[n]])
+                    work.asking.check_failures(
+                        ctx.config.judge.max_failed_share, "which prompts are unsolved would be guessed"
+                    )
+                    store.write_parquet(store.shard(out, n), to_table(rows, Rollout))
+                    work.cache.flush()
+                    done[n] = rows
+                    advance(len(shards[n]))
+        rows = [x for n in range(len(shards)) for x in done[n]]
+        store.write_parquet(out, to_table(rows, Rollout))
+        store.remove(out.with_suffix(""))  # the shards
+        seconds = time.perf_counter() - start
+        kept = sum(x.source == self.source for x in rows)
+        return {
+            "unsolved": work.unsolved,
+            "hinted": work.hinted,
+            "kept": kept,
+            "prompts_kept": len({x.prompt_id for x in rows if x.source == self.source}),
+            "new_tokens": work.new_tokens,
+            "tokens_per_s": round(work.new_tokens / seconds, 1) if seconds > 0 else 0.0,
+            "failed_verdicts": work.asking.failed,
+        }
+
+
+class Hinting:
+    """One round's rationalization: the sampler of the policy the round starts from and the judge, shard by shard.
+    The counts (unsolved prompts, hinted responses drawn, their tokens) are the stage's figures; on a resume they
+    count the shards done in this process."""
+
+    def __init__(self, stage: Rationalize, ctx, r: int):
+        self.stage, self.ctx, self.r = stage, ctx, r
+        self.sampler = ctx.sampler(r - 1)
+        self.cache = ctx.judge_cache()
+        ctx.plan.judge.setup(ctx.judge_context(r, self.cache))
+        self.asking = Verdicts(self.cache, "rationalization")
+        t = stage.threshold
+        self.threshold = ctx.config.pairing.threshold if t is None else t
+        self.tag = () if stage.label == "rationalize" else (stage.label,)  # a second such stage: its own seeds
+        self.unsolved = self.hinted = self.new_tokens = 0
+
+    def solved(self, prompt: Prompt, rollouts: list[Rollout]) -> bool:
+        """Whether some response of prompt scores at least the threshold (or none could be judged: nothing to say)."""
+        verdicts = [j for j in self.asking(self.ctx.plan.judge, prompt, rollouts) if not j.failed]
+        return not verdicts or any(j.score >= self.threshold for j in verdicts)
+
+    def hinted_ids(self, prompt: Prompt) -> list[int]:
+        """The prompt's tokens with the hint at the end of its last user message."""
+        messages = [dict(m) for m in prompt.messages]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[last]["content"] += self.stage.hint.format(answer=prompt.answer)
+        return self.ctx.encode(messages)
+
+    def shard(self, items: list[tuple[Prompt, list[Rollout]]]) -> list[Rollout]:
+        """The responses of a shard's prompts, each prompt's followed by its accepted hinted responses."""
+        s, seed, k_max = self.ctx.config.sampling, self.ctx.config.run.seed, self.stage.samples
+        todo = [(p, ros) for p, ros in items if ros and p.answer is not None and not self.solved(p, ros)]
+        self.unsolved += len(todo)
+        seeds = [
+            [derive_seed(seed, self.r, "rationalize", *self.tag, p.prompt_id, k) for k in range(k_max)] for p, _ in todo
+        ]
+        outs = (
+            self.sampler.generate(
+                [self.hinted_ids(p) for p, _ in todo], seeds, s.temperature, s.top_p, s.max_new_tokens, s.batch_size
+            )
+            if todo
+            else []
+        )
+        kept: dict[str, list[Rollout]] = {}
+        for (p, ros), prompt_seeds, drawn in zip(todo, seeds, outs):
+            first = max(x.sample_idx for x in ros) + 1
+            made = [
+                self.ctx.response(p.prompt_id, first + k, self.r, prompt_seeds[k], ids, reason, self.stage.source)
+                for k, (ids, reason) in enumerate(drawn)
+            ]
+            self.hinted += len(made)
+            self.new_tokens += sum(len(x.token_ids) for x in made)
+            verdicts = self.asking(self.ctx.plan.judge, p, made)
+            kept[p.prompt_id] = [x for x, j in zip(made, verdicts) if not j.failed and j.score >= self.threshold]
+        return [x for p, ros in items for x in ros + kept.get(p.prompt_id, [])]

@@ -11,6 +11,7 @@ from iterpo.stages import (  # noqa: F401  (register them)
     rationalize,
     reference,
     refine,
+    replay,
     reward_model,
     sample,
     self_tests,

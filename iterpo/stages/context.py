@@ -27,7 +27,8 @@ from iterpo.training import LiveReference
 from iterpo.training.assemble import context_messages
 from iterpo.training.trainer import reference_model
 
-ROLLOUT_ROLES = ("rollouts", "look_ahead_rollouts")  # roles whose files hold responses that examples may name
+# roles whose files hold responses that examples may name
+ROLLOUT_ROLES = ("rollouts", "look_ahead_rollouts", "replay_rollouts")
 ResponseKey = tuple[str, str, int]  # (prompt_id, source, sample_idx)
 
 

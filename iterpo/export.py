@@ -8,7 +8,8 @@ response as its tokens decode (a reasoning part included). Any trainer that
 applies the model's chat template to these messages (TRL's DPOTrainer,
 OpenRLHF) then sees the prompt iterpo trained after, not the prompt's bare
 text that ``preferences.parquet`` keeps. Columns beside them say where each
-pair came from (round, prompt id, scores, sources).
+pair came from (round, prompt id, scores, sources). A pair a replay stage
+trained on again in later rounds is exported once, in the round that made it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from iterpo.errors import UserInputError
 from iterpo.records import Preference, Rollout
 
 
+def examples_file(plan) -> str:
+    """The examples file of the round's policy stage, before any replay stage added earlier rounds' pairs."""
+    name = plan.policy_stage().input("examples")
+    writer = {file: s for s in plan.stages for file in s.files.values()}
+    while name in writer and writer[name].kind == "replay":
+        name = writer[name].input("examples")
+    return name
+
+
 def export_rows(ctx, rounds: list[int]) -> list[dict]:
     """The pairs the round's policy was trained on, for each of rounds, as rows of the conversational layout."""
     plan, store, decode = ctx.plan, ctx.store, ctx.tokenizer.decode
@@ -27,15 +37,16 @@ def export_rows(ctx, rounds: list[int]) -> list[dict]:
         raise UserInputError(f"export writes preference pairs; this run trains on {stage.loss_of(plan).data_shape}")
     system = [{"role": "system", "content": plan.system_prompt}] if plan.system_prompt is not None else []
     rows: list[dict] = []
+    name = examples_file(plan)
     for r in rounds:
-        path = store.path(r, stage.input("examples"))
+        path = store.path(r, name)
         if not path.exists():
             raise UserInputError(f"round {r} has no {path.name} yet (it has not been paired)")
         responses: dict[tuple[str, str, int], Rollout] = ctx.responses(r)
         whole = lambda pid, source, idx, found=responses: decode(  # noqa: E731
             found[(pid, source, idx)].token_ids, skip_special_tokens=True
         )
-        for x in ctx.read(r, stage.input("examples"), Preference):
+        for x in ctx.read(r, name, Preference):
             prompt = system + [dict(m) for m in ctx.prompt(x.prompt_id).messages] + [dict(m) for m in x.context]
             rows.append(
                 {
@@ -69,9 +80,8 @@ def export_run(run_dir: str | Path, rounds: list[int] | None, to: str | Path) ->
     config = load_config(store.config_path)
     plan = build_plan(config)
     ctx = RunContext(plan, store)
-    stage = plan.policy_stage()
     if rounds is None:
-        rounds = [r for r in range(1, config.run.rounds + 1) if store.path(r, stage.input("examples")).exists()]
+        rounds = [r for r in range(1, config.run.rounds + 1) if store.path(r, examples_file(plan)).exists()]
     if not rounds:
         raise UserInputError(f"{run_dir} has no paired round to export yet")
     target = Path(to)

@@ -43,7 +43,7 @@ from iterpo.pairing import Strategy, build_strategy
 from iterpo.records import Prompt
 from iterpo.sampling.backends import choose_backend
 from iterpo.stages import STAGES, Stage
-from iterpo.stages.base import ServesLoss
+from iterpo.stages.base import ServesLoss, examples_loss
 from iterpo.stages.reference import SCORED_NEEDS
 from iterpo.tasks import TASKS, Task, build_task
 
@@ -425,8 +425,8 @@ def check_stage_losses(plan: Plan) -> None:
     reference stage that scored what its loss needs."""
 
     def loss(stage: Stage) -> Loss:
-        if not isinstance(stage, ServesLoss):
-            return plan.loss
+        if not isinstance(stage, ServesLoss):  # a stage passing examples through: the loss they were built for
+            return examples_loss(plan, stage) if "examples" in stage.writes else plan.loss
         try:
             out = stage.loss_of(plan)
             if hasattr(stage, "strategy_of"):
@@ -456,6 +456,12 @@ def check_stage_losses(plan: Plan) -> None:
                 "of one loss the same loss option"
             )
         scorer = writer.get(stage.inputs.get("ref_logps", ""))
+        if stage.kind == "train" and scorer is not None and scorer.inputs.get("examples") != stage.inputs["examples"]:
+            raise ConfigError(
+                f"round.stages: stage {stage.label!r} trains on {stage.inputs['examples']}, but its log-probs come "
+                f"from stage {scorer.label!r}, which scored {scorer.inputs.get('examples')}; put the stages that "
+                f"change the examples (e.g. replay) before {scorer.label!r}"
+            )
         if stage.kind == "train" and scorer is not None:
             missing = (mine.needs & SCORED_NEEDS) - loss(scorer).needs
             if missing:

@@ -41,8 +41,11 @@ def bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
 
 STAGES = ["sample", "judge", "pair", "reference", "train", "eval"]
 # the stages each column of seconds adds up (by name, or a name after it such as 'judge_refine'): the policy
-# generating (sampling, revising, searching, proposing problems), then judging
-COLUMNS = {"sample": ("sample", "refine", "tree_search", "propose"), "judge": ("judge", "self_tests")}
+# generating (sampling, revising, rationalizing, searching, proposing problems), then judging
+COLUMNS = {
+    "sample": ("sample", "refine", "rationalize", "tree_search", "propose"),
+    "judge": ("judge", "self_tests"),
+}
 
 
 def round_table(rows: list[dict], tuning: bool = False) -> Table:

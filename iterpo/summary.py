@@ -9,8 +9,8 @@ from iterpo.store import RunStore
 
 
 def round_files(store: RunStore, r: int) -> dict:
-    """What the round table reads of round r: eval.json, the judgements and preferences (tables) and the
-    training log; a missing or damaged file is None (a resume recomputes it)."""
+    """What the round table reads of round r: eval.json, the sampled responses, the judgements and preferences
+    (tables) and the training log; a missing or damaged file is None (a resume recomputes it)."""
 
     def read(name: str):
         path = store.path(r, name)
@@ -27,6 +27,7 @@ def round_files(store: RunStore, r: int) -> dict:
 
     return {
         "eval": read("eval.json"),
+        "rollouts": read("rollouts.parquet"),
         "judgements": read("judgements.parquet"),
         "preferences": read("preferences.parquet"),
         "log": read("train.jsonl"),
@@ -54,8 +55,7 @@ def round_summary(store: RunStore, r: int, files: dict | None = None) -> dict:
         row["accuracy"] = evaluation.get("accuracy")
         row["analyses"] = evaluation.get("analyses") or {}
     if judgements is not None:
-        scores = judgements.column("score").to_pylist()
-        row["mean_reward"] = sum(scores) / max(1, len(scores))
+        row["mean_reward"] = mean_sample_reward(judgements, files.get("rollouts"))
     if prefs is not None:
         row["pairs"] = prefs.num_rows
         if judgements is not None:
@@ -66,3 +66,15 @@ def round_summary(store: RunStore, r: int, files: dict | None = None) -> dict:
         margins = [x["reward_margin"] for x in log if "reward_margin" in x]
         row["reward_margin"] = sum(margins) / len(margins) if margins else None
     return row
+
+
+def mean_sample_reward(judgements, rollouts) -> float:
+    """The mean score of the round's sampled responses: the judgements of the sample stage's rollouts when that
+    file is there, so responses a later stage added (rationalize keeps only right ones) do not move it; else of
+    every judgement."""
+    pairs = zip(judgements.column("prompt_id").to_pylist(), judgements.column("sample_idx").to_pylist())
+    scores = judgements.column("score").to_pylist()
+    if rollouts is not None:
+        sampled = set(zip(rollouts.column("prompt_id").to_pylist(), rollouts.column("sample_idx").to_pylist()))
+        scores = [s for key, s in zip(pairs, scores) if key in sampled]
+    return sum(scores) / max(1, len(scores))

@@ -9,6 +9,7 @@ def test_seconds_columns_add_up_the_stages_that_generate_and_judge():
     times = {
         "sample": 10,
         "refine": 5,
+        "rationalize": 2,
         "judge": 1,
         "judge_refine": 2,
         "self_tests": 4,
@@ -33,7 +34,7 @@ def test_seconds_columns_add_up_the_stages_that_generate_and_judge():
     console = Console(width=300, record=True)
     console.print(round_table([row]))
     text = console.export_text()
-    assert "23 / 7 / 0 / - / 33 / 6" in text  # sample+refine+tree_search+propose; judges
+    assert "25 / 7 / 0 / - / 33 / 6" in text  # sample+refine+rationalize+tree_search+propose; judges
     assert "held-out acc" in text
     console.print(round_table([row], tuning=True))  # task.tuning: the accuracy is the tuning set's
     text = console.export_text()

@@ -121,6 +121,16 @@ class ServesLoss(Stage):
         return dict(self._loss_spec)
 
 
+def examples_loss(plan: Any, stage: Stage) -> Any:
+    """The loss whose examples ``stage`` reads: that of the stage that built them, past stages that pass examples
+    through (replay, strength, look_ahead); the run's loss when no stage of the round serves another."""
+    writer = {name: s for s in plan.stages for name in s.files.values()}
+    source = writer.get(stage.inputs.get("examples", ""))
+    while source is not None and not isinstance(source, ServesLoss):
+        source = writer.get(source.inputs.get("examples", ""))
+    return source.loss_of(plan) if source is not None else plan.loss
+
+
 STAGES: Registry[type[Stage]] = Registry("stage")
 
 

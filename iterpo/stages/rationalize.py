@@ -13,9 +13,13 @@ against incorrect responses (best_vs_worst, correct_vs_incorrect) a pair, where
 sampling alone gives none: early in a run those are most of the prompts.
 
 The responses are drawn from the hinted prompt, not the prompt the loss
-conditions on: they are off-policy data, as STaR's rationalizations are. Each
-seed derives from (run seed, round, stage name, prompt id, sample index), so it
-is the same under any batching, and a finished shard of ``sampling.shard_size``
+conditions on: they are off-policy data, as STaR's rationalizations are. The
+hint shows the prompt's ``answer`` as the task gives it (what its verifier
+checks against): a final answer for arithmetic and word problems, but a spec or
+tests for some tasks, for which a ``hint`` of other words fits better. Each
+hinted draw's seed derives from (run seed, round, stage name, prompt id, its
+number among the prompt's ``samples`` draws), so it is the same under any
+batching, and a finished shard of ``sampling.shard_size``
 prompts survives a crash. The verdicts asked here go through the run's cache,
 so the judge stage after this one finds them there.
 
@@ -25,6 +29,7 @@ judge and pair stages after it see both.
 
 from __future__ import annotations
 
+import string
 import time
 from dataclasses import dataclass
 
@@ -60,14 +65,17 @@ class Rationalize(Stage):
         super().__post_init__()
         if self.samples < 1:
             raise ValueError(f"samples must be at least 1, got {self.samples}")
-        if "{answer}" not in self.hint:
-            raise ValueError(f"hint must contain {{answer}}, where the reference answer goes; got {self.hint!r}")
         try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.hint) if f is not None}
             self.hint.format(answer="")
-        except (IndexError, KeyError, ValueError) as e:
+        except Exception as e:  # a stray brace, an index, an attribute of the answer
             raise ValueError(
-                f"hint {self.hint!r}: {{answer}} is its only field (write braces as {{{{ }}}}): {e}"
+                f"hint {self.hint!r}: write {{answer}} where the answer goes, braces as {{{{ }}}}: {e}"
             ) from None
+        if fields != {"answer"}:
+            raise ValueError(
+                f"hint must contain {{answer}}, where the reference answer goes, and no other field; got {self.hint!r}"
+            )
 
     def fits(self, plan) -> None:
         if not plan.judge.pointwise:
@@ -78,6 +86,16 @@ class Rationalize(Stage):
         if plan.environment is not None:
             raise ConfigError(
                 f"round.stages: {self.label} samples plain responses; it does not run episodes with an environment"
+            )
+        if plan.config.sampling.exhaustive:
+            raise ConfigError(
+                f"round.stages: {self.label} draws hinted responses, which have no probability under the policy; "
+                "sampling.exhaustive weighs every response by it"
+            )
+        if plan.train_prompts and not any(p.answer is not None for p in plan.train_prompts):
+            raise ConfigError(
+                f"round.stages: {self.label} hints at each prompt's reference answer, and no training prompt of task "
+                f"{plan.config.task.name!r} has one; use a task (or a prompt file) whose prompts carry answers"
             )
 
     def run(self, ctx, r):
@@ -95,6 +113,7 @@ class Rationalize(Stage):
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
         work = Hinting(self, ctx, r)
         done = {n: from_table(t, Rollout) for n, t in store.intact_shards(out, len(shards)).items()}
+        resumed = sorted(done)
         start = time.perf_counter()
         with bar("rationalizing", len(prompts)) as advance:
             advance(sum(len(shards[n]) for n in done))
@@ -106,30 +125,32 @@ class Rationalize(Stage):
                     work.asking.check_failures(
                         ctx.config.judge.max_failed_share, "which prompts are unsolved would be guessed"
                     )
+                    work.cache.flush()  # first: a shard on disk has its verdicts in the cache
                     store.write_parquet(store.shard(out, n), to_table(rows, Rollout))
-                    work.cache.flush()
                     done[n] = rows
                     advance(len(shards[n]))
         rows = [x for n in range(len(shards)) for x in done[n]]
         store.write_parquet(out, to_table(rows, Rollout))
         store.remove(out.with_suffix(""))  # the shards
         seconds = time.perf_counter() - start
-        kept = sum(x.source == self.source for x in rows)
+        for n in resumed:  # shards a crashed run finished: their unsolved prompts, from the cached verdicts
+            work.unsolved += len(work.unsolved_of([(p, by_prompt.get(p.prompt_id, [])) for p in shards[n]]))
+        read = {(x.prompt_id, x.source, x.sample_idx) for ros in by_prompt.values() for x in ros}
+        kept = [x for x in rows if (x.prompt_id, x.source, x.sample_idx) not in read]
         return {
             "unsolved": work.unsolved,
-            "hinted": work.hinted,
-            "kept": kept,
-            "prompts_kept": len({x.prompt_id for x in rows if x.source == self.source}),
-            "new_tokens": work.new_tokens,
+            "hinted": work.unsolved * self.samples,
+            "kept": len(kept),
+            "prompts_kept": len({x.prompt_id for x in kept}),
+            "new_tokens": work.new_tokens,  # drawn in this process (a resume does not redraw finished shards)
             "tokens_per_s": round(work.new_tokens / seconds, 1) if seconds > 0 else 0.0,
             "failed_verdicts": work.asking.failed,
         }
 
 
 class Hinting:
-    """One round's rationalization: the sampler of the policy the round starts from and the judge, shard by shard.
-    The counts (unsolved prompts, hinted responses drawn, their tokens) are the stage's figures; on a resume they
-    count the shards done in this process."""
+    """One round's rationalization: the sampler of the policy the round starts from and the judge, shard by shard;
+    counts the unsolved prompts and the hinted responses' tokens for the stage's figures."""
 
     def __init__(self, stage: Rationalize, ctx, r: int):
         self.stage, self.ctx, self.r = stage, ctx, r
@@ -140,7 +161,7 @@ class Hinting:
         t = stage.threshold
         self.threshold = ctx.config.pairing.threshold if t is None else t
         self.tag = () if stage.label == "rationalize" else (stage.label,)  # a second such stage: its own seeds
-        self.unsolved = self.hinted = self.new_tokens = 0
+        self.unsolved = self.new_tokens = 0
 
     def solved(self, prompt: Prompt, rollouts: list[Rollout]) -> bool:
         """Whether some response of prompt scores at least the threshold (or none could be judged: nothing to say)."""
@@ -154,10 +175,14 @@ class Hinting:
         messages[last]["content"] += self.stage.hint.format(answer=prompt.answer)
         return self.ctx.encode(messages)
 
+    def unsolved_of(self, items: list[tuple[Prompt, list[Rollout]]]) -> list[tuple[Prompt, list[Rollout]]]:
+        """The prompts (with their responses) that have a reference answer and no response the judge accepts."""
+        return [(p, ros) for p, ros in items if ros and p.answer is not None and not self.solved(p, ros)]
+
     def shard(self, items: list[tuple[Prompt, list[Rollout]]]) -> list[Rollout]:
         """The responses of a shard's prompts, each prompt's followed by its accepted hinted responses."""
         s, seed, k_max = self.ctx.config.sampling, self.ctx.config.run.seed, self.stage.samples
-        todo = [(p, ros) for p, ros in items if ros and p.answer is not None and not self.solved(p, ros)]
+        todo = self.unsolved_of(items)
         self.unsolved += len(todo)
         seeds = [
             [derive_seed(seed, self.r, "rationalize", *self.tag, p.prompt_id, k) for k in range(k_max)] for p, _ in todo
@@ -176,7 +201,6 @@ class Hinting:
                 self.ctx.response(p.prompt_id, first + k, self.r, prompt_seeds[k], ids, reason, self.stage.source)
                 for k, (ids, reason) in enumerate(drawn)
             ]
-            self.hinted += len(made)
             self.new_tokens += sum(len(x.token_ids) for x in made)
             verdicts = self.asking(self.ctx.plan.judge, p, made)
             kept[p.prompt_id] = [x for x, j in zip(made, verdicts) if not j.failed and j.score >= self.threshold]

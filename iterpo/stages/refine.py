@@ -140,8 +140,8 @@ class Refine(Stage):
                         work.asking.check_failures(
                             ctx.config.judge.max_failed_share, "which answers to revise would be guessed"
                         )
+                    work.cache.flush()  # first: a shard on disk has its verdicts in the cache
                     store.write_parquet(store.shard(out, n), to_table(rows, Rollout))
-                    work.cache.flush()
                     done[n] = rows
                     advance(len(shards[n]))
         rows = [x for n in range(len(shards)) for x in done[n]]

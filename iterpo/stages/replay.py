@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from iterpo.errors import ConfigError, DataError
 from iterpo.records import Preference, Rollout, to_table
 from iterpo.sampling import derive_seed
-from iterpo.stages.base import Stage, register_stage
+from iterpo.stages.base import Stage, examples_loss, register_stage
 
 
 @register_stage("replay")
@@ -54,16 +54,16 @@ class Replay(Stage):
             raise ValueError(f"per_round must be at least 1, got {self.per_round}")
 
     def fits(self, plan) -> None:
-        loss = plan.loss
+        loss = examples_loss(plan, self)  # the loss the pairs it reads were built for
+        name = type(loss).__name__
         if loss.data_shape != "pairs":
             raise ConfigError(
-                f"round.stages: {self.label} replays preference pairs; loss {plan.config.loss.name!r} trains on "
-                f"{loss.data_shape}"
+                f"round.stages: {self.label} replays preference pairs; {name} trains on {loss.data_shape}"
             )
         if "aux_samples" in loss.needs:
             raise ConfigError(
-                f"round.stages: {self.label}: loss {plan.config.loss.name!r} reads extra samples of the round's own "
-                "policy beside each pair, which a pair of an earlier round does not have"
+                f"round.stages: {self.label}: {name} reads extra samples of the round's own policy beside each "
+                "pair, which a pair of an earlier round does not have"
             )
 
     def run(self, ctx, r):
@@ -84,6 +84,11 @@ class Replay(Stage):
             responses = ctx.responses(q)
             for x in earlier:
                 for source, idx in ((x.chosen_source, x.chosen_idx), (x.rejected_source, x.rejected_idx)):
+                    if (x.prompt_id, source, idx) not in responses:
+                        raise DataError(
+                            f"round.stages: {self.label}: a pair of round {q} ({name}) names response {idx} of "
+                            f"prompt {x.prompt_id} from {source}, which no file of round {q} holds"
+                        )
                     renamed = f"{source}@r{q}"
                     copied[(x.prompt_id, renamed, idx)] = dataclasses.replace(
                         responses[(x.prompt_id, source, idx)], source=renamed

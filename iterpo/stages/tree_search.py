@@ -122,8 +122,8 @@ class TreeSearch(Stage):
                         ctx.config.judge.max_failed_share, "the values of those steps would count them as 0"
                     )
                     done[n] = [node_row(p.prompt_id, x) for p, t in zip(shards[n], trees) for x in t.nodes]
+                    search.cache.flush()  # first: a shard on disk has its verdicts in the cache
                     store.write_parquet(store.shard(tree, n), to_table(done[n], TreeNode))
-                    search.cache.flush()
         rows = [x for n in range(len(shards)) for x in done[n]]
         by_prompt = {p.prompt_id: p for p in prompts}
         rollouts, judgements = search.records(rows, by_prompt)

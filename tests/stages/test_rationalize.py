@@ -2,6 +2,7 @@
 that each is the hinted prompt's sample from its seed and is kept as an answer to the prompt alone, a
 rationalization killed midway resuming to the identical run, and what it refuses."""
 
+import json
 import signal
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from iterpo.config import load_config
-from iterpo.errors import ConfigError, DataError
+from iterpo.errors import ConfigError
 
 from helpers import cli, recipe_config, run_config
 
@@ -77,6 +78,11 @@ def test_unsolved_prompts_get_the_hinted_policys_right_answers_as_answers_to_the
     # judged with the rest, imitated by the SFT (a demonstration group naming a rationalized response)
     judged = {(j["prompt_id"], j["sample_idx"]) for j in _rows(tmp_path / "run", "judgements.parquet")}
     assert {(x["prompt_id"], x["sample_idx"]) for x in kept} <= judged
+    # the round table's mean reward: of the sampled responses, not raised by the kept (right) hinted ones
+    from iterpo.summary import round_summary
+
+    sampled_mean = sum(x["token_ids"][0] % 2 == 0 for x in sampled) / len(sampled)
+    assert round_summary(store, 1)["mean_reward"] == pytest.approx(sampled_mean)
     groups = _rows(tmp_path / "run", "preferences.parquet")
     assert any(g["prompt_id"] in unsolved for g in groups)
     for g in groups:
@@ -99,6 +105,15 @@ def test_a_rationalization_killed_midway_resumes_to_the_identical_run(tiny_model
     assert code == 0, err
     for name in ("rationalized_rollouts.parquet", "judgements.parquet", "preferences.parquet"):
         assert _rows(crash, name) == _rows(clean, name), name
+    figures = [
+        {
+            k: v
+            for k, v in json.loads((run / "manifest.json").read_text())["stages"]["round-001/rationalize"].items()
+            if k in ("unsolved", "hinted", "kept", "prompts_kept")
+        }
+        for run in (clean, crash)
+    ]
+    assert figures[0] == figures[1] and figures[0]["unsolved"] > 0  # the whole round's, also after the resume
     for name in ("checkpoint/model.safetensors", "eval.json", "train.jsonl"):  # the same policy, byte for byte
         assert (crash / "round-001" / name).read_bytes() == (clean / "round-001" / name).read_bytes(), name
     assert not shards.exists()
@@ -109,7 +124,9 @@ def test_a_rationalization_killed_midway_resumes_to_the_identical_run(tiny_model
     [
         ({"stage": "rationalize", "samples": 0}, "samples must be at least 1"),
         ({"stage": "rationalize", "hint": " (Hint: look again.)"}, "hint must contain {answer}"),
-        ({"stage": "rationalize", "hint": " {answer} {other}"}, "{answer} is its only field"),
+        ({"stage": "rationalize", "hint": " {answer} {other}"}, "write {answer} where the answer goes"),
+        ({"stage": "rationalize", "hint": " {{answer}}"}, "hint must contain {answer}"),
+        ({"stage": "rationalize", "hint": " {answer.real}"}, "write {answer} where the answer goes"),
         ({"stage": "rationalize"}, "reads each response's verdict; judge 'pairwise_lm' compares"),
     ],
 )
@@ -126,7 +143,9 @@ def test_bad_rationalize_options_are_refused_before_the_run(stage, message, tiny
         build_plan(load_config(path))
 
 
-def test_prompts_without_reference_answers_stop_the_stage_with_a_clear_error(tiny_model_dir, tmp_path):
+def test_a_task_without_reference_answers_is_refused_before_the_run(tiny_model_dir, tmp_path):
+    from iterpo.plan import build_plan
+
     train, held_out = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     train.write_text("".join(f'{{"prompt": "Say something about {k}."}}\n' for k in range(8)))  # no answers
     held_out.write_text("".join(f'{{"prompt": "What is {k} + 1?", "answer": "{k + 1}"}}\n' for k in range(3)))
@@ -135,6 +154,5 @@ def test_prompts_without_reference_answers_stop_the_stage_with_a_clear_error(tin
         tmp_path / "run",
         **{"task.name": "file", "task.train_file": str(train), "task.eval_file": str(held_out)},
     )
-    with pytest.raises(DataError, match="no prompt of round 1 has one"):
-        run_config(load_config(path))
-    assert not (tmp_path / "run" / "round-001" / "rationalized_rollouts.parquet").exists()
+    with pytest.raises(ConfigError, match="no training prompt of task 'file' has one"):
+        build_plan(load_config(path))

@@ -14,8 +14,7 @@ STAGES = ["sample", "judge", "pair", {"stage": "replay", "rounds": 1}, "referenc
 
 
 def _config(tiny_model_dir, run_dir, stages=STAGES, **overrides):
-    cfg = tiny_config(tiny_model_dir, run_dir, **overrides)
-    cfg["run"]["rounds"] = 3
+    cfg = tiny_config(tiny_model_dir, run_dir, **{"run.rounds": 3, **overrides})
     cfg["round"] = {"stages": stages}
     path = run_dir.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(cfg))
@@ -63,8 +62,8 @@ def test_each_round_trains_on_its_pairs_and_the_last_rounds_fresh_ones(tiny_mode
 
 
 def test_a_replayed_pairs_reference_log_probs_are_those_of_the_rounds_reference(tiny_model_dir, tmp_path):
-    """Round 2 replays round 1's pairs: their log-probs under round 2's reference (the policy after round 1)
-    differ from round 1's (the starting model), and equal a fresh scoring of the same tokens."""
+    """Round 2 replays round 1's pairs: their log-probs are scored again under round 2's reference (the policy
+    after round 1), so they differ from round 1's (the starting model's)."""
     run = tmp_path / "run"
     run_config(load_config(_config(tiny_model_dir, run, **{"run.rounds": 2})))
     r1 = {(x["prompt_id"], x["source"], x["sample_idx"]): x["ref_logp"] for x in _rows(run, 1, "ref_logps.parquet")}
@@ -95,5 +94,42 @@ def test_losses_that_do_not_train_on_pairs_are_refused(tiny_model_dir, tmp_path)
     cfg = yaml.safe_load(path.read_text())
     cfg["loss"] = {"name": "sft"}
     path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ConfigError, match="replays preference pairs; loss 'sft' trains on demonstrations"):
+    with pytest.raises(ConfigError, match="replays preference pairs; SFT trains on demonstrations"):
         build_plan(load_config(path))
+
+
+def test_a_replay_after_the_reference_stage_is_refused(tiny_model_dir, tmp_path):
+    """The train stage would read pairs the reference stage never scored: refused before the run."""
+    from iterpo.plan import build_plan
+
+    path = _config(tiny_model_dir, tmp_path / "run", stages=["sample", "judge", "pair", "reference", "replay", "train"])
+    with pytest.raises(ConfigError, match="put the stages that change the examples .e.g. replay. before 'reference'"):
+        build_plan(load_config(path))
+
+
+def test_per_round_draws_that_many_of_each_earlier_rounds_pairs(tiny_model_dir, tmp_path):
+    stages = ["sample", "judge", "pair", {"stage": "replay", "rounds": 2, "per_round": 2}, "reference", "train"]
+    run = tmp_path / "run"
+    _, store = run_config(load_config(_config(tiny_model_dir, run, stages=stages)))
+    trained = _rows(run, 3, "replayed_preferences.parquet")
+    for q in (1, 2):
+        made = _rows(run, q, "preferences.parquet")
+        assert len(made) > 2  # so the draw has something to leave out
+        drawn = [x for x in trained if x["chosen_source"] == f"policy@r{q}"]
+        assert len(drawn) == 2
+        originals = [{**x, "chosen_source": "policy", "rejected_source": "policy"} for x in drawn]
+        assert all(x in made for x in originals)
+    assert store.manifest()["stages"]["round-003/replay"]["replayed"] == {"round_1": 2, "round_2": 2}
+
+
+def test_export_gives_each_pair_once_in_the_round_that_made_it(tiny_model_dir, tmp_path):
+    from datasets import load_from_disk
+
+    from iterpo.export import export_run
+
+    run = tmp_path / "run"
+    run_config(load_config(_config(tiny_model_dir, run)))
+    n = export_run(run, None, tmp_path / "out")
+    made = sum(len(_rows(run, r, "preferences.parquet")) for r in (1, 2, 3))
+    rows = load_from_disk(str(tmp_path / "out"))
+    assert n == made == len(rows) and set(rows["chosen_source"]) == {"policy"}

@@ -18,14 +18,12 @@ from pathlib import Path
 
 from iterpo.errors import UserInputError
 from iterpo.records import Preference, Rollout
+from iterpo.stages.base import examples_source
 
 
 def examples_file(plan) -> str:
     """The examples file of the round's policy stage, before any replay stage added earlier rounds' pairs."""
-    name = plan.policy_stage().input("examples")
-    writer = {file: s for s in plan.stages for file in s.files.values()}
-    while name in writer and writer[name].kind == "replay":
-        name = writer[name].input("examples")
+    name, _ = examples_source(plan, plan.policy_stage().input("examples"), lambda s: s.kind == "replay")
     return name
 
 
@@ -81,7 +79,8 @@ def export_run(run_dir: str | Path, rounds: list[int] | None, to: str | Path) ->
     plan = build_plan(config)
     ctx = RunContext(plan, store)
     if rounds is None:
-        rounds = [r for r in range(1, config.run.rounds + 1) if store.path(r, examples_file(plan)).exists()]
+        name = examples_file(plan)
+        rounds = [r for r in range(1, config.run.rounds + 1) if store.path(r, name).exists()]
     if not rounds:
         raise UserInputError(f"{run_dir} has no paired round to export yet")
     target = Path(to)

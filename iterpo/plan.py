@@ -456,13 +456,13 @@ def check_stage_losses(plan: Plan) -> None:
                 "of one loss the same loss option"
             )
         scorer = writer.get(stage.inputs.get("ref_logps", ""))
-        if stage.kind == "train" and scorer is not None and scorer.inputs.get("examples") != stage.inputs["examples"]:
-            raise ConfigError(
-                f"round.stages: stage {stage.label!r} trains on {stage.inputs['examples']}, but its log-probs come "
-                f"from stage {scorer.label!r}, which scored {scorer.inputs.get('examples')}; put the stages that "
-                f"change the examples (e.g. replay) before {scorer.label!r}"
-            )
         if stage.kind == "train" and scorer is not None:
+            if scorer.inputs.get("examples") != stage.inputs["examples"]:
+                raise ConfigError(
+                    f"round.stages: stage {stage.label!r} trains on {stage.inputs['examples']}, but its log-probs "
+                    f"come from stage {scorer.label!r}, which scored {scorer.inputs.get('examples')}; put the "
+                    f"stages that change the examples (e.g. replay) before {scorer.label!r}"
+                )
             missing = (mine.needs & SCORED_NEEDS) - loss(scorer).needs
             if missing:
                 raise ConfigError(

@@ -72,9 +72,9 @@ def mean_sample_reward(judgements, rollouts) -> float:
     """The mean score of the round's sampled responses: the judgements of the sample stage's rollouts when that
     file is there, so responses a later stage added (rationalize keeps only right ones) do not move it; else of
     every judgement."""
-    pairs = zip(judgements.column("prompt_id").to_pylist(), judgements.column("sample_idx").to_pylist())
     scores = judgements.column("score").to_pylist()
     if rollouts is not None:
         sampled = set(zip(rollouts.column("prompt_id").to_pylist(), rollouts.column("sample_idx").to_pylist()))
-        scores = [s for key, s in zip(pairs, scores) if key in sampled]
+        keys = zip(judgements.column("prompt_id").to_pylist(), judgements.column("sample_idx").to_pylist())
+        scores = [s for key, s in zip(keys, scores) if key in sampled]
     return sum(scores) / max(1, len(scores))

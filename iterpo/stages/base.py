@@ -32,6 +32,7 @@ ITERPO_PLUGINS works too):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -121,14 +122,22 @@ class ServesLoss(Stage):
         return dict(self._loss_spec)
 
 
+def examples_source(plan: Any, name: str, through: Callable[[Stage], bool]) -> tuple[str, Stage | None]:
+    """The examples file ``name`` of the round traced back past the stages that wrote it from other examples and
+    that ``through`` accepts: (that file, the stage that wrote it, or None when no stage of the round does)."""
+    writer = {file: s for s in plan.stages for file in s.files.values()}
+    source = writer.get(name)
+    while source is not None and through(source):
+        name = source.inputs.get("examples", "")
+        source = writer.get(name)
+    return name, source
+
+
 def examples_loss(plan: Any, stage: Stage) -> Any:
     """The loss whose examples ``stage`` reads: that of the stage that built them, past stages that pass examples
     through (replay, strength, look_ahead); the run's loss when no stage of the round serves another."""
-    writer = {name: s for s in plan.stages for name in s.files.values()}
-    source = writer.get(stage.inputs.get("examples", ""))
-    while source is not None and not isinstance(source, ServesLoss):
-        source = writer.get(source.inputs.get("examples", ""))
-    return source.loss_of(plan) if source is not None else plan.loss
+    _, source = examples_source(plan, stage.inputs.get("examples", ""), lambda s: not isinstance(s, ServesLoss))
+    return source.loss_of(plan) if isinstance(source, ServesLoss) else plan.loss
 
 
 STAGES: Registry[type[Stage]] = Registry("stage")

@@ -34,11 +34,10 @@ import time
 from dataclasses import dataclass
 
 from iterpo.errors import ConfigError, DataError
-from iterpo.progress import bar
-from iterpo.records import Prompt, Rollout, from_table, to_table
+from iterpo.records import Prompt, Rollout
 from iterpo.sampling import derive_seed
 from iterpo.stages.base import Stage, register_stage
-from iterpo.stages.verdicts import Verdicts
+from iterpo.stages.verdicts import Verdicts, in_shards
 
 HINT = "\n(Hint: the answer is {answer}.)"
 
@@ -99,8 +98,6 @@ class Rationalize(Stage):
             )
 
     def run(self, ctx, r):
-        store, size = ctx.store, ctx.config.sampling.shard_size
-        out = store.path(r, self.file("rollouts"))
         prompts = ctx.prompts_of_round(r)
         if not any(p.answer is not None for p in prompts):
             raise DataError(
@@ -110,31 +107,23 @@ class Rationalize(Stage):
         by_prompt: dict[str, list[Rollout]] = {}
         for x in ctx.read(r, self.input("rollouts"), Rollout):
             by_prompt.setdefault(x.prompt_id, []).append(x)
-        shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
         work = Hinting(self, ctx, r)
-        done = {n: from_table(t, Rollout) for n, t in store.intact_shards(out, len(shards)).items()}
-        resumed = sorted(done)
         start = time.perf_counter()
-        with bar("rationalizing", len(prompts)) as advance:
-            advance(sum(len(shards[n]) for n in done))
-            with work.sampler:
-                for n in range(len(shards)):
-                    if n in done:
-                        continue
-                    rows = work.shard([(p, by_prompt.get(p.prompt_id, [])) for p in shards[n]])
-                    work.asking.check_failures(
-                        ctx.config.judge.max_failed_share, "which prompts are unsolved would be guessed"
-                    )
-                    work.cache.flush()  # first: a shard on disk has its verdicts in the cache
-                    store.write_parquet(store.shard(out, n), to_table(rows, Rollout))
-                    done[n] = rows
-                    advance(len(shards[n]))
-        rows = [x for n in range(len(shards)) for x in done[n]]
-        store.write_parquet(out, to_table(rows, Rollout))
-        store.remove(out.with_suffix(""))  # the shards
+        rows, resumed = in_shards(
+            ctx,
+            r,
+            ctx.store.path(r, self.file("rollouts")),
+            "rationalizing",
+            [(p, by_prompt.get(p.prompt_id, [])) for p in prompts],
+            work.shard,
+            work.sampler,
+            work.cache,
+            work.asking,
+            "which prompts are unsolved would be guessed",
+        )
         seconds = time.perf_counter() - start
-        for n in resumed:  # shards a crashed run finished: their unsolved prompts, from the cached verdicts
-            work.unsolved += len(work.unsolved_of([(p, by_prompt.get(p.prompt_id, [])) for p in shards[n]]))
+        for shard in resumed:  # shards a crashed run finished: their unsolved prompts, from the cached verdicts
+            work.unsolved += len(work.unsolved_of(shard))
         read = {(x.prompt_id, x.source, x.sample_idx) for ros in by_prompt.values() for x in ros}
         kept = [x for x in rows if (x.prompt_id, x.source, x.sample_idx) not in read]
         return {

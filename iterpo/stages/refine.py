@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from iterpo.errors import ConfigError
 from iterpo.models.chat import encode_prompt
 from iterpo.models.loading import load_model, load_tokenizer, resolve_model_path
-from iterpo.progress import bar
-from iterpo.records import Judgement, Prompt, Rollout, from_table, to_table
+from iterpo.records import Judgement, Prompt, Rollout
 from iterpo.sampling import TransformersSampler, derive_seed
 from iterpo.stages.base import Stage, register_stage
-from iterpo.stages.verdicts import Verdicts
+from iterpo.stages.verdicts import Verdicts, in_shards
 from iterpo.training.assemble import context_key
 
 REQUEST = (
@@ -119,34 +118,24 @@ class Refine(Stage):
             )
 
     def run(self, ctx, r):
-        store, size = ctx.store, ctx.config.sampling.shard_size
-        out = store.path(r, self.file("rollouts"))
         prompts = ctx.prompts_of_round(r)
         by_prompt: dict[str, list[Rollout]] = {}
         for x in ctx.read(r, self.input("rollouts"), Rollout):
             by_prompt.setdefault(x.prompt_id, []).append(x)
-        shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
         work = Revising(self, ctx, r)
-        done = {n: from_table(t, Rollout) for n, t in store.intact_shards(out, len(shards)).items()}
         start = time.perf_counter()
-        with bar("refining", len(prompts)) as advance:
-            advance(sum(len(shards[n]) for n in done))
-            with work.sampler:
-                for n in range(len(shards)):
-                    if n in done:
-                        continue
-                    rows = work.shard([(p, by_prompt.get(p.prompt_id, [])) for p in shards[n]])
-                    if work.asking is not None:
-                        work.asking.check_failures(
-                            ctx.config.judge.max_failed_share, "which answers to revise would be guessed"
-                        )
-                    work.cache.flush()  # first: a shard on disk has its verdicts in the cache
-                    store.write_parquet(store.shard(out, n), to_table(rows, Rollout))
-                    done[n] = rows
-                    advance(len(shards[n]))
-        rows = [x for n in range(len(shards)) for x in done[n]]
-        store.write_parquet(out, to_table(rows, Rollout))
-        store.remove(out.with_suffix(""))  # the shards
+        rows, _ = in_shards(
+            ctx,
+            r,
+            ctx.store.path(r, self.file("rollouts")),
+            "refining",
+            [(p, by_prompt.get(p.prompt_id, [])) for p in prompts],
+            work.shard,
+            work.sampler,
+            work.cache,
+            work.asking,
+            "which answers to revise would be guessed",
+        )
         seconds = time.perf_counter() - start
         revised = [x for x in rows if x.source == self.source]
         return {

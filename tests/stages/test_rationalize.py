@@ -156,3 +156,33 @@ def test_a_task_without_reference_answers_is_refused_before_the_run(tiny_model_d
     )
     with pytest.raises(ConfigError, match="no training prompt of task 'file' has one"):
         build_plan(load_config(path))
+
+
+def test_a_round_whose_prompts_have_no_answers_stops_with_a_clear_error_and_keeps_its_samples(tiny_model_dir, tmp_path):
+    """The run-time backstop behind the plan's check: the plan passes (some training prompts have answers), but
+    round 1 draws only prompts without one (as a round of proposed problems could): the stage stops, naming the
+    round and the task, writes nothing, and the round's samples stay on disk, intact, for a resume."""
+    from iterpo.errors import DataError
+
+    train, held_out = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    lines = [f'{{"prompt": "Say something about {k}."}}\n' for k in range(4)]  # round 1: no answers
+    lines += [f'{{"prompt": "What is {k} + 2?", "answer": "{k + 2}"}}\n' for k in range(4)]
+    train.write_text("".join(lines))
+    held_out.write_text("".join(f'{{"prompt": "What is {k} + 1?", "answer": "{k + 1}"}}\n' for k in range(3)))
+    path = _star(
+        tiny_model_dir,
+        tmp_path / "run",
+        **{
+            "task.name": "file",
+            "task.train_file": str(train),
+            "task.eval_file": str(held_out),
+            "sampling.prompts_per_round": 4,
+        },
+    )
+    with pytest.raises(DataError, match="no prompt of round 1 has one \\(task 'file'\\)"):
+        run_config(load_config(path))
+    round_dir = tmp_path / "run" / "round-001"
+    assert not (round_dir / "rationalized_rollouts.parquet").exists()
+    sampled = _rows(tmp_path / "run", "rollouts.parquet")  # reads (and so checks) the whole file
+    assert len(sampled) == 4 * 2 and len({x["prompt_id"] for x in sampled}) == 4
+    assert all(x["source"] == "policy" for x in sampled)

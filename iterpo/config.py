@@ -283,6 +283,9 @@ class TrainSection(Section):
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """The learning rate after warmup, over each round's training: 'constant' stays at lr; 'linear' and 'cosine'
     fall from lr towards 0 at the round's last step (as transformers' schedulers of those names)."""
+    round_lr_decay: float = Field(default=1.0, gt=0, le=1)
+    """Round r trains at lr x round_lr_decay^(r - 1): below 1, each round takes smaller steps than the one before
+    (1: every round at lr)."""
     max_tokens_per_pass: int | None = Field(default=256, ge=1)
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory. Raise it on a large GPU;
@@ -313,6 +316,12 @@ class TrainSection(Section):
             err = exc.errors()[0]
             where = ".".join(str(x) for x in err["loc"])
             raise ConfigError(f"{what}{'.' + where if where else ''}: {err['msg']}") from None
+
+    def of_round(self, r: int) -> TrainSection:
+        """These settings for round r's training: the learning rate after round_lr_decay's r - 1 decays."""
+        if self.round_lr_decay == 1.0 or r <= 1:
+            return self
+        return self.model_copy(update={"lr": self.lr * self.round_lr_decay ** (r - 1)})
 
     @model_validator(mode="after")
     def _fsdp_needs_processes(self):
@@ -435,14 +444,14 @@ def _apply_override(data: dict, assignment: str) -> None:
 
 # The built-in default, what `iterpo run` does with no config: the defaults above with these settings, chosen for
 # the built-in model and task on the arithmetic task's tuning set, never its held-out set (README, "Tuning the
-# built-in default"): fresh prompts each round (128 of a pool of 512), a larger learning rate, and DPO with the
-# chosen response's NLL (Pang et al. 2024) weighted 3. --set changes them like any setting; naming another loss
-# (--set loss.name=...) starts from that loss's own hyperparameters.
+# built-in default"): fresh prompts each round (128 of a pool of 512), a larger learning rate halved each round,
+# and DPO with the chosen response's NLL (Pang et al. 2024) weighted 3. --set changes them like any setting;
+# naming another loss (--set loss.name=...) starts from that loss's own hyperparameters.
 BUILT_IN: dict[str, dict[str, Any]] = {
     "task": {"train_size": 512},
     "sampling": {"prompts_per_round": 128},
     "loss": {"name": "dpo_nll", "nll_weight": 3.0},
-    "train": {"lr": 1.0e-5},
+    "train": {"lr": 2.0e-5, "round_lr_decay": 0.5},
 }
 
 

@@ -81,6 +81,7 @@ OMITTED_AT_DEFAULT = {
     ("sampling", "dtype"): "float32",  # not the default (auto): the dtype runs made before it sampled in
     ("task", "tuning"): False,
     ("train", "lr_schedule"): "constant",
+    ("train", "round_lr_decay"): 1.0,
 }
 
 

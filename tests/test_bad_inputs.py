@@ -166,6 +166,7 @@ CASES = [
     ("unknown field", RUN + SET + ["sampling.temprature=0.7"], ["sampling.temprature", "unknown field"]),
     ("wrong type", RUN + SET + ["train.lr=fast"], ["train.lr", "fast"]),
     ("zero rounds", RUN + SET + ["run.rounds=0"], ["run.rounds"]),
+    ("learning rate growing by round", RUN + SET + ["train.round_lr_decay=2"], ["train.round_lr_decay", "1"]),
     ("infinite seed", RUN + SET + ["run.seed=.inf"], ["run.seed"]),
     ("unknown loss", RUN + SET + ["loss.name=dpoo"], ["unknown loss 'dpoo'", "known:"]),
     ("unknown loss option", RUN + SET + ["loss.betta=1"], ["dpo", "betta"]),

@@ -14,7 +14,7 @@ def test_default_config_is_valid_and_resolved():
     resolved = resolve(cfg)
     assert resolved["loss"] == {"name": "dpo_nll", "beta": 0.1, "nll_weight": 3.0}
     assert resolved["judge"]["name"] == "exact_answer"
-    assert "lr: 1.0e-05" in yaml.safe_dump(resolved) and "round" not in resolved
+    assert resolved["train"]["lr"] == 2e-5 and resolved["train"]["round_lr_decay"] == 0.5 and "round" not in resolved
 
 
 def test_overrides_are_typed_yaml(tmp_path):

@@ -105,3 +105,11 @@ def test_prompts_from_a_file(tiny_model_dir, tmp_path):
     rows, store = _run(cfg, tmp_path)
     assert pq.read_table(store.root / "round-001" / "rollouts.parquet").num_rows == 6 * 4
     assert rows[1]["accuracy"] is not None
+
+
+def test_round_lr_decay_shrinks_each_rounds_learning_rate(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", **{"run.rounds": 3, "train.round_lr_decay": 0.5})
+    _, store = _run(cfg, tmp_path)
+    for r, lr in [(1, 1e-3), (2, 5e-4), (3, 2.5e-4)]:
+        log = [json.loads(x) for x in (store.root / f"round-{r:03d}" / "train.jsonl").read_text().splitlines()]
+        assert log and all(x["lr"] == pytest.approx(lr) for x in log), r

@@ -31,7 +31,7 @@ def fit(ctx, model, r: int, records: list, scored: list[RefLogp], purpose: str, 
     draw different batch orders, and a repeated one the same.
     """
     loss = loss or ctx.plan.loss
-    settings = stage.settings(ctx.plan) if isinstance(stage, Train) else ctx.config.train
+    settings = (stage.settings(ctx.plan) if isinstance(stage, Train) else ctx.config.train).of_round(r)
     needs = loss.needs
     examples = training_examples(
         records, ctx.responses(r), ctx.prompt_ids_of, scored, needs, ctx.mask_reasoning, ctx.side_tokens
@@ -49,7 +49,7 @@ def fit_on_processes(
     """fit() on train.processes processes (iterpo.training.distributed); (the log, the trained policy).
     loss_spec: {name: ..., hyperparameters...}, as the processes build the loss again."""
     cfg, plan = ctx.config, ctx.plan
-    settings = stage.settings(plan)
+    settings = stage.settings(plan).of_round(r)
     needs = LOSSES.get(loss_spec["name"]).needs
     scratch = ctx.store.round_dir(r) / f".{purpose}-processes"
     shutil.rmtree(scratch, ignore_errors=True)

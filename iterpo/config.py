@@ -285,7 +285,7 @@ class TrainSection(Section):
     fall from lr towards 0 at the round's last step (as transformers' schedulers of those names)."""
     round_lr_decay: float = Field(default=1.0, gt=0, le=1)
     """Round r trains at lr x round_lr_decay^(r - 1): below 1, each round takes smaller steps than the one before
-    (1: every round at lr)."""
+    (1: every round at lr). It keeps decaying with every round run; the warm-up and `iterpo train` train at lr."""
     max_tokens_per_pass: int | None = Field(default=256, ge=1)
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory. Raise it on a large GPU;
@@ -321,7 +321,7 @@ class TrainSection(Section):
         """These settings for round r's training: the learning rate after round_lr_decay's r - 1 decays."""
         if self.round_lr_decay == 1.0 or r <= 1:
             return self
-        return self.model_copy(update={"lr": self.lr * self.round_lr_decay ** (r - 1)})
+        return self.model_copy(update={"lr": self.lr * self.round_lr_decay ** (r - 1), "round_lr_decay": 1.0})
 
     @model_validator(mode="after")
     def _fsdp_needs_processes(self):

@@ -166,7 +166,12 @@ CASES = [
     ("unknown field", RUN + SET + ["sampling.temprature=0.7"], ["sampling.temprature", "unknown field"]),
     ("wrong type", RUN + SET + ["train.lr=fast"], ["train.lr", "fast"]),
     ("zero rounds", RUN + SET + ["run.rounds=0"], ["run.rounds"]),
-    ("learning rate growing by round", RUN + SET + ["train.round_lr_decay=2"], ["train.round_lr_decay", "1"]),
+    (
+        "learning rate growing by round",
+        RUN + SET + ["train.round_lr_decay=2"],
+        ["round_lr_decay", "less than or equal to 1"],
+    ),
+    ("learning rate gone after round 1", RUN + SET + ["train.round_lr_decay=0"], ["round_lr_decay", "greater than 0"]),
     ("infinite seed", RUN + SET + ["run.seed=.inf"], ["run.seed"]),
     ("unknown loss", RUN + SET + ["loss.name=dpoo"], ["unknown loss 'dpoo'", "known:"]),
     ("unknown loss option", RUN + SET + ["loss.betta=1"], ["dpo", "betta"]),

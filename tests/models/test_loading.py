@@ -24,3 +24,45 @@ def test_the_same_gguf_installed_in_two_places_is_converted_once(tmp_path, monke
 
     second.write_bytes(b"GGUF" + bytes(range(255, -1, -1)) * 65)  # changed in place: converted afresh
     assert _gguf_cache_path(second) != target
+
+
+def test_processes_converting_the_same_gguf_at_once_take_turns(tmp_path, monkeypatch):
+    """Two converters at once (here threads, each with its own lock file handle, as two processes have): the
+    first converts, the second waits for it and finds its copy instead of replacing it."""
+    import threading
+    import time
+
+    from iterpo.models import loading
+
+    monkeypatch.setenv("ITERPO_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "Model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(1000))
+    calls = []
+
+    def slow_convert(path, target, what):
+        calls.append(target)
+        time.sleep(0.5)  # long enough that the other thread arrives while this one holds the lock
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(loading, "_convert", slow_convert)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(convert_gguf(gguf))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and got == [calls[0], calls[0]]
+
+
+def test_the_digest_is_read_back_instead_of_reading_the_file_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITERPO_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "Model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    first = _gguf_cache_path(gguf)
+    notes = list((tmp_path / "cache" / "models" / ".digests").iterdir())
+    assert len(notes) == 1 and first.name.endswith(notes[0].read_text())
+    notes[0].write_text("0123456789ab")  # the kept digest is what names the copy from now on
+    assert _gguf_cache_path(gguf).name == "Model-0123456789ab"
+    notes[0].write_text("not a digest")  # a damaged note: computed again from the file
+    assert _gguf_cache_path(gguf) == first

@@ -30,6 +30,8 @@ def _run(tiny_model_dir, tmp_path, name, **overrides):
 )
 def test_two_processes_equal_one_with_twice_the_accumulation(tiny_model_dir, tmp_path, lora, fsdp, loss):
     extra: dict = {"model.lora": {"r": 4, "alpha": 8}} if lora else {}
+    if not lora and not fsdp:  # round 2 at half round 1's learning rate, applied once on either path
+        extra["train.round_lr_decay"] = 0.5
     if loss == "sparsepo":
         extra.update({"loss.name": "sparsepo", "loss.mask": "learned", "reference.policy": "initial"})
     if fsdp:  # an odd number of pairs per step, several passes per micro-batch: processes run unequal shares
@@ -40,6 +42,8 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tiny_model_dir, tmp
         a = [json.loads(x) for x in (one / f"round-{r:03d}" / "train.jsonl").read_text().splitlines()]
         b = [json.loads(x) for x in (two / f"round-{r:03d}" / "train.jsonl").read_text().splitlines()]
         assert len(a) == len(b) > 0 and [x["examples"] for x in a] == [x["examples"] for x in b]
+        lr = 1e-3 * extra.get("train.round_lr_decay", 1.0) ** (r - 1)
+        assert all(x["lr"] == pytest.approx(lr) and y["lr"] == pytest.approx(lr) for x, y in zip(a, b)), r
         for x, y in zip(a, b):
             assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), (r, x["step"])
             # the margin is beta x a difference of summed log-probs of tens of nats, whose float32 rounding (one

@@ -84,7 +84,7 @@ def test_run_dir_with_other_config_is_refused_unless_forced(tmp_path):
     store.close()
     _store(tmp_path, "run.threads=1").close()  # threads do not change results
     other = load_config(overrides=[f"run.dir={tmp_path / 'run'}", "train.lr=1e-3"])
-    with pytest.raises(RunDirError, match=r"different config .*: train\.lr 1e-05 -> 0\.001;"):
+    with pytest.raises(RunDirError, match=r"different config .*: train\.lr 2e-05 -> 0\.001;"):
         _open(other)
     _open(other, force=True).close()
     assert store.manifest()["config_fingerprint"] == fingerprint(resolve(other))
@@ -159,7 +159,7 @@ def test_the_refusal_names_what_changed_and_survives_an_unreadable_config_yaml(t
     many = [f"run.dir={tmp_path / 'run'}", "train.lr=1e-3", "train.epochs=5", "loss.beta=0.3"]
     with pytest.raises(RunDirError) as refused:
         _open(load_config(overrides=many))
-    assert "loss.beta 0.1 -> 0.3, train.epochs 2 -> 5, train.lr 1e-05 -> 0.001;" in str(refused.value)
+    assert "loss.beta 0.1 -> 0.3, train.epochs 2 -> 5, train.lr 2e-05 -> 0.001;" in str(refused.value)
     (tmp_path / "run" / "config.yaml").write_text("[not: a mapping")
     with pytest.raises(RunDirError, match=r"different config \(fingerprint \w+, this one \w+\); choose"):
         _open(load_config(overrides=many))

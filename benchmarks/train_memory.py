@@ -63,6 +63,14 @@ class Phases:
         return rows
 
 
+def _value(text: str):
+    """A --set value: JSON (128, true, null), else the text itself (bfloat16)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainSection field")
@@ -77,7 +85,7 @@ def main() -> None:
     from iterpo.training import train
     from iterpo.training.offline import read_preferences, reference_logps, tokenize_pair
 
-    extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    extra = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     phases.mark("tokenizer, pairs and model")
     model_path = resolve_model_path("smollm2-135m-instruct")
     data = Path(os.environ.get("TMPDIR", "/tmp")) / "iterpo-train-memory-pairs.jsonl"

@@ -1,6 +1,7 @@
 """iterpo's own PyTorch training loop for preference losses of every data shape.
 
-AdamW (fused; or plain SGD, or L-BFGS to convergence), linear warm-up, gradient accumulation and clipping. A
+AdamW (fused, or with a bfloat16 first moment: training/optim.py; or plain SGD,
+or L-BFGS to convergence), linear warm-up, gradient accumulation and clipping. A
 micro-batch goes through the model packed (models/packing.py: each prompt once,
 no padding, the output layer only where response tokens are predicted), in
 forward passes of at most ``max_tokens_per_pass`` tokens, its RMSNorms and gated
@@ -25,6 +26,7 @@ from iterpo.models.device import bf16_by_default, model_device
 from iterpo.models.lean import lean_layers
 from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
+from iterpo.training.optim import AdamWBf16Mean
 from iterpo.training.parallel import DataParallel
 
 LBFGS_ITERATIONS = 200  # the most loss evaluations an L-BFGS step makes (train.optimizer lbfgs)
@@ -131,6 +133,10 @@ def train(
             history_size=50,
             line_search_fn="strong_wolfe",
         )
+    elif config.first_moment == "bfloat16":
+        if not _fused_ok(params):
+            raise ValueError("train.first_moment bfloat16 needs floating-point parameters on the CPU or a CUDA device")
+        optimizer = AdamWBf16Mean(groups, lr=config.lr, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=_fused_ok(params))
     micro = config.batch_size

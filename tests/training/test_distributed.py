@@ -36,6 +36,8 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tiny_model_dir, tmp
         extra.update({"loss.name": "sparsepo", "loss.mask": "learned", "reference.policy": "initial"})
     if fsdp:  # an odd number of pairs per step, several passes per micro-batch: processes run unequal shares
         extra.update({"train.fsdp": True, "train.max_tokens_per_pass": 40, "task.train_size": 7})
+        if not lora and loss == "dpo":  # AdamW's first moment in bfloat16 on the sharded weights
+            extra["train.first_moment"] = "bfloat16"
     one = _run(tiny_model_dir, tmp_path, "one", **{"train.grad_accum": 2, **extra, "train.fsdp": False})
     two = _run(tiny_model_dir, tmp_path, "two", **{"train.processes": 2, "train.grad_accum": 1, **extra})
     for r in (1, 2):
@@ -64,6 +66,8 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tiny_model_dir, tmp
     # last's, two sum theirs after, a rounding apart (under 0.1% of one step); sharded, the other rounding of
     # the log-probs moves them by under 1% of one step
     atol = 1e-5 if fsdp else 1e-6
+    if "train.first_moment" in extra:  # and where the sums differ by a rounding, the first moment's bfloat16 rounding
+        atol = 8 * 1e-3 / 256  # can fall the other way: up to 2^-8 of a step, in each of the 8 steps (seen 1.2e-5)
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=atol), k
     assert not (two / "round-001" / ".train-processes").exists()  # the scratch directory is cleaned up

@@ -82,7 +82,7 @@ OMITTED_AT_DEFAULT = {
     ("task", "tuning"): False,
     ("train", "lr_schedule"): "constant",
     ("train", "round_lr_decay"): 1.0,
-    ("train", "first_moment"): "float32",
+    ("train", "first_moment"): "float32",  # not the default (bfloat16): what runs made before it trained with
 }
 
 
@@ -179,6 +179,8 @@ def resolve(config: Config) -> dict:
     for (section, key), default in OMITTED_AT_DEFAULT.items():
         if data[section].get(key) == default:
             data[section].pop(key)
+    if config.train.optimizer != "adamw":
+        data["train"].pop("first_moment", None)  # AdamW's: another optimizer has no moment to keep
     if data.get("round", {}).get("stages") is None:
         data.pop("round", None)  # a derived round is not a setting: it follows from the others
     if config.warmup.file is None:

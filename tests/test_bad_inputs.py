@@ -173,11 +173,6 @@ CASES = [
     ),
     ("learning rate gone after round 1", RUN + SET + ["train.round_lr_decay=0"], ["round_lr_decay", "greater than 0"]),
     ("half-precision first moment", RUN + SET + ["train.first_moment=float16"], ["first_moment", "bfloat16"]),
-    (
-        "a first moment without AdamW",
-        RUN + SET + ["train.optimizer=sgd", "--set", "train.first_moment=bfloat16"],
-        ["train.first_moment bfloat16 is AdamW's: train.optimizer is sgd"],
-    ),
     ("infinite seed", RUN + SET + ["run.seed=.inf"], ["run.seed"]),
     ("unknown loss", RUN + SET + ["loss.name=dpoo"], ["unknown loss 'dpoo'", "known:"]),
     ("unknown loss option", RUN + SET + ["loss.betta=1"], ["dpo", "betta"]),

@@ -30,16 +30,14 @@ Columns:
 The iterpo rows switch its token-saving steps (models/packing.py) on one at a
 time, from a plain loop (every sequence prompt + response padded, full logits,
 reference model run every step), so each is measured on its own. iterpo's
-default splits a batch into forward passes of at most 192 tokens
+default splits a batch into forward passes of at most 256 tokens
 (``train.max_tokens_per_pass``), which bounds activation memory at a small cost
 in speed, adds the output layer's gradient into ``.grad`` in place (a tied
-embedding's as sparse rows), runs the RMSNorms and gated MLPs with lean
-backward passes that keep fewer activations (models/lean.py), and keeps AdamW's
-first moment in bfloat16 (training/optim.py). Every other iterpo row uses exact
-float32 AdamW, as TRL does, and passes of at most 256 tokens (the defaults
-before 2026-11-30's change; the row "without lean layers" runs them without
-lean layers); the rows marked "one pass" run each batch of 8 pairs in one pass;
-the checkpointing rows recompute activations in the backward.
+embedding's as sparse rows), and runs the RMSNorms and gated MLPs with lean
+backward passes that keep fewer activations (models/lean.py; the row "without
+lean layers" runs the defaults without them); the rows marked "one pass" run
+each batch of 8 pairs in one pass; the checkpointing rows recompute activations
+in the backward.
 """
 
 from __future__ import annotations
@@ -60,34 +58,38 @@ LR, BATCH, PAIRS, BETA, SEED = 1e-6, 8, 64, 0.1, 0
 
 # name: (trainer, description, layout flags (shared_prompt, padding_free, response_logits, grads_in_place,
 # lean_layers), stored reference, extra)
-# the defaults before AdamW's first moment became bfloat16 (2026-11-30): exact float32 AdamW, passes of <= 256
-# tokens; every row below but "iterpo" starts from them, so each measures its own switch against exact AdamW
-EXACT = {"first_moment": "float32", "max_tokens_per_pass": 256}
-ONE = {**EXACT, "max_tokens_per_pass": None}  # a whole batch of 8 pairs in one forward pass
+ONE = {"max_tokens_per_pass": None}  # a whole batch of 8 pairs in one forward pass
 CONFIGS = {
     "trl": ("trl", "TRL 1.16 DPOTrainer (baseline)", None, False, {}),
-    "iterpo": (
-        "iterpo",
-        "iterpo, defaults (bfloat16 first moment, passes of <= 192 tokens)",
-        (1, 1, 1, 1, 1),
-        True,
-        {},
-    ),
-    "exact": ("iterpo", "iterpo, float32 AdamW, passes of <= 256 tokens", (1, 1, 1, 1, 1), True, EXACT),
-    "no_lean": ("iterpo", "  the same without lean layers", (1, 1, 1, 1, 0), True, EXACT),
+    "iterpo": ("iterpo", "iterpo, defaults (passes of <= 256 tokens)", (1, 1, 1, 1, 1), True, {}),
+    "no_lean": ("iterpo", "  defaults without lean layers", (1, 1, 1, 1, 0), True, {}),
     "passes_checkpointing": (
         "iterpo",
-        "  the same + gradient checkpointing",
+        "  defaults + gradient checkpointing",
         (1, 1, 1, 1, 1),
         True,
-        {**EXACT, "gradient_checkpointing": True},
+        {"gradient_checkpointing": True},
     ),
     "autograd_grads": (
         "iterpo",
         "  the same, gradients summed by autograd",
         (1, 1, 1, 0, 1),
         True,
-        {**EXACT, "gradient_checkpointing": True},
+        {"gradient_checkpointing": True},
+    ),
+    "bf16_mean": (
+        "iterpo",
+        "  defaults + AdamW's first moment in bfloat16",
+        (1, 1, 1, 1, 1),
+        True,
+        {"first_moment": "bfloat16"},
+    ),
+    "bf16_mean_192": (
+        "iterpo",
+        "  the same, passes of <= 192 tokens",
+        (1, 1, 1, 1, 1),
+        True,
+        {"first_moment": "bfloat16", "max_tokens_per_pass": 192},
     ),
     "one_pass": ("iterpo", "iterpo, one pass per batch", (1, 1, 1, 1, 1), True, ONE),
     "plain": ("iterpo", "iterpo, plain loop (none of the below)", (0, 0, 0, 0, 0), False, ONE),

@@ -271,12 +271,11 @@ class TrainSection(Section):
     L-BFGS with a strong-Wolfe line search until the gradient vanishes (up to 200 evaluations of the step's
     whole batch; no clipping, one process), for small models trained to the loss's minimiser, as the closed
     forms of iterative DPO and APO assume."""
-    first_moment: Literal["float32", "bfloat16"] = "bfloat16"
+    first_moment: Literal["float32", "bfloat16"] = "float32"
     """adamw: the dtype of its first moment (the gradients' running mean) for float32 weights. bfloat16 takes
     2 of the optimizer's 8 bytes per parameter off (257 MB for a 135M model) at about the same speed, each
     step's arithmetic still float32 and the second moment float32 (iterpo.training.optim); on a device other
-    than the CPU or a CUDA GPU the moment stays float32. float32: exactly torch's AdamW. Runs made before this
-    setting existed trained with float32."""
+    than the CPU or a CUDA GPU the moment stays float32. float32: exactly torch's AdamW."""
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=4, ge=1)
     """Pairs per optimizer micro-batch."""
@@ -292,7 +291,7 @@ class TrainSection(Section):
     round_lr_decay: float = Field(default=1.0, gt=0, le=1)
     """Round r trains at lr x round_lr_decay^(r - 1): below 1, each round takes smaller steps than the one before
     (1: every round at lr). It keeps decaying with every round run; the warm-up and `iterpo train` train at lr."""
-    max_tokens_per_pass: int | None = Field(default=192, ge=1)
+    max_tokens_per_pass: int | None = Field(default=256, ge=1)
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory. Raise it on a large GPU;
     null: one pass per micro-batch."""

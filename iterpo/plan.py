@@ -82,7 +82,7 @@ OMITTED_AT_DEFAULT = {
     ("task", "tuning"): False,
     ("train", "lr_schedule"): "constant",
     ("train", "round_lr_decay"): 1.0,
-    ("train", "first_moment"): "float32",  # not the default (bfloat16): what runs made before it trained with
+    ("train", "first_moment"): "float32",
 }
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from iterpo.judges.reward_model import encode_chats, skew
+from iterpo.models.loading import own_memory
 from iterpo.sampling import derive_seed
 
 P = TypeVar("P", "RewardPair", "LabelledText")
@@ -149,6 +150,7 @@ def fit(
     """AdamW on batch_loss over items, opts.batch_size at a time for opts.epochs, each epoch in an order drawn
     from (opts.seed, order, epoch); gradients clipped to norm 1. Returns each step's loss; progress(1) after
     each step."""
+    own_memory([p for p in model.parameters() if p.requires_grad])  # before the first step writes them
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr)
     losses = []
     for epoch in range(opts.epochs):

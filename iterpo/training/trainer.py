@@ -24,6 +24,7 @@ import torch
 from iterpo.losses import Loss
 from iterpo.models.device import bf16_by_default, model_device
 from iterpo.models.lean import lean_layers
+from iterpo.models.loading import own_memory
 from iterpo.models.packing import Layout, packed_attention
 from iterpo.training.examples import COLLATE
 from iterpo.training.optim import AdamWBf16Mean
@@ -282,42 +283,6 @@ def set_checkpointing(model, on: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_disable()
-
-
-def own_memory(params: list[torch.Tensor]) -> None:
-    """Give CPU weights that still lie in a memory-mapped checkpoint file memory of their own, in place.
-
-    transformers loads safetensors on the CPU as views of the file mapped into memory (copy-on-write). The
-    first optimizer step writes every weight, and the operating system then copies each 4 KiB page on its
-    own fault: 2.5-3 s for SmolLM2-135M's 513 MB on a 2-core virtual machine, a tenth of the training
-    benchmark's time, against 0.25 s for one copy made here. Only trained weights are copied: frozen ones
-    (a LoRA's base) stay mapped, shared with every process that reads the same file.
-    """
-    mapped = _file_mappings()
-    with torch.no_grad():
-        for p in params:
-            if p.device.type != "cpu" or type(p.data) is not torch.Tensor:  # a GPU's, or an FSDP shard (copied)
-                continue
-            address = p.data_ptr()
-            if mapped is None or any(start <= address < end for start, end in mapped):
-                p.data = p.data.clone()
-
-
-def _file_mappings() -> list[tuple[int, int]] | None:
-    """The address ranges of this process's memory that map files (Linux's /proc/self/maps); None where there
-    is no such list to read."""
-    try:
-        with open("/proc/self/maps") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    ranges = []
-    for line in lines:
-        fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
-        if len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/"):
-            start, end = fields[0].split("-")
-            ranges.append((int(start, 16), int(end, 16)))
-    return ranges
 
 
 def _fused_ok(params) -> bool:

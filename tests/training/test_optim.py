@@ -93,7 +93,7 @@ def test_the_trainer_trains_with_it_as_with_float32_moments(tiny_model_dir, toke
 
 
 def test_trained_weights_leave_the_mapped_checkpoint_and_frozen_ones_stay(tiny_model_dir):
-    from iterpo.training.trainer import _file_mappings, own_memory
+    from iterpo.models.loading import _file_mappings, own_memory
 
     def mapped(p):
         return any(start <= p.data_ptr() < end for start, end in _file_mappings())

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import resource
 import sys
 import threading
 import time
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -63,14 +64,6 @@ class Phases:
         return rows
 
 
-def _value(text: str):
-    """A --set value: JSON (128, true, null), else the text itself (bfloat16)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainSection field")
@@ -85,7 +78,8 @@ def main() -> None:
     from iterpo.training import train
     from iterpo.training.offline import read_preferences, reference_logps, tokenize_pair
 
-    extra = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    # values read as iterpo's own --set reads them (YAML: 128, true, null, bfloat16)
+    extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     phases.mark("tokenizer, pairs and model")
     model_path = resolve_model_path("smollm2-135m-instruct")
     data = Path(os.environ.get("TMPDIR", "/tmp")) / "iterpo-train-memory-pairs.jsonl"

@@ -1,8 +1,11 @@
-"""Where a GGUF file's converted copy is cached: named by the file's contents, not by where it is installed."""
+"""Where a GGUF file's converted copy is cached (named by the file's contents, not by where it is installed), and
+loaded weights that training writes given memory of their own."""
 
 import shutil
 
-from iterpo.models.loading import _gguf_cache_path, convert_gguf
+import torch
+
+from iterpo.models.loading import _file_mappings, _gguf_cache_path, convert_gguf, load_model, own_memory
 
 
 def test_the_same_gguf_installed_in_two_places_is_converted_once(tmp_path, monkeypatch):
@@ -66,3 +69,19 @@ def test_the_digest_is_read_back_instead_of_reading_the_file_again(tmp_path, mon
     assert _gguf_cache_path(gguf).name == "Model-0123456789ab"
     notes[0].write_text("not a digest")  # a damaged note: computed again from the file
     assert _gguf_cache_path(gguf) == first
+
+
+def test_trained_weights_leave_the_mapped_checkpoint_and_frozen_ones_stay(tiny_model_dir):
+    def mapped(p):
+        return any(start <= p.data_ptr() < end for start, end in _file_mappings())
+
+    model = load_model(tiny_model_dir)
+    params = list(model.parameters())
+    assert all(mapped(p) for p in params)  # transformers maps the safetensors file: copy-on-write views of it
+    values = [p.detach().clone() for p in params]
+    frozen = model.model.layers[0].mlp.up_proj.weight
+    trained = [p for p in params if p is not frozen]
+    own_memory(trained)
+    assert not any(mapped(p) for p in trained) and mapped(frozen)
+    assert all(torch.equal(p, v) for p, v in zip(params, values))
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still one tied matrix

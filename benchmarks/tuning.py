@@ -11,7 +11,8 @@ to --results (default benchmarks/tuning.jsonl): its settings, tuning-set accurac
 held-out figure), accuracy on the tuning questions in the 4 phrasings no training prompt uses (the analyses'
 shifted set: its first 16 questions), the last round's accuracy on all 100 of them (after the timed run), and
 the wall time of the whole command (the model's one-time conversion is cached before). The experiments run one
-at a time: timings taken side by side on a small machine are wrong.
+at a time: timings taken side by side on a small machine are wrong. Once scored, a run keeps only its last
+round's checkpoint (a few hundred experiments would otherwise fill a disk).
 
     python benchmarks/tuning.py --backfill                              # the all-100 figure for older rows
     python benchmarks/tuning.py --errors NAME                           # run NAME's wrong answers, by kind
@@ -53,6 +54,8 @@ def run(name: str, overrides: list[str], root: Path, results: Path) -> dict:
         "shifted_all": shifted_accuracy(run_dir)[0],
         "date": time.strftime("%Y-%m-%d"),
     }
+    for checkpoint in sorted(run_dir.glob("round-*/checkpoint"))[:-1]:
+        shutil.rmtree(checkpoint)  # ~0.5 GB a round; --backfill needs only the last, --errors none
     with results.open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row

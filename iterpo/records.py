@@ -12,9 +12,9 @@ source and index.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
@@ -315,4 +315,20 @@ def from_table(table: pa.Table, cls: type[R]) -> list[R]:
         if cls is Prompt:
             row["messages"] = json.loads(row["messages"])
         out.append(cls(**row))
+    return out
+
+
+class OfPrompt(Protocol):
+    prompt_id: str
+
+
+P = TypeVar("P", bound=OfPrompt)
+
+
+def by_prompt(items: Iterable[P]) -> dict[str, list[P]]:
+    """Items (responses, pairs) grouped by prompt id: prompts in the order of their first item, each prompt's items
+    in their own order."""
+    out: dict[str, list[P]] = {}
+    for x in items:
+        out.setdefault(x.prompt_id, []).append(x)
     return out

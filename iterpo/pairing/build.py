@@ -16,7 +16,7 @@ from iterpo.pairing.base import (
     win_rates,
 )
 from iterpo.pairing.side import degree_targets, rationale_of, rationale_target
-from iterpo.records import Judgement, LabelledResponse, Preference, Prompt, Rollout
+from iterpo.records import Judgement, LabelledResponse, Preference, Prompt, Rollout, by_prompt
 
 
 def _assign_kl_partners(examples: list[LabelledResponse]) -> None:
@@ -89,29 +89,26 @@ def build_examples(
     """
 
     def group(rs: list[Rollout], js: list[Judgement]):
-        by_prompt: dict[str, list[Rollout]] = {}
-        for r in rs:
-            by_prompt.setdefault(r.prompt_id, []).append(r)
         verdicts: dict[str, dict[int, Judgement]] = {}
         for j in js:
             verdicts.setdefault(j.prompt_id, {})[j.sample_idx] = j
-        return by_prompt, verdicts
+        return by_prompt(rs), verdicts
 
-    by_prompt, verdicts = group(rollouts, judgements)
+    of_prompt, verdicts = group(rollouts, judgements)
     first = group(*initial) if initial is not None else None
     penalty = strategy.shared().length_penalty
     result = PairingResult(strategy.data_shape, [])
     result.failed_judgements = sum(j.failed for j in judgements)
     for p in prompts:
         cands = candidates(
-            by_prompt.get(p.prompt_id, []),
+            of_prompt.get(p.prompt_id, []),
             verdicts.get(p.prompt_id, {}),
             penalty,
             strategy.keeps_duplicates,
             (opponents or {}).get(p.prompt_id),
         )
         if not cands:
-            result.skipped["judge failed on every response" if by_prompt.get(p.prompt_id) else "no responses"] += 1
+            result.skipped["judge failed on every response" if of_prompt.get(p.prompt_id) else "no responses"] += 1
             continue
         if len(cands) < strategy.min_candidates:
             result.skipped["fewer than two distinct judged responses"] += 1

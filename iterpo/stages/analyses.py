@@ -19,7 +19,7 @@ from iterpo.errors import JudgeFailure
 from iterpo.judges import judge_all
 from iterpo.pairing.base import scored_apart, sigmoid
 from iterpo.progress import bar
-from iterpo.records import Judgement, Prompt, Rollout, to_table
+from iterpo.records import Judgement, Prompt, Rollout, by_prompt, to_table
 from iterpo.sampling import derive_seed
 from iterpo.stages.sample import greedy, rollouts_of
 from iterpo.training import LiveReference
@@ -120,11 +120,8 @@ def heldout_pairs(ctx, r: int, sampler, sets: dict[str, list[Prompt]]) -> dict[s
     score = {(j.prompt_id, j.sample_idx): j.score for j in judgements if not j.failed}
     out: dict[str, list] = {}
     for name in sets:
-        by_prompt: dict[str, list[Rollout]] = {}
-        for x in rollouts:
-            if x.source == name:
-                by_prompt.setdefault(x.prompt_id, []).append(x)
-        out[name] = [pair for group in by_prompt.values() for pair in _pairs_of(group, score)]
+        groups = by_prompt(x for x in rollouts if x.source == name).values()
+        out[name] = [pair for group in groups for pair in _pairs_of(group, score)]
     return out
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from iterpo.judges import judge_all, uncached
 from iterpo.judges.base import Ask
 from iterpo.progress import bar
-from iterpo.records import Judgement, Rollout, to_table
+from iterpo.records import Judgement, Rollout, by_prompt, to_table
 from iterpo.stages.base import Stage, register_stage
 
 
@@ -53,25 +53,21 @@ class Judge(Stage):
             raise ValueError(f"opponents {self.opponents!r} names no earlier sample stage of the round")
 
     def run(self, ctx, r):
-        by_prompt: dict[str, list[Rollout]] = {}
-        for x in ctx.read(r, self.file("rollouts"), Rollout):
-            by_prompt.setdefault(x.prompt_id, []).append(x)
+        of_prompt = by_prompt(ctx.read(r, self.file("rollouts"), Rollout))
         judge, cache = ctx.plan.judge, ctx.judge_cache()
         judge.setup(ctx.judge_context(r, cache))
         if self.opponents is not None:
-            against: dict[str, list[Rollout]] = {}
             path = ctx.plan.stage_labelled(self.opponents).file("rollouts")
-            for x in ctx.read(r, path, Rollout):
-                against.setdefault(x.prompt_id, []).append(x)
+            against = by_prompt(ctx.read(r, path, Rollout))
             ask = lambda prompt, todo: judge.judge_against(prompt, todo, against.get(prompt.prompt_id, []))  # noqa: E731
         else:
-            ask = remote_verdicts(ctx, r, judge, by_prompt, cache)
+            ask = remote_verdicts(ctx, r, judge, of_prompt, cache)
         prompts = ctx.prompts_of_round(r)
         with bar("judging", len(prompts)) as advance:
             judgements = judge_all(
                 judge,
                 prompts,
-                by_prompt,
+                of_prompt,
                 cache,
                 ctx.config.sampling.shard_size,
                 ctx.config.judge.max_failed_share,

@@ -17,7 +17,7 @@ from typing import Any
 from iterpo.judges import judge_all
 from iterpo.pairing import RECORD_TYPE, sigmoid
 from iterpo.progress import bar
-from iterpo.records import Rollout, to_table
+from iterpo.records import Rollout, by_prompt, to_table
 from iterpo.sampling import derive_seed
 from iterpo.sampling.base import TransformersSampler
 from iterpo.stages.base import Stage, register_stage
@@ -66,15 +66,13 @@ class LookAhead(Stage):
         del sampler, future, future_model  # the look-ahead model is not needed any more: free it before judging
         judge, cache = ctx.plan.judge, ctx.judge_cache()
         judge.setup(ctx.judge_context(r, cache))
-        by_prompt: dict[str, list[Rollout]] = {}
-        for a in answers:
-            by_prompt.setdefault(a.prompt_id, []).append(a)
+        of_prompt = by_prompt(answers)
         with bar("judging look-ahead", len(prompts)) as advance:
             verdicts = judge_all(
-                judge, prompts, by_prompt, cache, s.shard_size, ctx.config.judge.max_failed_share, advance
+                judge, prompts, of_prompt, cache, s.shard_size, ctx.config.judge.max_failed_share, advance
             )
         best: dict[str, tuple[float, Rollout]] = {}
-        for a, j in zip([a for p in prompts for a in by_prompt[p.prompt_id]], verdicts):
+        for a, j in zip([a for p in prompts for a in of_prompt[p.prompt_id]], verdicts):
             if not j.failed and (a.prompt_id not in best or j.score > best[a.prompt_id][0]):
                 best[a.prompt_id] = (j.score, a)
         ctx.store.write_parquet(ctx.store.path(r, self.file("look_ahead_rollouts")), to_table(answers, Rollout))

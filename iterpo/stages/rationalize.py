@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 
 from iterpo.errors import ConfigError, DataError
-from iterpo.records import Prompt, Rollout
+from iterpo.records import Prompt, Rollout, by_prompt
 from iterpo.sampling import derive_seed
 from iterpo.stages.base import Stage, register_stage
 from iterpo.stages.verdicts import Verdicts, in_shards
@@ -104,9 +104,7 @@ class Rationalize(Stage):
                 f"round.stages: {self.label} hints at each prompt's reference answer, and no prompt of round {r} "
                 f"has one (task {ctx.config.task.name!r}); use a task whose prompts carry answers"
             )
-        by_prompt: dict[str, list[Rollout]] = {}
-        for x in ctx.read(r, self.input("rollouts"), Rollout):
-            by_prompt.setdefault(x.prompt_id, []).append(x)
+        of_prompt = by_prompt(ctx.read(r, self.input("rollouts"), Rollout))
         work = Hinting(self, ctx, r)
         start = time.perf_counter()
         rows, resumed = in_shards(
@@ -114,7 +112,7 @@ class Rationalize(Stage):
             r,
             ctx.store.path(r, self.file("rollouts")),
             "rationalizing",
-            [(p, by_prompt.get(p.prompt_id, [])) for p in prompts],
+            [(p, of_prompt.get(p.prompt_id, [])) for p in prompts],
             work.shard,
             work.sampler,
             work.cache,
@@ -124,7 +122,7 @@ class Rationalize(Stage):
         seconds = time.perf_counter() - start
         for shard in resumed:  # shards a crashed run finished: their unsolved prompts, from the cached verdicts
             work.unsolved += len(work.unsolved_of(shard))
-        read = {(x.prompt_id, x.source, x.sample_idx) for ros in by_prompt.values() for x in ros}
+        read = {(x.prompt_id, x.source, x.sample_idx) for ros in of_prompt.values() for x in ros}
         kept = [x for x in rows if (x.prompt_id, x.source, x.sample_idx) not in read]
         return {
             "unsolved": work.unsolved,

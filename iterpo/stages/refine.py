@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from iterpo.errors import ConfigError
 from iterpo.models.chat import encode_prompt
 from iterpo.models.loading import load_model, load_tokenizer, resolve_model_path
-from iterpo.records import Judgement, Prompt, Rollout
+from iterpo.records import Judgement, Prompt, Rollout, by_prompt
 from iterpo.sampling import TransformersSampler, derive_seed
 from iterpo.stages.base import Stage, register_stage
 from iterpo.stages.verdicts import Verdicts, in_shards
@@ -119,9 +119,7 @@ class Refine(Stage):
 
     def run(self, ctx, r):
         prompts = ctx.prompts_of_round(r)
-        by_prompt: dict[str, list[Rollout]] = {}
-        for x in ctx.read(r, self.input("rollouts"), Rollout):
-            by_prompt.setdefault(x.prompt_id, []).append(x)
+        of_prompt = by_prompt(ctx.read(r, self.input("rollouts"), Rollout))
         work = Revising(self, ctx, r)
         start = time.perf_counter()
         rows, _ = in_shards(
@@ -129,7 +127,7 @@ class Refine(Stage):
             r,
             ctx.store.path(r, self.file("rollouts")),
             "refining",
-            [(p, by_prompt.get(p.prompt_id, [])) for p in prompts],
+            [(p, of_prompt.get(p.prompt_id, [])) for p in prompts],
             work.shard,
             work.sampler,
             work.cache,

@@ -14,7 +14,7 @@ from typing import Literal
 from iterpo.errors import ConfigError
 from iterpo.pairing.base import scored_apart
 from iterpo.progress import bar
-from iterpo.records import Judgement, Preference, Rollout
+from iterpo.records import Judgement, Preference, Rollout, by_prompt
 from iterpo.stages.base import Stage, register_stage
 from iterpo.training.reward_model import (
     RewardPair,
@@ -30,11 +30,8 @@ def all_pairs(ctx, rollouts: list[Rollout], judgements: list[Judgement], per_pro
     """Every pair of one prompt's responses the judge scored apart, higher first: each response with each one
     scored lower, in sample order, at most per_prompt pairs a prompt."""
     score = {(j.prompt_id, j.sample_idx): j.score for j in judgements if not j.failed}
-    by_prompt: dict[str, list[Rollout]] = {}
-    for x in rollouts:
-        by_prompt.setdefault(x.prompt_id, []).append(x)
     out = []
-    for pid, group in by_prompt.items():
+    for pid, group in by_prompt(rollouts).items():
         found = scored_apart(group, score)[:per_prompt]
         messages = ctx.prompt(pid).messages
         out += [RewardPair(pid, messages + w.context, w.text, lo.text) for w, lo in found]

@@ -32,7 +32,7 @@ from iterpo.judges.code import extract_code, timed_hidden_tests
 from iterpo.judges.mutual import mutual_scores
 from iterpo.judges.sandbox import SandboxLimits, check_sandbox
 from iterpo.progress import bar
-from iterpo.records import Judgement, Prompt, Rollout, from_table, to_table
+from iterpo.records import Judgement, Prompt, Rollout, by_prompt, from_table, to_table
 from iterpo.sampling import derive_seed
 from iterpo.stages.base import Stage, register_stage
 
@@ -102,9 +102,7 @@ class SelfTests(Stage):
         store, size = ctx.store, ctx.config.sampling.shard_size
         outs = {role: store.path(r, self.file(role)) for role in self.writes}
         prompts = ctx.prompts_of_round(r)
-        by_prompt: dict[str, list[Rollout]] = {}
-        for x in ctx.read(r, self.input("rollouts"), Rollout):
-            by_prompt.setdefault(x.prompt_id, []).append(x)
+        of_prompt = by_prompt(ctx.read(r, self.input("rollouts"), Rollout))
         shards = [prompts[i : i + size] for i in range(0, len(prompts), size)]
         kinds = {"judgements": Judgement, "tests": Rollout, "test_judgements": Judgement}
         found = {role: store.intact_shards(path, len(shards)) for role, path in outs.items()}
@@ -124,7 +122,7 @@ class SelfTests(Stage):
                 rows: dict[str, list] = {"judgements": [], "tests": [], "test_judgements": []}
                 for p in shards[n]:
                     mine = [t for t in tests if t.prompt_id == p.prompt_id]
-                    judged, scored, count = self.rank(p, by_prompt.get(p.prompt_id, []), mine, limits)
+                    judged, scored, count = self.rank(p, of_prompt.get(p.prompt_id, []), mine, limits)
                     rows["judgements"] += judged
                     rows["tests"] += mine
                     rows["test_judgements"] += scored

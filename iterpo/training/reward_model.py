@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from iterpo.judges.reward_model import encode_chats, skew
 from iterpo.models.loading import own_memory
+from iterpo.records import by_prompt
 from iterpo.sampling import derive_seed
 
 P = TypeVar("P", "RewardPair", "LabelledText")
@@ -259,14 +260,12 @@ def train_ensemble(
     opts.check()
     start = time.perf_counter()
     train, heldout = split_to_train(pairs, opts, "pairs")
-    by_prompt: dict[str, list[RewardPair]] = {}
-    for p in train:
-        by_prompt.setdefault(p.prompt_id, []).append(p)
-    prompts = list(by_prompt)
+    of_prompt = by_prompt(train)
+    prompts = list(of_prompt)
     built, losses = [], []
     for m in range(members):
         rng = random.Random(derive_seed(opts.seed, "reward-bootstrap", m))
-        resample = [p for pid in rng.choices(prompts, k=len(prompts)) for p in by_prompt[pid]]
+        resample = [p for pid in rng.choices(prompts, k=len(prompts)) for p in of_prompt[pid]]
         member = dataclasses.replace(opts, heldout=0.0, seed=derive_seed(opts.seed, "reward-member", m) % 2**31)
         model, tok, report = train_preference_model(backbone, resample, member, device, progress)
         built.append((model, tok))

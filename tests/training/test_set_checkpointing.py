@@ -33,3 +33,41 @@ def test_the_current_names_where_the_model_has_them_else_the_older_ones():
         set_checkpointing(model, False)
     assert newer.calls == [("new enable", {"use_reentrant": False}), ("new disable", None)]
     assert older.calls == [("enable", {"use_reentrant": False}), ("disable", None)]
+
+
+def test_checkpointing_changes_no_value(tiny_model_dir, tokenizer, monkeypatch):
+    """The recomputed forward is the same arithmetic as the first: the same losses and the same weights, bit for
+    bit, with the default layout (lean layers, gradients added in place) and several passes per step."""
+    import torch
+
+    from iterpo.config import TrainSection
+    from iterpo.losses import get_loss
+    from iterpo.models import lean
+    from iterpo.models.loading import load_model
+    from iterpo.training import train
+    from iterpo.training.offline import reference_logps, tokenize_pair
+
+    rows = [
+        {"prompt": f"Q: what is {a} + {b}?\nA:", "chosen": f" {a + b}", "rejected": f" {a + b + 1}"}
+        for a, b in [(12, 30), (7, 8), (41, 19), (3, 99), (50, 50), (21, 4)]
+    ]
+    examples = [tokenize_pair(tokenizer, r) for r in rows]
+    for e, r in zip(examples, reference_logps(load_model(tiny_model_dir), examples, 4, tokenizer.pad_token_id)):
+        e.ref_logps = r
+    mlp_forward, forwards = lean._mlp_forward, {False: 0, True: 0}
+    logs, models = {}, {}
+    for on in (False, True):
+
+        def counted(*args, on=on, **kwargs):
+            forwards[on] += 1
+            return mlp_forward(*args, **kwargs)
+
+        monkeypatch.setattr(lean, "_mlp_forward", counted)
+        models[on] = load_model(tiny_model_dir)
+        config = TrainSection(lr=1e-3, batch_size=3, epochs=2, max_tokens_per_pass=40, gradient_checkpointing=on)
+        logs[on] = train(models[on], examples, get_loss("dpo"), config, seed=0, pad_id=tokenizer.pad_token_id)
+    assert forwards[True] == 2 * forwards[False] > 0  # every layer's forward ran again in the backward
+    assert [x["loss"] for x in logs[True]] == [x["loss"] for x in logs[False]]
+    first, second = dict(models[False].named_parameters()), dict(models[True].named_parameters())
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["model.embed_tokens.weight"], load_model(tiny_model_dir).model.embed_tokens.weight)

@@ -117,3 +117,19 @@ def recipe_config(name, tiny_model_dir, run_dir):
 def table(store, r, name):
     """A round's parquet file as a list of rows."""
     return pq.read_table(store.path(r, name)).to_pylist()
+
+
+def sum_pairs(tokenizer, model_dir: str) -> list:
+    """Six arithmetic preference pairs (right sum over one more), tokenized, with the model's reference
+    log-probs: a small offline training set for trainer tests."""
+    from iterpo.models.loading import load_model
+    from iterpo.training.offline import reference_logps, tokenize_pair
+
+    rows = [
+        {"prompt": f"Q: what is {a} + {b}?\nA:", "chosen": f" {a + b}", "rejected": f" {a + b + 1}"}
+        for a, b in [(12, 30), (7, 8), (41, 19), (3, 99), (50, 50), (21, 4)]
+    ]
+    examples = [tokenize_pair(tokenizer, r) for r in rows]
+    for e, r in zip(examples, reference_logps(load_model(model_dir), examples, 4, tokenizer.pad_token_id)):
+        e.ref_logps = r
+    return examples

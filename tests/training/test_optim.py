@@ -7,7 +7,8 @@ from iterpo.config import TrainSection
 from iterpo.losses import get_loss
 from iterpo.models.loading import load_model
 from iterpo.training import optim, train
-from iterpo.training.offline import reference_logps, tokenize_pair
+
+from helpers import sum_pairs
 
 
 def _pairs_of_params(dtype, generator):
@@ -70,13 +71,7 @@ def test_float32_weights_keep_the_first_moment_in_bfloat16(monkeypatch):
 
 
 def test_the_trainer_trains_with_it_as_with_float32_moments(tiny_model_dir, tokenizer):
-    rows = [
-        {"prompt": f"Q: what is {a} + {b}?\nA:", "chosen": f" {a + b}", "rejected": f" {a + b + 1}"}
-        for a, b in [(12, 30), (7, 8), (41, 19), (3, 99), (50, 50), (21, 4)]
-    ]
-    examples = [tokenize_pair(tokenizer, r) for r in rows]
-    for e, r in zip(examples, reference_logps(load_model(tiny_model_dir), examples, 4, tokenizer.pad_token_id)):
-        e.ref_logps = r
+    examples = sum_pairs(tokenizer, tiny_model_dir)
     losses, models = {}, {}
     for dtype in ("float32", "bfloat16"):
         models[dtype] = load_model(tiny_model_dir)

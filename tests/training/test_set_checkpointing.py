@@ -1,6 +1,16 @@
-"""set_checkpointing switches by transformers' current names, and by the older ones on models that lack them."""
+"""set_checkpointing switches by transformers' current names, and by the older ones on models that lack them; training
+with checkpointing gives the same values as without."""
 
+import torch
+
+from iterpo.config import TrainSection
+from iterpo.losses import get_loss
+from iterpo.models import lean
+from iterpo.models.loading import load_model
+from iterpo.training import train
 from iterpo.training.trainer import set_checkpointing
+
+from helpers import sum_pairs
 
 
 class _Older:
@@ -38,22 +48,7 @@ def test_the_current_names_where_the_model_has_them_else_the_older_ones():
 def test_checkpointing_changes_no_value(tiny_model_dir, tokenizer, monkeypatch):
     """The recomputed forward is the same arithmetic as the first: the same losses and the same weights, bit for
     bit, with the default layout (lean layers, gradients added in place) and several passes per step."""
-    import torch
-
-    from iterpo.config import TrainSection
-    from iterpo.losses import get_loss
-    from iterpo.models import lean
-    from iterpo.models.loading import load_model
-    from iterpo.training import train
-    from iterpo.training.offline import reference_logps, tokenize_pair
-
-    rows = [
-        {"prompt": f"Q: what is {a} + {b}?\nA:", "chosen": f" {a + b}", "rejected": f" {a + b + 1}"}
-        for a, b in [(12, 30), (7, 8), (41, 19), (3, 99), (50, 50), (21, 4)]
-    ]
-    examples = [tokenize_pair(tokenizer, r) for r in rows]
-    for e, r in zip(examples, reference_logps(load_model(tiny_model_dir), examples, 4, tokenizer.pad_token_id)):
-        e.ref_logps = r
+    examples = sum_pairs(tokenizer, tiny_model_dir)
     mlp_forward, forwards = lean._mlp_forward, {False: 0, True: 0}
     logs, models = {}, {}
     for on in (False, True):

@@ -181,9 +181,11 @@ def test_egpo_recipe_samples_the_half_step_and_steps_again_from_the_rounds_polic
         for name in ("train_half.jsonl", "train.jsonl"):
             log = _log(store, r, name)
             # both steps start from the round's policy; the reference is the starting model, which round 1's
-            # policy is (no margin at its first step) and round 2's is not
-            first = (log[0]["reward_chosen"], log[0]["reward_rejected"])
-            assert (first == (0.0, 0.0)) == (r == 1), (r, name, first)
+            # policy is (no margin at its first step, up to float32 rounding: the reference stage and the
+            # trainer batch the rows differently, and a CPU's matmul kernels may round by the batch's shape) and
+            # round 2's is not
+            first = max(abs(log[0]["reward_chosen"]), abs(log[0]["reward_rejected"]))
+            assert (first < 1e-5) == (r == 1), (r, name, first)
     # the half-step samples are the half-step policy's: drawn again from checkpoint_half with their seeds
     plan, store = driver.open_run(load_config(tmp_path / "recipe.yaml"))
     try:
@@ -400,9 +402,10 @@ def test_online_ipo_recipe_regresses_towards_the_starting_model(tiny_model_dir, 
         pairs = _table(store, r, "preferences.parquet")
         assert pairs and all(p["chosen_win_rate"] > p["rejected_win_rate"] for p in pairs)
         log = _log(store, r, "train.jsonl")
-        # against the starting model: round 1's policy is it (no margin at the first step), round 2's is not
-        first = (log[0]["reward_chosen"], log[0]["reward_rejected"])
-        assert (first == (0.0, 0.0)) == (r == 1), (r, first)
+        # against the starting model: round 1's policy is it (no margin at the first step, up to float32
+        # rounding, as in the egpo test above), round 2's is not
+        first = max(abs(log[0]["reward_chosen"]), abs(log[0]["reward_rejected"]))
+        assert (first < 1e-5) == (r == 1), (r, first)
 
 
 def test_a_train_stage_takes_its_own_training_settings(tiny_model_dir, tmp_path):

@@ -29,15 +29,16 @@ Columns:
 
 The iterpo rows switch its token-saving steps (models/packing.py) on one at a
 time, from a plain loop (every sequence prompt + response padded, full logits,
-reference model run every step), so each is measured on its own. iterpo's
-default splits a batch into forward passes of at most 256 tokens
-(``train.max_tokens_per_pass``), which bounds activation memory at a small cost
-in speed, adds the output layer's gradient into ``.grad`` in place (a tied
-embedding's as sparse rows), and runs the RMSNorms and gated MLPs with lean
-backward passes that keep fewer activations (models/lean.py; the row "without
-lean layers" runs the defaults without them); the rows marked "one pass" run
-each batch of 8 pairs in one pass; the checkpointing rows recompute activations
-in the backward.
+reference model run every step, torch's AdamW), so each is measured on its own.
+iterpo's default keeps AdamW's first moment in bfloat16 (``train.first_moment``,
+training/optim.py; the row "with float32 AdamW" is torch's AdamW), splits a
+batch into forward passes of at most 256 tokens (``train.max_tokens_per_pass``),
+which bounds activation memory at a small cost in speed, adds the output
+layer's gradient into ``.grad`` in place (a tied embedding's as sparse rows),
+and runs the RMSNorms and gated MLPs with lean backward passes that keep fewer
+activations (models/lean.py; the row "without lean layers" runs the defaults
+without them); the rows marked "one pass" run each batch of 8 pairs in one
+pass; the checkpointing rows recompute activations in the backward.
 """
 
 from __future__ import annotations
@@ -59,9 +60,24 @@ LR, BATCH, PAIRS, BETA, SEED = 1e-6, 8, 64, 0.1, 0
 # name: (trainer, description, layout flags (shared_prompt, padding_free, response_logits, grads_in_place,
 # lean_layers), stored reference, extra)
 ONE = {"max_tokens_per_pass": None}  # a whole batch of 8 pairs in one forward pass
+EXACT = {"first_moment": "float32"}  # torch's AdamW: both moments in float32, as TRL's
 CONFIGS = {
     "trl": ("trl", "TRL 1.16 DPOTrainer (baseline)", None, False, {}),
-    "iterpo": ("iterpo", "iterpo, defaults (passes of <= 256 tokens)", (1, 1, 1, 1, 1), True, {}),
+    "iterpo": (
+        "iterpo",
+        "iterpo, defaults (AdamW's first moment in bfloat16, passes of <= 256 tokens)",
+        (1, 1, 1, 1, 1),
+        True,
+        {},
+    ),
+    "exact_adamw": ("iterpo", "  defaults with float32 AdamW (torch's)", (1, 1, 1, 1, 1), True, EXACT),
+    "passes_192": (
+        "iterpo",
+        "  defaults, passes of <= 192 tokens",
+        (1, 1, 1, 1, 1),
+        True,
+        {"max_tokens_per_pass": 192},
+    ),
     "no_lean": ("iterpo", "  defaults without lean layers", (1, 1, 1, 1, 0), True, {}),
     "passes_checkpointing": (
         "iterpo",
@@ -77,27 +93,14 @@ CONFIGS = {
         True,
         {"gradient_checkpointing": True},
     ),
-    "bf16_mean": (
-        "iterpo",
-        "  defaults + AdamW's first moment in bfloat16",
-        (1, 1, 1, 1, 1),
-        True,
-        {"first_moment": "bfloat16"},
-    ),
-    "bf16_mean_192": (
-        "iterpo",
-        "  the same, passes of <= 192 tokens",
-        (1, 1, 1, 1, 1),
-        True,
-        {"first_moment": "bfloat16", "max_tokens_per_pass": 192},
-    ),
     "one_pass": ("iterpo", "iterpo, one pass per batch", (1, 1, 1, 1, 1), True, ONE),
-    "plain": ("iterpo", "iterpo, plain loop (none of the below)", (0, 0, 0, 0, 0), False, ONE),
-    "reference_once": ("iterpo", "  only: reference log-probs once", (0, 0, 0, 0, 0), True, ONE),
-    "shared_prompt": ("iterpo", "  only: prompt once per pair", (1, 0, 0, 0, 0), False, ONE),
-    "response_logits": ("iterpo", "  only: response-only chunked logits", (0, 0, 1, 0, 0), False, ONE),
-    "padding_free": ("iterpo", "  only: padding-free packing", (0, 1, 0, 0, 0), False, ONE),
-    "lean_layers": ("iterpo", "  only: lean layers", (0, 0, 0, 0, 1), False, ONE),
+    # the token-saving steps one at a time, over a plain loop with torch's AdamW
+    "plain": ("iterpo", "iterpo, plain loop (none of the below, float32 AdamW)", (0, 0, 0, 0, 0), False, ONE | EXACT),
+    "reference_once": ("iterpo", "  only: reference log-probs once", (0, 0, 0, 0, 0), True, ONE | EXACT),
+    "shared_prompt": ("iterpo", "  only: prompt once per pair", (1, 0, 0, 0, 0), False, ONE | EXACT),
+    "response_logits": ("iterpo", "  only: response-only chunked logits", (0, 0, 1, 0, 0), False, ONE | EXACT),
+    "padding_free": ("iterpo", "  only: padding-free packing", (0, 1, 0, 0, 0), False, ONE | EXACT),
+    "lean_layers": ("iterpo", "  only: lean layers", (0, 0, 0, 0, 1), False, ONE | EXACT),
     "checkpointing": (
         "iterpo",
         "iterpo, one pass + gradient checkpointing",

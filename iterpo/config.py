@@ -271,11 +271,12 @@ class TrainSection(Section):
     L-BFGS with a strong-Wolfe line search until the gradient vanishes (up to 200 evaluations of the step's
     whole batch; no clipping, one process), for small models trained to the loss's minimiser, as the closed
     forms of iterative DPO and APO assume."""
-    first_moment: Literal["float32", "bfloat16"] = "float32"
-    """adamw: the dtype of its first moment (the gradients' running mean) for float32 weights. bfloat16 takes
-    2 of the optimizer's 8 bytes per parameter off (257 MB for a 135M model) at about the same speed, each
-    step's arithmetic still float32 and the second moment float32 (iterpo.training.optim); on a device other
-    than the CPU or a CUDA GPU the moment stays float32. float32: exactly torch's AdamW."""
+    first_moment: Literal["float32", "bfloat16"] = "bfloat16"
+    """adamw: the dtype of its first moment (the gradients' running mean) for float32 weights. bfloat16
+    (default) takes 2 of the optimizer's 8 bytes per parameter off (257 MB for a 135M model) at about the same
+    speed, each step's arithmetic still float32 and the second moment float32 (iterpo.training.optim); on a
+    device other than the CPU or a CUDA GPU the moment stays float32. float32: exactly torch's AdamW (the
+    default before 2026-12-01: runs made before resume with train.first_moment=float32)."""
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=4, ge=1)
     """Pairs per optimizer micro-batch."""

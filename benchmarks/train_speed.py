@@ -32,7 +32,7 @@ time, from a plain loop (every sequence prompt + response padded, full logits,
 reference model run every step, torch's AdamW), so each is measured on its own.
 iterpo's default keeps AdamW's first moment in bfloat16 (``train.first_moment``,
 training/optim.py; the row "with float32 AdamW" is torch's AdamW), splits a
-batch into forward passes of at most 256 tokens (``train.max_tokens_per_pass``),
+batch into forward passes of at most 192 tokens (``train.max_tokens_per_pass``),
 which bounds activation memory at a small cost in speed, adds the output
 layer's gradient into ``.grad`` in place (a tied embedding's as sparse rows),
 and runs the RMSNorms and gated MLPs with lean backward passes that keep fewer
@@ -65,18 +65,25 @@ CONFIGS = {
     "trl": ("trl", "TRL 1.16 DPOTrainer (baseline)", None, False, {}),
     "iterpo": (
         "iterpo",
-        "iterpo, defaults (AdamW's first moment in bfloat16, passes of <= 256 tokens)",
+        "iterpo, defaults (AdamW's first moment in bfloat16, passes of <= 192 tokens)",
         (1, 1, 1, 1, 1),
         True,
         {},
     ),
     "exact_adamw": ("iterpo", "  defaults with float32 AdamW (torch's)", (1, 1, 1, 1, 1), True, EXACT),
-    "passes_192": (
+    "passes_256": (
         "iterpo",
-        "  defaults, passes of <= 192 tokens",
+        "  defaults, passes of <= 256 tokens",
         (1, 1, 1, 1, 1),
         True,
-        {"max_tokens_per_pass": 192},
+        {"max_tokens_per_pass": 256},
+    ),
+    "passes_128": (
+        "iterpo",
+        "  defaults, passes of <= 128 tokens",
+        (1, 1, 1, 1, 1),
+        True,
+        {"max_tokens_per_pass": 128},
     ),
     "no_lean": ("iterpo", "  defaults without lean layers", (1, 1, 1, 1, 0), True, {}),
     "passes_checkpointing": (

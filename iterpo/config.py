@@ -292,10 +292,11 @@ class TrainSection(Section):
     round_lr_decay: float = Field(default=1.0, gt=0, le=1)
     """Round r trains at lr x round_lr_decay^(r - 1): below 1, each round takes smaller steps than the one before
     (1: every round at lr). It keeps decaying with every round run; the warm-up and `iterpo train` train at lr."""
-    max_tokens_per_pass: int | None = Field(default=256, ge=1)
+    max_tokens_per_pass: int | None = Field(default=192, ge=1)
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
-    split into several passes with the same result, bounding activation memory. Raise it on a large GPU;
-    null: one pass per micro-batch."""
+    split into several passes with the same result, bounding activation memory (192: 0.97x the peak of 256 at
+    0.93x its speed on 2 CPU cores, benchmarks/train_speed.py). Raise it on a large GPU; null: one pass per
+    micro-batch."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass: less memory (0.88x peak on the training
     benchmark), more compute (0.83x its pairs/s on a 2-core CPU)."""

@@ -295,7 +295,7 @@ class TrainSection(Section):
     max_tokens_per_pass: int | None = Field(default=192, ge=1)
     """Largest forward pass, in packed tokens (each prompt once, each response once): a micro-batch above it is
     split into several passes with the same result, bounding activation memory (192: 0.97x the peak of 256 at
-    0.93x its speed on 2 CPU cores, benchmarks/train_speed.py). Raise it on a large GPU; null: one pass per
+    0.92-1.02x its speed on 2 CPU cores, benchmarks/train_speed.py). Raise it on a large GPU; null: one pass per
     micro-batch."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass: less memory (0.88x peak on the training

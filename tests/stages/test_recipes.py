@@ -49,6 +49,13 @@ def _log(store, r, name):
     return [json.loads(x) for x in store.path(r, name).read_text().splitlines()]
 
 
+def _first_step_margin(log) -> float:
+    """The larger of |reward_chosen| and |reward_rejected| at a training log's first step: zero, up to float32
+    rounding, where the policy is its reference (the reference stage and the trainer batch the rows
+    differently, and a CPU's matmul kernels may round by the batch's shape: seen 3.8e-7)."""
+    return max(abs(log[0]["reward_chosen"]), abs(log[0]["reward_rejected"]))
+
+
 def _stage(store, r, stage):
     return store.manifest()["stages"][f"round-{r:03d}/{stage}"]
 
@@ -181,10 +188,8 @@ def test_egpo_recipe_samples_the_half_step_and_steps_again_from_the_rounds_polic
         for name in ("train_half.jsonl", "train.jsonl"):
             log = _log(store, r, name)
             # both steps start from the round's policy; the reference is the starting model, which round 1's
-            # policy is (no margin at its first step, up to float32 rounding: the reference stage and the
-            # trainer batch the rows differently, and a CPU's matmul kernels may round by the batch's shape) and
-            # round 2's is not
-            first = max(abs(log[0]["reward_chosen"]), abs(log[0]["reward_rejected"]))
+            # policy is (no margin at its first step) and round 2's is not
+            first = _first_step_margin(log)
             assert (first < 1e-5) == (r == 1), (r, name, first)
     # the half-step samples are the half-step policy's: drawn again from checkpoint_half with their seeds
     plan, store = driver.open_run(load_config(tmp_path / "recipe.yaml"))
@@ -402,9 +407,8 @@ def test_online_ipo_recipe_regresses_towards_the_starting_model(tiny_model_dir, 
         pairs = _table(store, r, "preferences.parquet")
         assert pairs and all(p["chosen_win_rate"] > p["rejected_win_rate"] for p in pairs)
         log = _log(store, r, "train.jsonl")
-        # against the starting model: round 1's policy is it (no margin at the first step, up to float32
-        # rounding, as in the egpo test above), round 2's is not
-        first = max(abs(log[0]["reward_chosen"]), abs(log[0]["reward_rejected"]))
+        # against the starting model: round 1's policy is it (no margin at the first step), round 2's is not
+        first = _first_step_margin(log)
         assert (first < 1e-5) == (r == 1), (r, first)
 
 

@@ -49,7 +49,7 @@ def run(name: str, overrides: list[str], root: Path, results: Path) -> dict:
         "name": name,
         "settings": overrides,
         "accuracy": [e["accuracy"] for e in evals],
-        "shifted": [e.get("analyses", {}).get("shifted_accuracy") for e in evals],
+        "shifted": [e.get("shifted_accuracy") for e in evals],
         "seconds": round(seconds, 1),
         "shifted_all": shifted_accuracy(run_dir)[0],
         "date": time.strftime("%Y-%m-%d"),
@@ -63,8 +63,8 @@ def run(name: str, overrides: list[str], root: Path, results: Path) -> dict:
 
 def shifted_accuracy(run_dir: Path) -> tuple[float, int]:
     """The last round's policy, greedy, on every tuning question in the 4 phrasings no training prompt uses
-    (the analyses score only the first eval.pair_prompts of them: too few to tell settings apart): (accuracy, n).
-    Outside the timed run."""
+    (each round's evaluation scores only the first eval.shifted of them: too few to tell settings apart):
+    (accuracy, n). Outside the timed run."""
     from iterpo.config import load_config
     from iterpo.judges import make_judge
     from iterpo.models.chat import encode_prompt

@@ -352,11 +352,15 @@ class EvalSection(Section):
     every: int = Field(default=1, ge=1)
     """Evaluate after every k-th round (and after the last, and the starting model); the other rounds record
     that they were skipped."""
+    shifted: int = Field(default=16, ge=0)
+    """Greedy accuracy also on the first k of the task's shifted prompts (arithmetic: the held-out questions in
+    phrasings no training prompt uses), generated in the held-out prompts' decode batches: eval.json's
+    shifted_accuracy and shifted_items. 0, or a task without shifted prompts: none."""
     analyses: bool = True
     """Per-round analyses in eval.json (iterpo.stages.analyses): on held-out preference pairs, the policy's
-    ranking accuracy R(pi), the idealized R* of the DPO optimum and the implicit reward's accuracy (also on the
-    task's shifted prompts); KL to the reference and to the starting model; win rate against the starting model
-    under the run's judge; length and distinct-n. Needs plain responses (no environment)."""
+    ranking accuracy R(pi), the idealized R* of the DPO optimum and the implicit reward's accuracy (also on pairs
+    from the task's shifted prompts); KL to the reference and to the starting model; win rate against the
+    starting model under the run's judge; length and distinct-n. Needs plain responses (no environment)."""
     pair_prompts: int = Field(default=16, ge=1)
     """Held-out prompts (the first ones) the analyses use: for the pairs, the KL samples and the shifted set."""
     pair_samples: int = Field(default=8, ge=2)

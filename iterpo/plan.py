@@ -70,6 +70,7 @@ OMITTED_AT_DEFAULT = {
     ("task", "shots"): 2,
     ("sampling", "exhaustive"): False,
     ("eval", "every"): 1,
+    ("eval", "shifted"): 16,
     ("eval", "analyses"): True,
     ("eval", "pair_prompts"): 16,
     ("eval", "pair_samples"): 8,

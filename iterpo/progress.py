@@ -53,7 +53,9 @@ def round_table(rows: list[dict], tuning: bool = False) -> Table:
     (task.tuning), not the held-out set's."""
     table = Table(title="iterpo: rounds", show_lines=False)
     accuracy = "tuning acc" if tuning else "held-out acc"
-    for col in ["round", accuracy, "mean reward", "pairs / skipped", "mean loss", "reward margin", "tok/s"]:
+    shifted = any(r.get("shifted_accuracy") is not None for r in rows)  # eval.shifted, on a task that has them
+    columns = ["round", accuracy] + (["shifted acc"] if shifted else [])
+    for col in columns + ["mean reward", "pairs / skipped", "mean loss", "reward margin", "tok/s"]:
         table.add_column(col, justify="right")
     table.add_column("seconds: " + " / ".join(STAGES), justify="left")
 
@@ -73,6 +75,7 @@ def round_table(rows: list[dict], tuning: bool = False) -> Table:
         table.add_row(
             str(r["round"]),
             fmt(r["accuracy"], ".3f"),
+            *([fmt(r.get("shifted_accuracy"), ".3f")] if shifted else []),
             fmt(r["mean_reward"], ".3f"),
             pairs,
             fmt(r["mean_loss"], ".4f"),

@@ -244,7 +244,7 @@ def _round_table(rows: list[dict]) -> str:
         cells = [
             row["round"],
             row["accuracy"],
-            a.get("shifted_accuracy"),
+            row["shifted_accuracy"],
             row["mean_reward"],
             row["pairs"],
             row["mean_loss"],

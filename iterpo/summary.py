@@ -40,6 +40,7 @@ def round_summary(store: RunStore, r: int, files: dict | None = None) -> dict:
     row = {
         "round": r,
         "accuracy": None,
+        "shifted_accuracy": None,
         "mean_reward": None,
         "pairs": None,
         "skipped": None,
@@ -54,6 +55,8 @@ def round_summary(store: RunStore, r: int, files: dict | None = None) -> dict:
     if isinstance(evaluation, dict):
         row["accuracy"] = evaluation.get("accuracy")
         row["analyses"] = evaluation.get("analyses") or {}
+        # runs made before eval.shifted have the figure in their analyses only
+        row["shifted_accuracy"] = evaluation.get("shifted_accuracy", row["analyses"].get("shifted_accuracy"))
     if judgements is not None:
         row["mean_reward"] = mean_sample_reward(judgements, files.get("rollouts"))
     if prefs is not None:

@@ -39,3 +39,22 @@ def test_seconds_columns_add_up_the_stages_that_generate_and_judge():
     console.print(round_table([row], tuning=True))  # task.tuning: the accuracy is the tuning set's
     text = console.export_text()
     assert "tuning acc" in text and "held-out" not in text
+
+
+def test_the_shifted_column_shows_only_when_a_round_has_shifted_accuracy():
+    row = {
+        "round": 1,
+        "accuracy": 0.5,
+        "mean_reward": 0.4,
+        "pairs": 10,
+        "skipped": 2,
+        "mean_loss": 0.6,
+        "reward_margin": 0.1,
+        "times": {"sample": 1},
+    }
+    console = Console(width=300, record=True)
+    console.print(round_table([row]))
+    assert "shifted acc" not in console.export_text()
+    console.print(round_table([{**row, "round": 0, "shifted_accuracy": None}, {**row, "shifted_accuracy": 0.625}]))
+    text = console.export_text()
+    assert "shifted acc" in text and "0.625" in text

@@ -21,7 +21,7 @@ from iterpo.pairing.base import scored_apart, sigmoid
 from iterpo.progress import bar
 from iterpo.records import Judgement, Prompt, Rollout, by_prompt, to_table
 from iterpo.sampling import derive_seed
-from iterpo.stages.sample import greedy, rollouts_of
+from iterpo.stages.sample import rollouts_of
 from iterpo.training import LiveReference
 from iterpo.training.trainer import reference_model
 
@@ -39,8 +39,6 @@ def analyse(ctx, r: int, sampler, prompts: list[Prompt], greedy: list[Rollout], 
     out: dict[str, Any] = {"length": _mean_len(greedy)}
     pairs = heldout_pairs(ctx, r, sampler, {"heldout": chosen, "shifted": shifted})
     samples = _policy_samples(ctx, r, sampler, chosen) if e.kl_samples else []
-    if shifted:
-        out["shifted_accuracy"] = _greedy_accuracy(ctx, r, sampler, shifted)
 
     # every response analysed, scored once under each policy (a response is in several pairs): its position
     unique = {_key(x): x for name in pairs for w, lo, _ in pairs[name] for x in (w, lo)}
@@ -169,14 +167,6 @@ def _policy_samples(ctx, r: int, sampler, prompts: list[Prompt]) -> list[Rollout
     """eval.kl_samples responses per prompt from round r's policy at temperature 1, untruncated: samples of pi
     itself, as the KL estimates need."""
     return _draw(ctx, sampler, prompts, r, "analyses", ctx.config.eval.kl_samples, 1.0, 1.0, "policy samples")
-
-
-def _greedy_accuracy(ctx, r: int, sampler, prompts: list[Prompt]) -> float:
-    """Greedy accuracy on prompts (the shifted set) by the eval judge."""
-    with bar("analyses: shifted prompts", len(prompts)) as advance:
-        responses = greedy(ctx, sampler, prompts, r, "shifted", advance)
-    verdicts = [ctx.plan.eval_judge.judge(p, [x])[0].score for p, x in zip(prompts, responses)]
-    return sum(verdicts) / len(verdicts)
 
 
 def _other_policies(ctx, r: int) -> dict[str, tuple | None]:

@@ -1,4 +1,5 @@
-"""eval: greedy accuracy of the policy after the round on the held-out prompts, by the eval judge."""
+"""eval: greedy accuracy of the policy after the round on the held-out prompts, and on the first eval.shifted of
+the task's shifted prompts, by the eval judge."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def item_of(ctx, prompt, response) -> dict:
 @dataclass
 class Evaluate(Stage):
     """One greedy response per held-out prompt, scored by a verifier; round 0 evaluates the starting model.
-    With eval.analyses, also the round's analyses (iterpo.stages.analyses). Derived rounds skip it when the task
-    has no held-out prompts."""
+    With eval.shifted, the same on the task's shifted prompts (phrasings or instances never trained on), in the
+    same decode batches. With eval.analyses, also the round's analyses (iterpo.stages.analyses). Derived rounds
+    skip it when the task has no held-out prompts."""
 
     writes = {"eval": "eval.json"}
 
@@ -39,23 +41,28 @@ class Evaluate(Stage):
         if r % e.every and r != ctx.config.run.rounds:  # eval.every: not this round
             ctx.store.write_json(ctx.store.path(r, self.file("eval")), {"round": r, "accuracy": None, "skipped": True})
             return {"skipped": True}
+        shifted = ctx.plan.task.shifted_prompts()[: e.shifted]
+        asked = prompts + shifted  # one set of decode batches: a greedy answer does not depend on its batch
         with ctx.sampler(r) as sampler:
-            with bar("evaluation", len(prompts)) as advance:
+            with bar("evaluation", len(asked)) as advance:
                 if ctx.plan.environment is None:
-                    responses = greedy(ctx, sampler, prompts, r, "policy", advance)
+                    responses = greedy(ctx, sampler, asked, r, "policy", advance)
                 else:  # greedy episodes with the tool
                     played = episodes_of(
-                        ctx, sampler, prompts, None, e.max_new_tokens, ctx.config.sampling.batch_size, advance
+                        ctx, sampler, asked, None, e.max_new_tokens, ctx.config.sampling.batch_size, advance
                     )
-                    responses = [
-                        as_rollout(ctx, ep, p.prompt_id, 0, r, 0, "policy") for p, [ep] in zip(prompts, played)
-                    ]
-            items = [item_of(ctx, p, response) for p, response in zip(prompts, responses)]
+                    responses = [as_rollout(ctx, ep, p.prompt_id, 0, r, 0, "policy") for p, [ep] in zip(asked, played)]
+            items = [item_of(ctx, p, response) for p, response in zip(asked, responses)]
+            items, shifted_items = items[: len(prompts)], items[len(prompts) :]
+            responses = responses[: len(prompts)]
             scores = [x["score"] for x in items]
             found = analyse(ctx, r, sampler, prompts, responses, scores) if e.analyses else None
         accuracy = sum(scores) / len(scores)
         result = {"round": r, "accuracy": accuracy, "n": len(items), "items": items}
+        if shifted_items:
+            result["shifted_accuracy"] = sum(x["score"] for x in shifted_items) / len(shifted_items)
+            result["shifted_items"] = shifted_items
         if found is not None:
             result["analyses"] = found
         ctx.store.write_json(ctx.store.path(r, self.file("eval")), result)
-        return {"accuracy": accuracy}
+        return {"accuracy": accuracy, "shifted_accuracy": result.get("shifted_accuracy")}

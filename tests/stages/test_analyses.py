@@ -147,7 +147,6 @@ def test_kl_win_rate_and_diversity_are_reported_per_round(analysed_run):
         if r == 1:  # the reference of round 1 is the starting model
             assert found["kl_reference"] == found["kl_initial"]
         assert 0 < found["distinct_1"] <= 1 and 0 < found["distinct_2"] <= 1
-        assert 0 <= found["shifted_accuracy"] <= 1
         # the run's judge is the eval judge: per prompt, this round's greedy score against round 0's
         outcomes = [metrics.outcome(a["score"], b["score"]) for a, b in zip(e["items"], first["items"])]
         assert found["win_rate_vs_initial"] == pytest.approx(sum(outcomes) / len(outcomes))
@@ -166,7 +165,7 @@ def test_rerunning_the_evaluations_reads_the_same_held_out_pairs(analysed_run, t
 def test_the_analyses_change_nothing_the_run_trains_on(analysed_run, tiny_model_dir, tmp_path):
     run_dir, config = analysed_run
     plain = config.model_copy(deep=True)
-    plain.run.dir, plain.eval.analyses = str(tmp_path / "plain"), False
+    plain.run.dir, plain.eval.analyses, plain.eval.shifted = str(tmp_path / "plain"), False, 0
     run_config(plain)
     for r in (1, 2):
         for name in ("rollouts.parquet", "preferences.parquet", "train.jsonl", "checkpoint/model.safetensors"):
@@ -174,4 +173,19 @@ def test_the_analyses_change_nothing_the_run_trains_on(analysed_run, tiny_model_
                 tmp_path / "plain" / f"round-{r:03d}" / name
             ).read_bytes()
         with_analyses, without = _eval(run_dir, r), _eval(tmp_path / "plain", r)
-        assert with_analyses.pop("analyses") and with_analyses == without
+        assert with_analyses.pop("analyses") and with_analyses.pop("shifted_items")
+        with_analyses.pop("shifted_accuracy")
+        assert with_analyses == without  # the held-out answers do not depend on the shifted ones in their batches
+
+
+def test_the_shifted_prompts_are_answered_and_judged_beside_the_held_out_ones(analysed_run):
+    run_dir, config = analysed_run
+    task = Arithmetic(config.task, config.run.seed)
+    shifted = task.shifted_prompts()[: config.eval.shifted]
+    assert len(shifted) == 4  # eval_size 4: every held-out question once more, in an unseen phrasing
+    for r in (0, 1, 2):
+        e = _eval(run_dir, r)
+        items = e["shifted_items"]
+        assert [x["prompt_id"] for x in items] == [p.prompt_id for p in shifted]
+        assert e["shifted_accuracy"] == pytest.approx(sum(x["score"] for x in items) / len(items))
+        assert not {x["prompt_id"] for x in items} & {x["prompt_id"] for x in e["items"]}

@@ -99,6 +99,6 @@ def test_fspo_recipe_trains_on_each_users_pairs_and_measures_unseen_users(tiny_m
         assert j["score"] == pytest.approx(_score(spec, rollouts[(j["prompt_id"], j["sample_idx"])]))
     prefs = table(store, 1, "preferences.parquet")
     assert prefs and all(x["chosen_score"] > x["rejected_score"] for x in prefs)
-    analyses = json.loads(store.path(2, "eval.json").read_text())["analyses"]
-    assert "shifted_accuracy" in analyses  # the unseen users
+    evaluation = json.loads(store.path(2, "eval.json").read_text())
+    assert "shifted_pairs" in evaluation["analyses"] and "shifted_accuracy" in evaluation  # the unseen users
     assert rows[2]["accuracy"] is not None

@@ -107,9 +107,12 @@ def test_the_default_configs_fingerprint_is_stable():
     from iterpo.config import load_config
     from iterpo.plan import fingerprint, resolve
 
-    assert fingerprint(resolve(load_config())) == "9609f7dd4ac1eca5"
+    assert fingerprint(resolve(load_config())) == "77b838b081e1b20d"
+    # the built-in default changed (4 rounds, no per-round analyses): its 3-round form resumes as it was
+    three = ["run.rounds=3", "eval.analyses=true"]
+    assert fingerprint(resolve(load_config(overrides=three))) == "9609f7dd4ac1eca5"
     # the library default changed (AdamW's first moment in bfloat16): the runs made before resume with float32
-    exact = ["train.first_moment=float32"]
+    exact = three + ["train.first_moment=float32"]
     assert fingerprint(resolve(load_config(overrides=exact))) == "c70200a0b5cebbdc"
     # the built-in default changed (lr 2e-5 halved each round): its earlier form resumes as it was
     assert fingerprint(resolve(load_config(overrides=["train.lr=1e-5", "train.round_lr_decay=1"] + exact))) == (

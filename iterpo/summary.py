@@ -54,9 +54,10 @@ def round_summary(store: RunStore, r: int, files: dict | None = None) -> dict:
     evaluation, judgements, prefs, log = files["eval"], files["judgements"], files["preferences"], files["log"]
     if isinstance(evaluation, dict):
         row["accuracy"] = evaluation.get("accuracy")
-        row["analyses"] = evaluation.get("analyses") or {}
+        analyses = evaluation.get("analyses") or {}
+        row["analyses"] = analyses
         # runs made before eval.shifted have the figure in their analyses only
-        row["shifted_accuracy"] = evaluation.get("shifted_accuracy", row["analyses"].get("shifted_accuracy"))
+        row["shifted_accuracy"] = evaluation.get("shifted_accuracy", analyses.get("shifted_accuracy"))
     if judgements is not None:
         row["mean_reward"] = mean_sample_reward(judgements, files.get("rollouts"))
     if prefs is not None:

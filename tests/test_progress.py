@@ -4,6 +4,9 @@ from rich.console import Console
 
 from iterpo.progress import round_table
 
+# a round's row without its times, as summary.round_summary builds it
+ROW = dict(round=1, accuracy=0.5, mean_reward=0.4, pairs=10, skipped=2, mean_loss=0.6, reward_margin=0.1)
+
 
 def test_seconds_columns_add_up_the_stages_that_generate_and_judge():
     times = {
@@ -20,17 +23,7 @@ def test_seconds_columns_add_up_the_stages_that_generate_and_judge():
         "propose": 1,
         "eval": 6,
     }
-    row = {
-        "round": 1,
-        "accuracy": 0.5,
-        "mean_reward": 0.4,
-        "pairs": 10,
-        "skipped": 2,
-        "mean_loss": 0.6,
-        "reward_margin": 0.1,
-        "sample_tokens_per_s": 100.0,
-        "times": times,
-    }
+    row = {**ROW, "sample_tokens_per_s": 100.0, "times": times}
     console = Console(width=300, record=True)
     console.print(round_table([row]))
     text = console.export_text()
@@ -42,16 +35,7 @@ def test_seconds_columns_add_up_the_stages_that_generate_and_judge():
 
 
 def test_the_shifted_column_shows_only_when_a_round_has_shifted_accuracy():
-    row = {
-        "round": 1,
-        "accuracy": 0.5,
-        "mean_reward": 0.4,
-        "pairs": 10,
-        "skipped": 2,
-        "mean_loss": 0.6,
-        "reward_margin": 0.1,
-        "times": {"sample": 1},
-    }
+    row = {**ROW, "times": {"sample": 1}}
     console = Console(width=300, record=True)
     console.print(round_table([row]))
     assert "shifted acc" not in console.export_text()
